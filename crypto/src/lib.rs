@@ -1,0 +1,27 @@
+//! Cryptography for fedmesh: pure functions and types, no I/O and no async.
+//!
+//! - [`Hash`]: 32-byte blake3 digests with domain separation ([`hash::Hasher`]).
+//! - [`identity`]: each member's ed25519 key; it signs every message and every audit record, and
+//!   its public key is also the member's libp2p identity.
+//! - [`bls`]: the threshold BLS key set (threshold_crypto) dealt at genesis; `t` signature shares
+//!   over a round record combine into one signature that anyone checks against the genesis key.
+//!
+//! ```
+//! use fedmesh_crypto::{identity, hash::Hasher};
+//! let key = identity::SecretKey::from_seed([7u8; 32]);
+//! let digest = Hasher::new("example").chain(b"hello").finalize();
+//! let sig = key.sign(digest.as_bytes());
+//! assert!(key.public().verify(digest.as_bytes(), &sig).is_ok());
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod bls;
+pub mod hash;
+pub mod identity;
+
+pub use hash::Hash;
+
+/// Encode and decode raw bytes as lowercase hex, the text form of keys and hashes in files.
+pub mod hexbytes {
+    pub use hex::{decode, encode, FromHexError};
+}

@@ -1,0 +1,362 @@
+//! The audit log's format: hash-chained entries, the round records they carry, and how anyone
+//! checks them against the genesis file.
+//!
+//! Entry `h` commits to entry `h-1` through `prev_hash`. A round entry is approved by members, each
+//! with an ed25519 signature and a BLS signature share over [`Entry::signing_hash`]; `threshold`
+//! shares combine into the BLS signature stored in the entry. The entry hash covers the signing hash
+//! and the combined signature, which is the same whichever members' shares formed it, so every node
+//! computes the same head. The attached ed25519 signatures are evidence of who approved; each is
+//! checked, but which subset a node happened to collect is not part of the hash.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{bls, hash::Hasher, identity, Hash};
+use crate::genesis::{Genesis, Mode};
+
+/// What an entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// Height 0: the genesis file itself.
+    Genesis,
+    /// A completed training round ([`RoundRecord`]).
+    Round,
+}
+
+impl Kind {
+    fn tag(self) -> u8 {
+        match self {
+            Kind::Genesis => 0,
+            Kind::Round => 1,
+        }
+    }
+}
+
+/// One member's ed25519 signature over an entry's signing hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberSignature {
+    pub member: u32,
+    pub signature: identity::Signature,
+}
+
+/// One audit-log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub height: u64,
+    pub prev_hash: Hash,
+    pub kind: Kind,
+    /// The encoded record (for height 0: the genesis file bytes).
+    pub body: Vec<u8>,
+    pub body_hash: Hash,
+    /// Approvals by members (ed25519), sorted by member.
+    pub signatures: Vec<MemberSignature>,
+    /// The combined threshold BLS signature (96 bytes); empty at height 0.
+    pub threshold_signature: Vec<u8>,
+}
+
+/// Hash of a record body.
+pub fn body_hash(body: &[u8]) -> Hash {
+    Hash::of("fedmesh entry body v1", body)
+}
+
+/// Evaluation of the global model on the shared test split.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub accuracy: f32,
+    pub loss: f32,
+    pub test_samples: u64,
+}
+
+/// What one participant contributed to a round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Contribution {
+    pub member: u32,
+    /// FedAvg weight.
+    pub num_samples: u64,
+    /// Commitment to the exact update that was aggregated.
+    pub update_hash: Hash,
+    /// The member's own mean training loss (as it reported it).
+    pub train_loss: f32,
+}
+
+/// The record of one completed round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    pub round: u64,
+    pub mode: Mode,
+    /// 0 for the first coordinator in this round's order, 1 after one failover, …
+    pub attempt: u32,
+    pub coordinator: u32,
+    pub base_model: Hash,
+    pub new_model: Hash,
+    /// Sorted by member.
+    pub participants: Vec<Contribution>,
+    /// Active members whose update was not aggregated (late or silent), sorted.
+    pub dropouts: Vec<u32>,
+    pub metrics: Metrics,
+    /// Coordinator's clock when it proposed (Unix ms); informational.
+    pub proposed_at_ms: u64,
+}
+
+impl RoundRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        crate::codec::encode(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, crate::codec::DecodeError> {
+        crate::codec::decode(bytes, crate::codec::HARD_LIMIT)
+    }
+}
+
+/// Why an entry fails verification.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    #[error("height {height}: expected height {expected}")]
+    Height { height: u64, expected: u64 },
+    #[error("height {height}: prev_hash {found} does not match the hash of height {} ({expected})", height - 1)]
+    Link { height: u64, found: Hash, expected: Hash },
+    #[error("height {height}: body does not match body_hash")]
+    BodyHash { height: u64 },
+    #[error("height {height}: genesis {found} differs from this network's genesis {expected}")]
+    Genesis { height: u64, found: Hash, expected: Hash },
+    #[error("height {height}: entry kind {kind:?} is not allowed here")]
+    Kind { height: u64, kind: Kind },
+    #[error("height {height}: record does not decode: {reason}")]
+    Body { height: u64, reason: String },
+    #[error("height {height}: record is for round {found}, expected round {expected}")]
+    Round { height: u64, found: u64, expected: u64 },
+    #[error("height {height}: record's base model {found} is not the previous global model {expected}")]
+    BaseModel { height: u64, found: Hash, expected: Hash },
+    #[error("height {height}: signature of member {member} does not verify")]
+    MemberSignature { height: u64, member: u32 },
+    #[error("height {height}: signature by unknown or repeated member {member}")]
+    Signer { height: u64, member: u32 },
+    #[error("height {height}: {have} member signatures, {need} needed")]
+    TooFewSignatures { height: u64, have: usize, need: usize },
+    #[error("height {height}: the threshold signature does not verify")]
+    ThresholdSignature { height: u64 },
+}
+
+impl VerifyError {
+    /// The height at which verification failed.
+    pub fn height(&self) -> u64 {
+        match self {
+            VerifyError::Height { height, .. }
+            | VerifyError::Link { height, .. }
+            | VerifyError::BodyHash { height }
+            | VerifyError::Genesis { height, .. }
+            | VerifyError::Kind { height, .. }
+            | VerifyError::Body { height, .. }
+            | VerifyError::Round { height, .. }
+            | VerifyError::BaseModel { height, .. }
+            | VerifyError::MemberSignature { height, .. }
+            | VerifyError::Signer { height, .. }
+            | VerifyError::TooFewSignatures { height, .. }
+            | VerifyError::ThresholdSignature { height } => *height,
+        }
+    }
+}
+
+impl Entry {
+    /// Height 0 of every log: the genesis file.
+    pub fn genesis(genesis_file: &[u8]) -> Entry {
+        Entry {
+            height: 0,
+            prev_hash: Hash::ZERO,
+            kind: Kind::Genesis,
+            body: genesis_file.to_vec(),
+            body_hash: crate::genesis::hash_bytes(genesis_file),
+            signatures: Vec::new(),
+            threshold_signature: Vec::new(),
+        }
+    }
+
+    /// An unsigned entry for a round record on top of `prev`.
+    pub fn round(height: u64, prev_hash: Hash, record: &RoundRecord) -> Entry {
+        let body = record.encode();
+        Entry {
+            height,
+            prev_hash,
+            kind: Kind::Round,
+            body_hash: body_hash(&body),
+            body,
+            signatures: Vec::new(),
+            threshold_signature: Vec::new(),
+        }
+    }
+
+    /// What members sign: height, link, kind and body hash.
+    pub fn signing_hash(&self) -> Hash {
+        signing_hash(self.height, self.prev_hash, self.kind, self.body_hash)
+    }
+
+    /// The entry's hash, the next entry's `prev_hash`. At height 0 it is the genesis hash.
+    pub fn hash(&self) -> Hash {
+        if self.kind == Kind::Genesis {
+            return self.body_hash;
+        }
+        let mut h = Hasher::new("fedmesh entry v1");
+        h.update(self.signing_hash().as_bytes());
+        h.update_field(&self.threshold_signature);
+        h.finalize()
+    }
+
+    pub fn record(&self) -> Result<RoundRecord, VerifyError> {
+        RoundRecord::decode(&self.body)
+            .map_err(|e| VerifyError::Body { height: self.height, reason: e.to_string() })
+    }
+
+    /// Check this entry on its own: body hash, signatures against the genesis keys. The link to the
+    /// previous entry is checked by [`verify_link`].
+    pub fn verify(&self, genesis: &Genesis, genesis_hash: Hash, bls_set: &bls::PublicSet) -> Result<(), VerifyError> {
+        let height = self.height;
+        let computed = match self.kind {
+            Kind::Genesis => crate::genesis::hash_bytes(&self.body),
+            Kind::Round => body_hash(&self.body),
+        };
+        if computed != self.body_hash {
+            return Err(VerifyError::BodyHash { height });
+        }
+        match (height, self.kind) {
+            (0, Kind::Genesis) => {
+                if self.body_hash != genesis_hash {
+                    return Err(VerifyError::Genesis { height, found: self.body_hash, expected: genesis_hash });
+                }
+                if self.prev_hash != Hash::ZERO {
+                    return Err(VerifyError::Link { height, found: self.prev_hash, expected: Hash::ZERO });
+                }
+                Ok(())
+            }
+            (h, Kind::Round) if h > 0 => {
+                self.record()?;
+                let msg = self.signing_hash();
+                let mut seen = std::collections::BTreeSet::new();
+                for s in &self.signatures {
+                    let member = genesis
+                        .member(s.member)
+                        .filter(|_| seen.insert(s.member))
+                        .ok_or(VerifyError::Signer { height, member: s.member })?;
+                    member
+                        .public_key
+                        .verify(msg.as_bytes(), &s.signature)
+                        .map_err(|_| VerifyError::MemberSignature { height, member: s.member })?;
+                }
+                let need = genesis.threshold();
+                if seen.len() < need {
+                    return Err(VerifyError::TooFewSignatures { height, have: seen.len(), need });
+                }
+                let sig = bls::Signature::from_bytes(&self.threshold_signature)
+                    .map_err(|_| VerifyError::ThresholdSignature { height })?;
+                if !bls_set.verify(msg.as_bytes(), &sig) {
+                    return Err(VerifyError::ThresholdSignature { height });
+                }
+                Ok(())
+            }
+            (_, kind) => Err(VerifyError::Kind { height, kind }),
+        }
+    }
+}
+
+/// The hash members sign for an entry.
+pub fn signing_hash(height: u64, prev_hash: Hash, kind: Kind, body_hash: Hash) -> Hash {
+    let mut h = Hasher::new("fedmesh entry signing v1");
+    h.update(&height.to_le_bytes());
+    h.update(prev_hash.as_bytes());
+    h.update(&[kind.tag()]);
+    h.update(body_hash.as_bytes());
+    h.finalize()
+}
+
+/// Check that `entry` extends `prev` (height and hash link).
+pub fn verify_link(prev: &Entry, entry: &Entry) -> Result<(), VerifyError> {
+    if entry.height != prev.height + 1 {
+        return Err(VerifyError::Height { height: entry.height, expected: prev.height + 1 });
+    }
+    let expected = prev.hash();
+    if entry.prev_hash != expected {
+        return Err(VerifyError::Link { height: entry.height, found: entry.prev_hash, expected });
+    }
+    Ok(())
+}
+
+/// Check that a round record follows from the previous one: next round number, and its base
+/// model is the previous global model (the initial model after genesis).
+pub fn verify_succession(
+    genesis: &Genesis,
+    prev: Option<&RoundRecord>,
+    entry: &Entry,
+    record: &RoundRecord,
+) -> Result<(), VerifyError> {
+    let (expected_round, expected_base) = match prev {
+        Some(p) => (p.round + 1, p.new_model),
+        None => (1, genesis.initial_model),
+    };
+    if record.round != expected_round {
+        return Err(VerifyError::Round { height: entry.height, found: record.round, expected: expected_round });
+    }
+    if record.base_model != expected_base {
+        return Err(VerifyError::BaseModel { height: entry.height, found: record.base_model, expected: expected_base });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::genesis::tests::sample;
+
+    pub(crate) fn record(round: u64, base: Hash) -> RoundRecord {
+        RoundRecord {
+            round,
+            mode: Mode::Plain,
+            attempt: 0,
+            coordinator: 0,
+            base_model: base,
+            new_model: Hash::of("m", &round.to_le_bytes()),
+            participants: vec![],
+            dropouts: vec![],
+            metrics: Metrics { accuracy: 0.5, loss: 1.0, test_samples: 10 },
+            proposed_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn signed_entry_verifies_and_tampering_is_caught() {
+        let (g, keys, shares) = sample(4);
+        let text = g.to_toml();
+        let (g, gh) = Genesis::parse(text.as_bytes()).unwrap();
+        let set = g.bls().unwrap();
+        let e0 = Entry::genesis(text.as_bytes());
+        assert_eq!(e0.hash(), gh);
+        e0.verify(&g, gh, &set).unwrap();
+
+        let mut e1 = Entry::round(1, e0.hash(), &record(1, g.initial_model));
+        let msg = e1.signing_hash();
+        let approvers = [0u32, 2, 3];
+        let bls_shares: Vec<_> = approvers.iter().map(|i| (*i, shares[*i as usize].sign(msg.as_bytes()))).collect();
+        e1.threshold_signature = set.combine(bls_shares.iter().map(|(i, s)| (*i, s))).unwrap().to_bytes().to_vec();
+        e1.signatures = approvers
+            .iter()
+            .map(|i| MemberSignature { member: *i, signature: keys[*i as usize].sign(msg.as_bytes()) })
+            .collect();
+        e1.verify(&g, gh, &set).unwrap();
+        verify_link(&e0, &e1).unwrap();
+        verify_succession(&g, None, &e1, &e1.record().unwrap()).unwrap();
+
+        let mut bad = e1.clone();
+        bad.body[3] ^= 1;
+        assert!(matches!(bad.verify(&g, gh, &set), Err(VerifyError::BodyHash { height: 1 })));
+        let mut bad = e1.clone();
+        bad.signatures.pop();
+        assert!(matches!(bad.verify(&g, gh, &set), Err(VerifyError::TooFewSignatures { .. })));
+        let mut bad = e1.clone();
+        bad.signatures[0].signature.0[5] ^= 1;
+        assert!(matches!(bad.verify(&g, gh, &set), Err(VerifyError::MemberSignature { member: 0, .. })));
+        let mut bad = e1.clone();
+        bad.threshold_signature[10] ^= 1;
+        assert!(bad.verify(&g, gh, &set).is_err());
+        let mut bad = e1.clone();
+        bad.prev_hash = Hash::ZERO;
+        assert!(verify_link(&e0, &bad).is_err());
+    }
+}

@@ -1,0 +1,431 @@
+//! The genesis file: the network's founding document, written once by the dealer
+//! (`fedmesh genesis`) and shared by every member. Its hash is height 0 of every audit log; two
+//! nodes with different genesis hashes are on different networks and refuse each other.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{bls, identity, Hash};
+use crate::model::{Layout, LayoutError};
+
+/// Current genesis format version.
+pub const VERSION: u32 = 1;
+
+/// The hash of a genesis file: blake3 over its exact bytes.
+pub fn hash_bytes(bytes: &[u8]) -> Hash {
+    Hash::of("fedmesh genesis v1", bytes)
+}
+
+/// How members combine their updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Signed updates are exchanged in the clear; every member aggregates them itself.
+    #[default]
+    Plain,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mode::Plain => f.write_str("plain"),
+        }
+    }
+}
+
+/// Everything the members agree on besides who they are: the dealer's input (`configs/genesis.toml`)
+/// and, verbatim, the `[spec]` section of the genesis file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Spec {
+    /// A name for the network, shown in logs.
+    pub network: String,
+    /// Aggregation mode.
+    pub mode: Mode,
+    /// Round timing, thresholds and limits.
+    pub params: Params,
+    /// The model every member trains.
+    pub model: ModelSpec,
+    /// Local training: optimizer and schedule.
+    pub train: TrainSpec,
+    /// Which data set and how it is split among members.
+    pub data: DataSpec,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            network: "fedmesh-testnet".into(),
+            mode: Mode::Plain,
+            params: Params::default(),
+            model: ModelSpec::default(),
+            train: TrainSpec::default(),
+            data: DataSpec::default(),
+        }
+    }
+}
+
+/// Round timing, thresholds and message limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Params {
+    /// BLS signature shares needed to append a round record. 0 means a majority of members
+    /// (n/2 + 1), which also guarantees that two different records can never both be signed.
+    pub signing_threshold: usize,
+    /// Time from the start of a round until the coordinator stops waiting for updates; members
+    /// whose update has not arrived by then are dropouts of the round.
+    pub update_timeout_ms: u64,
+    /// If no record is proposed this long after the update timeout, the next member in the
+    /// coordinator order proposes instead (and so on).
+    pub failover_timeout_ms: u64,
+    /// Largest gossip message in bytes; every node uses this same value. Must hold one update.
+    pub max_message_bytes: usize,
+    /// How often a node announces its log head so that lagging peers catch up.
+    pub status_interval_ms: u64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            signing_threshold: 0,
+            update_timeout_ms: 30_000,
+            failover_timeout_ms: 15_000,
+            max_message_bytes: 4 << 20,
+            status_interval_ms: 2_000,
+        }
+    }
+}
+
+/// The model every member trains.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Layer widths, input first (an MLP with ReLU between layers).
+    pub layers: Vec<usize>,
+    /// Seed of the initial global model.
+    pub init_seed: u64,
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        ModelSpec { layers: vec![784, 128, 10], init_seed: 1 }
+    }
+}
+
+impl ModelSpec {
+    pub fn layout(&self) -> Result<Layout, LayoutError> {
+        Layout::new(self.layers.clone())
+    }
+}
+
+/// Local optimizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    Sgd,
+    Adam,
+}
+
+/// Local training on each member's shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainSpec {
+    /// `sgd` or `adam`.
+    pub optimizer: Optimizer,
+    /// Step size.
+    pub learning_rate: f64,
+    /// Passes over the local shard per round.
+    pub epochs: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+}
+
+impl Default for TrainSpec {
+    fn default() -> Self {
+        TrainSpec { optimizer: Optimizer::Sgd, learning_rate: 0.1, epochs: 2, batch_size: 32 }
+    }
+}
+
+/// The data set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataSource {
+    /// `data/mnist_5k.csv.gz`: 5,000 MNIST digits (784 pixels and a label per row).
+    Mnist,
+    /// Generated network-flow records with a binary threat label (no file needed).
+    Synthetic,
+}
+
+/// How training rows are split among members.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Partition {
+    /// Shuffle, then equal contiguous shards by member index.
+    Iid,
+    /// Per class, member proportions drawn from Dirichlet(α): small α, very skewed shards.
+    Dirichlet { alpha: f64 },
+}
+
+/// Which data and how it is split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataSpec {
+    /// `mnist` or `synthetic`.
+    pub source: DataSource,
+    /// Split of the training rows among members.
+    pub partition: Partition,
+    /// Seed of the shuffle, the partition and the synthetic generator.
+    pub seed: u64,
+    /// Rows held out as the shared test split (the last rows of the file for MNIST).
+    pub test_rows: usize,
+    /// Synthetic only: training rows generated per member.
+    pub synthetic_rows_per_member: usize,
+    /// Synthetic only: how strongly each member's traffic mix differs (0 = identical mixes).
+    pub synthetic_skew: f64,
+}
+
+impl Default for DataSpec {
+    fn default() -> Self {
+        DataSpec {
+            source: DataSource::Mnist,
+            partition: Partition::Iid,
+            seed: 7,
+            test_rows: 1000,
+            synthetic_rows_per_member: 2000,
+            synthetic_skew: 0.5,
+        }
+    }
+}
+
+/// One member of the network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// Position in the member list, from 0. Also its BLS share index and its data shard.
+    pub index: u32,
+    /// ed25519 key that signs the member's messages and records.
+    pub public_key: identity::PublicKey,
+    /// libp2p peer id, derived from `public_key`.
+    pub peer_id: String,
+    /// Where the member listens (multiaddrs); peers dial these besides `--peer`.
+    pub addrs: Vec<String>,
+}
+
+/// The genesis file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Genesis {
+    /// Format version, [`VERSION`].
+    pub version: u32,
+    /// Hash of the initial global model (from `spec.model.init_seed`).
+    pub initial_model: Hash,
+    /// The threshold BLS public key set (hex).
+    pub bls_public_set: String,
+    /// The agreed parameters.
+    pub spec: Spec,
+    /// The members, by index.
+    pub members: Vec<Member>,
+}
+
+/// A genesis file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GenesisError {
+    #[error("not a valid genesis file: {0}")]
+    Parse(String),
+    #[error("genesis version {0} is not supported (this build reads version {VERSION})")]
+    Version(u32),
+    #[error("member {position} has index {index}; indices must be 0, 1, 2, … in order")]
+    Index { position: usize, index: u32 },
+    #[error("members {0} and {1} have the same public key")]
+    DuplicateKey(u32, u32),
+    #[error("spec.params.signing_threshold {threshold} must be between 1 and the member count {members}")]
+    Threshold { threshold: usize, members: usize },
+    #[error("bls_public_set: {0}")]
+    Bls(#[from] bls::BlsError),
+    #[error("the BLS key set needs {bls} shares but spec.params.signing_threshold is {threshold}")]
+    BlsThreshold { bls: usize, threshold: usize },
+    #[error("spec.model.layers: {0}")]
+    Layout(#[from] LayoutError),
+    #[error("initial_model {found} does not match the model from spec.model.init_seed ({expected})")]
+    InitialModel { found: Hash, expected: Hash },
+    #[error("spec.params.max_message_bytes {limit} cannot hold one update of {needed} bytes; raise it")]
+    MessageLimit { limit: usize, needed: usize },
+    #[error("{field} must be greater than 0")]
+    Zero { field: &'static str },
+    #[error("spec.data.partition: dirichlet alpha must be > 0, found {0}")]
+    Alpha(f64),
+}
+
+impl Params {
+    /// The threshold actually used for `members` members.
+    pub fn threshold_for(&self, members: usize) -> usize {
+        if self.signing_threshold == 0 {
+            members / 2 + 1
+        } else {
+            self.signing_threshold
+        }
+    }
+}
+
+impl Spec {
+    /// Check what can be checked without the member list.
+    pub fn validate(&self) -> Result<Layout, GenesisError> {
+        let layout = self.model.layout()?;
+        let p = &self.params;
+        for (field, v) in [
+            ("spec.params.update_timeout_ms", p.update_timeout_ms),
+            ("spec.params.failover_timeout_ms", p.failover_timeout_ms),
+            ("spec.params.status_interval_ms", p.status_interval_ms),
+            ("spec.train.epochs", self.train.epochs as u64),
+            ("spec.train.batch_size", self.train.batch_size as u64),
+            ("spec.data.test_rows", self.data.test_rows as u64),
+        ] {
+            if v == 0 {
+                return Err(GenesisError::Zero { field });
+            }
+        }
+        if !(self.train.learning_rate > 0.0) {
+            return Err(GenesisError::Zero { field: "spec.train.learning_rate" });
+        }
+        if let Partition::Dirichlet { alpha } = self.data.partition {
+            if !(alpha > 0.0) {
+                return Err(GenesisError::Alpha(alpha));
+            }
+        }
+        // An update message carries 4 bytes per parameter plus a small header.
+        let needed = layout.param_count() * 4 + 1024;
+        if p.max_message_bytes < needed {
+            return Err(GenesisError::MessageLimit { limit: p.max_message_bytes, needed });
+        }
+        Ok(layout)
+    }
+}
+
+impl Genesis {
+    /// Parse and validate a genesis file; returns it with its hash.
+    pub fn parse(bytes: &[u8]) -> Result<(Genesis, Hash), GenesisError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| GenesisError::Parse(e.to_string()))?;
+        let genesis: Genesis = toml::from_str(text).map_err(|e| GenesisError::Parse(e.to_string()))?;
+        genesis.validate()?;
+        Ok((genesis, hash_bytes(bytes)))
+    }
+
+    /// The file text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("genesis serializes to TOML")
+    }
+
+    pub fn validate(&self) -> Result<(), GenesisError> {
+        if self.version != VERSION {
+            return Err(GenesisError::Version(self.version));
+        }
+        let layout = self.spec.validate()?;
+        for (position, m) in self.members.iter().enumerate() {
+            if m.index as usize != position {
+                return Err(GenesisError::Index { position, index: m.index });
+            }
+        }
+        for (i, a) in self.members.iter().enumerate() {
+            if let Some(b) = self.members[i + 1..].iter().find(|b| b.public_key == a.public_key) {
+                return Err(GenesisError::DuplicateKey(a.index, b.index));
+            }
+        }
+        let n = self.members.len();
+        let t = self.threshold();
+        if t == 0 || t > n {
+            return Err(GenesisError::Threshold { threshold: t, members: n });
+        }
+        let set = self.bls()?;
+        if set.threshold() != t {
+            return Err(GenesisError::BlsThreshold { bls: set.threshold(), threshold: t });
+        }
+        let expected = layout.hash(&layout.init(self.spec.model.init_seed));
+        if expected != self.initial_model {
+            return Err(GenesisError::InitialModel { found: self.initial_model, expected });
+        }
+        Ok(())
+    }
+
+    /// Signature shares needed for a record.
+    pub fn threshold(&self) -> usize {
+        self.spec.params.threshold_for(self.members.len())
+    }
+
+    pub fn bls(&self) -> Result<bls::PublicSet, bls::BlsError> {
+        bls::PublicSet::from_hex(&self.bls_public_set)
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.spec.model.layout().expect("validated at parse")
+    }
+
+    pub fn member(&self, index: u32) -> Option<&Member> {
+        self.members.get(index as usize)
+    }
+
+    pub fn member_by_peer(&self, peer_id: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.peer_id == peer_id)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A small valid genesis with `n` members, and their secrets.
+    pub fn sample(n: usize) -> (Genesis, Vec<identity::SecretKey>, Vec<bls::SecretShare>) {
+        let mut spec = Spec::default();
+        spec.model.layers = vec![4, 3, 2];
+        let layout = spec.model.layout().unwrap();
+        let keys: Vec<_> = (0..n).map(|i| identity::SecretKey::from_seed([i as u8 + 1; 32])).collect();
+        let t = spec.params.threshold_for(n);
+        let set = bls::KeySet::generate(t, [42u8; 32]).unwrap();
+        let genesis = Genesis {
+            version: VERSION,
+            initial_model: layout.hash(&layout.init(spec.model.init_seed)),
+            bls_public_set: set.public().to_hex(),
+            spec,
+            members: keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| Member {
+                    index: i as u32,
+                    public_key: k.public(),
+                    peer_id: format!("peer{i}"),
+                    addrs: vec![format!("/ip4/127.0.0.1/tcp/{}", 7000 + i)],
+                })
+                .collect(),
+        };
+        let shares = (0..n as u32).map(|i| set.share(i)).collect();
+        (genesis, keys, shares)
+    }
+
+    #[test]
+    fn toml_round_trip_and_hash_is_stable() {
+        let (g, _, _) = sample(4);
+        let text = g.to_toml();
+        let (back, h) = Genesis::parse(text.as_bytes()).unwrap();
+        assert_eq!(back, g);
+        assert_eq!(h, hash_bytes(text.as_bytes()));
+        assert_eq!(back.threshold(), 3);
+    }
+
+    #[test]
+    fn rejects_inconsistent_files() {
+        let (g, _, _) = sample(3);
+        let mut bad = g.clone();
+        bad.members[1].index = 5;
+        assert!(matches!(bad.validate(), Err(GenesisError::Index { position: 1, index: 5 })));
+        let mut bad = g.clone();
+        bad.initial_model = Hash::ZERO;
+        assert!(matches!(bad.validate(), Err(GenesisError::InitialModel { .. })));
+        let mut bad = g.clone();
+        bad.spec.params.signing_threshold = 9;
+        assert!(matches!(bad.validate(), Err(GenesisError::Threshold { .. })));
+        let mut bad = g;
+        bad.spec.params.max_message_bytes = 10;
+        assert!(matches!(bad.validate(), Err(GenesisError::MessageLimit { .. })));
+        let err = Genesis::parse(b"version = 1\nbogus = 3\n").unwrap_err();
+        assert!(err.to_string().contains("bogus") || err.to_string().contains("missing"), "{err}");
+    }
+}

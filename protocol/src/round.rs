@@ -1,0 +1,443 @@
+//! One round of mode `plain`, as a state machine with no I/O.
+//!
+//! The node feeds it what arrives — updates, a proposal, approvals — and asks it what follows:
+//! whether all updates are in, which record to propose, whether a proposal is consistent with what
+//! this member saw, and, once `threshold` approvals of the same record are in, the signed entry to
+//! append. Time is the node's business: it decides when to stop waiting for updates and when the
+//! next coordinator takes over (`attempt`).
+//!
+//! Every member derives the same coordinator order from the log head: active members sorted by
+//! `blake3(prev_hash ‖ peer_id)`; attempt `k` is coordinated by the `k`-th of them.
+
+use std::collections::BTreeMap;
+
+use crate::aggregate::{self, AggregateError};
+use crate::audit::{Contribution, Entry, MemberSignature, Metrics, RoundRecord};
+use crate::crypto::{bls, hash::Hasher, identity, Hash};
+use crate::genesis::Genesis;
+use crate::wire::{Approval, Proposal, Update};
+
+/// Largest FedAvg weight a member may claim; more is treated as a lie about its data.
+pub const MAX_SAMPLES: u64 = 1_000_000_000;
+
+/// Something a member sent that the round cannot accept. `culprit` is the member to blame.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
+pub enum RoundError {
+    #[error("member {culprit} is not active in this round")]
+    NotActive { culprit: u32 },
+    #[error("update from member {culprit} was trained from model {found}, the round's model is {expected}")]
+    WrongBase { culprit: u32, found: Hash, expected: Hash },
+    #[error("update from member {culprit} has {found} values, the model has {expected}")]
+    WrongLength { culprit: u32, found: usize, expected: usize },
+    #[error("update from member {culprit} contains NaN or infinite values")]
+    NonFinite { culprit: u32 },
+    #[error("update from member {culprit} claims {samples} samples (must be 1..={MAX_SAMPLES})")]
+    BadWeight { culprit: u32, samples: u64 },
+    #[error("member {culprit} sent two different {what} messages in the same round")]
+    Equivocation { culprit: u32, what: &'static str },
+    #[error("proposal from member {culprit}: {reason}")]
+    BadProposal { culprit: u32, reason: String },
+    #[error("approval from member {culprit} has an invalid {which} signature")]
+    BadApproval { culprit: u32, which: &'static str },
+    #[error("cannot aggregate: {0}")]
+    Aggregate(#[from] AggregateError),
+    #[error("this member already approved a different record for this round")]
+    AlreadyApproved,
+}
+
+/// What happened to an accepted update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    New,
+    Duplicate,
+}
+
+/// State of one round at one member.
+#[derive(Debug)]
+pub struct Round {
+    /// Round number (1 for the first round after genesis).
+    pub round: u64,
+    /// Height of the entry this round appends.
+    pub height: u64,
+    /// Hash of the log head the round builds on.
+    pub prev_hash: Hash,
+    /// The global model every update must be trained from.
+    pub base_model: Hash,
+    order: Vec<u32>,
+    param_count: usize,
+    threshold: usize,
+    updates: BTreeMap<u32, (Update, Hash)>,
+    proposal: Option<(Proposal, Hash)>,
+    approved: Option<Hash>,
+    approvals: BTreeMap<u32, Approval>,
+}
+
+/// The coordinator order for a round built on `prev_hash`: `active` members sorted by
+/// `blake3(prev_hash ‖ peer_id)`.
+pub fn coordinator_order(genesis: &Genesis, prev_hash: Hash, active: &[u32]) -> Vec<u32> {
+    let mut keyed: Vec<(Hash, u32)> = active
+        .iter()
+        .filter_map(|i| genesis.member(*i))
+        .map(|m| {
+            let mut h = Hasher::new("fedmesh coordinator v1");
+            h.update(prev_hash.as_bytes());
+            h.update(m.peer_id.as_bytes());
+            (h.finalize(), m.index)
+        })
+        .collect();
+    keyed.sort();
+    keyed.into_iter().map(|(_, i)| i).collect()
+}
+
+impl Round {
+    pub fn new(genesis: &Genesis, height: u64, prev_hash: Hash, round: u64, base_model: Hash, active: &[u32]) -> Round {
+        Round {
+            round,
+            height,
+            prev_hash,
+            base_model,
+            order: coordinator_order(genesis, prev_hash, active),
+            param_count: genesis.layout().param_count(),
+            threshold: genesis.threshold(),
+            updates: BTreeMap::new(),
+            proposal: None,
+            approved: None,
+            approvals: BTreeMap::new(),
+        }
+    }
+
+    /// Active members, in coordinator order.
+    pub fn order(&self) -> &[u32] {
+        &self.order
+    }
+
+    pub fn is_active(&self, member: u32) -> bool {
+        self.order.contains(&member)
+    }
+
+    /// The coordinator of `attempt` (wrapping around the order).
+    pub fn coordinator(&self, attempt: u32) -> u32 {
+        self.order[attempt as usize % self.order.len()]
+    }
+
+    /// Accept `sender`'s update after checking it fits this round.
+    pub fn add_update(&mut self, sender: u32, update: Update) -> Result<Added, RoundError> {
+        let culprit = sender;
+        if !self.is_active(sender) {
+            return Err(RoundError::NotActive { culprit });
+        }
+        if update.base_model != self.base_model {
+            return Err(RoundError::WrongBase { culprit, found: update.base_model, expected: self.base_model });
+        }
+        if update.delta.len() != self.param_count {
+            return Err(RoundError::WrongLength { culprit, found: update.delta.len(), expected: self.param_count });
+        }
+        if update.num_samples == 0 || update.num_samples > MAX_SAMPLES {
+            return Err(RoundError::BadWeight { culprit, samples: update.num_samples });
+        }
+        if !update.train_loss.is_finite() || update.delta.iter().any(|v| !v.is_finite()) {
+            return Err(RoundError::NonFinite { culprit });
+        }
+        let hash = update.hash();
+        if let Some((_, existing)) = self.updates.get(&sender) {
+            return if *existing == hash {
+                Ok(Added::Duplicate)
+            } else {
+                Err(RoundError::Equivocation { culprit, what: "update" })
+            };
+        }
+        self.updates.insert(sender, (update, hash));
+        Ok(Added::New)
+    }
+
+    pub fn has_update(&self, member: u32) -> bool {
+        self.updates.contains_key(&member)
+    }
+
+    pub fn update_count(&self) -> usize {
+        self.updates.len()
+    }
+
+    /// Every active member's update is in.
+    pub fn has_all_updates(&self) -> bool {
+        self.order.iter().all(|m| self.updates.contains_key(m))
+    }
+
+    /// The members whose updates are in, sorted.
+    pub fn contributors(&self) -> Vec<u32> {
+        self.updates.keys().copied().collect()
+    }
+
+    /// FedAvg of the updates of `participants` (sorted), in member order.
+    pub fn aggregate(&self, participants: &[u32]) -> Result<Vec<f32>, RoundError> {
+        let mut inputs = Vec::with_capacity(participants.len());
+        for p in participants {
+            let (u, _) = self.updates.get(p).ok_or_else(|| RoundError::BadProposal {
+                culprit: *p,
+                reason: format!("no update from member {p}"),
+            })?;
+            inputs.push((u.delta.as_slice(), u.num_samples));
+        }
+        Ok(aggregate::fedavg(&inputs)?)
+    }
+
+    /// The record a coordinator proposes for the updates it holds.
+    pub fn propose(
+        &self,
+        attempt: u32,
+        coordinator: u32,
+        participants: &[u32],
+        new_model: Hash,
+        metrics: Metrics,
+        now_ms: u64,
+    ) -> Proposal {
+        let contributions = participants
+            .iter()
+            .filter_map(|p| self.updates.get(p).map(|(u, h)| (p, u, h)))
+            .map(|(p, u, h)| Contribution { member: *p, num_samples: u.num_samples, update_hash: *h, train_loss: u.train_loss })
+            .collect();
+        let mut dropouts: Vec<u32> = self.order.iter().copied().filter(|m| !participants.contains(m)).collect();
+        dropouts.sort_unstable();
+        Proposal {
+            height: self.height,
+            prev_hash: self.prev_hash,
+            record: RoundRecord {
+                round: self.round,
+                mode: crate::genesis::Mode::Plain,
+                attempt,
+                coordinator,
+                base_model: self.base_model,
+                new_model,
+                participants: contributions,
+                dropouts,
+                metrics,
+                proposed_at_ms: now_ms,
+            },
+        }
+    }
+
+    /// Check a proposal against this round and this member's view. `Ok(missing)` lists the
+    /// participants whose updates this member has not received yet (it can approve only once it
+    /// has them and has recomputed the model). The caller still checks `new_model` and metrics.
+    pub fn check_proposal(&self, sender: u32, p: &Proposal) -> Result<Vec<u32>, RoundError> {
+        let bad = |reason: String| RoundError::BadProposal { culprit: sender, reason };
+        let r = &p.record;
+        if p.height != self.height || p.prev_hash != self.prev_hash || r.round != self.round {
+            return Err(bad(format!("for height {} / round {}, this round is height {} / round {}", p.height, r.round, self.height, self.round)));
+        }
+        if r.coordinator != sender || self.coordinator(r.attempt) != sender {
+            return Err(bad(format!("member {sender} is not the coordinator of attempt {}", r.attempt)));
+        }
+        if r.base_model != self.base_model {
+            return Err(bad("base model is not this round's model".into()));
+        }
+        if r.participants.is_empty() {
+            return Err(bad("no participants".into()));
+        }
+        let members: Vec<u32> = r.participants.iter().map(|c| c.member).collect();
+        if members.windows(2).any(|w| w[0] >= w[1]) || members.iter().any(|m| !self.is_active(*m)) {
+            return Err(bad("participants must be distinct active members in order".into()));
+        }
+        let mut dropouts: Vec<u32> = self.order.iter().copied().filter(|m| !members.contains(m)).collect();
+        dropouts.sort_unstable();
+        if dropouts != r.dropouts {
+            return Err(bad("dropouts are not the active members that did not participate".into()));
+        }
+        let mut missing = Vec::new();
+        for c in &r.participants {
+            match self.updates.get(&c.member) {
+                None => missing.push(c.member),
+                Some((u, h)) => {
+                    if *h != c.update_hash || u.num_samples != c.num_samples || u.train_loss.to_bits() != c.train_loss.to_bits() {
+                        return Err(bad(format!("member {}'s update differs from the one received", c.member)));
+                    }
+                }
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Remember the proposal this member is working on (the first consistent one).
+    pub fn set_proposal(&mut self, p: Proposal) {
+        if self.proposal.is_none() {
+            let h = p.entry().signing_hash();
+            self.proposal = Some((p, h));
+        }
+    }
+
+    pub fn proposal(&self) -> Option<&Proposal> {
+        self.proposal.as_ref().map(|(p, _)| p)
+    }
+
+    /// This member's approval of the current proposal. A member approves at most one record per
+    /// round, so two different records can never both gather a majority.
+    pub fn approve(&mut self, key: &identity::SecretKey, share: &bls::SecretShare) -> Result<Approval, RoundError> {
+        let (_, h) = self.proposal.as_ref().ok_or(RoundError::AlreadyApproved)?;
+        let h = *h;
+        if let Some(prev) = self.approved {
+            if prev != h {
+                return Err(RoundError::AlreadyApproved);
+            }
+        }
+        self.approved = Some(h);
+        Ok(Approval { signing_hash: h, signature: key.sign(h.as_bytes()), bls_share: share.sign(h.as_bytes()).to_bytes().to_vec() })
+    }
+
+    pub fn has_approved(&self) -> bool {
+        self.approved.is_some()
+    }
+
+    /// Accept `sender`'s approval after checking both of its signatures.
+    pub fn add_approval(
+        &mut self,
+        genesis: &Genesis,
+        bls_set: &bls::PublicSet,
+        sender: u32,
+        a: Approval,
+    ) -> Result<Added, RoundError> {
+        let culprit = sender;
+        let member = genesis.member(sender).ok_or(RoundError::NotActive { culprit })?;
+        if !self.is_active(sender) {
+            return Err(RoundError::NotActive { culprit });
+        }
+        if let Some(existing) = self.approvals.get(&sender) {
+            return if existing.signing_hash == a.signing_hash {
+                Ok(Added::Duplicate)
+            } else {
+                Err(RoundError::Equivocation { culprit, what: "approval" })
+            };
+        }
+        member
+            .public_key
+            .verify(a.signing_hash.as_bytes(), &a.signature)
+            .map_err(|_| RoundError::BadApproval { culprit, which: "ed25519" })?;
+        let share = bls::SignatureShare::from_bytes(&a.bls_share)
+            .map_err(|_| RoundError::BadApproval { culprit, which: "BLS" })?;
+        if !bls_set.verify_share(sender, a.signing_hash.as_bytes(), &share) {
+            return Err(RoundError::BadApproval { culprit, which: "BLS" });
+        }
+        self.approvals.insert(sender, a);
+        Ok(Added::New)
+    }
+
+    /// Approvals of the current proposal so far.
+    pub fn approval_count(&self) -> usize {
+        match &self.proposal {
+            Some((_, h)) => self.approvals.values().filter(|a| a.signing_hash == *h).count(),
+            None => 0,
+        }
+    }
+
+    /// The signed entry, once `threshold` approvals of the current proposal are in.
+    pub fn try_commit(&self, bls_set: &bls::PublicSet) -> Option<Entry> {
+        let (p, h) = self.proposal.as_ref()?;
+        let approvals: Vec<(u32, &Approval)> =
+            self.approvals.iter().filter(|(_, a)| a.signing_hash == *h).map(|(m, a)| (*m, a)).collect();
+        if approvals.len() < self.threshold {
+            return None;
+        }
+        let shares: Vec<(u32, bls::SignatureShare)> = approvals
+            .iter()
+            .filter_map(|(m, a)| bls::SignatureShare::from_bytes(&a.bls_share).ok().map(|s| (*m, s)))
+            .collect();
+        let sig = bls_set.combine(shares.iter().map(|(m, s)| (*m, s))).ok()?;
+        let mut entry = p.entry();
+        entry.signatures =
+            approvals.iter().map(|(m, a)| MemberSignature { member: *m, signature: a.signature }).collect();
+        entry.threshold_signature = sig.to_bytes().to_vec();
+        Some(entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::genesis::tests::sample;
+    use crate::model;
+
+    fn upd(base: Hash, v: f32, n: u64) -> Update {
+        Update { base_model: base, num_samples: n, train_loss: 0.5, delta: vec![v; 23] }
+    }
+
+    #[test]
+    fn all_members_derive_the_same_order_and_it_moves_with_the_head() {
+        let (g, _, _) = sample(5);
+        let a = coordinator_order(&g, Hash::of("x", b"1"), &[0, 1, 2, 3, 4]);
+        assert_eq!(a, coordinator_order(&g, Hash::of("x", b"1"), &[4, 3, 2, 1, 0]));
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, vec![0, 1, 2, 3, 4]);
+        let others: Vec<_> = (2..20u8).map(|i| coordinator_order(&g, Hash::of("x", &[i]), &[0, 1, 2, 3, 4])[0]).collect();
+        assert!(others.iter().any(|c| *c != a[0]), "the coordinator must rotate");
+    }
+
+    #[test]
+    fn full_round_with_a_dropout_commits_a_verifiable_entry() {
+        let (g, keys, shares) = sample(4);
+        let text = g.to_toml();
+        let (g, gh) = Genesis::parse(text.as_bytes()).unwrap();
+        let set = g.bls().unwrap();
+        let e0 = Entry::genesis(text.as_bytes());
+        let base = g.initial_model;
+        let mk = || Round::new(&g, 1, e0.hash(), 1, base, &[0, 1, 2, 3]);
+        let mut rounds: Vec<Round> = (0..4).map(|_| mk()).collect();
+        // Member 3 is silent: a dropout.
+        for r in rounds.iter_mut() {
+            for (m, v, n) in [(0u32, 1.0f32, 100u64), (1, 2.0, 300), (2, 0.0, 100)] {
+                assert_eq!(r.add_update(m, upd(base, v, n)).unwrap(), Added::New);
+            }
+            assert!(!r.has_all_updates());
+        }
+        let coord = rounds[0].coordinator(0);
+        let layout = g.layout();
+        let participants = rounds[coord as usize].contributors();
+        let delta = rounds[coord as usize].aggregate(&participants).unwrap();
+        assert!((delta[0] - 1.4).abs() < 1e-6, "weighted mean (100·1 + 300·2 + 100·0)/500");
+        let init = layout.init(g.spec.model.init_seed);
+        let new_model = layout.hash(&model::apply(&init, &delta));
+        let metrics = Metrics { accuracy: 0.9, loss: 0.3, test_samples: 10 };
+        let p = rounds[coord as usize].propose(0, coord, &participants, new_model, metrics, 0);
+        assert_eq!(p.record.dropouts, vec![3]);
+        let mut approvals = Vec::new();
+        for (i, r) in rounds.iter_mut().enumerate().take(3) {
+            assert_eq!(r.check_proposal(coord, &p).unwrap(), Vec::<u32>::new());
+            r.set_proposal(p.clone());
+            approvals.push((i as u32, r.approve(&keys[i], &shares[i]).unwrap()));
+        }
+        // The silent member never got the updates: it learns which are missing.
+        let mut late = mk();
+        assert_eq!(late.check_proposal(coord, &p).unwrap(), vec![0, 1, 2]);
+        assert!(rounds[0].check_proposal((coord + 1) % 4, &p).is_err(), "only the coordinator proposes");
+
+        let r = &mut rounds[0];
+        for (m, a) in &approvals[..2] {
+            r.add_approval(&g, &set, *m, a.clone()).unwrap();
+        }
+        assert!(r.try_commit(&set).is_none(), "2 of 3 needed approvals");
+        r.add_approval(&g, &set, 2, approvals[2].1.clone()).unwrap();
+        let entry = r.try_commit(&set).unwrap();
+        entry.verify(&g, gh, &set).unwrap();
+        crate::audit::verify_link(&e0, &entry).unwrap();
+        assert_eq!(entry.record().unwrap().participants.len(), 3);
+        late.add_update(0, upd(base, 1.0, 100)).unwrap();
+        assert!(late.add_approval(&g, &set, 3, approvals[0].1.clone()).is_err(), "approval signed by someone else");
+    }
+
+    #[test]
+    fn refuses_bad_updates_and_equivocation() {
+        let (g, _, _) = sample(3);
+        let base = g.initial_model;
+        let mut r = Round::new(&g, 1, Hash::ZERO, 1, base, &[0, 1]);
+        assert!(matches!(r.add_update(2, upd(base, 1.0, 1)), Err(RoundError::NotActive { culprit: 2 })));
+        assert!(matches!(r.add_update(0, upd(Hash::ZERO, 1.0, 1)), Err(RoundError::WrongBase { .. })));
+        assert!(matches!(r.add_update(0, upd(base, f32::NAN, 1)), Err(RoundError::NonFinite { .. })));
+        assert!(matches!(r.add_update(0, upd(base, 1.0, 0)), Err(RoundError::BadWeight { .. })));
+        let mut short = upd(base, 1.0, 1);
+        short.delta.pop();
+        assert!(matches!(r.add_update(0, short), Err(RoundError::WrongLength { .. })));
+        r.add_update(0, upd(base, 1.0, 1)).unwrap();
+        assert_eq!(r.add_update(0, upd(base, 1.0, 1)).unwrap(), Added::Duplicate);
+        assert!(matches!(r.add_update(0, upd(base, 2.0, 1)), Err(RoundError::Equivocation { culprit: 0, .. })));
+    }
+}

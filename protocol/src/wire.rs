@@ -1,0 +1,248 @@
+//! Messages between members. Every gossiped message is an [`Envelope`]: the network's genesis hash,
+//! the sender's member index, the round, a [`Payload`] and the sender's ed25519 signature over all
+//! of it. [`Envelope::open`] decodes bounded bytes and checks all of that before anything else looks
+//! at the payload.
+
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{Entry, RoundRecord};
+use crate::codec::{self, DecodeError};
+use crate::crypto::{hash::Hasher, identity, Hash};
+use crate::genesis::Genesis;
+
+/// A model update for one round.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Update {
+    /// The global model the update was trained from.
+    pub base_model: Hash,
+    /// FedAvg weight: the member's training rows.
+    pub num_samples: u64,
+    /// Mean training loss over the member's last local epoch.
+    pub train_loss: f32,
+    /// new − old, in the layout's flat order.
+    pub delta: Vec<f32>,
+}
+
+impl std::fmt::Debug for Update {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Update")
+            .field("base_model", &self.base_model)
+            .field("num_samples", &self.num_samples)
+            .field("train_loss", &self.train_loss)
+            .field("len", &self.delta.len())
+            .finish()
+    }
+}
+
+impl Update {
+    /// Commitment to exactly these values (recorded in the round record).
+    pub fn hash(&self) -> Hash {
+        let mut h = Hasher::new("fedmesh update v1");
+        h.update(self.base_model.as_bytes());
+        h.update(&self.num_samples.to_le_bytes());
+        h.update(&self.train_loss.to_le_bytes());
+        h.update(&(self.delta.len() as u64).to_le_bytes());
+        for v in &self.delta {
+            h.update(&v.to_le_bytes());
+        }
+        h.finalize()
+    }
+}
+
+/// The coordinator's proposed record for the next height.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub height: u64,
+    pub prev_hash: Hash,
+    pub record: RoundRecord,
+}
+
+impl Proposal {
+    /// The unsigned entry this proposal would append.
+    pub fn entry(&self) -> Entry {
+        Entry::round(self.height, self.prev_hash, &self.record)
+    }
+}
+
+/// A member's approval of a proposal: ed25519 signature and BLS share over the entry's signing hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    pub signing_hash: Hash,
+    pub signature: identity::Signature,
+    pub bls_share: Vec<u8>,
+}
+
+/// A member's log head, announced periodically so that lagging members notice and catch up.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub height: u64,
+    pub head: Hash,
+}
+
+/// What an envelope carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Payload {
+    Update(Update),
+    Proposal(Proposal),
+    Approval(Approval),
+    Status(Status),
+}
+
+impl Payload {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Payload::Update(_) => "update",
+            Payload::Proposal(_) => "proposal",
+            Payload::Approval(_) => "approval",
+            Payload::Status(_) => "status",
+        }
+    }
+}
+
+/// A signed message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub genesis: Hash,
+    pub sender: u32,
+    pub round: u64,
+    pub payload: Payload,
+    pub signature: identity::Signature,
+}
+
+/// Why a message from a peer was refused. Every variant blames the sending peer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("message is for network {found}, this node is on {expected}")]
+    Genesis { found: Hash, expected: Hash },
+    #[error("sender {0} is not a member")]
+    NotMember(u32),
+    #[error("message claims member {claimed} but was published by another peer")]
+    WrongPeer { claimed: u32 },
+    #[error("signature of member {0} does not verify")]
+    Signature(u32),
+}
+
+fn signed_hash(genesis: Hash, sender: u32, round: u64, payload_bytes: &[u8]) -> Hash {
+    let mut h = Hasher::new("fedmesh envelope v1");
+    h.update(genesis.as_bytes());
+    h.update(&sender.to_le_bytes());
+    h.update(&round.to_le_bytes());
+    h.update(payload_bytes);
+    h.finalize()
+}
+
+impl Envelope {
+    /// Sign `payload` as member `sender`.
+    pub fn seal(genesis: Hash, sender: u32, round: u64, payload: Payload, key: &identity::SecretKey) -> Envelope {
+        let msg = signed_hash(genesis, sender, round, &codec::encode(&payload));
+        let signature = key.sign(msg.as_bytes());
+        Envelope { genesis, sender, round, payload, signature }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+
+    /// Decode at most `limit` bytes and check network, membership, publishing peer and signature.
+    /// `publisher` is the libp2p peer id that published the message, when known.
+    pub fn open(
+        bytes: &[u8],
+        limit: usize,
+        genesis: &Genesis,
+        genesis_hash: Hash,
+        publisher: Option<&str>,
+    ) -> Result<Envelope, OpenError> {
+        let env: Envelope = codec::decode(bytes, limit)?;
+        if env.genesis != genesis_hash {
+            return Err(OpenError::Genesis { found: env.genesis, expected: genesis_hash });
+        }
+        let member = genesis.member(env.sender).ok_or(OpenError::NotMember(env.sender))?;
+        if let Some(p) = publisher {
+            if p != member.peer_id {
+                return Err(OpenError::WrongPeer { claimed: env.sender });
+            }
+        }
+        let msg = signed_hash(env.genesis, env.sender, env.round, &codec::encode(&env.payload));
+        member
+            .public_key
+            .verify(msg.as_bytes(), &env.signature)
+            .map_err(|_| OpenError::Signature(env.sender))?;
+        Ok(env)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::genesis::tests::sample;
+    use proptest::prelude::*;
+
+    fn setup() -> (Genesis, Hash, Vec<identity::SecretKey>) {
+        let (g, keys, _) = sample(3);
+        let text = g.to_toml();
+        let (g, h) = Genesis::parse(text.as_bytes()).unwrap();
+        (g, h, keys)
+    }
+
+    fn update() -> Payload {
+        Payload::Update(Update { base_model: Hash::ZERO, num_samples: 5, train_loss: 0.3, delta: vec![0.5; 26] })
+    }
+
+    #[test]
+    fn sealed_envelope_opens() {
+        let (g, h, keys) = setup();
+        let env = Envelope::seal(h, 1, 4, update(), &keys[1]);
+        let bytes = env.encode();
+        let back = Envelope::open(&bytes, 1 << 20, &g, h, Some("peer1")).unwrap();
+        assert_eq!(back, env);
+    }
+
+    #[test]
+    fn refuses_forgeries_strangers_and_oversize() {
+        let (g, h, keys) = setup();
+        // Signed by member 2 but claiming to be member 1.
+        let mut env = Envelope::seal(h, 2, 4, update(), &keys[2]);
+        env.sender = 1;
+        assert!(matches!(Envelope::open(&env.encode(), 1 << 20, &g, h, None), Err(OpenError::Signature(1))));
+        // Published by another peer than the sender.
+        let env = Envelope::seal(h, 1, 4, update(), &keys[1]);
+        assert!(matches!(Envelope::open(&env.encode(), 1 << 20, &g, h, Some("peer0")), Err(OpenError::WrongPeer { .. })));
+        // Non-member index.
+        let env = Envelope::seal(h, 9, 4, update(), &keys[1]);
+        assert!(matches!(Envelope::open(&env.encode(), 1 << 20, &g, h, None), Err(OpenError::NotMember(9))));
+        // Another network.
+        let env = Envelope::seal(Hash::ZERO, 1, 4, update(), &keys[1]);
+        assert!(matches!(Envelope::open(&env.encode(), 1 << 20, &g, h, None), Err(OpenError::Genesis { .. })));
+        // Round changed after signing.
+        let mut env = Envelope::seal(h, 1, 4, update(), &keys[1]);
+        env.round = 5;
+        assert!(Envelope::open(&env.encode(), 1 << 20, &g, h, None).is_err());
+        // Too large.
+        let env = Envelope::seal(h, 1, 4, update(), &keys[1]);
+        assert!(matches!(Envelope::open(&env.encode(), 50, &g, h, None), Err(OpenError::Decode(DecodeError::TooLarge { .. }))));
+        // Truncated.
+        let bytes = env.encode();
+        assert!(Envelope::open(&bytes[..bytes.len() - 3], 1 << 20, &g, h, None).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let (g, h, _) = setup();
+            let _ = Envelope::open(&bytes, 1 << 20, &g, h, None);
+        }
+
+        #[test]
+        fn any_flipped_byte_is_refused(pos in 0usize..200, bit in 0u8..8) {
+            let (g, h, keys) = setup();
+            let bytes = Envelope::seal(h, 1, 4, update(), &keys[1]).encode();
+            let mut bad = bytes.clone();
+            let pos = pos % bad.len();
+            bad[pos] ^= 1 << bit;
+            prop_assert!(Envelope::open(&bad, 1 << 20, &g, h, None).is_err());
+        }
+    }
+}
