@@ -284,6 +284,17 @@ impl Round {
         Ok(Approval { signing_hash: h, signature: key.sign(h.as_bytes()), bls_share: share.sign(h.as_bytes()).to_bytes().to_vec() })
     }
 
+    /// Restore the approval this member gave before a restart, so that it can never approve a
+    /// different record for the same height.
+    pub fn lock_approval(&mut self, signing_hash: Hash) {
+        self.approved = Some(signing_hash);
+    }
+
+    /// The update `member` sent, if it arrived.
+    pub fn update(&self, member: u32) -> Option<&Update> {
+        self.updates.get(&member).map(|(u, _)| u)
+    }
+
     pub fn has_approved(&self) -> bool {
         self.approved.is_some()
     }

@@ -77,6 +77,8 @@ pub struct Approval {
 pub struct Status {
     pub height: u64,
     pub head: Hash,
+    /// Sender's clock (Unix ms): makes each announcement a new gossip message.
+    pub sent_at_ms: u64,
 }
 
 /// What an envelope carries.
@@ -172,6 +174,41 @@ impl Envelope {
             .map_err(|_| OpenError::Signature(env.sender))?;
         Ok(env)
     }
+}
+
+/// Most entries returned for one [`Request::Entries`].
+pub const MAX_ENTRIES_PER_REQUEST: u32 = 64;
+
+/// Largest request a node reads; requests are small.
+pub const MAX_REQUEST_BYTES: usize = 4096;
+
+/// A direct request to one peer (libp2p request-response), for what gossip does not carry: the
+/// handshake on connect, catching up on the log, checkpoints, and an update that gossip lost.
+/// Responses are self-verifying (signed entries, hashed checkpoints, signed envelopes), so a peer
+/// that lies is caught by checking what it sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Sent on every new connection: which network, and how far the sender's log goes.
+    Hello { genesis: Hash, status: Status },
+    /// Log entries from height `from`, at most `max` (capped at [`MAX_ENTRIES_PER_REQUEST`]).
+    Entries { from: u64, max: u32 },
+    /// A global model checkpoint (safetensors bytes) by model hash.
+    Checkpoint(Hash),
+    /// The signed update envelope of `member` in `round`, if the peer holds it.
+    Update { round: u64, member: u32 },
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Hello { status: Status },
+    /// The peer is on another network (its genesis hash).
+    WrongNetwork { genesis: Hash },
+    Entries(Vec<Entry>),
+    Checkpoint(Option<Vec<u8>>),
+    Update(Option<Vec<u8>>),
+    /// The request was refused (reason for the log).
+    Refused(String),
 }
 
 #[cfg(test)]

@@ -1,0 +1,225 @@
+//! `fedmesh audit show|verify|export`: read a node's log (the node may be stopped or running — sled
+//! allows one process, so stop the node or copy its data dir first).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use serde_json::json;
+
+use fedmesh_crypto::Hash;
+use fedmesh_protocol::audit::{self, Entry, Kind, RoundRecord};
+use fedmesh_protocol::genesis::Genesis;
+use fedmesh_storage::Store;
+
+pub enum Mode {
+    Show,
+    Verify,
+    Export(Option<PathBuf>),
+}
+
+/// A log that fails verification, at `height`.
+#[derive(Debug)]
+pub struct Failure {
+    pub height: u64,
+    pub reason: String,
+}
+
+/// What a verified log holds.
+#[derive(Debug)]
+pub struct Verified {
+    pub entries: u64,
+    pub head: Hash,
+    pub rounds: u64,
+}
+
+pub fn run(data_dir: &Path, genesis_file: Option<&Path>, json_out: bool, mode: Mode) -> anyhow::Result<ExitCode> {
+    if !data_dir.exists() {
+        anyhow::bail!("data dir {} does not exist", data_dir.display());
+    }
+    let store = Store::open(data_dir)?;
+    let expected = match genesis_file {
+        Some(p) => {
+            let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+            Some(fedmesh_protocol::genesis::hash_bytes(&bytes))
+        }
+        None => None,
+    };
+    match mode {
+        Mode::Verify => match verify(&store, expected) {
+            Ok(v) => {
+                if json_out {
+                    println!("{}", json!({"ok": true, "entries": v.entries, "rounds": v.rounds, "head": v.head.to_string()}));
+                } else {
+                    println!("ok: {} entries ({} rounds), head {}", v.entries, v.rounds, v.head);
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(f) => {
+                if json_out {
+                    println!("{}", json!({"ok": false, "height": f.height, "error": f.reason}));
+                } else {
+                    println!("FAILED at height {}: {}", f.height, f.reason);
+                }
+                Ok(ExitCode::from(1))
+            }
+        },
+        Mode::Show => {
+            let out = std::io::stdout();
+            let mut out = out.lock();
+            for e in store.entries() {
+                let e = e?;
+                let v = summary(&e);
+                if json_out {
+                    writeln!(out, "{v}")?;
+                } else {
+                    writeln!(out, "{}", human(&e, &v))?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Mode::Export(path) => {
+            let mut sink: Box<dyn Write> = match &path {
+                Some(p) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+                )),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            for e in store.entries() {
+                let e = e?;
+                let mut v = summary(&e);
+                v["prev_hash"] = json!(e.prev_hash.to_string());
+                v["body_hash"] = json!(e.body_hash.to_string());
+                v["body_hex"] = json!(hex::encode(&e.body));
+                v["signatures"] = json!(e
+                    .signatures
+                    .iter()
+                    .map(|s| json!({"member": s.member, "signature": hex::encode(s.signature.0)}))
+                    .collect::<Vec<_>>());
+                v["threshold_signature"] = json!(hex::encode(&e.threshold_signature));
+                writeln!(sink, "{v}")?;
+            }
+            sink.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn summary(e: &Entry) -> serde_json::Value {
+    let mut v = json!({"height": e.height, "hash": e.hash().to_string()});
+    match e.kind {
+        Kind::Genesis => {
+            v["kind"] = json!("genesis");
+            if let Ok((g, _)) = Genesis::parse(&e.body) {
+                v["network"] = json!(g.spec.network);
+                v["mode"] = json!(g.spec.mode.to_string());
+                v["members"] = json!(g.members.len());
+                v["threshold"] = json!(g.threshold());
+            }
+        }
+        Kind::Round => {
+            v["kind"] = json!("round");
+            match RoundRecord::decode(&e.body) {
+                Ok(r) => {
+                    v["round"] = json!(r.round);
+                    v["mode"] = json!(r.mode.to_string());
+                    v["coordinator"] = json!(r.coordinator);
+                    v["attempt"] = json!(r.attempt);
+                    v["participants"] = json!(r.participants.iter().map(|c| c.member).collect::<Vec<_>>());
+                    v["samples"] = json!(r.participants.iter().map(|c| c.num_samples).sum::<u64>());
+                    v["dropouts"] = json!(r.dropouts);
+                    v["accuracy"] = json!(r.metrics.accuracy);
+                    v["loss"] = json!(r.metrics.loss);
+                    v["test_samples"] = json!(r.metrics.test_samples);
+                    v["base_model"] = json!(r.base_model.to_string());
+                    v["new_model"] = json!(r.new_model.to_string());
+                    v["signers"] = json!(e.signatures.iter().map(|s| s.member).collect::<Vec<_>>());
+                    v["proposed_at_ms"] = json!(r.proposed_at_ms);
+                }
+                Err(err) => v["error"] = json!(err.to_string()),
+            }
+        }
+    }
+    v
+}
+
+fn human(e: &Entry, v: &serde_json::Value) -> String {
+    match e.kind {
+        Kind::Genesis => format!(
+            "{:>5}  genesis  {}  network {} mode {} members {} threshold {}",
+            e.height,
+            e.hash().short(),
+            v["network"],
+            v["mode"],
+            v["members"],
+            v["threshold"]
+        ),
+        Kind::Round => format!(
+            "{:>5}  round {:<4} {}  accuracy {:.4} loss {:.4}  participants {} dropouts {} coordinator {} signers {}",
+            e.height,
+            v["round"],
+            e.hash().short(),
+            v["accuracy"].as_f64().unwrap_or(f64::NAN),
+            v["loss"].as_f64().unwrap_or(f64::NAN),
+            v["participants"],
+            v["dropouts"],
+            v["coordinator"],
+            v["signers"]
+        ),
+    }
+}
+
+/// Check the whole log: every entry decodes, links to its predecessor, carries valid member and
+/// threshold signatures from the genesis keys, follows the previous round, and has a checkpoint
+/// whose hash is the recorded model.
+pub fn verify(store: &Store, expected_genesis: Option<Hash>) -> Result<Verified, Failure> {
+    let fail = |height: u64, reason: String| Failure { height, reason };
+    let mut iter = store.entries();
+    let first = match iter.next() {
+        None => return Err(fail(0, "the log is empty".into())),
+        Some(r) => r.map_err(|e| fail(0, e.to_string()))?,
+    };
+    if first.height != 0 || first.kind != Kind::Genesis {
+        return Err(fail(first.height, "the first entry is not a genesis entry at height 0".into()));
+    }
+    let (genesis, gh) = Genesis::parse(&first.body).map_err(|e| fail(0, format!("genesis does not parse: {e}")))?;
+    if let Some(exp) = expected_genesis {
+        if exp != gh {
+            return Err(fail(0, format!("the log's genesis is {gh}, the given genesis file is {exp}")));
+        }
+    }
+    let bls = genesis.bls().map_err(|e| fail(0, e.to_string()))?;
+    let layout = genesis.layout();
+    first.verify(&genesis, gh, &bls).map_err(|e| fail(0, e.to_string()))?;
+    let mut prev = first;
+    let mut last: Option<RoundRecord> = None;
+    let mut count = 1;
+    for next in iter {
+        let entry = next.map_err(|e| {
+            let h = corrupt_height(&e).unwrap_or(prev.height + 1);
+            fail(h, e.to_string())
+        })?;
+        let h = entry.height;
+        audit::verify_link(&prev, &entry).map_err(|e| fail(e.height(), e.to_string()))?;
+        entry.verify(&genesis, gh, &bls).map_err(|e| fail(h, e.to_string()))?;
+        let record = entry.record().map_err(|e| fail(h, e.to_string()))?;
+        audit::verify_succession(&genesis, last.as_ref(), &entry, &record).map_err(|e| fail(h, e.to_string()))?;
+        match store.checkpoint(&layout, &record.new_model) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(fail(h, format!("no checkpoint for model {}", record.new_model))),
+            Err(e) => return Err(fail(h, format!("checkpoint of model {}: {e}", record.new_model))),
+        }
+        last = Some(record);
+        prev = entry;
+        count += 1;
+    }
+    Ok(Verified { entries: count, head: prev.hash(), rounds: last.map(|r| r.round).unwrap_or(0) })
+}
+
+fn corrupt_height(e: &fedmesh_storage::StoreError) -> Option<u64> {
+    match e {
+        fedmesh_storage::StoreError::Corrupt { height, .. } => Some(*height),
+        _ => None,
+    }
+}

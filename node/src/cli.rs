@@ -1,0 +1,124 @@
+//! Command-line interface: raw flags first, then one validated config per command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::{audit, config, dealer, node};
+
+/// fedmesh: a peer-to-peer federated learning node with a signed, hash-chained audit log.
+#[derive(Parser, Debug)]
+#[command(name = "fedmesh", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Found a network: write the public genesis file and one private folder per member.
+    Genesis {
+        /// Number of members.
+        #[arg(long)]
+        members: usize,
+        /// Output directory (must be new or empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// The dealer's config (see configs/genesis.toml); defaults apply without it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Member i listens on base-port + i (overrides the config's dealer.base_port).
+        #[arg(long)]
+        base_port: Option<u16>,
+        /// Rounds written into each member's node.toml (0 = until Ctrl-C).
+        #[arg(long)]
+        rounds: Option<u64>,
+        /// MNIST file written into each member's node.toml.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Aggregation mode (overrides the config's spec.mode): plain.
+        #[arg(long)]
+        mode: Option<String>,
+    },
+    /// Run a member node until its configured rounds are done or Ctrl-C.
+    Node {
+        /// The member's node.toml (written by `fedmesh genesis`).
+        #[arg(long)]
+        config: PathBuf,
+        /// A peer to dial at start (multiaddr); repeatable.
+        #[arg(long = "peer")]
+        peers: Vec<String>,
+        /// Address to listen on (multiaddr); repeatable; replaces the config's `listen`.
+        #[arg(long)]
+        listen: Vec<String>,
+        /// Where the log, checkpoints and state live; replaces the config's `data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Stop once the log holds this many rounds (0 = run until Ctrl-C).
+        #[arg(long)]
+        rounds: Option<u64>,
+    },
+    /// Inspect, verify or export a node's audit log.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditAction {
+    /// Print every entry (one JSON object per line with --json).
+    Show(AuditArgs),
+    /// Check every hash link, every signature against the genesis keys and every model hash
+    /// against its checkpoint; exits 1 naming the first bad height.
+    Verify(AuditArgs),
+    /// Write the full log (entries with bodies and signatures) as JSON lines, for offline checks.
+    Export {
+        #[command(flatten)]
+        args: AuditArgs,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct AuditArgs {
+    /// The node's data directory.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Expected genesis file; without it the log's own height 0 is used.
+    #[arg(long)]
+    genesis: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Genesis { members, out, config, base_port, rounds, data, mode } => {
+            let req = dealer::Request { members, out: out.clone(), config, base_port, rounds, data_path: data, mode };
+            let hash = dealer::run(&req)?;
+            println!("genesis {hash}");
+            println!("wrote {}/genesis.toml and {members} member folders", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Node { config: path, peers, listen, data_dir, rounds } => {
+            let flags = config::Flags { peers, listen, data_dir, rounds };
+            let cfg = config::Node::load(&path, flags)?;
+            node::run(cfg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { action } => {
+            let (args, mode) = match action {
+                AuditAction::Show(a) => (a, audit::Mode::Show),
+                AuditAction::Verify(a) => (a, audit::Mode::Verify),
+                AuditAction::Export { args, out } => (args, audit::Mode::Export(out)),
+            };
+            audit::run(&args.data_dir, args.genesis.as_deref(), args.json, mode)
+        }
+    }
+}

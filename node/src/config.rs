@@ -1,0 +1,143 @@
+//! The node's own configuration (`node.toml`), read from TOML and merged with the command line
+//! into one validated [`Node`] config. Relative paths in the file are relative to the file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+/// `node.toml`, field by field. `fedmesh genesis` writes one per member.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct File {
+    /// The network's genesis file.
+    pub genesis: PathBuf,
+    /// The member's private folder (`identity.key`, `bls.share`).
+    pub key_dir: PathBuf,
+    /// Where the node keeps its audit log, checkpoints and state.
+    pub data_dir: PathBuf,
+    /// Multiaddrs to listen on; default: the member's addresses from the genesis file.
+    pub listen: Vec<String>,
+    /// Multiaddrs of peers to dial at start (besides the members' genesis addresses).
+    pub peers: Vec<String>,
+    /// Stop after the log holds this many rounds; 0 runs until Ctrl-C.
+    pub rounds: u64,
+    /// The MNIST file (`data/mnist_5k.csv.gz`); unused for synthetic data.
+    pub data_path: PathBuf,
+}
+
+/// Flags given on the command line; each overrides the file.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    pub peers: Vec<String>,
+    pub listen: Vec<String>,
+    pub data_dir: Option<PathBuf>,
+    pub rounds: Option<u64>,
+}
+
+/// The validated node configuration.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub genesis: PathBuf,
+    pub key_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub listen: Vec<libp2p::Multiaddr>,
+    pub peers: Vec<libp2p::Multiaddr>,
+    pub rounds: Option<u64>,
+    pub data_path: PathBuf,
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() || p.as_os_str().is_empty() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn parse_addrs(field: &str, file: &Path, addrs: &[String]) -> anyhow::Result<Vec<libp2p::Multiaddr>> {
+    addrs
+        .iter()
+        .map(|a| {
+            a.parse::<libp2p::Multiaddr>().map_err(|e| {
+                anyhow::anyhow!("{}: field `{field}`: {a:?} is not a multiaddr ({e}); expected e.g. /ip4/127.0.0.1/tcp/7100", file.display())
+            })
+        })
+        .collect()
+}
+
+impl Node {
+    /// Read `path`, apply `flags`, and check every field.
+    pub fn load(path: &Path, flags: Flags) -> anyhow::Result<Node> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read node config {}", path.display()))?;
+        let file: File = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let require = |field: &str, p: &Path| -> anyhow::Result<()> {
+            if p.as_os_str().is_empty() {
+                anyhow::bail!("{}: field `{field}` is required", path.display());
+            }
+            Ok(())
+        };
+        require("genesis", &file.genesis)?;
+        require("key_dir", &file.key_dir)?;
+        let data_dir = match flags.data_dir {
+            Some(d) => d,
+            None => {
+                require("data_dir", &file.data_dir)?;
+                resolve(base, &file.data_dir)
+            }
+        };
+        let listen = if flags.listen.is_empty() { file.listen.clone() } else { flags.listen.clone() };
+        let rounds = flags.rounds.unwrap_or(file.rounds);
+        Ok(Node {
+            genesis: resolve(base, &file.genesis),
+            key_dir: resolve(base, &file.key_dir),
+            data_dir,
+            listen: parse_addrs("listen", path, &listen)?,
+            peers: parse_addrs("peers", path, &file.peers)?
+                .into_iter()
+                .chain(parse_addrs("--peer", Path::new("command line"), &flags.peers)?)
+                .collect(),
+            rounds: (rounds > 0).then_some(rounds),
+            data_path: resolve(base, &file.data_path),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_file_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        std::fs::write(&p, "genesis = 'g.toml'\nkey_dir = 'k'\ndata_dir = 'd'\nlisten = ['not-an-addr']\n").unwrap();
+        let err = Node::load(&p, Flags::default()).unwrap_err().to_string();
+        assert!(err.contains("node.toml") && err.contains("listen"), "{err}");
+
+        std::fs::write(&p, "genesis = 'g.toml'\nkey_dir = 'k'\ndata_dir = 'd'\nrounds = 'five'\n").unwrap();
+        let err = Node::load(&p, Flags::default()).unwrap_err().to_string();
+        assert!(err.contains("node.toml") && err.contains("rounds"), "{err}");
+
+        std::fs::write(&p, "genesis = 'g.toml'\nkey_dir = 'k'\ndata_dir = 'd'\nlisten_on = []\n").unwrap();
+        let err = Node::load(&p, Flags::default()).unwrap_err().to_string();
+        assert!(err.contains("listen_on"), "{err}");
+
+        std::fs::write(&p, "key_dir = 'k'\ndata_dir = 'd'\n").unwrap();
+        let err = Node::load(&p, Flags::default()).unwrap_err().to_string();
+        assert!(err.contains("genesis") && err.contains("required"), "{err}");
+    }
+
+    #[test]
+    fn paths_are_relative_to_the_file_and_flags_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        std::fs::write(&p, "genesis = '../g.toml'\nkey_dir = '.'\ndata_dir = 'd'\nrounds = 3\n").unwrap();
+        let n = Node::load(&p, Flags { rounds: Some(0), peers: vec!["/ip4/127.0.0.1/tcp/1".into()], ..Default::default() }).unwrap();
+        assert_eq!(n.genesis, dir.path().join("../g.toml"));
+        assert_eq!(n.rounds, None);
+        assert_eq!(n.peers.len(), 1);
+    }
+}

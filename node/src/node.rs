@@ -1,0 +1,100 @@
+//! `fedmesh node`: load and check everything, then run the network task and the round runtime.
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+
+use fedmesh_protocol::audit::Entry;
+use fedmesh_protocol::genesis::Genesis;
+use fedmesh_storage::Store;
+
+use crate::config;
+use crate::keys::{self, MemberKeys};
+use crate::runtime::{Context, Runtime};
+use crate::{net, train};
+
+pub fn run(cfg: config::Node) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&cfg.genesis).with_context(|| format!("cannot read genesis file {}", cfg.genesis.display()))?;
+    let (genesis, genesis_hash) =
+        Genesis::parse(&bytes).with_context(|| format!("genesis file {}", cfg.genesis.display()))?;
+    for m in &genesis.members {
+        let expected = keys::peer_id(&m.public_key).to_string();
+        if m.peer_id != expected {
+            anyhow::bail!("{}: member {} has peer_id {} but its key gives {expected}", cfg.genesis.display(), m.index, m.peer_id);
+        }
+    }
+    let keys = MemberKeys::load(&cfg.key_dir, &genesis)?;
+    let me = keys.index;
+
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p_gossipsub=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let span = tracing::info_span!("node", member = me);
+    let _enter = span.enter();
+
+    let store = Store::open(&cfg.data_dir)?;
+    store.init_genesis(&Entry::genesis(&bytes)).with_context(|| {
+        format!("data dir {} belongs to another network; use a fresh --data-dir for this genesis", cfg.data_dir.display())
+    })?;
+    let layout = genesis.layout();
+    if !store.has_checkpoint(&genesis.initial_model)? {
+        let h = store.put_checkpoint(&layout, &layout.init(genesis.spec.model.init_seed))?;
+        anyhow::ensure!(h == genesis.initial_model, "initial model hash mismatch");
+    }
+    let data = train::load(&genesis.spec.data, &cfg.data_path, me, genesis.members.len() as u32)
+        .with_context(|| format!("loading member {me}'s data"))?;
+    tracing::info!(
+        network = %genesis.spec.network,
+        genesis = %genesis_hash.short(),
+        train_rows = data.train.len(),
+        test_rows = data.test.len(),
+        "node starting"
+    );
+
+    let mut members = HashMap::new();
+    let mut peers = HashMap::new();
+    for m in &genesis.members {
+        let pid: libp2p::PeerId = m.peer_id.parse().context("peer id in genesis")?;
+        let addrs = m.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        members.insert(pid, addrs);
+        peers.insert(pid, m.index);
+    }
+    let listen = if cfg.listen.is_empty() {
+        genesis.members[me as usize].addrs.iter().filter_map(|a| a.parse().ok()).collect()
+    } else {
+        cfg.listen.clone()
+    };
+    let net_cfg = net::Config {
+        keypair: keys::libp2p_keypair(&keys.identity),
+        listen,
+        members,
+        bootstrap: cfg.peers.clone(),
+        topic: format!("fedmesh/{}", genesis_hash),
+        max_message_bytes: genesis.spec.params.max_message_bytes,
+    };
+    let ctx = Context {
+        bls: genesis.bls()?,
+        layout,
+        genesis,
+        genesis_hash,
+        keys,
+        data,
+        peers,
+        rounds: cfg.rounds,
+    };
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let (handle, events, task) = net::start(net_cfg)?;
+        let net_task = tokio::spawn(task);
+        let runtime = Runtime::new(ctx, store, handle)?;
+        let result = runtime.run(events).await;
+        net_task.abort();
+        result
+    })
+}

@@ -1,0 +1,885 @@
+//! The node's round runtime: drives the protocol's round state machine over the network.
+//!
+//! One task owns all round state. It reacts to network events, to the results of CPU-heavy work
+//! (training, evaluation — run on the blocking pool so that gossip keeps flowing), and to a timer
+//! that enforces the phase timeouts:
+//!
+//! 1. A round starts when the log head moves. The member trains from the global model and gossips
+//!    its signed update.
+//! 2. The round's coordinator (derived from the head) proposes a record once every active member's
+//!    update is in, or when the update timeout expires (the missing members are dropouts). If no
+//!    proposal arrives, the next member in the order takes over after each failover timeout.
+//! 3. Every member recomputes the aggregate and evaluates it; if the proposal matches what it
+//!    computed, it approves (ed25519 + BLS share). With `threshold` approvals, every member forms
+//!    the threshold signature and appends the entry and the model checkpoint to its log.
+//! 4. A member that sees a longer log (status announcements, the handshake) stops its round and
+//!    catches up: it fetches entries and checkpoints, verifies them, and appends them.
+
+mod sync;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use libp2p::PeerId;
+use tokio::sync::mpsc;
+
+use fedmesh_crypto::{bls, Hash};
+use fedmesh_protocol::audit::{self, Entry, Metrics, RoundRecord};
+use fedmesh_protocol::genesis::Genesis;
+use fedmesh_protocol::model::{self, Layout};
+use fedmesh_protocol::round::{Added, Round, RoundError};
+use fedmesh_protocol::wire::{self, Envelope, Payload, Proposal, Request, Response, Status};
+use fedmesh_storage::Store;
+
+use crate::keys::MemberKeys;
+use crate::net::{self, Event, Verdict};
+use crate::train::{self, MemberData};
+
+/// State key: the approval this member gave (height, signing hash), kept across restarts.
+const APPROVAL_KEY: &str = "approval";
+/// State key: this member's signed update envelope for the round in progress.
+const UPDATE_KEY: &str = "own_update";
+
+/// Everything a node needs that does not change while it runs.
+pub struct Context {
+    pub genesis: Genesis,
+    pub genesis_hash: Hash,
+    pub bls: bls::PublicSet,
+    pub layout: Layout,
+    pub keys: MemberKeys,
+    pub data: MemberData,
+    /// Member index of every member's peer id.
+    pub peers: HashMap<PeerId, u32>,
+    /// Stop after this many rounds are in the log.
+    pub rounds: Option<u64>,
+}
+
+impl Context {
+    fn member_peer(&self, member: u32) -> Option<PeerId> {
+        self.peers.iter().find(|(_, m)| **m == member).map(|(p, _)| *p)
+    }
+}
+
+/// Work done off the runtime task, reported back.
+enum Work {
+    Trained { round: u64, result: Result<train::TrainOutcome, String> },
+    Evaluated { round: u64, purpose: Purpose, params: Arc<Vec<f32>>, result: Result<Metrics, String> },
+    FetchedUpdate { round: u64, bytes: Option<Vec<u8>> },
+    FetchedCheckpoint { round: u64, hash: Hash, bytes: Option<Vec<u8>> },
+    Synced(Result<sync::Outcome, String>),
+    Hello { peer: PeerId, response: Result<Response, String> },
+}
+
+/// Why a model was evaluated.
+enum Purpose {
+    /// The coordinator's own proposal for `attempt`.
+    Propose { attempt: u32, participants: Vec<u32> },
+    /// Checking `proposal` from `proposer`.
+    Verify { proposer: u32, proposal: Box<Proposal> },
+}
+
+/// A round in progress at this member.
+struct Current {
+    state: Round,
+    started: Instant,
+    training: bool,
+    /// Own update envelope, until gossip accepted it.
+    unpublished: Option<Vec<u8>>,
+    /// Signed update envelopes as received, to serve peers that missed one.
+    envelopes: HashMap<u32, Vec<u8>>,
+    /// A proposal waiting for updates this member has not received yet.
+    waiting: Option<(u32, Proposal)>,
+    last_fetch: Option<Instant>,
+    /// Proposals already checked (by signing hash), so a re-gossiped one is not evaluated twice.
+    checked: HashSet<Hash>,
+    evaluating: bool,
+    /// The attempt this member proposed for, if any.
+    proposed: Option<u32>,
+    /// The model of the proposal this member approved or proposed, by signing hash.
+    candidate: Option<(Hash, Arc<Vec<f32>>)>,
+    /// A signed entry waiting for its model checkpoint.
+    commit_waiting: Option<Entry>,
+}
+
+/// The running node.
+pub struct Runtime {
+    ctx: Arc<Context>,
+    store: Arc<Store>,
+    net: net::Handle,
+    head: Entry,
+    last: Option<RoundRecord>,
+    global: Arc<Vec<f32>>,
+    current: Option<Current>,
+    /// Messages for the next round, held until it starts (bounded: three per member).
+    early: Vec<(Envelope, Vec<u8>)>,
+    /// Last known log height of each connected peer.
+    peer_heights: HashMap<PeerId, u64>,
+    syncing: bool,
+    finished_at: Option<Instant>,
+    work_tx: mpsc::Sender<Work>,
+    work_rx: mpsc::Receiver<Work>,
+    last_status: Instant,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Runtime {
+    /// Open the node's state: the log head, the last record and the global model.
+    pub fn new(ctx: Context, store: Store, net: net::Handle) -> anyhow::Result<Runtime> {
+        let store = Arc::new(store);
+        let head = store.head()?.context("the log has no genesis entry")?;
+        let last = match head.height {
+            0 => None,
+            _ => Some(head.record().map_err(|e| anyhow::anyhow!("log head: {e}"))?),
+        };
+        let model_hash = last.as_ref().map(|r| r.new_model).unwrap_or(ctx.genesis.initial_model);
+        let global = store
+            .checkpoint(&ctx.layout, &model_hash)?
+            .with_context(|| format!("the checkpoint of the global model {model_hash} is missing from the data dir"))?;
+        let (work_tx, work_rx) = mpsc::channel(64);
+        Ok(Runtime {
+            ctx: Arc::new(ctx),
+            store,
+            net,
+            head,
+            last,
+            global: Arc::new(global),
+            current: None,
+            early: Vec::new(),
+            peer_heights: HashMap::new(),
+            syncing: false,
+            finished_at: None,
+            work_tx,
+            work_rx,
+            last_status: Instant::now(),
+        })
+    }
+
+    fn me(&self) -> u32 {
+        self.ctx.keys.index
+    }
+
+    fn params(&self) -> &fedmesh_protocol::genesis::Params {
+        &self.ctx.genesis.spec.params
+    }
+
+    fn next_round(&self) -> u64 {
+        self.last.as_ref().map(|r| r.round + 1).unwrap_or(1)
+    }
+
+    fn status(&self) -> Status {
+        Status { height: self.head.height, head: self.head.hash(), sent_at_ms: now_ms() }
+    }
+
+    /// Run until the configured rounds are done (and peers have caught up) or a shutdown signal.
+    pub async fn run(mut self, mut events: mpsc::Receiver<Event>) -> anyhow::Result<()> {
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        self.start_round();
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => {
+                    tracing::info!("shutdown requested; flushing the log");
+                    break;
+                }
+                Some(w) = self.work_rx.recv() => self.on_work(w).await,
+                Some(e) = events.recv() => self.on_event(e).await,
+                _ = tick.tick() => {
+                    if self.on_tick().await {
+                        break;
+                    }
+                }
+            }
+        }
+        self.store.flush()?;
+        tracing::info!(height = self.head.height, head = %self.head.hash().short(), "stopped");
+        Ok(())
+    }
+
+    // ----- rounds -------------------------------------------------------------------------
+
+    fn start_round(&mut self) {
+        self.current = None;
+        let round = self.next_round();
+        if let Some(target) = self.ctx.rounds {
+            if round > target {
+                if self.finished_at.is_none() {
+                    tracing::info!(rounds = target, "all configured rounds are in the log");
+                    self.finished_at = Some(Instant::now());
+                }
+                return;
+            }
+        }
+        if self.syncing {
+            return;
+        }
+        let active: Vec<u32> = self.ctx.genesis.members.iter().map(|m| m.index).collect();
+        let base = self.ctx.layout.hash(&self.global);
+        let mut state = Round::new(&self.ctx.genesis, self.head.height + 1, self.head.hash(), round, base, &active);
+        if let Ok(Some(lock)) = self.store.get_state(APPROVAL_KEY) {
+            if let Ok((height, hash)) = fedmesh_protocol::codec::decode::<(u64, Hash)>(&lock, 64) {
+                if height == state.height {
+                    state.lock_approval(hash);
+                }
+            }
+        }
+        tracing::info!(round, height = state.height, coordinator = state.coordinator(0), "round started");
+        let mut cur = Current {
+            state,
+            started: Instant::now(),
+            training: false,
+            unpublished: None,
+            envelopes: HashMap::new(),
+            waiting: None,
+            last_fetch: None,
+            checked: HashSet::new(),
+            evaluating: false,
+            proposed: None,
+            candidate: None,
+            commit_waiting: None,
+        };
+        // After a restart mid-round, resend the update already trained instead of retraining.
+        let saved = self.store.get_state(UPDATE_KEY).ok().flatten().and_then(|b| {
+            let env = Envelope::open(&b, fedmesh_protocol::codec::HARD_LIMIT, &self.ctx.genesis, self.ctx.genesis_hash, None).ok()?;
+            (env.round == round && env.sender == self.me()).then_some((env, b))
+        });
+        match saved {
+            Some((env, bytes)) => {
+                if let Payload::Update(u) = env.payload {
+                    if cur.state.add_update(self.me(), u).is_ok() {
+                        cur.envelopes.insert(self.me(), bytes.clone());
+                        cur.unpublished = Some(bytes);
+                    }
+                }
+            }
+            None => {
+                cur.training = true;
+                let ctx = self.ctx.clone();
+                let global = self.global.clone();
+                let tx = self.work_tx.clone();
+                let seed = round_seed(&ctx, round);
+                tokio::task::spawn_blocking(move || {
+                    let result = train::train(&ctx.layout, &global, &ctx.data.train, &ctx.genesis.spec.train, seed)
+                        .map_err(|e| e.to_string());
+                    let _ = tx.blocking_send(Work::Trained { round, result });
+                });
+            }
+        }
+        self.current = Some(cur);
+        // Messages that arrived early for this round.
+        let early = std::mem::take(&mut self.early);
+        for (env, bytes) in early {
+            if env.round == round {
+                self.on_envelope(env, bytes, None);
+            }
+        }
+    }
+
+    fn on_trained(&mut self, round: u64, result: Result<train::TrainOutcome, String>) {
+        let me = self.me();
+        let Some(cur) = self.current.as_mut().filter(|c| c.state.round == round) else { return };
+        cur.training = false;
+        let outcome = match result {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(round, error = %e, "local training failed; this member sits the round out");
+                return;
+            }
+        };
+        let delta: Vec<f32> = outcome.params.iter().zip(self.global.iter()).map(|(n, o)| n - o).collect();
+        let update = wire::Update {
+            base_model: cur.state.base_model,
+            num_samples: self.ctx.data.train.len() as u64,
+            train_loss: outcome.mean_loss,
+            delta,
+        };
+        let env = Envelope::seal(self.ctx.genesis_hash, me, round, Payload::Update(update.clone()), &self.ctx.keys.identity);
+        let bytes = env.encode();
+        if let Err(e) = cur.state.add_update(me, update) {
+            tracing::error!(round, error = %e, "own update rejected");
+            return;
+        }
+        let _ = self.store.put_state(UPDATE_KEY, &bytes);
+        tracing::info!(round, loss = outcome.mean_loss, steps = outcome.steps, "trained; sending update");
+        cur.envelopes.insert(me, bytes.clone());
+        cur.unpublished = Some(bytes);
+    }
+
+    /// Timer: publish what is pending, propose when it is this member's turn, announce status.
+    /// Returns true when the node should stop.
+    async fn on_tick(&mut self) -> bool {
+        if self.last_status.elapsed() >= Duration::from_millis(self.params().status_interval_ms) {
+            self.last_status = Instant::now();
+            let env = Envelope::seal(self.ctx.genesis_hash, self.me(), self.next_round(), Payload::Status(self.status()), &self.ctx.keys.identity);
+            let _ = self.net.publish(env.encode()).await;
+        }
+        if let Some(bytes) = self.current.as_ref().and_then(|c| c.unpublished.clone()) {
+            match self.net.publish(bytes).await {
+                Ok(()) => {
+                    if let Some(c) = self.current.as_mut() {
+                        c.unpublished = None;
+                    }
+                }
+                Err(e) if e.contains("Duplicate") => {
+                    if let Some(c) = self.current.as_mut() {
+                        c.unpublished = None;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "update not published yet; retrying"),
+            }
+        }
+        self.maybe_propose();
+        self.maybe_fetch_missing();
+        if let Some(at) = self.finished_at {
+            // Stay a little so that peers still finishing the last round can fetch from us.
+            let peers_behind = self.peer_heights.values().any(|h| *h < self.head.height);
+            let linger = Duration::from_millis(3 * self.params().status_interval_ms);
+            if at.elapsed() >= linger && (!peers_behind || at.elapsed() >= Duration::from_secs(20)) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn maybe_propose(&mut self) {
+        let me = self.me();
+        let update_timeout = Duration::from_millis(self.params().update_timeout_ms);
+        let failover = Duration::from_millis(self.params().failover_timeout_ms);
+        let Some(cur) = self.current.as_mut() else { return };
+        if cur.evaluating || cur.state.proposal().is_some() || cur.state.update_count() == 0 {
+            return;
+        }
+        let elapsed = cur.started.elapsed();
+        let n = cur.state.order().len() as u32;
+        let attempt = if elapsed < update_timeout {
+            if !cur.state.has_all_updates() {
+                return;
+            }
+            0
+        } else {
+            (((elapsed - update_timeout).as_millis() / failover.as_millis().max(1)) as u32).min(n - 1)
+        };
+        if cur.state.coordinator(attempt) != me || cur.proposed.is_some_and(|a| a >= attempt) {
+            return;
+        }
+        let participants = cur.state.contributors();
+        let delta = match cur.state.aggregate(&participants) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot aggregate");
+                return;
+            }
+        };
+        cur.proposed = Some(attempt);
+        cur.evaluating = true;
+        tracing::info!(round = cur.state.round, attempt, participants = ?participants, "coordinating: aggregating and evaluating");
+        let round = cur.state.round;
+        let params = Arc::new(model::apply(&self.global, &delta));
+        self.evaluate(round, Purpose::Propose { attempt, participants }, params);
+    }
+
+    fn evaluate(&self, round: u64, purpose: Purpose, params: Arc<Vec<f32>>) {
+        let ctx = self.ctx.clone();
+        let tx = self.work_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = train::evaluate(&ctx.layout, &params, &ctx.data.test)
+                .map(|e| Metrics { accuracy: e.accuracy, loss: e.loss, test_samples: e.samples })
+                .map_err(|e| e.to_string());
+            let _ = tx.blocking_send(Work::Evaluated { round, purpose, params, result });
+        });
+    }
+
+    async fn on_evaluated(&mut self, round: u64, purpose: Purpose, params: Arc<Vec<f32>>, result: Result<Metrics, String>) {
+        let me = self.me();
+        let Some(cur) = self.current.as_mut().filter(|c| c.state.round == round) else { return };
+        cur.evaluating = false;
+        let metrics = match result {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(round, error = %e, "evaluation failed");
+                return;
+            }
+        };
+        let hash = self.ctx.layout.hash(&params);
+        match purpose {
+            Purpose::Propose { attempt, participants } => {
+                if cur.state.proposal().is_some() {
+                    return; // someone else's proposal got here first
+                }
+                let p = cur.state.propose(attempt, me, &participants, hash, metrics, now_ms());
+                tracing::info!(round, attempt, accuracy = metrics.accuracy, dropouts = ?p.record.dropouts, "proposing the round record");
+                let env = Envelope::seal(self.ctx.genesis_hash, me, round, Payload::Proposal(p.clone()), &self.ctx.keys.identity);
+                cur.state.set_proposal(p);
+                if let Err(e) = self.net.publish(env.encode()).await {
+                    tracing::warn!(error = %e, "could not publish the proposal");
+                }
+                self.approve(params).await;
+            }
+            Purpose::Verify { proposer, proposal } => {
+                let r = &proposal.record;
+                let close = (r.metrics.accuracy - metrics.accuracy).abs() <= 2e-3
+                    && (r.metrics.loss - metrics.loss).abs() <= 1e-3 * metrics.loss.abs().max(1.0)
+                    && r.metrics.test_samples == metrics.test_samples;
+                if !close {
+                    tracing::warn!(round, proposer, claimed = ?r.metrics, computed = ?metrics, "proposal's metrics differ from this member's evaluation; not approving");
+                    return;
+                }
+                if cur.state.proposal().is_some() {
+                    return;
+                }
+                cur.state.set_proposal(*proposal);
+                self.approve(params).await;
+            }
+        }
+    }
+
+    /// Approve the current proposal (at most one per height, even across restarts).
+    async fn approve(&mut self, params: Arc<Vec<f32>>) {
+        let me = self.me();
+        let Some(cur) = self.current.as_mut() else { return };
+        let approval = match cur.state.approve(&self.ctx.keys.identity, &self.ctx.keys.bls) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "not approving");
+                return;
+            }
+        };
+        let lock = fedmesh_protocol::codec::encode(&(cur.state.height, approval.signing_hash));
+        if let Err(e) = self.store.put_state(APPROVAL_KEY, &lock).and_then(|_| self.store.flush()) {
+            tracing::error!(error = %e, "cannot persist the approval; not sending it");
+            return;
+        }
+        cur.candidate = Some((approval.signing_hash, params));
+        let round = cur.state.round;
+        let env = Envelope::seal(self.ctx.genesis_hash, me, round, Payload::Approval(approval.clone()), &self.ctx.keys.identity);
+        if let Err(e) = cur.state.add_approval(&self.ctx.genesis, &self.ctx.bls, me, approval) {
+            tracing::error!(error = %e, "own approval rejected");
+        }
+        if let Err(e) = self.net.publish(env.encode()).await {
+            tracing::warn!(error = %e, "could not publish the approval");
+        }
+        self.try_commit().await;
+    }
+
+    async fn try_commit(&mut self) {
+        let Some(cur) = self.current.as_mut() else { return };
+        let Some(entry) = cur.state.try_commit(&self.ctx.bls) else { return };
+        let record = match entry.record() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "signed entry does not decode");
+                return;
+            }
+        };
+        // The model: the one this member computed, else recompute from the updates, else fetch.
+        let params = match &cur.candidate {
+            Some((h, p)) if *h == entry.signing_hash() => Some(p.clone()),
+            _ => {
+                let participants: Vec<u32> = record.participants.iter().map(|c| c.member).collect();
+                cur.state
+                    .aggregate(&participants)
+                    .ok()
+                    .map(|d| Arc::new(model::apply(&self.global, &d)))
+                    .filter(|p| self.ctx.layout.hash(p) == record.new_model)
+            }
+        };
+        match params {
+            Some(p) => self.commit(entry, record, p),
+            None => {
+                if cur.commit_waiting.is_none() {
+                    cur.commit_waiting = Some(entry);
+                    self.fetch_checkpoint(record.round, record.coordinator, record.new_model);
+                }
+            }
+        }
+    }
+
+    fn fetch_checkpoint(&self, round: u64, from: u32, hash: Hash) {
+        let Some(peer) = self.ctx.member_peer(from) else { return };
+        let net = self.net.clone();
+        let tx = self.work_tx.clone();
+        tokio::spawn(async move {
+            let bytes = match net.request(peer, Request::Checkpoint(hash)).await {
+                Ok(Response::Checkpoint(b)) => b,
+                _ => None,
+            };
+            let _ = tx.send(Work::FetchedCheckpoint { round, hash, bytes }).await;
+        });
+    }
+
+    /// Append a signed entry with its model, and start the next round.
+    fn commit(&mut self, entry: Entry, record: RoundRecord, params: Arc<Vec<f32>>) {
+        let checks = entry
+            .verify(&self.ctx.genesis, self.ctx.genesis_hash, &self.ctx.bls)
+            .and_then(|_| audit::verify_link(&self.head, &entry))
+            .and_then(|_| audit::verify_succession(&self.ctx.genesis, self.last.as_ref(), &entry, &record));
+        if let Err(e) = checks {
+            tracing::error!(error = %e, "refusing to append an entry that does not verify");
+            return;
+        }
+        let stored = self
+            .store
+            .put_checkpoint(&self.ctx.layout, &params)
+            .map_err(anyhow::Error::from)
+            .and_then(|h| {
+                anyhow::ensure!(h == record.new_model, "checkpoint hash {h} is not the record's model {}", record.new_model);
+                Ok(())
+            })
+            .and_then(|_| self.store.append(&entry).map_err(anyhow::Error::from));
+        if let Err(e) = stored {
+            tracing::error!(error = %e, "cannot append the round to the log");
+            return;
+        }
+        let participants: Vec<u32> = record.participants.iter().map(|c| c.member).collect();
+        tracing::info!(
+            round = record.round,
+            height = entry.height,
+            accuracy = record.metrics.accuracy,
+            loss = record.metrics.loss,
+            participants = ?participants,
+            dropouts = ?record.dropouts,
+            head = %entry.hash().short(),
+            "round committed"
+        );
+        report_round(&entry, &record);
+        self.head = entry;
+        self.last = Some(record);
+        self.global = params;
+        self.start_round();
+    }
+
+    // ----- messages -----------------------------------------------------------------------
+
+    async fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Gossip { id, propagation_source, source, data } => {
+                let publisher = source.map(|p| p.to_string());
+                let verdict = match Envelope::open(
+                    &data,
+                    self.params().max_message_bytes,
+                    &self.ctx.genesis,
+                    self.ctx.genesis_hash,
+                    publisher.as_deref(),
+                ) {
+                    Ok(env) => {
+                        let peer = source.unwrap_or(propagation_source);
+                        self.on_envelope(env, data, Some(peer))
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %propagation_source, error = %e, "rejected a gossip message");
+                        Verdict::Reject
+                    }
+                };
+                self.net.validate(id, propagation_source, verdict).await;
+                self.try_commit().await;
+                self.maybe_verify();
+            }
+            Event::Request { peer, request, channel } => {
+                let response = self.answer(peer, request);
+                let wrong = matches!(response, Response::WrongNetwork { .. });
+                self.net.respond(channel, response).await;
+                if wrong {
+                    self.net.block(peer).await;
+                }
+            }
+            Event::Connected(peer) => {
+                let net = self.net.clone();
+                let tx = self.work_tx.clone();
+                let hello = Request::Hello { genesis: self.ctx.genesis_hash, status: self.status() };
+                tokio::spawn(async move {
+                    let response = net.request(peer, hello).await;
+                    let _ = tx.send(Work::Hello { peer, response }).await;
+                });
+            }
+            Event::Disconnected(peer) => {
+                self.peer_heights.remove(&peer);
+            }
+            Event::Listening(addr) => tracing::info!(%addr, "listening"),
+        }
+    }
+
+    /// Handle a message whose envelope has been opened (signature and membership checked).
+    fn on_envelope(&mut self, env: Envelope, bytes: Vec<u8>, peer: Option<PeerId>) -> Verdict {
+        let round = self.next_round();
+        if let Payload::Status(s) = env.payload {
+            if let Some(p) = peer {
+                self.note_height(p, s.height);
+            }
+            return Verdict::Accept;
+        }
+        if env.round < round || self.syncing {
+            return Verdict::Ignore;
+        }
+        if env.round > round || self.current.is_none() {
+            // A peer is ahead: keep the next round's messages, catch up if further behind.
+            if env.round == round + 1 || (env.round == round && self.current.is_none()) {
+                let from_sender = self.early.iter().filter(|(e, _)| e.sender == env.sender).count();
+                if from_sender < 3 {
+                    self.early.push((env, bytes));
+                }
+                return Verdict::Accept;
+            }
+            return Verdict::Ignore;
+        }
+        let cur = self.current.as_mut().expect("checked above");
+        let sender = env.sender;
+        let result = match env.payload {
+            Payload::Update(u) => cur.state.add_update(sender, u).map(|added| {
+                if added == Added::New {
+                    tracing::debug!(round, sender, "update received");
+                    cur.envelopes.insert(sender, bytes);
+                }
+            }),
+            Payload::Proposal(p) => {
+                let h = p.entry().signing_hash();
+                if !cur.checked.insert(h) {
+                    return Verdict::Ignore;
+                }
+                cur.state.check_proposal(sender, &p).map(|missing| {
+                    if !missing.is_empty() {
+                        tracing::info!(round, ?missing, "proposal needs updates this member lacks; fetching");
+                    }
+                    if cur.waiting.is_none() && cur.state.proposal().is_none() {
+                        cur.waiting = Some((sender, p));
+                    }
+                })
+            }
+            Payload::Approval(a) => cur.state.add_approval(&self.ctx.genesis, &self.ctx.bls, sender, a).map(|_| ()),
+            Payload::Status(_) => unreachable!("handled above"),
+        };
+        match result {
+            Ok(()) => Verdict::Accept,
+            Err(e) => {
+                tracing::warn!(round, culprit = sender, error = %e, "refused a message");
+                match e {
+                    RoundError::AlreadyApproved => Verdict::Ignore,
+                    _ => Verdict::Reject,
+                }
+            }
+        }
+    }
+
+    /// If a proposal is waiting and all its updates are here, recompute and evaluate it.
+    fn maybe_verify(&mut self) {
+        let Some(cur) = self.current.as_mut() else { return };
+        if cur.evaluating || cur.state.proposal().is_some() {
+            return;
+        }
+        let Some((_, p)) = cur.waiting.as_ref() else { return };
+        let participants: Vec<u32> = p.record.participants.iter().map(|c| c.member).collect();
+        if participants.iter().any(|m| !cur.state.has_update(*m)) {
+            return;
+        }
+        let (proposer, p) = cur.waiting.take().expect("checked");
+        let delta = match cur.state.aggregate(&participants) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot aggregate the proposal");
+                return;
+            }
+        };
+        let params = Arc::new(model::apply(&self.global, &delta));
+        if self.ctx.layout.hash(&params) != p.record.new_model {
+            tracing::warn!(culprit = proposer, "proposal's model does not follow from the updates; not approving");
+            return;
+        }
+        cur.evaluating = true;
+        let round = cur.state.round;
+        self.evaluate(round, Purpose::Verify { proposer, proposal: Box::new(p) }, params);
+    }
+
+    /// Ask the proposer for updates that gossip has not delivered.
+    fn maybe_fetch_missing(&mut self) {
+        let Some(cur) = self.current.as_mut() else { return };
+        let Some((proposer, p)) = cur.waiting.as_ref() else { return };
+        if cur.last_fetch.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
+            return;
+        }
+        cur.last_fetch = Some(Instant::now());
+        let Some(peer) = self.ctx.member_peer(*proposer) else { return };
+        let round = cur.state.round;
+        for member in p.record.participants.iter().map(|c| c.member).filter(|m| !cur.state.has_update(*m)) {
+            let net = self.net.clone();
+            let tx = self.work_tx.clone();
+            tokio::spawn(async move {
+                let bytes = match net.request(peer, Request::Update { round, member }).await {
+                    Ok(Response::Update(b)) => b,
+                    _ => None,
+                };
+                let _ = tx.send(Work::FetchedUpdate { round, bytes }).await;
+            });
+        }
+    }
+
+    fn answer(&self, peer: PeerId, request: Request) -> Response {
+        if !self.ctx.peers.contains_key(&peer) {
+            return Response::Refused("not a member".into());
+        }
+        match request {
+            Request::Hello { genesis, status } => {
+                if genesis != self.ctx.genesis_hash {
+                    tracing::error!(%peer, theirs = %genesis, ours = %self.ctx.genesis_hash, "peer is on another network (different genesis); refusing it");
+                    return Response::WrongNetwork { genesis: self.ctx.genesis_hash };
+                }
+                let _ = status;
+                Response::Hello { status: self.status() }
+            }
+            Request::Entries { from, max } => {
+                let to = from.saturating_add(max.min(wire::MAX_ENTRIES_PER_REQUEST) as u64).min(self.head.height + 1);
+                match self.store.range(from, to) {
+                    Ok(entries) => Response::Entries(entries),
+                    Err(e) => Response::Refused(e.to_string()),
+                }
+            }
+            Request::Checkpoint(hash) => match self.store.checkpoint_bytes(&hash) {
+                Ok(b) => Response::Checkpoint(b),
+                Err(e) => Response::Refused(e.to_string()),
+            },
+            Request::Update { round, member } => Response::Update(
+                self.current
+                    .as_ref()
+                    .filter(|c| c.state.round == round)
+                    .and_then(|c| c.envelopes.get(&member).cloned()),
+            ),
+        }
+    }
+
+    fn note_height(&mut self, peer: PeerId, height: u64) {
+        self.peer_heights.insert(peer, height);
+        if height > self.head.height && !self.syncing {
+            self.begin_sync(peer);
+        }
+    }
+
+    fn begin_sync(&mut self, peer: PeerId) {
+        tracing::info!(%peer, from = self.head.height + 1, "this member is behind; catching up");
+        self.syncing = true;
+        self.current = None;
+        let job = sync::Job {
+            ctx: self.ctx.clone(),
+            store: self.store.clone(),
+            net: self.net.clone(),
+            peer,
+            head: self.head.clone(),
+            last: self.last.clone(),
+        };
+        let tx = self.work_tx.clone();
+        tokio::spawn(async move {
+            let r = job.run().await.map_err(|e| format!("{e:#}"));
+            let _ = tx.send(Work::Synced(r)).await;
+        });
+    }
+
+    async fn on_work(&mut self, w: Work) {
+        match w {
+            Work::Trained { round, result } => self.on_trained(round, result),
+            Work::Evaluated { round, purpose, params, result } => self.on_evaluated(round, purpose, params, result).await,
+            Work::FetchedUpdate { round, bytes } => {
+                if let Some(bytes) = bytes {
+                    if let Ok(env) = Envelope::open(&bytes, self.params().max_message_bytes, &self.ctx.genesis, self.ctx.genesis_hash, None) {
+                        if env.round == round && matches!(env.payload, Payload::Update(_)) {
+                            self.on_envelope(env, bytes, None);
+                        }
+                    }
+                }
+                self.maybe_verify();
+                self.try_commit().await;
+            }
+            Work::FetchedCheckpoint { round, hash, bytes } => {
+                let Some(cur) = self.current.as_mut().filter(|c| c.state.round == round) else { return };
+                let Some(entry) = cur.commit_waiting.take() else { return };
+                let params = bytes.and_then(|b| fedmesh_storage::decode_checkpoint(&self.ctx.layout, &b).ok());
+                match params.filter(|p| self.ctx.layout.hash(p) == hash) {
+                    Some(p) => match entry.record() {
+                        Ok(record) => self.commit(entry, record, Arc::new(p)),
+                        Err(e) => tracing::error!(error = %e, "entry does not decode"),
+                    },
+                    None => {
+                        tracing::warn!(round, "checkpoint fetch failed; will catch up from peers' status");
+                    }
+                }
+            }
+            Work::Synced(result) => {
+                self.syncing = false;
+                match result {
+                    Ok(out) => {
+                        tracing::info!(height = out.head.height, "caught up");
+                        self.head = out.head;
+                        self.last = out.last;
+                        if let Some(g) = out.global {
+                            self.global = Arc::new(g);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "catching up failed; will retry on the next status"),
+                }
+                self.start_round();
+            }
+            Work::Hello { peer, response } => match response {
+                Ok(Response::Hello { status }) => self.note_height(peer, status.height),
+                Ok(Response::WrongNetwork { genesis }) => {
+                    tracing::error!(%peer, theirs = %genesis, ours = %self.ctx.genesis_hash, "peer is on another network (different genesis); refusing it");
+                    self.net.block(peer).await;
+                }
+                Ok(other) => tracing::debug!(%peer, ?other, "unexpected hello response"),
+                Err(e) => tracing::debug!(%peer, error = %e, "hello failed"),
+            },
+        }
+    }
+}
+
+/// One JSON line on standard output per appended round, for scripts (logs go to standard error).
+fn report_round(entry: &Entry, record: &RoundRecord) {
+    let line = serde_json::json!({
+        "event": "round",
+        "round": record.round,
+        "height": entry.height,
+        "head": entry.hash().to_string(),
+        "accuracy": record.metrics.accuracy,
+        "loss": record.metrics.loss,
+        "participants": record.participants.iter().map(|c| c.member).collect::<Vec<_>>(),
+        "dropouts": record.dropouts,
+        "coordinator": record.coordinator,
+        "attempt": record.attempt,
+    });
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Seed of this member's local training in `round`: the same after a restart.
+fn round_seed(ctx: &Context, round: u64) -> u64 {
+    let h = fedmesh_crypto::hash::Hasher::new("fedmesh train seed v1")
+        .chain(ctx.genesis_hash.as_bytes())
+        .chain(&round.to_le_bytes())
+        .chain(&ctx.keys.index.to_le_bytes())
+        .finalize();
+    u64::from_le_bytes(h.0[..8].try_into().expect("8 bytes"))
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,225 @@
+//! Local training: each member's data shard and the candle MLP it trains.
+//!
+//! The protocol sees a model only as a flat `Vec<f32>` in the order of
+//! [`Layout::tensors`](fedmesh_protocol::model::Layout::tensors); this module turns that vector into
+//! candle tensors, runs a few epochs of minibatch training on the member's own rows and flattens the
+//! result back in the same order, so that aggregation never needs to know about candle.
+//!
+//! Everything here is deterministic: the data split depends only on the genesis `spec.data` (so every
+//! member computes the same partition without talking to anyone), and [`train`] depends only on its
+//! inputs and seed (so a member can re-run a round and get bit-identical parameters on the same
+//! machine). Training is CPU-bound and blocking; call it from a blocking thread
+//! (`tokio::task::spawn_blocking`), not from an async task.
+//!
+//! - [`load`]: one member's training shard and the shared test split, from MNIST or the synthetic
+//!   threat-detection generator.
+//! - [`train`]: minibatch SGD or Adam on a shard, flat parameters in and out.
+//! - [`evaluate`]: accuracy and mean cross-entropy of flat parameters on a data set.
+
+mod data;
+mod mlp;
+mod synthetic;
+
+use std::path::Path;
+
+use fedmesh_protocol::genesis::{DataSource, DataSpec};
+
+pub use data::DataError;
+pub use mlp::{evaluate, train, Evaluation, TrainError, TrainOutcome};
+pub use synthetic::SYNTHETIC_FEATURES;
+
+/// Rows of features with integer class labels, row-major: row `i` is
+/// `x[i * features..(i + 1) * features]` with label `y[i]`.
+///
+/// Kept as plain vectors (not tensors) so that shards can be built, sliced and compared without a
+/// tensor backend, and so that [`train`] controls exactly how minibatches are assembled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    /// Values per row.
+    pub features: usize,
+    /// Number of classes of the data source (labels are `0..classes`), even if a shard lacks some.
+    pub classes: usize,
+    /// `len() * features` values, row after row.
+    pub x: Vec<f32>,
+    /// One label per row.
+    pub y: Vec<u32>,
+}
+
+impl Dataset {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.y.len()
+    }
+
+    /// True if there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.y.is_empty()
+    }
+
+    /// The features of row `i`.
+    fn row(&self, i: usize) -> &[f32] {
+        &self.x[i * self.features..(i + 1) * self.features]
+    }
+
+    /// A new data set made of the given rows, in that order.
+    fn select(&self, rows: &[usize]) -> Dataset {
+        let mut x = Vec::with_capacity(rows.len() * self.features);
+        let mut y = Vec::with_capacity(rows.len());
+        for &i in rows {
+            x.extend_from_slice(self.row(i));
+            y.push(self.y[i]);
+        }
+        Dataset { features: self.features, classes: self.classes, x, y }
+    }
+}
+
+/// One member's view: its training shard and the shared test split (identical on every member, so
+/// that accuracies reported by different members are comparable).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberData {
+    /// This member's rows; no other member trains on them.
+    pub train: Dataset,
+    /// The held-out rows every member evaluates on.
+    pub test: Dataset,
+}
+
+/// Features per row and number of classes of a data source, so that a genesis can check that
+/// `spec.model.layers` starts with the feature count and ends with the class count.
+pub fn shape(source: DataSource) -> (usize, usize) {
+    match source {
+        DataSource::Mnist => (data::MNIST_FEATURES, data::MNIST_CLASSES),
+        DataSource::Synthetic => (synthetic::SYNTHETIC_FEATURES, synthetic::SYNTHETIC_CLASSES),
+    }
+}
+
+/// Load the data for member `member` of `members`.
+///
+/// - [`DataSource::Mnist`]: reads `path`, a gzip CSV without header of 785 columns (784 pixels 0-255,
+///   then the label 0-9; a plain, uncompressed CSV is accepted too). Pixels are scaled to `[0, 1]`.
+///   The **last** `spec.test_rows` rows are the shared test split. The other rows are shuffled with
+///   a ChaCha20 generator seeded by `spec.seed` and split among the members:
+///   - `Iid`: equal contiguous shards by member index (sizes differ by at most one row);
+///   - `Dirichlet { alpha }`: for each class, member proportions are drawn from
+///     Dirichlet(alpha, …, alpha) and that class's rows are cut accordingly. If a draw leaves some
+///     member without any row, the whole partition is redrawn from the next ChaCha stream, up to 64
+///     times; after that the error [`DataError::EmptyShard`] asks for a larger alpha. The draws
+///     depend only on `spec.seed`, so every member computes the same partition.
+/// - [`DataSource::Synthetic`]: no file (`path` is ignored); generated network-flow records with a
+///   binary threat label, see [`SYNTHETIC_FEATURES`] for the features and the per-member skew.
+///
+/// Errors name the file and line and say what to do; a bad file never panics.
+pub fn load(
+    spec: &DataSpec,
+    path: &Path,
+    member: u32,
+    members: u32,
+) -> Result<MemberData, DataError> {
+    if member >= members {
+        return Err(DataError::Member { member, members });
+    }
+    if spec.test_rows == 0 {
+        return Err(DataError::Spec {
+            field: "spec.data.test_rows",
+            problem: "must be greater than 0".into(),
+        });
+    }
+    match spec.source {
+        DataSource::Mnist => {
+            let all = data::read_csv(path)?;
+            data::split(&all, spec, path, member as usize, members as usize)
+        }
+        DataSource::Synthetic => synthetic::generate(spec, member, members),
+    }
+}
+
+/// ChaCha20 streams drawn from a seed, one per purpose, so that e.g. the number of training rows
+/// never changes the test rows.
+mod streams {
+    /// Shuffle of the MNIST training rows.
+    pub const SHUFFLE: u64 = 0;
+    /// Dirichlet partition, attempt `a` uses `DIRICHLET + a`.
+    pub const DIRICHLET: u64 = 1 << 8;
+    /// Synthetic: the shared test split.
+    pub const SYNTHETIC_TEST: u64 = 1 << 16;
+    /// Synthetic: the reference sample that fixes the standardization.
+    pub const SYNTHETIC_REFERENCE: u64 = (1 << 16) + 1;
+    /// Synthetic: member `i`'s traffic mix uses `SYNTHETIC_MIX + i`.
+    pub const SYNTHETIC_MIX: u64 = 1 << 32;
+    /// Synthetic: member `i`'s training rows use `SYNTHETIC_ROWS + i`.
+    pub const SYNTHETIC_ROWS: u64 = 2 << 32;
+}
+
+/// A ChaCha20 generator on one stream of `seed`.
+fn rng(seed: u64, stream: u64) -> rand_chacha::ChaCha20Rng {
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+    rng.set_stream(stream);
+    rng
+}
+
+/// Proportions drawn from a symmetric Dirichlet(alpha) over `k` parts.
+///
+/// Sampled in log space (`Gamma(a) = Gamma(a + 1) · U^(1/a)`) because for small alpha the plain
+/// Gamma draws underflow to zero and the proportions would be 0/0. `alpha` must be positive.
+fn dirichlet<R: rand::Rng>(rng: &mut R, alpha: f64, k: usize) -> Vec<f64> {
+    use rand_distr::Distribution;
+    let gamma = match rand_distr::Gamma::new(alpha + 1.0, 1.0) {
+        Ok(g) => g,
+        // Only reachable for a non-positive or non-finite alpha, which callers reject.
+        Err(_) => return vec![1.0 / k as f64; k],
+    };
+    let logs: Vec<f64> = (0..k)
+        .map(|_| {
+            let g: f64 = gamma.sample(rng);
+            let u: f64 = 1.0 - rng.gen::<f64>(); // in (0, 1]
+            g.ln() + u.ln() / alpha
+        })
+        .collect();
+    let max = logs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if !max.is_finite() {
+        return vec![1.0 / k as f64; k];
+    }
+    let w: Vec<f64> = logs.iter().map(|l| (l - max).exp()).collect();
+    let sum: f64 = w.iter().sum();
+    w.into_iter().map(|v| v / sum).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dirichlet_is_a_distribution_and_small_alpha_is_skewed() {
+        let mut r = rng(3, 0);
+        for alpha in [1e-4, 0.1, 1.0, 100.0] {
+            let p = dirichlet(&mut r, alpha, 5);
+            assert_eq!(p.len(), 5);
+            assert!(p.iter().all(|v| v.is_finite() && *v >= 0.0), "{p:?}");
+            assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        }
+        let mean_max = |alpha: f64, r: &mut rand_chacha::ChaCha20Rng| {
+            (0..200)
+                .map(|_| dirichlet(r, alpha, 10).into_iter().fold(0.0, f64::max))
+                .sum::<f64>()
+                / 200.0
+        };
+        assert!(mean_max(0.05, &mut r) > 0.7);
+        assert!(mean_max(100.0, &mut r) < 0.2);
+    }
+
+    #[test]
+    fn load_checks_member_and_spec() {
+        let spec = DataSpec {
+            source: DataSource::Synthetic,
+            synthetic_rows_per_member: 10,
+            ..DataSpec::default()
+        };
+        let err = load(&spec, Path::new("unused"), 3, 3).unwrap_err();
+        assert!(matches!(err, DataError::Member { member: 3, members: 3 }), "{err}");
+        let bad = DataSpec { test_rows: 0, ..spec };
+        let err = load(&bad, Path::new("unused"), 0, 1).unwrap_err();
+        assert!(err.to_string().contains("spec.data.test_rows"), "{err}");
+        assert_eq!(shape(DataSource::Mnist), (784, 10));
+        assert_eq!(shape(DataSource::Synthetic), (SYNTHETIC_FEATURES, 2));
+    }
+}

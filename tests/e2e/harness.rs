@@ -1,0 +1,232 @@
+//! Start real `fedmesh` node processes on 127.0.0.1 and watch them.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `fedmesh` binary, built once per test process (a no-op when it is fresh).
+pub fn bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("FEDMESH_BIN") {
+            return PathBuf::from(p);
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "fedmesh-node", "--bin", "fedmesh"])
+            .current_dir(root())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building fedmesh failed");
+        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root().join("target"));
+        target.join("debug").join("fedmesh")
+    })
+    .clone()
+}
+
+/// `count` consecutive free TCP ports on 127.0.0.1.
+pub fn free_ports(count: u16) -> u16 {
+    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    let mut base = 20_000 + (seed.wrapping_mul(2_654_435_761) % 30_000) as u16;
+    loop {
+        let held: Vec<_> = (0..count).map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok()).collect();
+        if held.len() == count as usize {
+            return base;
+        }
+        base = 20_000 + (base - 20_000 + 97) % 30_000;
+    }
+}
+
+pub fn fedmesh(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().expect("run fedmesh")
+}
+
+/// A testnet: a genesis for `n` members in a temp dir, and its node processes.
+pub struct Testnet {
+    pub dir: tempfile::TempDir,
+    pub n: usize,
+    pub nodes: Vec<Option<Child>>,
+    pub base_port: u16,
+}
+
+impl Testnet {
+    /// Deal a genesis with `rounds` rounds and the given update timeout.
+    pub fn new(n: usize, rounds: u64, update_timeout_ms: u64) -> Testnet {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base_port = free_ports(n as u16);
+        let cfg = dir.path().join("dealer.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[spec.params]\nupdate_timeout_ms = {update_timeout_ms}\nfailover_timeout_ms = {}\nstatus_interval_ms = 1000\n",
+                update_timeout_ms / 2
+            ),
+        )
+        .unwrap();
+        let out = fedmesh(&[
+            "genesis",
+            "--members",
+            &n.to_string(),
+            "--out",
+            dir.path().join("net").to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "--rounds",
+            &rounds.to_string(),
+            "--base-port",
+            &base_port.to_string(),
+            "--data",
+            root().join("data/mnist_5k.csv.gz").to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "genesis failed: {}", String::from_utf8_lossy(&out.stderr));
+        Testnet { dir, n, nodes: (0..n).map(|_| None).collect(), base_port }
+    }
+
+    pub fn net(&self) -> PathBuf {
+        self.dir.path().join("net")
+    }
+
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.net().join(format!("data/member-{i}"))
+    }
+
+    fn out_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node-{i}.out"))
+    }
+
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node-{i}.log"))
+    }
+
+    /// Start node `i` (appending to its output files, so restarts keep the history).
+    pub fn start(&mut self, i: usize) {
+        let open = |p: PathBuf| std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap();
+        let child = Command::new(bin())
+            .args(["node", "--config"])
+            .arg(self.net().join(format!("member-{i}/node.toml")))
+            .args(["--peer", &format!("/ip4/127.0.0.1/tcp/{}", self.base_port)])
+            .stdout(Stdio::from(open(self.out_path(i))))
+            .stderr(Stdio::from(open(self.log_path(i))))
+            .spawn()
+            .expect("start node");
+        self.nodes[i] = Some(child);
+    }
+
+    pub fn start_all(&mut self) {
+        for i in 0..self.n {
+            self.start(i);
+        }
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The round reports node `i` printed so far.
+    pub fn rounds(&self, i: usize) -> Vec<Value> {
+        std::fs::read_to_string(self.out_path(i))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["event"] == "round")
+            .collect()
+    }
+
+    /// Wait until node `i` has reported round `round`.
+    pub fn wait_round(&self, i: usize, round: u64, timeout: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.rounds(i).iter().any(|r| r["round"].as_u64() == Some(round)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("node {i} did not reach round {round} within {timeout:?}\n{}", self.tail_logs());
+    }
+
+    /// Wait for every running node to exit by itself; each must exit successfully.
+    pub fn wait_all(&mut self, timeout: Duration) {
+        let start = Instant::now();
+        for i in 0..self.n {
+            let Some(mut child) = self.nodes[i].take() else { continue };
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    assert!(status.success(), "node {i} exited with {status}\n{}", self.tail_logs());
+                    break;
+                }
+                if start.elapsed() > timeout {
+                    let _ = child.kill();
+                    panic!("node {i} still running after {timeout:?}\n{}", self.tail_logs());
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+
+    /// `fedmesh audit verify --json` on node `i`'s data dir.
+    pub fn verify(&self, i: usize) -> (bool, Value) {
+        let out = fedmesh(&[
+            "audit",
+            "verify",
+            "--json",
+            "--data-dir",
+            self.data_dir(i).to_str().unwrap(),
+            "--genesis",
+            self.net().join("genesis.toml").to_str().unwrap(),
+        ]);
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("verify output is not JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.success(), v)
+    }
+
+    /// Every node's log verifies and all heads are equal; returns the head.
+    pub fn assert_logs_agree(&self) -> String {
+        let mut heads = Vec::new();
+        for i in 0..self.n {
+            let (ok, v) = self.verify(i);
+            assert!(ok && v["ok"] == true, "node {i}'s log does not verify: {v}");
+            heads.push(v["head"].as_str().unwrap().to_string());
+        }
+        assert!(heads.windows(2).all(|w| w[0] == w[1]), "heads differ: {heads:?}");
+        heads.remove(0)
+    }
+
+    pub fn tail_logs(&self) -> String {
+        let mut s = String::new();
+        for i in 0..self.n {
+            let log = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            s.push_str(&format!("--- node {i} log (last 15 lines)\n"));
+            for l in &lines[lines.len().saturating_sub(15)..] {
+                s.push_str(l);
+                s.push('\n');
+            }
+        }
+        s
+    }
+}
+
+impl Drop for Testnet {
+    fn drop(&mut self) {
+        for c in self.nodes.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}

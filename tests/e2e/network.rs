@@ -1,0 +1,120 @@
+use std::time::Duration;
+
+use crate::harness::{fedmesh, path_str, Testnet};
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// 4 nodes, 5 rounds on IID MNIST shards: the global model reaches 85 % test accuracy, every log
+/// verifies and all heads are equal. Then: a flipped byte in a stored record is found at its height,
+/// and a node pointed at another network's data dir refuses with both genesis hashes.
+#[test]
+fn four_nodes_train_mnist_and_agree_on_one_verified_log() {
+    let mut net = Testnet::new(4, 5, 20_000);
+    net.start_all();
+    net.wait_all(RUN_TIMEOUT);
+    let rounds = net.rounds(0);
+    assert_eq!(rounds.len(), 5, "node 0 reports: {rounds:?}");
+    let last = rounds.last().unwrap();
+    let accuracy = last["accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.85, "final accuracy {accuracy} < 0.85; rounds: {rounds:?}");
+    assert_eq!(last["participants"].as_array().unwrap().len(), 4);
+    net.assert_logs_agree();
+
+    // `audit show --json`: one object per entry, genesis then 5 rounds, with the round facts.
+    let out = fedmesh(&["audit", "show", "--json", "--data-dir", path_str(&net.data_dir(1))]);
+    assert!(out.status.success());
+    let shown: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(shown.len(), 6);
+    assert_eq!(shown[0]["kind"], "genesis");
+    for (i, r) in shown[1..].iter().enumerate() {
+        assert_eq!(r["round"].as_u64(), Some(i as u64 + 1));
+        assert!(r["accuracy"].is_number() && r["loss"].is_number());
+        assert!(r["participants"].is_array() && r["dropouts"].is_array());
+    }
+
+    // Flip one byte of the stored record at height 3: verify fails and names height 3.
+    {
+        let store = fedmesh_storage::Store::open(&net.data_dir(2)).unwrap();
+        let mut bytes = store.raw_entry_bytes(3).unwrap().unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x01;
+        store.overwrite_raw_entry(3, &bytes).unwrap();
+        store.flush().unwrap();
+    }
+    let (ok, v) = net.verify(2);
+    assert!(!ok, "a tampered log must not verify: {v}");
+    assert_eq!(v["height"].as_u64(), Some(3), "{v}");
+    let human = fedmesh(&["audit", "verify", "--data-dir", path_str(&net.data_dir(2))]);
+    assert_eq!(human.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&human.stdout).contains("height 3"));
+
+    // A node of another network started on this network's data dir refuses, naming both hashes.
+    let other = Testnet::new(1, 1, 5_000);
+    let ours = fedmesh(&["audit", "verify", "--json", "--data-dir", path_str(&net.data_dir(0))]);
+    let ours: serde_json::Value = serde_json::from_slice(&ours.stdout).unwrap();
+    let out = fedmesh(&[
+        "node",
+        "--config",
+        path_str(&other.net().join("member-0/node.toml")),
+        "--data-dir",
+        path_str(&net.data_dir(0)),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let genesis_line = String::from_utf8_lossy(&fedmesh(&["audit", "show", "--json", "--data-dir", path_str(&net.data_dir(0))]).stdout)
+        .lines()
+        .next()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["hash"].as_str().unwrap().to_string())
+        .unwrap();
+    assert!(err.contains(&genesis_line), "error must name the stored genesis {genesis_line}: {err}");
+    let other_genesis = fedmesh_protocol::genesis::hash_bytes(&std::fs::read(other.net().join("genesis.toml")).unwrap());
+    assert!(err.contains(&other_genesis.to_string()), "error must name the new genesis: {err}");
+    let _ = ours;
+}
+
+/// A node started after round 2 catches up from its peers and takes part in later rounds.
+#[test]
+fn late_node_catches_up_and_takes_part() {
+    let mut net = Testnet::new(4, 5, 6_000);
+    for i in 0..3 {
+        net.start(i);
+    }
+    net.wait_round(0, 2, RUN_TIMEOUT);
+    net.start(3);
+    net.wait_all(RUN_TIMEOUT);
+    let late = net.rounds(3);
+    assert!(late.iter().any(|r| r["round"] == 1), "the late node reports the rounds it fetched: {late:?}");
+    let joined = net.rounds(0).iter().any(|r| {
+        r["round"].as_u64().unwrap() > 2 && r["participants"].as_array().unwrap().iter().any(|p| p == 3)
+    });
+    assert!(joined, "member 3 never participated after catching up: {:?}", net.rounds(0));
+    let early = &net.rounds(0)[0];
+    assert!(early["dropouts"].as_array().unwrap().iter().any(|p| p == 3), "member 3 was a dropout in round 1");
+    net.assert_logs_agree();
+}
+
+/// A node killed (SIGKILL) mid-round is recorded as a dropout and the round completes; restarted,
+/// it resumes from its own log and takes part again.
+#[test]
+fn killed_node_is_a_dropout_and_rejoins_from_its_log() {
+    let mut net = Testnet::new(4, 6, 6_000);
+    net.start_all();
+    net.wait_round(0, 2, RUN_TIMEOUT);
+    net.kill(3);
+    let had = net.rounds(3).len();
+    assert!(had >= 1, "node 3 had committed rounds before it was killed");
+    net.wait_round(0, 3, RUN_TIMEOUT);
+    let r3 = net.rounds(0).into_iter().find(|r| r["round"] == 3).unwrap();
+    assert!(r3["dropouts"].as_array().unwrap().iter().any(|p| p == 3), "round 3 without member 3: {r3}");
+    net.start(3);
+    net.wait_all(RUN_TIMEOUT);
+    let rejoined = net.rounds(0).iter().any(|r| {
+        r["round"].as_u64().unwrap() > 3 && r["participants"].as_array().unwrap().iter().any(|p| p == 3)
+    });
+    assert!(rejoined, "member 3 did not take part after restarting: {:?}", net.rounds(0));
+    // It resumed from its own log: it did not fetch the rounds it already had again.
+    let round1 = net.rounds(3).iter().filter(|r| r["round"] == 1).count();
+    assert_eq!(round1, 1, "the restarted node appended round 1 again instead of resuming from its log");
+    net.assert_logs_agree();
+}
