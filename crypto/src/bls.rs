@@ -24,7 +24,10 @@ impl KeySet {
         }
         // threshold_crypto counts the shares that reveal nothing: t-1 of them.
         let mut rng = rand07::rngs::StdRng::from_seed(seed);
-        Ok(KeySet(threshold_crypto::SecretKeySet::random(threshold - 1, &mut rng)))
+        Ok(KeySet(threshold_crypto::SecretKeySet::random(
+            threshold - 1,
+            &mut rng,
+        )))
     }
 
     pub fn public(&self) -> PublicSet {
@@ -63,7 +66,10 @@ impl PublicSet {
         let shares: Vec<(u64, &threshold_crypto::SignatureShare)> =
             shares.into_iter().map(|(i, s)| (i as u64, &s.0)).collect();
         if shares.len() < self.threshold() {
-            return Err(BlsError::NotEnoughShares { have: shares.len(), need: self.threshold() });
+            return Err(BlsError::NotEnoughShares {
+                have: shares.len(),
+                need: self.threshold(),
+            });
         }
         self.0
             .combine_signatures(shares)
@@ -73,14 +79,17 @@ impl PublicSet {
 
     /// Hex text of the binary encoding, for the genesis file.
     pub fn to_hex(&self) -> String {
-        hex::encode(bincode::serde::encode_to_vec(&self.0, bincode::config::standard()).expect("encode"))
+        hex::encode(
+            bincode::serde::encode_to_vec(&self.0, bincode::config::standard()).expect("encode"),
+        )
     }
 
     pub fn from_hex(s: &str) -> Result<Self, BlsError> {
         let bytes = hex::decode(s.trim()).map_err(|_| BlsError::Encoding("public key set"))?;
         let cfg = bincode::config::standard().with_limit::<65536>();
         let (set, used): (threshold_crypto::PublicKeySet, usize) =
-            bincode::serde::decode_from_slice(&bytes, cfg).map_err(|_| BlsError::Encoding("public key set"))?;
+            bincode::serde::decode_from_slice(&bytes, cfg)
+                .map_err(|_| BlsError::Encoding("public key set"))?;
         if used != bytes.len() {
             return Err(BlsError::Encoding("public key set"));
         }
@@ -115,11 +124,15 @@ impl SecretShare {
     }
 
     pub fn from_hex(s: &str) -> Result<Self, BlsError> {
-        let bytes =
-            zeroize::Zeroizing::new(hex::decode(s.trim()).map_err(|_| BlsError::Encoding("key share"))?);
+        let bytes = zeroize::Zeroizing::new(
+            hex::decode(s.trim()).map_err(|_| BlsError::Encoding("key share"))?,
+        );
         let cfg = bincode::config::standard().with_limit::<1024>();
-        let (secret, _): (threshold_crypto::serde_impl::SerdeSecret<threshold_crypto::SecretKeyShare>, usize) =
-            bincode::serde::decode_from_slice(&bytes, cfg).map_err(|_| BlsError::Encoding("key share"))?;
+        let (secret, _): (
+            threshold_crypto::serde_impl::SerdeSecret<threshold_crypto::SecretKeyShare>,
+            usize,
+        ) = bincode::serde::decode_from_slice(&bytes, cfg)
+            .map_err(|_| BlsError::Encoding("key share"))?;
         Ok(SecretShare(secret.into_inner()))
     }
 
@@ -145,7 +158,9 @@ impl SignatureShare {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, BlsError> {
-        let arr: &[u8; SIGNATURE_LEN] = bytes.try_into().map_err(|_| BlsError::Encoding("signature share"))?;
+        let arr: &[u8; SIGNATURE_LEN] = bytes
+            .try_into()
+            .map_err(|_| BlsError::Encoding("signature share"))?;
         threshold_crypto::SignatureShare::from_bytes(arr)
             .map(SignatureShare)
             .map_err(|_| BlsError::Encoding("signature share"))
@@ -154,7 +169,11 @@ impl SignatureShare {
 
 impl fmt::Debug for SignatureShare {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "bls::SignatureShare({}…)", hex::encode(&self.to_bytes()[..8]))
+        write!(
+            f,
+            "bls::SignatureShare({}…)",
+            hex::encode(&self.to_bytes()[..8])
+        )
     }
 }
 
@@ -168,7 +187,9 @@ impl Signature {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, BlsError> {
-        let arr: &[u8; SIGNATURE_LEN] = bytes.try_into().map_err(|_| BlsError::Encoding("signature"))?;
+        let arr: &[u8; SIGNATURE_LEN] = bytes
+            .try_into()
+            .map_err(|_| BlsError::Encoding("signature"))?;
         threshold_crypto::Signature::from_bytes(arr)
             .map(Signature)
             .map_err(|_| BlsError::Encoding("signature"))
@@ -210,11 +231,17 @@ mod tests {
             assert!(public.verify_share(*i, msg, s));
             assert!(!public.verify_share(*i, b"other", s));
         }
-        let a = public.combine(shares[..3].iter().map(|(i, s)| (*i, s))).unwrap();
-        let b = public.combine(shares[2..].iter().map(|(i, s)| (*i, s))).unwrap();
+        let a = public
+            .combine(shares[..3].iter().map(|(i, s)| (*i, s)))
+            .unwrap();
+        let b = public
+            .combine(shares[2..].iter().map(|(i, s)| (*i, s)))
+            .unwrap();
         assert_eq!(a, b);
         assert!(public.verify(msg, &a));
-        assert!(public.combine(shares[..2].iter().map(|(i, s)| (*i, s))).is_err());
+        assert!(public
+            .combine(shares[..2].iter().map(|(i, s)| (*i, s)))
+            .is_err());
     }
 
     #[test]

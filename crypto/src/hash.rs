@@ -25,7 +25,9 @@ impl Hash {
     /// Parse 64 hex characters.
     pub fn from_hex(s: &str) -> Result<Self, ParseHashError> {
         let bytes = hex::decode(s.trim()).map_err(|_| ParseHashError(s.to_string()))?;
-        let arr: [u8; 32] = bytes.try_into().map_err(|_| ParseHashError(s.to_string()))?;
+        let arr: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| ParseHashError(s.to_string()))?;
         Ok(Hash(arr))
     }
 
@@ -125,8 +127,14 @@ mod tests {
 
     #[test]
     fn length_prefix_prevents_shifting() {
-        let a = Hasher::new("t").update_field(b"ab").update_field(b"c").finalize();
-        let b = Hasher::new("t").update_field(b"a").update_field(b"bc").finalize();
+        let a = Hasher::new("t")
+            .update_field(b"ab")
+            .update_field(b"c")
+            .finalize();
+        let b = Hasher::new("t")
+            .update_field(b"a")
+            .update_field(b"bc")
+            .finalize();
         assert_ne!(a, b);
     }
 }

@@ -46,7 +46,10 @@ impl SecretKey {
 
     pub fn from_hex(s: &str) -> Result<Self, KeyError> {
         let bytes = Zeroizing::new(hex::decode(s.trim()).map_err(|_| KeyError::Encoding)?);
-        let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| KeyError::Length(bytes.len()))?;
+        let seed: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| KeyError::Length(bytes.len()))?;
         Ok(SecretKey::from_seed(seed))
     }
 }

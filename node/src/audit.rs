@@ -34,7 +34,12 @@ pub struct Verified {
     pub rounds: u64,
 }
 
-pub fn run(data_dir: &Path, genesis_file: Option<&Path>, json_out: bool, mode: Mode) -> anyhow::Result<ExitCode> {
+pub fn run(
+    data_dir: &Path,
+    genesis_file: Option<&Path>,
+    json_out: bool,
+    mode: Mode,
+) -> anyhow::Result<ExitCode> {
     if !data_dir.exists() {
         anyhow::bail!("data dir {} does not exist", data_dir.display());
     }
@@ -50,15 +55,24 @@ pub fn run(data_dir: &Path, genesis_file: Option<&Path>, json_out: bool, mode: M
         Mode::Verify => match verify(&store, expected) {
             Ok(v) => {
                 if json_out {
-                    println!("{}", json!({"ok": true, "entries": v.entries, "rounds": v.rounds, "head": v.head.to_string()}));
+                    println!(
+                        "{}",
+                        json!({"ok": true, "entries": v.entries, "rounds": v.rounds, "head": v.head.to_string()})
+                    );
                 } else {
-                    println!("ok: {} entries ({} rounds), head {}", v.entries, v.rounds, v.head);
+                    println!(
+                        "ok: {} entries ({} rounds), head {}",
+                        v.entries, v.rounds, v.head
+                    );
                 }
                 Ok(ExitCode::SUCCESS)
             }
             Err(f) => {
                 if json_out {
-                    println!("{}", json!({"ok": false, "height": f.height, "error": f.reason}));
+                    println!(
+                        "{}",
+                        json!({"ok": false, "height": f.height, "error": f.reason})
+                    );
                 } else {
                     println!("FAILED at height {}: {}", f.height, f.reason);
                 }
@@ -82,7 +96,8 @@ pub fn run(data_dir: &Path, genesis_file: Option<&Path>, json_out: bool, mode: M
         Mode::Export(path) => {
             let mut sink: Box<dyn Write> = match &path {
                 Some(p) => Box::new(std::io::BufWriter::new(
-                    std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+                    std::fs::File::create(p)
+                        .with_context(|| format!("cannot create {}", p.display()))?,
                 )),
                 None => Box::new(std::io::stdout().lock()),
             };
@@ -126,7 +141,8 @@ fn summary(e: &Entry) -> serde_json::Value {
                     v["mode"] = json!(r.mode.to_string());
                     v["coordinator"] = json!(r.coordinator);
                     v["attempt"] = json!(r.attempt);
-                    v["participants"] = json!(r.participants.iter().map(|c| c.member).collect::<Vec<_>>());
+                    v["participants"] =
+                        json!(r.participants.iter().map(|c| c.member).collect::<Vec<_>>());
                     v["samples"] = json!(r.participants.iter().map(|c| c.num_samples).sum::<u64>());
                     v["dropouts"] = json!(r.dropouts);
                     v["accuracy"] = json!(r.metrics.accuracy);
@@ -150,8 +166,8 @@ fn human(e: &Entry, v: &serde_json::Value) -> String {
             "{:>5}  genesis  {}  network {} mode {} members {} threshold {}",
             e.height,
             e.hash().short(),
-            v["network"],
-            v["mode"],
+            v["network"].as_str().unwrap_or("?"),
+            v["mode"].as_str().unwrap_or("?"),
             v["members"],
             v["threshold"]
         ),
@@ -181,17 +197,26 @@ pub fn verify(store: &Store, expected_genesis: Option<Hash>) -> Result<Verified,
         Some(r) => r.map_err(|e| fail(0, e.to_string()))?,
     };
     if first.height != 0 || first.kind != Kind::Genesis {
-        return Err(fail(first.height, "the first entry is not a genesis entry at height 0".into()));
+        return Err(fail(
+            first.height,
+            "the first entry is not a genesis entry at height 0".into(),
+        ));
     }
-    let (genesis, gh) = Genesis::parse(&first.body).map_err(|e| fail(0, format!("genesis does not parse: {e}")))?;
+    let (genesis, gh) =
+        Genesis::parse(&first.body).map_err(|e| fail(0, format!("genesis does not parse: {e}")))?;
     if let Some(exp) = expected_genesis {
         if exp != gh {
-            return Err(fail(0, format!("the log's genesis is {gh}, the given genesis file is {exp}")));
+            return Err(fail(
+                0,
+                format!("the log's genesis is {gh}, the given genesis file is {exp}"),
+            ));
         }
     }
     let bls = genesis.bls().map_err(|e| fail(0, e.to_string()))?;
     let layout = genesis.layout();
-    first.verify(&genesis, gh, &bls).map_err(|e| fail(0, e.to_string()))?;
+    first
+        .verify(&genesis, gh, &bls)
+        .map_err(|e| fail(0, e.to_string()))?;
     let mut prev = first;
     let mut last: Option<RoundRecord> = None;
     let mut count = 1;
@@ -202,19 +227,36 @@ pub fn verify(store: &Store, expected_genesis: Option<Hash>) -> Result<Verified,
         })?;
         let h = entry.height;
         audit::verify_link(&prev, &entry).map_err(|e| fail(e.height(), e.to_string()))?;
-        entry.verify(&genesis, gh, &bls).map_err(|e| fail(h, e.to_string()))?;
+        entry
+            .verify(&genesis, gh, &bls)
+            .map_err(|e| fail(h, e.to_string()))?;
         let record = entry.record().map_err(|e| fail(h, e.to_string()))?;
-        audit::verify_succession(&genesis, last.as_ref(), &entry, &record).map_err(|e| fail(h, e.to_string()))?;
+        audit::verify_succession(&genesis, last.as_ref(), &entry, &record)
+            .map_err(|e| fail(h, e.to_string()))?;
         match store.checkpoint(&layout, &record.new_model) {
             Ok(Some(_)) => {}
-            Ok(None) => return Err(fail(h, format!("no checkpoint for model {}", record.new_model))),
-            Err(e) => return Err(fail(h, format!("checkpoint of model {}: {e}", record.new_model))),
+            Ok(None) => {
+                return Err(fail(
+                    h,
+                    format!("no checkpoint for model {}", record.new_model),
+                ))
+            }
+            Err(e) => {
+                return Err(fail(
+                    h,
+                    format!("checkpoint of model {}: {e}", record.new_model),
+                ))
+            }
         }
         last = Some(record);
         prev = entry;
         count += 1;
     }
-    Ok(Verified { entries: count, head: prev.hash(), rounds: last.map(|r| r.round).unwrap_or(0) })
+    Ok(Verified {
+        entries: count,
+        head: prev.hash(),
+        rounds: last.map(|r| r.round).unwrap_or(0),
+    })
 }
 
 fn corrupt_height(e: &fedmesh_storage::StoreError) -> Option<u64> {

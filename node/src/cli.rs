@@ -99,15 +99,45 @@ struct AuditArgs {
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Genesis { members, out, config, base_port, rounds, data, mode } => {
-            let req = dealer::Request { members, out: out.clone(), config, base_port, rounds, data_path: data, mode };
+        Command::Genesis {
+            members,
+            out,
+            config,
+            base_port,
+            rounds,
+            data,
+            mode,
+        } => {
+            let req = dealer::Request {
+                members,
+                out: out.clone(),
+                config,
+                base_port,
+                rounds,
+                data_path: data,
+                mode,
+            };
             let hash = dealer::run(&req)?;
             println!("genesis {hash}");
-            println!("wrote {}/genesis.toml and {members} member folders", out.display());
+            println!(
+                "wrote {}/genesis.toml and {members} member folders",
+                out.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Node { config: path, peers, listen, data_dir, rounds } => {
-            let flags = config::Flags { peers, listen, data_dir, rounds };
+        Command::Node {
+            config: path,
+            peers,
+            listen,
+            data_dir,
+            rounds,
+        } => {
+            let flags = config::Flags {
+                peers,
+                listen,
+                data_dir,
+                rounds,
+            };
             let cfg = config::Node::load(&path, flags)?;
             node::run(cfg)?;
             Ok(ExitCode::SUCCESS)

@@ -55,7 +55,11 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
-fn parse_addrs(field: &str, file: &Path, addrs: &[String]) -> anyhow::Result<Vec<libp2p::Multiaddr>> {
+fn parse_addrs(
+    field: &str,
+    file: &Path,
+    addrs: &[String],
+) -> anyhow::Result<Vec<libp2p::Multiaddr>> {
     addrs
         .iter()
         .map(|a| {
@@ -71,7 +75,8 @@ impl Node {
     pub fn load(path: &Path, flags: Flags) -> anyhow::Result<Node> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read node config {}", path.display()))?;
-        let file: File = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let file: File =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let require = |field: &str, p: &Path| -> anyhow::Result<()> {
             if p.as_os_str().is_empty() {
@@ -88,7 +93,11 @@ impl Node {
                 resolve(base, &file.data_dir)
             }
         };
-        let listen = if flags.listen.is_empty() { file.listen.clone() } else { flags.listen.clone() };
+        let listen = if flags.listen.is_empty() {
+            file.listen.clone()
+        } else {
+            flags.listen.clone()
+        };
         let rounds = flags.rounds.unwrap_or(file.rounds);
         Ok(Node {
             genesis: resolve(base, &file.genesis),
@@ -97,7 +106,11 @@ impl Node {
             listen: parse_addrs("listen", path, &listen)?,
             peers: parse_addrs("peers", path, &file.peers)?
                 .into_iter()
-                .chain(parse_addrs("--peer", Path::new("command line"), &flags.peers)?)
+                .chain(parse_addrs(
+                    "--peer",
+                    Path::new("command line"),
+                    &flags.peers,
+                )?)
                 .collect(),
             rounds: (rounds > 0).then_some(rounds),
             data_path: resolve(base, &file.data_path),
@@ -113,15 +126,27 @@ mod tests {
     fn errors_name_the_file_and_field() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("node.toml");
-        std::fs::write(&p, "genesis = 'g.toml'\nkey_dir = 'k'\ndata_dir = 'd'\nlisten = ['not-an-addr']\n").unwrap();
+        std::fs::write(
+            &p,
+            "genesis = 'g.toml'\nkey_dir = 'k'\ndata_dir = 'd'\nlisten = ['not-an-addr']\n",
+        )
+        .unwrap();
         let err = Node::load(&p, Flags::default()).unwrap_err().to_string();
         assert!(err.contains("node.toml") && err.contains("listen"), "{err}");
 
-        std::fs::write(&p, "genesis = 'g.toml'\nkey_dir = 'k'\ndata_dir = 'd'\nrounds = 'five'\n").unwrap();
+        std::fs::write(
+            &p,
+            "genesis = 'g.toml'\nkey_dir = 'k'\ndata_dir = 'd'\nrounds = 'five'\n",
+        )
+        .unwrap();
         let err = Node::load(&p, Flags::default()).unwrap_err().to_string();
         assert!(err.contains("node.toml") && err.contains("rounds"), "{err}");
 
-        std::fs::write(&p, "genesis = 'g.toml'\nkey_dir = 'k'\ndata_dir = 'd'\nlisten_on = []\n").unwrap();
+        std::fs::write(
+            &p,
+            "genesis = 'g.toml'\nkey_dir = 'k'\ndata_dir = 'd'\nlisten_on = []\n",
+        )
+        .unwrap();
         let err = Node::load(&p, Flags::default()).unwrap_err().to_string();
         assert!(err.contains("listen_on"), "{err}");
 
@@ -134,8 +159,20 @@ mod tests {
     fn paths_are_relative_to_the_file_and_flags_override() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("node.toml");
-        std::fs::write(&p, "genesis = '../g.toml'\nkey_dir = '.'\ndata_dir = 'd'\nrounds = 3\n").unwrap();
-        let n = Node::load(&p, Flags { rounds: Some(0), peers: vec!["/ip4/127.0.0.1/tcp/1".into()], ..Default::default() }).unwrap();
+        std::fs::write(
+            &p,
+            "genesis = '../g.toml'\nkey_dir = '.'\ndata_dir = 'd'\nrounds = 3\n",
+        )
+        .unwrap();
+        let n = Node::load(
+            &p,
+            Flags {
+                rounds: Some(0),
+                peers: vec!["/ip4/127.0.0.1/tcp/1".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(n.genesis, dir.path().join("../g.toml"));
         assert_eq!(n.rounds, None);
         assert_eq!(n.peers.len(), 1);

@@ -41,7 +41,12 @@ pub struct Dealer {
 
 impl Default for Dealer {
     fn default() -> Self {
-        Dealer { host: "127.0.0.1".into(), base_port: 7100, rounds: 0, data_path: PathBuf::from("data/mnist_5k.csv.gz") }
+        Dealer {
+            host: "127.0.0.1".into(),
+            base_port: 7100,
+            rounds: 0,
+            data_path: PathBuf::from("data/mnist_5k.csv.gz"),
+        }
     }
 }
 
@@ -64,8 +69,10 @@ pub fn run(req: &Request) -> anyhow::Result<fedmesh_crypto::Hash> {
     }
     let mut file = match &req.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read genesis config {}", p.display()))?;
-            toml::from_str::<DealerFile>(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read genesis config {}", p.display()))?;
+            toml::from_str::<DealerFile>(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
         }
         None => DealerFile::default(),
     };
@@ -79,11 +86,14 @@ pub fn run(req: &Request) -> anyhow::Result<fedmesh_crypto::Hash> {
         file.dealer.data_path = d.clone();
     }
     if let Some(m) = &req.mode {
-        file.spec.mode = toml::Value::String(m.clone())
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("--mode {m:?} is not available in this build; available: plain"))?;
+        file.spec.mode = toml::Value::String(m.clone()).try_into().map_err(|_| {
+            anyhow::anyhow!("--mode {m:?} is not available in this build; available: plain")
+        })?;
     }
-    let layout = file.spec.validate().map_err(|e| anyhow::anyhow!("genesis config: {e}"))?;
+    let layout = file
+        .spec
+        .validate()
+        .map_err(|e| anyhow::anyhow!("genesis config: {e}"))?;
     if file.spec.data.source == fedmesh_protocol::genesis::DataSource::Synthetic
         && (layout.inputs() != crate::train::SYNTHETIC_FEATURES || layout.outputs() != 2)
     {
@@ -92,10 +102,17 @@ pub fn run(req: &Request) -> anyhow::Result<fedmesh_crypto::Hash> {
             crate::train::SYNTHETIC_FEATURES
         );
     }
-    if std::fs::read_dir(&req.out).map(|mut d| d.next().is_some()).unwrap_or(false) {
-        anyhow::bail!("{} is not empty; choose a new --out directory (the dealer never overwrites keys)", req.out.display());
+    if std::fs::read_dir(&req.out)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+    {
+        anyhow::bail!(
+            "{} is not empty; choose a new --out directory (the dealer never overwrites keys)",
+            req.out.display()
+        );
     }
-    std::fs::create_dir_all(&req.out).with_context(|| format!("cannot create {}", req.out.display()))?;
+    std::fs::create_dir_all(&req.out)
+        .with_context(|| format!("cannot create {}", req.out.display()))?;
 
     let n = req.members;
     let threshold = file.spec.params.threshold_for(n);
@@ -105,7 +122,9 @@ pub fn run(req: &Request) -> anyhow::Result<fedmesh_crypto::Hash> {
     let mut seed = zeroize::Zeroizing::new([0u8; 32]);
     OsRng.fill_bytes(seed.as_mut());
     let key_set = bls::KeySet::generate(threshold, *seed)?;
-    let identities: Vec<identity::SecretKey> = (0..n).map(|_| identity::SecretKey::generate(&mut OsRng)).collect();
+    let identities: Vec<identity::SecretKey> = (0..n)
+        .map(|_| identity::SecretKey::generate(&mut OsRng))
+        .collect();
 
     let members = identities
         .iter()
@@ -114,7 +133,11 @@ pub fn run(req: &Request) -> anyhow::Result<fedmesh_crypto::Hash> {
             index: i as u32,
             public_key: k.public(),
             peer_id: keys::peer_id(&k.public()).to_string(),
-            addrs: vec![format!("/ip4/{}/tcp/{}", file.dealer.host, file.dealer.base_port as usize + i)],
+            addrs: vec![format!(
+                "/ip4/{}/tcp/{}",
+                file.dealer.host,
+                file.dealer.base_port as usize + i
+            )],
         })
         .collect();
     let genesis = Genesis {
@@ -124,16 +147,20 @@ pub fn run(req: &Request) -> anyhow::Result<fedmesh_crypto::Hash> {
         spec: file.spec.clone(),
         members,
     };
-    genesis.validate().context("the dealt genesis does not validate")?;
+    genesis
+        .validate()
+        .context("the dealt genesis does not validate")?;
     let text = format!(
         "# fedmesh genesis file: shared by every member; its blake3 hash is height 0 of every log.\n# Do not edit: any change makes a different network.\n{}",
         genesis.to_toml()
     );
     let genesis_path = req.out.join("genesis.toml");
-    std::fs::write(&genesis_path, &text).with_context(|| format!("cannot write {}", genesis_path.display()))?;
+    std::fs::write(&genesis_path, &text)
+        .with_context(|| format!("cannot write {}", genesis_path.display()))?;
     let (_, hash) = Genesis::parse(text.as_bytes())?;
 
-    let data_path = std::path::absolute(&file.dealer.data_path).unwrap_or(file.dealer.data_path.clone());
+    let data_path =
+        std::path::absolute(&file.dealer.data_path).unwrap_or(file.dealer.data_path.clone());
     for (i, k) in identities.iter().enumerate() {
         let dir = req.out.join(format!("member-{i}"));
         std::fs::create_dir_all(&dir)?;
@@ -148,7 +175,11 @@ pub fn run(req: &Request) -> anyhow::Result<fedmesh_crypto::Hash> {
             genesis: PathBuf::from("../genesis.toml"),
             key_dir: PathBuf::from("."),
             data_dir: PathBuf::from(format!("../data/member-{i}")),
-            listen: vec![format!("/ip4/{}/tcp/{}", file.dealer.host, file.dealer.base_port as usize + i)],
+            listen: vec![format!(
+                "/ip4/{}/tcp/{}",
+                file.dealer.host,
+                file.dealer.base_port as usize + i
+            )],
             peers: Vec::new(),
             rounds: file.dealer.rounds,
             data_path: data_path.clone(),

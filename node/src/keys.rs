@@ -21,7 +21,8 @@ pub struct MemberKeys {
 /// The libp2p keypair of an identity (same ed25519 key).
 pub fn libp2p_keypair(key: &identity::SecretKey) -> libp2p::identity::Keypair {
     let mut seed = *key.seed();
-    libp2p::identity::Keypair::ed25519_from_bytes(&mut seed).expect("a 32-byte seed is a valid ed25519 key")
+    libp2p::identity::Keypair::ed25519_from_bytes(&mut seed)
+        .expect("a 32-byte seed is a valid ed25519 key")
 }
 
 /// The libp2p peer id of a member's public key.
@@ -33,8 +34,12 @@ pub fn peer_id(key: &identity::PublicKey) -> libp2p::PeerId {
 
 fn read_secret(dir: &Path, name: &str) -> anyhow::Result<zeroize::Zeroizing<String>> {
     let path = dir.join(name);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}: is key_dir the member's private folder?", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read {}: is key_dir the member's private folder?",
+            path.display()
+        )
+    })?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -50,18 +55,35 @@ fn read_secret(dir: &Path, name: &str) -> anyhow::Result<zeroize::Zeroizing<Stri
 impl MemberKeys {
     pub fn load(dir: &Path, genesis: &Genesis) -> anyhow::Result<MemberKeys> {
         let identity = identity::SecretKey::from_hex(&read_secret(dir, IDENTITY_FILE)?)
-            .with_context(|| format!("{}: not an ed25519 key", dir.join(IDENTITY_FILE).display()))?;
+            .with_context(|| {
+                format!("{}: not an ed25519 key", dir.join(IDENTITY_FILE).display())
+            })?;
         let bls = bls::SecretShare::from_hex(&read_secret(dir, BLS_FILE)?)
             .with_context(|| format!("{}: not a BLS key share", dir.join(BLS_FILE).display()))?;
         let public = identity.public();
-        let member = genesis.members.iter().find(|m| m.public_key == public).with_context(|| {
-            format!("the key in {} is not a member of this genesis (public key {public})", dir.join(IDENTITY_FILE).display())
-        })?;
+        let member = genesis
+            .members
+            .iter()
+            .find(|m| m.public_key == public)
+            .with_context(|| {
+                format!(
+                    "the key in {} is not a member of this genesis (public key {public})",
+                    dir.join(IDENTITY_FILE).display()
+                )
+            })?;
         let set = genesis.bls().context("genesis bls_public_set")?;
         if !bls.matches(&set, member.index) {
-            anyhow::bail!("{} does not belong to member {} of this genesis", dir.join(BLS_FILE).display(), member.index);
+            anyhow::bail!(
+                "{} does not belong to member {} of this genesis",
+                dir.join(BLS_FILE).display(),
+                member.index
+            );
         }
-        Ok(MemberKeys { index: member.index, identity, bls })
+        Ok(MemberKeys {
+            index: member.index,
+            identity,
+            bls,
+        })
     }
 }
 
@@ -75,7 +97,9 @@ pub fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
     f.write_all(text.as_bytes())?;
     f.write_all(b"\n")?;
     f.sync_all()?;

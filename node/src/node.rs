@@ -13,41 +13,87 @@ use crate::keys::{self, MemberKeys};
 use crate::runtime::{Context, Runtime};
 use crate::{net, train};
 
+/// Run a node until its rounds are done or it is told to stop.
 pub fn run(cfg: config::Node) -> anyhow::Result<()> {
-    let bytes = std::fs::read(&cfg.genesis).with_context(|| format!("cannot read genesis file {}", cfg.genesis.display()))?;
-    let (genesis, genesis_hash) =
-        Genesis::parse(&bytes).with_context(|| format!("genesis file {}", cfg.genesis.display()))?;
+    use tracing::Instrument as _;
+    let prepared = prepare(&cfg, true)?;
+    let span = tracing::info_span!("node", member = prepared.ctx.keys.index);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(prepared).instrument(span))
+}
+
+/// Everything a node needs, loaded and checked.
+pub struct Prepared {
+    pub ctx: Context,
+    pub store: Store,
+    pub net: net::Config,
+}
+
+/// Run the network task and the round runtime.
+pub async fn serve(p: Prepared) -> anyhow::Result<()> {
+    let (handle, events, task) = net::start(p.net)?;
+    let net_task = tokio::spawn(task);
+    let runtime = Runtime::new(p.ctx, p.store, handle)?;
+    let result = runtime.run(events).await;
+    net_task.abort();
+    result
+}
+
+/// Load the genesis, keys, log and data; `init_logging` installs the log subscriber.
+pub fn prepare(cfg: &config::Node, init_logging: bool) -> anyhow::Result<Prepared> {
+    let bytes = std::fs::read(&cfg.genesis)
+        .with_context(|| format!("cannot read genesis file {}", cfg.genesis.display()))?;
+    let (genesis, genesis_hash) = Genesis::parse(&bytes)
+        .with_context(|| format!("genesis file {}", cfg.genesis.display()))?;
     for m in &genesis.members {
         let expected = keys::peer_id(&m.public_key).to_string();
         if m.peer_id != expected {
-            anyhow::bail!("{}: member {} has peer_id {} but its key gives {expected}", cfg.genesis.display(), m.index, m.peer_id);
+            anyhow::bail!(
+                "{}: member {} has peer_id {} but its key gives {expected}",
+                cfg.genesis.display(),
+                m.index,
+                m.peer_id
+            );
         }
     }
     let keys = MemberKeys::load(&cfg.key_dir, &genesis)?;
     let me = keys.index;
 
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p_gossipsub=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let span = tracing::info_span!("node", member = me);
-    let _enter = span.enter();
+    if init_logging {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("info,libp2p_gossipsub=warn")
+                }),
+            )
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 
     let store = Store::open(&cfg.data_dir)?;
-    store.init_genesis(&Entry::genesis(&bytes)).with_context(|| {
-        format!("data dir {} belongs to another network; use a fresh --data-dir for this genesis", cfg.data_dir.display())
-    })?;
+    store
+        .init_genesis(&Entry::genesis(&bytes))
+        .with_context(|| {
+            format!(
+                "data dir {} belongs to another network; use a fresh --data-dir for this genesis",
+                cfg.data_dir.display()
+            )
+        })?;
     let layout = genesis.layout();
     if !store.has_checkpoint(&genesis.initial_model)? {
         let h = store.put_checkpoint(&layout, &layout.init(genesis.spec.model.init_seed))?;
         anyhow::ensure!(h == genesis.initial_model, "initial model hash mismatch");
     }
-    let data = train::load(&genesis.spec.data, &cfg.data_path, me, genesis.members.len() as u32)
-        .with_context(|| format!("loading member {me}'s data"))?;
+    let data = train::load(
+        &genesis.spec.data,
+        &cfg.data_path,
+        me,
+        genesis.members.len() as u32,
+    )
+    .with_context(|| format!("loading member {me}'s data"))?;
     tracing::info!(
         network = %genesis.spec.network,
         genesis = %genesis_hash.short(),
@@ -65,7 +111,11 @@ pub fn run(cfg: config::Node) -> anyhow::Result<()> {
         peers.insert(pid, m.index);
     }
     let listen = if cfg.listen.is_empty() {
-        genesis.members[me as usize].addrs.iter().filter_map(|a| a.parse().ok()).collect()
+        genesis.members[me as usize]
+            .addrs
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect()
     } else {
         cfg.listen.clone()
     };
@@ -86,15 +136,11 @@ pub fn run(cfg: config::Node) -> anyhow::Result<()> {
         data,
         peers,
         rounds: cfg.rounds,
+        counters: Default::default(),
     };
-
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async move {
-        let (handle, events, task) = net::start(net_cfg)?;
-        let net_task = tokio::spawn(task);
-        let runtime = Runtime::new(ctx, store, handle)?;
-        let result = runtime.run(events).await;
-        net_task.abort();
-        result
+    Ok(Prepared {
+        ctx,
+        store,
+        net: net_cfg,
     })
 }

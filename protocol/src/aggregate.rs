@@ -7,7 +7,11 @@ pub enum AggregateError {
     #[error("no updates to aggregate")]
     Empty,
     #[error("update {index} has {found} values, expected {expected}")]
-    Length { index: usize, found: usize, expected: usize },
+    Length {
+        index: usize,
+        found: usize,
+        expected: usize,
+    },
     #[error("total sample weight is zero")]
     ZeroWeight,
 }
@@ -23,7 +27,11 @@ pub fn fedavg(updates: &[(&[f32], u64)]) -> Result<Vec<f32>, AggregateError> {
     let mut total = 0f64;
     for (index, (values, weight)) in updates.iter().enumerate() {
         if values.len() != len {
-            return Err(AggregateError::Length { index, found: values.len(), expected: len });
+            return Err(AggregateError::Length {
+                index,
+                found: values.len(),
+                expected: len,
+            });
         }
         let w = *weight as f64;
         total += w;
@@ -52,7 +60,10 @@ mod tests {
     #[test]
     fn rejects_bad_input() {
         assert_eq!(fedavg(&[]), Err(AggregateError::Empty));
-        assert!(matches!(fedavg(&[(&[1.0][..], 1), (&[1.0, 2.0][..], 1)]), Err(AggregateError::Length { .. })));
+        assert!(matches!(
+            fedavg(&[(&[1.0][..], 1), (&[1.0, 2.0][..], 1)]),
+            Err(AggregateError::Length { .. })
+        ));
         assert_eq!(fedavg(&[(&[1.0][..], 0)]), Err(AggregateError::ZeroWeight));
     }
 

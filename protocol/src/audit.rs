@@ -114,25 +114,47 @@ pub enum VerifyError {
     #[error("height {height}: expected height {expected}")]
     Height { height: u64, expected: u64 },
     #[error("height {height}: prev_hash {found} does not match the hash of height {} ({expected})", height - 1)]
-    Link { height: u64, found: Hash, expected: Hash },
+    Link {
+        height: u64,
+        found: Hash,
+        expected: Hash,
+    },
     #[error("height {height}: body does not match body_hash")]
     BodyHash { height: u64 },
     #[error("height {height}: genesis {found} differs from this network's genesis {expected}")]
-    Genesis { height: u64, found: Hash, expected: Hash },
+    Genesis {
+        height: u64,
+        found: Hash,
+        expected: Hash,
+    },
     #[error("height {height}: entry kind {kind:?} is not allowed here")]
     Kind { height: u64, kind: Kind },
     #[error("height {height}: record does not decode: {reason}")]
     Body { height: u64, reason: String },
     #[error("height {height}: record is for round {found}, expected round {expected}")]
-    Round { height: u64, found: u64, expected: u64 },
-    #[error("height {height}: record's base model {found} is not the previous global model {expected}")]
-    BaseModel { height: u64, found: Hash, expected: Hash },
+    Round {
+        height: u64,
+        found: u64,
+        expected: u64,
+    },
+    #[error(
+        "height {height}: record's base model {found} is not the previous global model {expected}"
+    )]
+    BaseModel {
+        height: u64,
+        found: Hash,
+        expected: Hash,
+    },
     #[error("height {height}: signature of member {member} does not verify")]
     MemberSignature { height: u64, member: u32 },
     #[error("height {height}: signature by unknown or repeated member {member}")]
     Signer { height: u64, member: u32 },
     #[error("height {height}: {have} member signatures, {need} needed")]
-    TooFewSignatures { height: u64, have: usize, need: usize },
+    TooFewSignatures {
+        height: u64,
+        have: usize,
+        need: usize,
+    },
     #[error("height {height}: the threshold signature does not verify")]
     ThresholdSignature { height: u64 },
 }
@@ -202,13 +224,20 @@ impl Entry {
     }
 
     pub fn record(&self) -> Result<RoundRecord, VerifyError> {
-        RoundRecord::decode(&self.body)
-            .map_err(|e| VerifyError::Body { height: self.height, reason: e.to_string() })
+        RoundRecord::decode(&self.body).map_err(|e| VerifyError::Body {
+            height: self.height,
+            reason: e.to_string(),
+        })
     }
 
     /// Check this entry on its own: body hash, signatures against the genesis keys. The link to the
     /// previous entry is checked by [`verify_link`].
-    pub fn verify(&self, genesis: &Genesis, genesis_hash: Hash, bls_set: &bls::PublicSet) -> Result<(), VerifyError> {
+    pub fn verify(
+        &self,
+        genesis: &Genesis,
+        genesis_hash: Hash,
+        bls_set: &bls::PublicSet,
+    ) -> Result<(), VerifyError> {
         let height = self.height;
         let computed = match self.kind {
             Kind::Genesis => crate::genesis::hash_bytes(&self.body),
@@ -220,10 +249,18 @@ impl Entry {
         match (height, self.kind) {
             (0, Kind::Genesis) => {
                 if self.body_hash != genesis_hash {
-                    return Err(VerifyError::Genesis { height, found: self.body_hash, expected: genesis_hash });
+                    return Err(VerifyError::Genesis {
+                        height,
+                        found: self.body_hash,
+                        expected: genesis_hash,
+                    });
                 }
                 if self.prev_hash != Hash::ZERO {
-                    return Err(VerifyError::Link { height, found: self.prev_hash, expected: Hash::ZERO });
+                    return Err(VerifyError::Link {
+                        height,
+                        found: self.prev_hash,
+                        expected: Hash::ZERO,
+                    });
                 }
                 Ok(())
             }
@@ -235,15 +272,25 @@ impl Entry {
                     let member = genesis
                         .member(s.member)
                         .filter(|_| seen.insert(s.member))
-                        .ok_or(VerifyError::Signer { height, member: s.member })?;
+                        .ok_or(VerifyError::Signer {
+                            height,
+                            member: s.member,
+                        })?;
                     member
                         .public_key
                         .verify(msg.as_bytes(), &s.signature)
-                        .map_err(|_| VerifyError::MemberSignature { height, member: s.member })?;
+                        .map_err(|_| VerifyError::MemberSignature {
+                            height,
+                            member: s.member,
+                        })?;
                 }
                 let need = genesis.threshold();
                 if seen.len() < need {
-                    return Err(VerifyError::TooFewSignatures { height, have: seen.len(), need });
+                    return Err(VerifyError::TooFewSignatures {
+                        height,
+                        have: seen.len(),
+                        need,
+                    });
                 }
                 let sig = bls::Signature::from_bytes(&self.threshold_signature)
                     .map_err(|_| VerifyError::ThresholdSignature { height })?;
@@ -270,11 +317,18 @@ pub fn signing_hash(height: u64, prev_hash: Hash, kind: Kind, body_hash: Hash) -
 /// Check that `entry` extends `prev` (height and hash link).
 pub fn verify_link(prev: &Entry, entry: &Entry) -> Result<(), VerifyError> {
     if entry.height != prev.height + 1 {
-        return Err(VerifyError::Height { height: entry.height, expected: prev.height + 1 });
+        return Err(VerifyError::Height {
+            height: entry.height,
+            expected: prev.height + 1,
+        });
     }
     let expected = prev.hash();
     if entry.prev_hash != expected {
-        return Err(VerifyError::Link { height: entry.height, found: entry.prev_hash, expected });
+        return Err(VerifyError::Link {
+            height: entry.height,
+            found: entry.prev_hash,
+            expected,
+        });
     }
     Ok(())
 }
@@ -292,10 +346,18 @@ pub fn verify_succession(
         None => (1, genesis.initial_model),
     };
     if record.round != expected_round {
-        return Err(VerifyError::Round { height: entry.height, found: record.round, expected: expected_round });
+        return Err(VerifyError::Round {
+            height: entry.height,
+            found: record.round,
+            expected: expected_round,
+        });
     }
     if record.base_model != expected_base {
-        return Err(VerifyError::BaseModel { height: entry.height, found: record.base_model, expected: expected_base });
+        return Err(VerifyError::BaseModel {
+            height: entry.height,
+            found: record.base_model,
+            expected: expected_base,
+        });
     }
     Ok(())
 }
@@ -315,7 +377,11 @@ mod tests {
             new_model: Hash::of("m", &round.to_le_bytes()),
             participants: vec![],
             dropouts: vec![],
-            metrics: Metrics { accuracy: 0.5, loss: 1.0, test_samples: 10 },
+            metrics: Metrics {
+                accuracy: 0.5,
+                loss: 1.0,
+                test_samples: 10,
+            },
             proposed_at_ms: 0,
         }
     }
@@ -333,11 +399,21 @@ mod tests {
         let mut e1 = Entry::round(1, e0.hash(), &record(1, g.initial_model));
         let msg = e1.signing_hash();
         let approvers = [0u32, 2, 3];
-        let bls_shares: Vec<_> = approvers.iter().map(|i| (*i, shares[*i as usize].sign(msg.as_bytes()))).collect();
-        e1.threshold_signature = set.combine(bls_shares.iter().map(|(i, s)| (*i, s))).unwrap().to_bytes().to_vec();
+        let bls_shares: Vec<_> = approvers
+            .iter()
+            .map(|i| (*i, shares[*i as usize].sign(msg.as_bytes())))
+            .collect();
+        e1.threshold_signature = set
+            .combine(bls_shares.iter().map(|(i, s)| (*i, s)))
+            .unwrap()
+            .to_bytes()
+            .to_vec();
         e1.signatures = approvers
             .iter()
-            .map(|i| MemberSignature { member: *i, signature: keys[*i as usize].sign(msg.as_bytes()) })
+            .map(|i| MemberSignature {
+                member: *i,
+                signature: keys[*i as usize].sign(msg.as_bytes()),
+            })
             .collect();
         e1.verify(&g, gh, &set).unwrap();
         verify_link(&e0, &e1).unwrap();
@@ -345,13 +421,22 @@ mod tests {
 
         let mut bad = e1.clone();
         bad.body[3] ^= 1;
-        assert!(matches!(bad.verify(&g, gh, &set), Err(VerifyError::BodyHash { height: 1 })));
+        assert!(matches!(
+            bad.verify(&g, gh, &set),
+            Err(VerifyError::BodyHash { height: 1 })
+        ));
         let mut bad = e1.clone();
         bad.signatures.pop();
-        assert!(matches!(bad.verify(&g, gh, &set), Err(VerifyError::TooFewSignatures { .. })));
+        assert!(matches!(
+            bad.verify(&g, gh, &set),
+            Err(VerifyError::TooFewSignatures { .. })
+        ));
         let mut bad = e1.clone();
         bad.signatures[0].signature.0[5] ^= 1;
-        assert!(matches!(bad.verify(&g, gh, &set), Err(VerifyError::MemberSignature { member: 0, .. })));
+        assert!(matches!(
+            bad.verify(&g, gh, &set),
+            Err(VerifyError::MemberSignature { member: 0, .. })
+        ));
         let mut bad = e1.clone();
         bad.threshold_signature[10] ^= 1;
         assert!(bad.verify(&g, gh, &set).is_err());

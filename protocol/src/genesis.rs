@@ -107,7 +107,10 @@ pub struct ModelSpec {
 
 impl Default for ModelSpec {
     fn default() -> Self {
-        ModelSpec { layers: vec![784, 128, 10], init_seed: 1 }
+        ModelSpec {
+            layers: vec![784, 128, 10],
+            init_seed: 1,
+        }
     }
 }
 
@@ -141,7 +144,12 @@ pub struct TrainSpec {
 
 impl Default for TrainSpec {
     fn default() -> Self {
-        TrainSpec { optimizer: Optimizer::Sgd, learning_rate: 0.1, epochs: 2, batch_size: 32 }
+        TrainSpec {
+            optimizer: Optimizer::Sgd,
+            learning_rate: 0.1,
+            epochs: 2,
+            batch_size: 32,
+        }
     }
 }
 
@@ -246,9 +254,13 @@ pub enum GenesisError {
     BlsThreshold { bls: usize, threshold: usize },
     #[error("spec.model.layers: {0}")]
     Layout(#[from] LayoutError),
-    #[error("initial_model {found} does not match the model from spec.model.init_seed ({expected})")]
+    #[error(
+        "initial_model {found} does not match the model from spec.model.init_seed ({expected})"
+    )]
     InitialModel { found: Hash, expected: Hash },
-    #[error("spec.params.max_message_bytes {limit} cannot hold one update of {needed} bytes; raise it")]
+    #[error(
+        "spec.params.max_message_bytes {limit} cannot hold one update of {needed} bytes; raise it"
+    )]
     MessageLimit { limit: usize, needed: usize },
     #[error("{field} must be greater than 0")]
     Zero { field: &'static str },
@@ -285,7 +297,9 @@ impl Spec {
             }
         }
         if !(self.train.learning_rate > 0.0) {
-            return Err(GenesisError::Zero { field: "spec.train.learning_rate" });
+            return Err(GenesisError::Zero {
+                field: "spec.train.learning_rate",
+            });
         }
         if let Partition::Dirichlet { alpha } = self.data.partition {
             if !(alpha > 0.0) {
@@ -295,7 +309,10 @@ impl Spec {
         // An update message carries 4 bytes per parameter plus a small header.
         let needed = layout.param_count() * 4 + 1024;
         if p.max_message_bytes < needed {
-            return Err(GenesisError::MessageLimit { limit: p.max_message_bytes, needed });
+            return Err(GenesisError::MessageLimit {
+                limit: p.max_message_bytes,
+                needed,
+            });
         }
         Ok(layout)
     }
@@ -305,7 +322,8 @@ impl Genesis {
     /// Parse and validate a genesis file; returns it with its hash.
     pub fn parse(bytes: &[u8]) -> Result<(Genesis, Hash), GenesisError> {
         let text = std::str::from_utf8(bytes).map_err(|e| GenesisError::Parse(e.to_string()))?;
-        let genesis: Genesis = toml::from_str(text).map_err(|e| GenesisError::Parse(e.to_string()))?;
+        let genesis: Genesis =
+            toml::from_str(text).map_err(|e| GenesisError::Parse(e.to_string()))?;
         genesis.validate()?;
         Ok((genesis, hash_bytes(bytes)))
     }
@@ -322,26 +340,41 @@ impl Genesis {
         let layout = self.spec.validate()?;
         for (position, m) in self.members.iter().enumerate() {
             if m.index as usize != position {
-                return Err(GenesisError::Index { position, index: m.index });
+                return Err(GenesisError::Index {
+                    position,
+                    index: m.index,
+                });
             }
         }
         for (i, a) in self.members.iter().enumerate() {
-            if let Some(b) = self.members[i + 1..].iter().find(|b| b.public_key == a.public_key) {
+            if let Some(b) = self.members[i + 1..]
+                .iter()
+                .find(|b| b.public_key == a.public_key)
+            {
                 return Err(GenesisError::DuplicateKey(a.index, b.index));
             }
         }
         let n = self.members.len();
         let t = self.threshold();
         if t == 0 || t > n {
-            return Err(GenesisError::Threshold { threshold: t, members: n });
+            return Err(GenesisError::Threshold {
+                threshold: t,
+                members: n,
+            });
         }
         let set = self.bls()?;
         if set.threshold() != t {
-            return Err(GenesisError::BlsThreshold { bls: set.threshold(), threshold: t });
+            return Err(GenesisError::BlsThreshold {
+                bls: set.threshold(),
+                threshold: t,
+            });
         }
         let expected = layout.hash(&layout.init(self.spec.model.init_seed));
         if expected != self.initial_model {
-            return Err(GenesisError::InitialModel { found: self.initial_model, expected });
+            return Err(GenesisError::InitialModel {
+                found: self.initial_model,
+                expected,
+            });
         }
         Ok(())
     }
@@ -377,7 +410,9 @@ pub(crate) mod tests {
         let mut spec = Spec::default();
         spec.model.layers = vec![4, 3, 2];
         let layout = spec.model.layout().unwrap();
-        let keys: Vec<_> = (0..n).map(|i| identity::SecretKey::from_seed([i as u8 + 1; 32])).collect();
+        let keys: Vec<_> = (0..n)
+            .map(|i| identity::SecretKey::from_seed([i as u8 + 1; 32]))
+            .collect();
         let t = spec.params.threshold_for(n);
         let set = bls::KeySet::generate(t, [42u8; 32]).unwrap();
         let genesis = Genesis {
@@ -415,17 +450,35 @@ pub(crate) mod tests {
         let (g, _, _) = sample(3);
         let mut bad = g.clone();
         bad.members[1].index = 5;
-        assert!(matches!(bad.validate(), Err(GenesisError::Index { position: 1, index: 5 })));
+        assert!(matches!(
+            bad.validate(),
+            Err(GenesisError::Index {
+                position: 1,
+                index: 5
+            })
+        ));
         let mut bad = g.clone();
         bad.initial_model = Hash::ZERO;
-        assert!(matches!(bad.validate(), Err(GenesisError::InitialModel { .. })));
+        assert!(matches!(
+            bad.validate(),
+            Err(GenesisError::InitialModel { .. })
+        ));
         let mut bad = g.clone();
         bad.spec.params.signing_threshold = 9;
-        assert!(matches!(bad.validate(), Err(GenesisError::Threshold { .. })));
+        assert!(matches!(
+            bad.validate(),
+            Err(GenesisError::Threshold { .. })
+        ));
         let mut bad = g;
         bad.spec.params.max_message_bytes = 10;
-        assert!(matches!(bad.validate(), Err(GenesisError::MessageLimit { .. })));
+        assert!(matches!(
+            bad.validate(),
+            Err(GenesisError::MessageLimit { .. })
+        ));
         let err = Genesis::parse(b"version = 1\nbogus = 3\n").unwrap_err();
-        assert!(err.to_string().contains("bogus") || err.to_string().contains("missing"), "{err}");
+        assert!(
+            err.to_string().contains("bogus") || err.to_string().contains("missing"),
+            "{err}"
+        );
     }
 }

@@ -56,7 +56,10 @@ pub mod codec {
     pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, DecodeError> {
         let limit = limit.min(HARD_LIMIT);
         if bytes.len() > limit {
-            return Err(DecodeError::TooLarge { len: bytes.len(), limit });
+            return Err(DecodeError::TooLarge {
+                len: bytes.len(),
+                limit,
+            });
         }
         let cfg = bincode::config::standard().with_limit::<HARD_LIMIT>();
         let (value, used) = bincode::serde::decode_from_slice(bytes, cfg)

@@ -79,9 +79,17 @@ impl Layout {
         let mut offset = 0;
         for (i, w) in self.layers.windows(2).enumerate() {
             let (input, output) = (w[0], w[1]);
-            out.push(Tensor { name: format!("linear{i}.weight"), shape: vec![output, input], offset });
+            out.push(Tensor {
+                name: format!("linear{i}.weight"),
+                shape: vec![output, input],
+                offset,
+            });
             offset += output * input;
-            out.push(Tensor { name: format!("linear{i}.bias"), shape: vec![output], offset });
+            out.push(Tensor {
+                name: format!("linear{i}.bias"),
+                shape: vec![output],
+                offset,
+            });
             offset += output;
         }
         out

@@ -27,9 +27,17 @@ pub enum RoundError {
     #[error("member {culprit} is not active in this round")]
     NotActive { culprit: u32 },
     #[error("update from member {culprit} was trained from model {found}, the round's model is {expected}")]
-    WrongBase { culprit: u32, found: Hash, expected: Hash },
+    WrongBase {
+        culprit: u32,
+        found: Hash,
+        expected: Hash,
+    },
     #[error("update from member {culprit} has {found} values, the model has {expected}")]
-    WrongLength { culprit: u32, found: usize, expected: usize },
+    WrongLength {
+        culprit: u32,
+        found: usize,
+        expected: usize,
+    },
     #[error("update from member {culprit} contains NaN or infinite values")]
     NonFinite { culprit: u32 },
     #[error("update from member {culprit} claims {samples} samples (must be 1..={MAX_SAMPLES})")]
@@ -91,7 +99,14 @@ pub fn coordinator_order(genesis: &Genesis, prev_hash: Hash, active: &[u32]) -> 
 }
 
 impl Round {
-    pub fn new(genesis: &Genesis, height: u64, prev_hash: Hash, round: u64, base_model: Hash, active: &[u32]) -> Round {
+    pub fn new(
+        genesis: &Genesis,
+        height: u64,
+        prev_hash: Hash,
+        round: u64,
+        base_model: Hash,
+        active: &[u32],
+    ) -> Round {
         Round {
             round,
             height,
@@ -128,13 +143,24 @@ impl Round {
             return Err(RoundError::NotActive { culprit });
         }
         if update.base_model != self.base_model {
-            return Err(RoundError::WrongBase { culprit, found: update.base_model, expected: self.base_model });
+            return Err(RoundError::WrongBase {
+                culprit,
+                found: update.base_model,
+                expected: self.base_model,
+            });
         }
         if update.delta.len() != self.param_count {
-            return Err(RoundError::WrongLength { culprit, found: update.delta.len(), expected: self.param_count });
+            return Err(RoundError::WrongLength {
+                culprit,
+                found: update.delta.len(),
+                expected: self.param_count,
+            });
         }
         if update.num_samples == 0 || update.num_samples > MAX_SAMPLES {
-            return Err(RoundError::BadWeight { culprit, samples: update.num_samples });
+            return Err(RoundError::BadWeight {
+                culprit,
+                samples: update.num_samples,
+            });
         }
         if !update.train_loss.is_finite() || update.delta.iter().any(|v| !v.is_finite()) {
             return Err(RoundError::NonFinite { culprit });
@@ -144,7 +170,10 @@ impl Round {
             return if *existing == hash {
                 Ok(Added::Duplicate)
             } else {
-                Err(RoundError::Equivocation { culprit, what: "update" })
+                Err(RoundError::Equivocation {
+                    culprit,
+                    what: "update",
+                })
             };
         }
         self.updates.insert(sender, (update, hash));
@@ -195,9 +224,19 @@ impl Round {
         let contributions = participants
             .iter()
             .filter_map(|p| self.updates.get(p).map(|(u, h)| (p, u, h)))
-            .map(|(p, u, h)| Contribution { member: *p, num_samples: u.num_samples, update_hash: *h, train_loss: u.train_loss })
+            .map(|(p, u, h)| Contribution {
+                member: *p,
+                num_samples: u.num_samples,
+                update_hash: *h,
+                train_loss: u.train_loss,
+            })
             .collect();
-        let mut dropouts: Vec<u32> = self.order.iter().copied().filter(|m| !participants.contains(m)).collect();
+        let mut dropouts: Vec<u32> = self
+            .order
+            .iter()
+            .copied()
+            .filter(|m| !participants.contains(m))
+            .collect();
         dropouts.sort_unstable();
         Proposal {
             height: self.height,
@@ -221,13 +260,22 @@ impl Round {
     /// participants whose updates this member has not received yet (it can approve only once it
     /// has them and has recomputed the model). The caller still checks `new_model` and metrics.
     pub fn check_proposal(&self, sender: u32, p: &Proposal) -> Result<Vec<u32>, RoundError> {
-        let bad = |reason: String| RoundError::BadProposal { culprit: sender, reason };
+        let bad = |reason: String| RoundError::BadProposal {
+            culprit: sender,
+            reason,
+        };
         let r = &p.record;
         if p.height != self.height || p.prev_hash != self.prev_hash || r.round != self.round {
-            return Err(bad(format!("for height {} / round {}, this round is height {} / round {}", p.height, r.round, self.height, self.round)));
+            return Err(bad(format!(
+                "for height {} / round {}, this round is height {} / round {}",
+                p.height, r.round, self.height, self.round
+            )));
         }
         if r.coordinator != sender || self.coordinator(r.attempt) != sender {
-            return Err(bad(format!("member {sender} is not the coordinator of attempt {}", r.attempt)));
+            return Err(bad(format!(
+                "member {sender} is not the coordinator of attempt {}",
+                r.attempt
+            )));
         }
         if r.base_model != self.base_model {
             return Err(bad("base model is not this round's model".into()));
@@ -237,20 +285,35 @@ impl Round {
         }
         let members: Vec<u32> = r.participants.iter().map(|c| c.member).collect();
         if members.windows(2).any(|w| w[0] >= w[1]) || members.iter().any(|m| !self.is_active(*m)) {
-            return Err(bad("participants must be distinct active members in order".into()));
+            return Err(bad(
+                "participants must be distinct active members in order".into()
+            ));
         }
-        let mut dropouts: Vec<u32> = self.order.iter().copied().filter(|m| !members.contains(m)).collect();
+        let mut dropouts: Vec<u32> = self
+            .order
+            .iter()
+            .copied()
+            .filter(|m| !members.contains(m))
+            .collect();
         dropouts.sort_unstable();
         if dropouts != r.dropouts {
-            return Err(bad("dropouts are not the active members that did not participate".into()));
+            return Err(bad(
+                "dropouts are not the active members that did not participate".into(),
+            ));
         }
         let mut missing = Vec::new();
         for c in &r.participants {
             match self.updates.get(&c.member) {
                 None => missing.push(c.member),
                 Some((u, h)) => {
-                    if *h != c.update_hash || u.num_samples != c.num_samples || u.train_loss.to_bits() != c.train_loss.to_bits() {
-                        return Err(bad(format!("member {}'s update differs from the one received", c.member)));
+                    if *h != c.update_hash
+                        || u.num_samples != c.num_samples
+                        || u.train_loss.to_bits() != c.train_loss.to_bits()
+                    {
+                        return Err(bad(format!(
+                            "member {}'s update differs from the one received",
+                            c.member
+                        )));
                     }
                 }
             }
@@ -272,7 +335,11 @@ impl Round {
 
     /// This member's approval of the current proposal. A member approves at most one record per
     /// round, so two different records can never both gather a majority.
-    pub fn approve(&mut self, key: &identity::SecretKey, share: &bls::SecretShare) -> Result<Approval, RoundError> {
+    pub fn approve(
+        &mut self,
+        key: &identity::SecretKey,
+        share: &bls::SecretShare,
+    ) -> Result<Approval, RoundError> {
         let (_, h) = self.proposal.as_ref().ok_or(RoundError::AlreadyApproved)?;
         let h = *h;
         if let Some(prev) = self.approved {
@@ -281,7 +348,11 @@ impl Round {
             }
         }
         self.approved = Some(h);
-        Ok(Approval { signing_hash: h, signature: key.sign(h.as_bytes()), bls_share: share.sign(h.as_bytes()).to_bytes().to_vec() })
+        Ok(Approval {
+            signing_hash: h,
+            signature: key.sign(h.as_bytes()),
+            bls_share: share.sign(h.as_bytes()).to_bytes().to_vec(),
+        })
     }
 
     /// Restore the approval this member gave before a restart, so that it can never approve a
@@ -308,7 +379,9 @@ impl Round {
         a: Approval,
     ) -> Result<Added, RoundError> {
         let culprit = sender;
-        let member = genesis.member(sender).ok_or(RoundError::NotActive { culprit })?;
+        let member = genesis
+            .member(sender)
+            .ok_or(RoundError::NotActive { culprit })?;
         if !self.is_active(sender) {
             return Err(RoundError::NotActive { culprit });
         }
@@ -316,17 +389,29 @@ impl Round {
             return if existing.signing_hash == a.signing_hash {
                 Ok(Added::Duplicate)
             } else {
-                Err(RoundError::Equivocation { culprit, what: "approval" })
+                Err(RoundError::Equivocation {
+                    culprit,
+                    what: "approval",
+                })
             };
         }
         member
             .public_key
             .verify(a.signing_hash.as_bytes(), &a.signature)
-            .map_err(|_| RoundError::BadApproval { culprit, which: "ed25519" })?;
-        let share = bls::SignatureShare::from_bytes(&a.bls_share)
-            .map_err(|_| RoundError::BadApproval { culprit, which: "BLS" })?;
+            .map_err(|_| RoundError::BadApproval {
+                culprit,
+                which: "ed25519",
+            })?;
+        let share =
+            bls::SignatureShare::from_bytes(&a.bls_share).map_err(|_| RoundError::BadApproval {
+                culprit,
+                which: "BLS",
+            })?;
         if !bls_set.verify_share(sender, a.signing_hash.as_bytes(), &share) {
-            return Err(RoundError::BadApproval { culprit, which: "BLS" });
+            return Err(RoundError::BadApproval {
+                culprit,
+                which: "BLS",
+            });
         }
         self.approvals.insert(sender, a);
         Ok(Added::New)
@@ -335,7 +420,11 @@ impl Round {
     /// Approvals of the current proposal so far.
     pub fn approval_count(&self) -> usize {
         match &self.proposal {
-            Some((_, h)) => self.approvals.values().filter(|a| a.signing_hash == *h).count(),
+            Some((_, h)) => self
+                .approvals
+                .values()
+                .filter(|a| a.signing_hash == *h)
+                .count(),
             None => 0,
         }
     }
@@ -343,19 +432,32 @@ impl Round {
     /// The signed entry, once `threshold` approvals of the current proposal are in.
     pub fn try_commit(&self, bls_set: &bls::PublicSet) -> Option<Entry> {
         let (p, h) = self.proposal.as_ref()?;
-        let approvals: Vec<(u32, &Approval)> =
-            self.approvals.iter().filter(|(_, a)| a.signing_hash == *h).map(|(m, a)| (*m, a)).collect();
+        let approvals: Vec<(u32, &Approval)> = self
+            .approvals
+            .iter()
+            .filter(|(_, a)| a.signing_hash == *h)
+            .map(|(m, a)| (*m, a))
+            .collect();
         if approvals.len() < self.threshold {
             return None;
         }
         let shares: Vec<(u32, bls::SignatureShare)> = approvals
             .iter()
-            .filter_map(|(m, a)| bls::SignatureShare::from_bytes(&a.bls_share).ok().map(|s| (*m, s)))
+            .filter_map(|(m, a)| {
+                bls::SignatureShare::from_bytes(&a.bls_share)
+                    .ok()
+                    .map(|s| (*m, s))
+            })
             .collect();
         let sig = bls_set.combine(shares.iter().map(|(m, s)| (*m, s))).ok()?;
         let mut entry = p.entry();
-        entry.signatures =
-            approvals.iter().map(|(m, a)| MemberSignature { member: *m, signature: a.signature }).collect();
+        entry.signatures = approvals
+            .iter()
+            .map(|(m, a)| MemberSignature {
+                member: *m,
+                signature: a.signature,
+            })
+            .collect();
         entry.threshold_signature = sig.to_bytes().to_vec();
         Some(entry)
     }
@@ -368,19 +470,32 @@ mod tests {
     use crate::model;
 
     fn upd(base: Hash, v: f32, n: u64) -> Update {
-        Update { base_model: base, num_samples: n, train_loss: 0.5, delta: vec![v; 23] }
+        Update {
+            base_model: base,
+            num_samples: n,
+            train_loss: 0.5,
+            delta: vec![v; 23],
+        }
     }
 
     #[test]
     fn all_members_derive_the_same_order_and_it_moves_with_the_head() {
         let (g, _, _) = sample(5);
         let a = coordinator_order(&g, Hash::of("x", b"1"), &[0, 1, 2, 3, 4]);
-        assert_eq!(a, coordinator_order(&g, Hash::of("x", b"1"), &[4, 3, 2, 1, 0]));
+        assert_eq!(
+            a,
+            coordinator_order(&g, Hash::of("x", b"1"), &[4, 3, 2, 1, 0])
+        );
         let mut sorted = a.clone();
         sorted.sort();
         assert_eq!(sorted, vec![0, 1, 2, 3, 4]);
-        let others: Vec<_> = (2..20u8).map(|i| coordinator_order(&g, Hash::of("x", &[i]), &[0, 1, 2, 3, 4])[0]).collect();
-        assert!(others.iter().any(|c| *c != a[0]), "the coordinator must rotate");
+        let others: Vec<_> = (2..20u8)
+            .map(|i| coordinator_order(&g, Hash::of("x", &[i]), &[0, 1, 2, 3, 4])[0])
+            .collect();
+        assert!(
+            others.iter().any(|c| *c != a[0]),
+            "the coordinator must rotate"
+        );
     }
 
     #[test]
@@ -404,10 +519,17 @@ mod tests {
         let layout = g.layout();
         let participants = rounds[coord as usize].contributors();
         let delta = rounds[coord as usize].aggregate(&participants).unwrap();
-        assert!((delta[0] - 1.4).abs() < 1e-6, "weighted mean (100·1 + 300·2 + 100·0)/500");
+        assert!(
+            (delta[0] - 1.4).abs() < 1e-6,
+            "weighted mean (100·1 + 300·2 + 100·0)/500"
+        );
         let init = layout.init(g.spec.model.init_seed);
         let new_model = layout.hash(&model::apply(&init, &delta));
-        let metrics = Metrics { accuracy: 0.9, loss: 0.3, test_samples: 10 };
+        let metrics = Metrics {
+            accuracy: 0.9,
+            loss: 0.3,
+            test_samples: 10,
+        };
         let p = rounds[coord as usize].propose(0, coord, &participants, new_model, metrics, 0);
         assert_eq!(p.record.dropouts, vec![3]);
         let mut approvals = Vec::new();
@@ -419,7 +541,10 @@ mod tests {
         // The silent member never got the updates: it learns which are missing.
         let mut late = mk();
         assert_eq!(late.check_proposal(coord, &p).unwrap(), vec![0, 1, 2]);
-        assert!(rounds[0].check_proposal((coord + 1) % 4, &p).is_err(), "only the coordinator proposes");
+        assert!(
+            rounds[0].check_proposal((coord + 1) % 4, &p).is_err(),
+            "only the coordinator proposes"
+        );
 
         let r = &mut rounds[0];
         for (m, a) in &approvals[..2] {
@@ -432,7 +557,11 @@ mod tests {
         crate::audit::verify_link(&e0, &entry).unwrap();
         assert_eq!(entry.record().unwrap().participants.len(), 3);
         late.add_update(0, upd(base, 1.0, 100)).unwrap();
-        assert!(late.add_approval(&g, &set, 3, approvals[0].1.clone()).is_err(), "approval signed by someone else");
+        assert!(
+            late.add_approval(&g, &set, 3, approvals[0].1.clone())
+                .is_err(),
+            "approval signed by someone else"
+        );
     }
 
     #[test]
@@ -440,15 +569,36 @@ mod tests {
         let (g, _, _) = sample(3);
         let base = g.initial_model;
         let mut r = Round::new(&g, 1, Hash::ZERO, 1, base, &[0, 1]);
-        assert!(matches!(r.add_update(2, upd(base, 1.0, 1)), Err(RoundError::NotActive { culprit: 2 })));
-        assert!(matches!(r.add_update(0, upd(Hash::ZERO, 1.0, 1)), Err(RoundError::WrongBase { .. })));
-        assert!(matches!(r.add_update(0, upd(base, f32::NAN, 1)), Err(RoundError::NonFinite { .. })));
-        assert!(matches!(r.add_update(0, upd(base, 1.0, 0)), Err(RoundError::BadWeight { .. })));
+        assert!(matches!(
+            r.add_update(2, upd(base, 1.0, 1)),
+            Err(RoundError::NotActive { culprit: 2 })
+        ));
+        assert!(matches!(
+            r.add_update(0, upd(Hash::ZERO, 1.0, 1)),
+            Err(RoundError::WrongBase { .. })
+        ));
+        assert!(matches!(
+            r.add_update(0, upd(base, f32::NAN, 1)),
+            Err(RoundError::NonFinite { .. })
+        ));
+        assert!(matches!(
+            r.add_update(0, upd(base, 1.0, 0)),
+            Err(RoundError::BadWeight { .. })
+        ));
         let mut short = upd(base, 1.0, 1);
         short.delta.pop();
-        assert!(matches!(r.add_update(0, short), Err(RoundError::WrongLength { .. })));
+        assert!(matches!(
+            r.add_update(0, short),
+            Err(RoundError::WrongLength { .. })
+        ));
         r.add_update(0, upd(base, 1.0, 1)).unwrap();
-        assert_eq!(r.add_update(0, upd(base, 1.0, 1)).unwrap(), Added::Duplicate);
-        assert!(matches!(r.add_update(0, upd(base, 2.0, 1)), Err(RoundError::Equivocation { culprit: 0, .. })));
+        assert_eq!(
+            r.add_update(0, upd(base, 1.0, 1)).unwrap(),
+            Added::Duplicate
+        );
+        assert!(matches!(
+            r.add_update(0, upd(base, 2.0, 1)),
+            Err(RoundError::Equivocation { culprit: 0, .. })
+        ));
     }
 }

@@ -138,10 +138,22 @@ fn signed_hash(genesis: Hash, sender: u32, round: u64, payload_bytes: &[u8]) -> 
 
 impl Envelope {
     /// Sign `payload` as member `sender`.
-    pub fn seal(genesis: Hash, sender: u32, round: u64, payload: Payload, key: &identity::SecretKey) -> Envelope {
+    pub fn seal(
+        genesis: Hash,
+        sender: u32,
+        round: u64,
+        payload: Payload,
+        key: &identity::SecretKey,
+    ) -> Envelope {
         let msg = signed_hash(genesis, sender, round, &codec::encode(&payload));
         let signature = key.sign(msg.as_bytes());
-        Envelope { genesis, sender, round, payload, signature }
+        Envelope {
+            genesis,
+            sender,
+            round,
+            payload,
+            signature,
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -159,15 +171,27 @@ impl Envelope {
     ) -> Result<Envelope, OpenError> {
         let env: Envelope = codec::decode(bytes, limit)?;
         if env.genesis != genesis_hash {
-            return Err(OpenError::Genesis { found: env.genesis, expected: genesis_hash });
+            return Err(OpenError::Genesis {
+                found: env.genesis,
+                expected: genesis_hash,
+            });
         }
-        let member = genesis.member(env.sender).ok_or(OpenError::NotMember(env.sender))?;
+        let member = genesis
+            .member(env.sender)
+            .ok_or(OpenError::NotMember(env.sender))?;
         if let Some(p) = publisher {
             if p != member.peer_id {
-                return Err(OpenError::WrongPeer { claimed: env.sender });
+                return Err(OpenError::WrongPeer {
+                    claimed: env.sender,
+                });
             }
         }
-        let msg = signed_hash(env.genesis, env.sender, env.round, &codec::encode(&env.payload));
+        let msg = signed_hash(
+            env.genesis,
+            env.sender,
+            env.round,
+            &codec::encode(&env.payload),
+        );
         member
             .public_key
             .verify(msg.as_bytes(), &env.signature)
@@ -201,9 +225,13 @@ pub enum Request {
 /// The answer to a [`Request`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
-    Hello { status: Status },
+    Hello {
+        status: Status,
+    },
     /// The peer is on another network (its genesis hash).
-    WrongNetwork { genesis: Hash },
+    WrongNetwork {
+        genesis: Hash,
+    },
     Entries(Vec<Entry>),
     Checkpoint(Option<Vec<u8>>),
     Update(Option<Vec<u8>>),
@@ -225,7 +253,12 @@ mod tests {
     }
 
     fn update() -> Payload {
-        Payload::Update(Update { base_model: Hash::ZERO, num_samples: 5, train_loss: 0.3, delta: vec![0.5; 26] })
+        Payload::Update(Update {
+            base_model: Hash::ZERO,
+            num_samples: 5,
+            train_loss: 0.3,
+            delta: vec![0.5; 26],
+        })
     }
 
     #[test]
@@ -243,23 +276,38 @@ mod tests {
         // Signed by member 2 but claiming to be member 1.
         let mut env = Envelope::seal(h, 2, 4, update(), &keys[2]);
         env.sender = 1;
-        assert!(matches!(Envelope::open(&env.encode(), 1 << 20, &g, h, None), Err(OpenError::Signature(1))));
+        assert!(matches!(
+            Envelope::open(&env.encode(), 1 << 20, &g, h, None),
+            Err(OpenError::Signature(1))
+        ));
         // Published by another peer than the sender.
         let env = Envelope::seal(h, 1, 4, update(), &keys[1]);
-        assert!(matches!(Envelope::open(&env.encode(), 1 << 20, &g, h, Some("peer0")), Err(OpenError::WrongPeer { .. })));
+        assert!(matches!(
+            Envelope::open(&env.encode(), 1 << 20, &g, h, Some("peer0")),
+            Err(OpenError::WrongPeer { .. })
+        ));
         // Non-member index.
         let env = Envelope::seal(h, 9, 4, update(), &keys[1]);
-        assert!(matches!(Envelope::open(&env.encode(), 1 << 20, &g, h, None), Err(OpenError::NotMember(9))));
+        assert!(matches!(
+            Envelope::open(&env.encode(), 1 << 20, &g, h, None),
+            Err(OpenError::NotMember(9))
+        ));
         // Another network.
         let env = Envelope::seal(Hash::ZERO, 1, 4, update(), &keys[1]);
-        assert!(matches!(Envelope::open(&env.encode(), 1 << 20, &g, h, None), Err(OpenError::Genesis { .. })));
+        assert!(matches!(
+            Envelope::open(&env.encode(), 1 << 20, &g, h, None),
+            Err(OpenError::Genesis { .. })
+        ));
         // Round changed after signing.
         let mut env = Envelope::seal(h, 1, 4, update(), &keys[1]);
         env.round = 5;
         assert!(Envelope::open(&env.encode(), 1 << 20, &g, h, None).is_err());
         // Too large.
         let env = Envelope::seal(h, 1, 4, update(), &keys[1]);
-        assert!(matches!(Envelope::open(&env.encode(), 50, &g, h, None), Err(OpenError::Decode(DecodeError::TooLarge { .. }))));
+        assert!(matches!(
+            Envelope::open(&env.encode(), 50, &g, h, None),
+            Err(OpenError::Decode(DecodeError::TooLarge { .. }))
+        ));
         // Truncated.
         let bytes = env.encode();
         assert!(Envelope::open(&bytes[..bytes.len() - 3], 1 << 20, &g, h, None).is_err());

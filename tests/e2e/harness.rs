@@ -26,7 +26,9 @@ pub fn bin() -> PathBuf {
             .status()
             .expect("run cargo build");
         assert!(status.success(), "building fedmesh failed");
-        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root().join("target"));
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root().join("target"));
         target.join("debug").join("fedmesh")
     })
     .clone()
@@ -37,7 +39,9 @@ pub fn free_ports(count: u16) -> u16 {
     let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
     let mut base = 20_000 + (seed.wrapping_mul(2_654_435_761) % 30_000) as u16;
     loop {
-        let held: Vec<_> = (0..count).map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok()).collect();
+        let held: Vec<_> = (0..count)
+            .map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
         if held.len() == count as usize {
             return base;
         }
@@ -46,7 +50,10 @@ pub fn free_ports(count: u16) -> u16 {
 }
 
 pub fn fedmesh(args: &[&str]) -> Output {
-    Command::new(bin()).args(args).output().expect("run fedmesh")
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run fedmesh")
 }
 
 /// A testnet: a genesis for `n` members in a temp dir, and its node processes.
@@ -86,8 +93,17 @@ impl Testnet {
             "--data",
             root().join("data/mnist_5k.csv.gz").to_str().unwrap(),
         ]);
-        assert!(out.status.success(), "genesis failed: {}", String::from_utf8_lossy(&out.stderr));
-        Testnet { dir, n, nodes: (0..n).map(|_| None).collect(), base_port }
+        assert!(
+            out.status.success(),
+            "genesis failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Testnet {
+            dir,
+            n,
+            nodes: (0..n).map(|_| None).collect(),
+            base_port,
+        }
     }
 
     pub fn net(&self) -> PathBuf {
@@ -108,7 +124,13 @@ impl Testnet {
 
     /// Start node `i` (appending to its output files, so restarts keep the history).
     pub fn start(&mut self, i: usize) {
-        let open = |p: PathBuf| std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap();
+        let open = |p: PathBuf| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .unwrap()
+        };
         let child = Command::new(bin())
             .args(["node", "--config"])
             .arg(self.net().join(format!("member-{i}/node.toml")))
@@ -148,27 +170,43 @@ impl Testnet {
     pub fn wait_round(&self, i: usize, round: u64, timeout: Duration) {
         let start = Instant::now();
         while start.elapsed() < timeout {
-            if self.rounds(i).iter().any(|r| r["round"].as_u64() == Some(round)) {
+            if self
+                .rounds(i)
+                .iter()
+                .any(|r| r["round"].as_u64() == Some(round))
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        panic!("node {i} did not reach round {round} within {timeout:?}\n{}", self.tail_logs());
+        panic!(
+            "node {i} did not reach round {round} within {timeout:?}\n{}",
+            self.tail_logs()
+        );
     }
 
     /// Wait for every running node to exit by itself; each must exit successfully.
     pub fn wait_all(&mut self, timeout: Duration) {
         let start = Instant::now();
         for i in 0..self.n {
-            let Some(mut child) = self.nodes[i].take() else { continue };
+            let Some(mut child) = self.nodes[i].take() else {
+                continue;
+            };
             loop {
                 if let Some(status) = child.try_wait().unwrap() {
-                    assert!(status.success(), "node {i} exited with {status}\n{}", self.tail_logs());
+                    assert!(
+                        status.success(),
+                        "node {i} exited with {status}\n{}",
+                        self.tail_logs()
+                    );
                     break;
                 }
                 if start.elapsed() > timeout {
                     let _ = child.kill();
-                    panic!("node {i} still running after {timeout:?}\n{}", self.tail_logs());
+                    panic!(
+                        "node {i} still running after {timeout:?}\n{}",
+                        self.tail_logs()
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -186,8 +224,12 @@ impl Testnet {
             "--genesis",
             self.net().join("genesis.toml").to_str().unwrap(),
         ]);
-        let v: Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("verify output is not JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "verify output is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
         (out.status.success(), v)
     }
 
@@ -199,7 +241,10 @@ impl Testnet {
             assert!(ok && v["ok"] == true, "node {i}'s log does not verify: {v}");
             heads.push(v["head"].as_str().unwrap().to_string());
         }
-        assert!(heads.windows(2).all(|w| w[0] == w[1]), "heads differ: {heads:?}");
+        assert!(
+            heads.windows(2).all(|w| w[0] == w[1]),
+            "heads differ: {heads:?}"
+        );
         heads.remove(0)
     }
 

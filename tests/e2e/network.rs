@@ -16,15 +16,26 @@ fn four_nodes_train_mnist_and_agree_on_one_verified_log() {
     assert_eq!(rounds.len(), 5, "node 0 reports: {rounds:?}");
     let last = rounds.last().unwrap();
     let accuracy = last["accuracy"].as_f64().unwrap();
-    assert!(accuracy >= 0.85, "final accuracy {accuracy} < 0.85; rounds: {rounds:?}");
+    assert!(
+        accuracy >= 0.85,
+        "final accuracy {accuracy} < 0.85; rounds: {rounds:?}"
+    );
     assert_eq!(last["participants"].as_array().unwrap().len(), 4);
     net.assert_logs_agree();
 
     // `audit show --json`: one object per entry, genesis then 5 rounds, with the round facts.
-    let out = fedmesh(&["audit", "show", "--json", "--data-dir", path_str(&net.data_dir(1))]);
+    let out = fedmesh(&[
+        "audit",
+        "show",
+        "--json",
+        "--data-dir",
+        path_str(&net.data_dir(1)),
+    ]);
     assert!(out.status.success());
-    let shown: Vec<serde_json::Value> =
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let shown: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(shown.len(), 6);
     assert_eq!(shown[0]["kind"], "genesis");
     for (i, r) in shown[1..].iter().enumerate() {
@@ -51,7 +62,13 @@ fn four_nodes_train_mnist_and_agree_on_one_verified_log() {
 
     // A node of another network started on this network's data dir refuses, naming both hashes.
     let other = Testnet::new(1, 1, 5_000);
-    let ours = fedmesh(&["audit", "verify", "--json", "--data-dir", path_str(&net.data_dir(0))]);
+    let ours = fedmesh(&[
+        "audit",
+        "verify",
+        "--json",
+        "--data-dir",
+        path_str(&net.data_dir(0)),
+    ]);
     let ours: serde_json::Value = serde_json::from_slice(&ours.stdout).unwrap();
     let out = fedmesh(&[
         "node",
@@ -62,14 +79,36 @@ fn four_nodes_train_mnist_and_agree_on_one_verified_log() {
     ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    let genesis_line = String::from_utf8_lossy(&fedmesh(&["audit", "show", "--json", "--data-dir", path_str(&net.data_dir(0))]).stdout)
-        .lines()
-        .next()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["hash"].as_str().unwrap().to_string())
-        .unwrap();
-    assert!(err.contains(&genesis_line), "error must name the stored genesis {genesis_line}: {err}");
-    let other_genesis = fedmesh_protocol::genesis::hash_bytes(&std::fs::read(other.net().join("genesis.toml")).unwrap());
-    assert!(err.contains(&other_genesis.to_string()), "error must name the new genesis: {err}");
+    let genesis_line = String::from_utf8_lossy(
+        &fedmesh(&[
+            "audit",
+            "show",
+            "--json",
+            "--data-dir",
+            path_str(&net.data_dir(0)),
+        ])
+        .stdout,
+    )
+    .lines()
+    .next()
+    .map(|l| {
+        serde_json::from_str::<serde_json::Value>(l).unwrap()["hash"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    })
+    .unwrap();
+    assert!(
+        err.contains(&genesis_line),
+        "error must name the stored genesis {genesis_line}: {err}"
+    );
+    let other_genesis = fedmesh_protocol::genesis::hash_bytes(
+        &std::fs::read(other.net().join("genesis.toml")).unwrap(),
+    );
+    assert!(
+        err.contains(&other_genesis.to_string()),
+        "error must name the new genesis: {err}"
+    );
     let _ = ours;
 }
 
@@ -84,37 +123,122 @@ fn late_node_catches_up_and_takes_part() {
     net.start(3);
     net.wait_all(RUN_TIMEOUT);
     let late = net.rounds(3);
-    assert!(late.iter().any(|r| r["round"] == 1), "the late node reports the rounds it fetched: {late:?}");
+    assert!(
+        late.iter().any(|r| r["round"] == 1),
+        "the late node reports the rounds it fetched: {late:?}"
+    );
     let joined = net.rounds(0).iter().any(|r| {
-        r["round"].as_u64().unwrap() > 2 && r["participants"].as_array().unwrap().iter().any(|p| p == 3)
+        r["round"].as_u64().unwrap() > 2
+            && r["participants"].as_array().unwrap().iter().any(|p| p == 3)
     });
-    assert!(joined, "member 3 never participated after catching up: {:?}", net.rounds(0));
+    assert!(
+        joined,
+        "member 3 never participated after catching up: {:?}",
+        net.rounds(0)
+    );
     let early = &net.rounds(0)[0];
-    assert!(early["dropouts"].as_array().unwrap().iter().any(|p| p == 3), "member 3 was a dropout in round 1");
+    assert!(
+        early["dropouts"].as_array().unwrap().iter().any(|p| p == 3),
+        "member 3 was a dropout in round 1"
+    );
     net.assert_logs_agree();
 }
 
-/// A node killed (SIGKILL) mid-round is recorded as a dropout and the round completes; restarted,
-/// it resumes from its own log and takes part again.
+/// The coordinator of round 3 is killed (SIGKILL) as the round starts: the next member in the
+/// coordinator order finishes the round after the failover timeout, the killed member is recorded
+/// as a dropout, and restarted it resumes from its own log and takes part again.
 #[test]
-fn killed_node_is_a_dropout_and_rejoins_from_its_log() {
+fn killed_coordinator_is_replaced_and_rejoins_from_its_log() {
     let mut net = Testnet::new(4, 6, 6_000);
+    let genesis_bytes = std::fs::read(net.net().join("genesis.toml")).unwrap();
+    let (genesis, _) = fedmesh_protocol::genesis::Genesis::parse(&genesis_bytes).unwrap();
+    net.start_all();
+    // Watch two nodes, so that whichever is killed, the other still reports.
+    net.wait_round(0, 2, RUN_TIMEOUT);
+    let head = net.rounds(0).into_iter().find(|r| r["round"] == 2).unwrap()["head"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let head = fedmesh_crypto::Hash::from_hex(&head).unwrap();
+    let order = fedmesh_protocol::round::coordinator_order(&genesis, head, &[0, 1, 2, 3]);
+    let victim = order[0] as usize;
+    net.kill(victim);
+    let had = net.rounds(victim).len();
+    assert!(
+        had >= 2,
+        "the victim had committed rounds 1 and 2 before it was killed"
+    );
+    let watcher = if victim == 0 { 1 } else { 0 };
+    net.wait_round(watcher, 3, RUN_TIMEOUT);
+    let r3 = net
+        .rounds(watcher)
+        .into_iter()
+        .find(|r| r["round"] == 3)
+        .unwrap();
+    assert!(
+        r3["dropouts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == victim),
+        "round 3 without member {victim}: {r3}"
+    );
+    assert!(
+        r3["attempt"].as_u64().unwrap() >= 1,
+        "a failover coordinator finished round 3: {r3}"
+    );
+    assert_eq!(
+        r3["coordinator"].as_u64(),
+        Some(order[1] as u64),
+        "the next in order took over: {r3}"
+    );
+
+    net.start(victim);
+    net.wait_all(RUN_TIMEOUT);
+    let rejoined = net.rounds(watcher).iter().any(|r| {
+        r["round"].as_u64().unwrap() > 3
+            && r["participants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p == victim)
+    });
+    assert!(
+        rejoined,
+        "member {victim} did not take part after restarting: {:?}",
+        net.rounds(watcher)
+    );
+    // It resumed from its own log: rounds 1 and 2 were not appended a second time.
+    let round1 = net
+        .rounds(victim)
+        .iter()
+        .filter(|r| r["round"] == 1)
+        .count();
+    assert_eq!(
+        round1, 1,
+        "the restarted node appended round 1 again instead of resuming from its log"
+    );
+    net.assert_logs_agree();
+}
+
+/// Ctrl-C (SIGINT) on a node that would run forever: it stops cleanly, its log flushed and valid.
+#[test]
+fn interrupt_stops_a_node_cleanly_with_its_log_flushed() {
+    let mut net = Testnet::new(2, 0, 5_000);
     net.start_all();
     net.wait_round(0, 2, RUN_TIMEOUT);
-    net.kill(3);
-    let had = net.rounds(3).len();
-    assert!(had >= 1, "node 3 had committed rounds before it was killed");
-    net.wait_round(0, 3, RUN_TIMEOUT);
-    let r3 = net.rounds(0).into_iter().find(|r| r["round"] == 3).unwrap();
-    assert!(r3["dropouts"].as_array().unwrap().iter().any(|p| p == 3), "round 3 without member 3: {r3}");
-    net.start(3);
-    net.wait_all(RUN_TIMEOUT);
-    let rejoined = net.rounds(0).iter().any(|r| {
-        r["round"].as_u64().unwrap() > 3 && r["participants"].as_array().unwrap().iter().any(|p| p == 3)
-    });
-    assert!(rejoined, "member 3 did not take part after restarting: {:?}", net.rounds(0));
-    // It resumed from its own log: it did not fetch the rounds it already had again.
-    let round1 = net.rounds(3).iter().filter(|r| r["round"] == 1).count();
-    assert_eq!(round1, 1, "the restarted node appended round 1 again instead of resuming from its log");
-    net.assert_logs_agree();
+    for i in 0..2 {
+        let pid = net.nodes[i].as_ref().unwrap().id();
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    net.wait_all(Duration::from_secs(30));
+    for i in 0..2 {
+        let (ok, v) = net.verify(i);
+        assert!(ok, "node {i}'s log after Ctrl-C: {v}");
+        assert!(v["rounds"].as_u64().unwrap() >= 2, "{v}");
+    }
 }

@@ -16,6 +16,8 @@
 //!    catches up: it fetches entries and checkpoints, verifies them, and appends them.
 
 mod sync;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -54,30 +56,78 @@ pub struct Context {
     pub peers: HashMap<PeerId, u32>,
     /// Stop after this many rounds are in the log.
     pub rounds: Option<u64>,
+    /// What happened to peers' messages so far.
+    pub counters: Arc<Counters>,
+}
+
+/// Running totals of the verdicts on gossip messages, for operators and tests.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub accepted: std::sync::atomic::AtomicU64,
+    pub ignored: std::sync::atomic::AtomicU64,
+    pub rejected: std::sync::atomic::AtomicU64,
+}
+
+impl Counters {
+    fn count(&self, v: Verdict) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match v {
+            Verdict::Accept => self.accepted.fetch_add(1, Relaxed),
+            Verdict::Ignore => self.ignored.fetch_add(1, Relaxed),
+            Verdict::Reject => self.rejected.fetch_add(1, Relaxed),
+        };
+    }
 }
 
 impl Context {
     fn member_peer(&self, member: u32) -> Option<PeerId> {
-        self.peers.iter().find(|(_, m)| **m == member).map(|(p, _)| *p)
+        self.peers
+            .iter()
+            .find(|(_, m)| **m == member)
+            .map(|(p, _)| *p)
     }
 }
 
 /// Work done off the runtime task, reported back.
 enum Work {
-    Trained { round: u64, result: Result<train::TrainOutcome, String> },
-    Evaluated { round: u64, purpose: Purpose, params: Arc<Vec<f32>>, result: Result<Metrics, String> },
-    FetchedUpdate { round: u64, bytes: Option<Vec<u8>> },
-    FetchedCheckpoint { round: u64, hash: Hash, bytes: Option<Vec<u8>> },
+    Trained {
+        round: u64,
+        result: Result<train::TrainOutcome, String>,
+    },
+    Evaluated {
+        round: u64,
+        purpose: Purpose,
+        params: Arc<Vec<f32>>,
+        result: Result<Metrics, String>,
+    },
+    FetchedUpdate {
+        round: u64,
+        bytes: Option<Vec<u8>>,
+    },
+    FetchedCheckpoint {
+        round: u64,
+        hash: Hash,
+        bytes: Option<Vec<u8>>,
+    },
     Synced(Result<sync::Outcome, String>),
-    Hello { peer: PeerId, response: Result<Response, String> },
+    Hello {
+        peer: PeerId,
+        response: Result<Response, String>,
+    },
 }
 
 /// Why a model was evaluated.
 enum Purpose {
     /// The coordinator's own proposal for `attempt`.
-    Propose { attempt: u32, participants: Vec<u32> },
+    Propose {
+        attempt: u32,
+        participants: Vec<u32>,
+    },
     /// Checking `proposal` from `proposer`.
-    Verify { proposer: u32, proposal: Box<Proposal> },
+    Verify {
+        proposer: u32,
+        proposal: Box<Proposal>,
+    },
 }
 
 /// A round in progress at this member.
@@ -124,7 +174,10 @@ pub struct Runtime {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Runtime {
@@ -134,12 +187,22 @@ impl Runtime {
         let head = store.head()?.context("the log has no genesis entry")?;
         let last = match head.height {
             0 => None,
-            _ => Some(head.record().map_err(|e| anyhow::anyhow!("log head: {e}"))?),
+            _ => Some(
+                head.record()
+                    .map_err(|e| anyhow::anyhow!("log head: {e}"))?,
+            ),
         };
-        let model_hash = last.as_ref().map(|r| r.new_model).unwrap_or(ctx.genesis.initial_model);
+        let model_hash = last
+            .as_ref()
+            .map(|r| r.new_model)
+            .unwrap_or(ctx.genesis.initial_model);
         let global = store
             .checkpoint(&ctx.layout, &model_hash)?
-            .with_context(|| format!("the checkpoint of the global model {model_hash} is missing from the data dir"))?;
+            .with_context(|| {
+                format!(
+                    "the checkpoint of the global model {model_hash} is missing from the data dir"
+                )
+            })?;
         let (work_tx, work_rx) = mpsc::channel(64);
         Ok(Runtime {
             ctx: Arc::new(ctx),
@@ -172,7 +235,11 @@ impl Runtime {
     }
 
     fn status(&self) -> Status {
-        Status { height: self.head.height, head: self.head.hash(), sent_at_ms: now_ms() }
+        Status {
+            height: self.head.height,
+            head: self.head.hash(),
+            sent_at_ms: now_ms(),
+        }
     }
 
     /// Run until the configured rounds are done (and peers have caught up) or a shutdown signal.
@@ -199,6 +266,13 @@ impl Runtime {
         }
         self.store.flush()?;
         tracing::info!(height = self.head.height, head = %self.head.hash().short(), "stopped");
+        let line = serde_json::json!({
+            "event": "stopped",
+            "height": self.head.height,
+            "head": self.head.hash().to_string(),
+            "peak_rss_kib": peak_rss_kib(),
+        });
+        println!("{line}");
         Ok(())
     }
 
@@ -221,7 +295,14 @@ impl Runtime {
         }
         let active: Vec<u32> = self.ctx.genesis.members.iter().map(|m| m.index).collect();
         let base = self.ctx.layout.hash(&self.global);
-        let mut state = Round::new(&self.ctx.genesis, self.head.height + 1, self.head.hash(), round, base, &active);
+        let mut state = Round::new(
+            &self.ctx.genesis,
+            self.head.height + 1,
+            self.head.hash(),
+            round,
+            base,
+            &active,
+        );
         if let Ok(Some(lock)) = self.store.get_state(APPROVAL_KEY) {
             if let Ok((height, hash)) = fedmesh_protocol::codec::decode::<(u64, Hash)>(&lock, 64) {
                 if height == state.height {
@@ -229,7 +310,12 @@ impl Runtime {
                 }
             }
         }
-        tracing::info!(round, height = state.height, coordinator = state.coordinator(0), "round started");
+        tracing::info!(
+            round,
+            height = state.height,
+            coordinator = state.coordinator(0),
+            "round started"
+        );
         let mut cur = Current {
             state,
             started: Instant::now(),
@@ -245,10 +331,22 @@ impl Runtime {
             commit_waiting: None,
         };
         // After a restart mid-round, resend the update already trained instead of retraining.
-        let saved = self.store.get_state(UPDATE_KEY).ok().flatten().and_then(|b| {
-            let env = Envelope::open(&b, fedmesh_protocol::codec::HARD_LIMIT, &self.ctx.genesis, self.ctx.genesis_hash, None).ok()?;
-            (env.round == round && env.sender == self.me()).then_some((env, b))
-        });
+        let saved = self
+            .store
+            .get_state(UPDATE_KEY)
+            .ok()
+            .flatten()
+            .and_then(|b| {
+                let env = Envelope::open(
+                    &b,
+                    fedmesh_protocol::codec::HARD_LIMIT,
+                    &self.ctx.genesis,
+                    self.ctx.genesis_hash,
+                    None,
+                )
+                .ok()?;
+                (env.round == round && env.sender == self.me()).then_some((env, b))
+            });
         match saved {
             Some((env, bytes)) => {
                 if let Payload::Update(u) = env.payload {
@@ -265,8 +363,14 @@ impl Runtime {
                 let tx = self.work_tx.clone();
                 let seed = round_seed(&ctx, round);
                 tokio::task::spawn_blocking(move || {
-                    let result = train::train(&ctx.layout, &global, &ctx.data.train, &ctx.genesis.spec.train, seed)
-                        .map_err(|e| e.to_string());
+                    let result = train::train(
+                        &ctx.layout,
+                        &global,
+                        &ctx.data.train,
+                        &ctx.genesis.spec.train,
+                        seed,
+                    )
+                    .map_err(|e| e.to_string());
                     let _ = tx.blocking_send(Work::Trained { round, result });
                 });
             }
@@ -283,7 +387,9 @@ impl Runtime {
 
     fn on_trained(&mut self, round: u64, result: Result<train::TrainOutcome, String>) {
         let me = self.me();
-        let Some(cur) = self.current.as_mut().filter(|c| c.state.round == round) else { return };
+        let Some(cur) = self.current.as_mut().filter(|c| c.state.round == round) else {
+            return;
+        };
         cur.training = false;
         let outcome = match result {
             Ok(o) => o,
@@ -292,21 +398,37 @@ impl Runtime {
                 return;
             }
         };
-        let delta: Vec<f32> = outcome.params.iter().zip(self.global.iter()).map(|(n, o)| n - o).collect();
+        let delta: Vec<f32> = outcome
+            .params
+            .iter()
+            .zip(self.global.iter())
+            .map(|(n, o)| n - o)
+            .collect();
         let update = wire::Update {
             base_model: cur.state.base_model,
             num_samples: self.ctx.data.train.len() as u64,
             train_loss: outcome.mean_loss,
             delta,
         };
-        let env = Envelope::seal(self.ctx.genesis_hash, me, round, Payload::Update(update.clone()), &self.ctx.keys.identity);
+        let env = Envelope::seal(
+            self.ctx.genesis_hash,
+            me,
+            round,
+            Payload::Update(update.clone()),
+            &self.ctx.keys.identity,
+        );
         let bytes = env.encode();
         if let Err(e) = cur.state.add_update(me, update) {
             tracing::error!(round, error = %e, "own update rejected");
             return;
         }
         let _ = self.store.put_state(UPDATE_KEY, &bytes);
-        tracing::info!(round, loss = outcome.mean_loss, steps = outcome.steps, "trained; sending update");
+        tracing::info!(
+            round,
+            loss = outcome.mean_loss,
+            steps = outcome.steps,
+            "trained; sending update"
+        );
         cur.envelopes.insert(me, bytes.clone());
         cur.unpublished = Some(bytes);
     }
@@ -316,7 +438,13 @@ impl Runtime {
     async fn on_tick(&mut self) -> bool {
         if self.last_status.elapsed() >= Duration::from_millis(self.params().status_interval_ms) {
             self.last_status = Instant::now();
-            let env = Envelope::seal(self.ctx.genesis_hash, self.me(), self.next_round(), Payload::Status(self.status()), &self.ctx.keys.identity);
+            let env = Envelope::seal(
+                self.ctx.genesis_hash,
+                self.me(),
+                self.next_round(),
+                Payload::Status(self.status()),
+                &self.ctx.keys.identity,
+            );
             let _ = self.net.publish(env.encode()).await;
         }
         if let Some(bytes) = self.current.as_ref().and_then(|c| c.unpublished.clone()) {
@@ -340,7 +468,8 @@ impl Runtime {
             // Stay a little so that peers still finishing the last round can fetch from us.
             let peers_behind = self.peer_heights.values().any(|h| *h < self.head.height);
             let linger = Duration::from_millis(3 * self.params().status_interval_ms);
-            if at.elapsed() >= linger && (!peers_behind || at.elapsed() >= Duration::from_secs(20)) {
+            if at.elapsed() >= linger && (!peers_behind || at.elapsed() >= Duration::from_secs(20))
+            {
                 return true;
             }
         }
@@ -351,7 +480,9 @@ impl Runtime {
         let me = self.me();
         let update_timeout = Duration::from_millis(self.params().update_timeout_ms);
         let failover = Duration::from_millis(self.params().failover_timeout_ms);
-        let Some(cur) = self.current.as_mut() else { return };
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
         if cur.evaluating || cur.state.proposal().is_some() || cur.state.update_count() == 0 {
             return;
         }
@@ -363,7 +494,8 @@ impl Runtime {
             }
             0
         } else {
-            (((elapsed - update_timeout).as_millis() / failover.as_millis().max(1)) as u32).min(n - 1)
+            (((elapsed - update_timeout).as_millis() / failover.as_millis().max(1)) as u32)
+                .min(n - 1)
         };
         if cur.state.coordinator(attempt) != me || cur.proposed.is_some_and(|a| a >= attempt) {
             return;
@@ -381,7 +513,14 @@ impl Runtime {
         tracing::info!(round = cur.state.round, attempt, participants = ?participants, "coordinating: aggregating and evaluating");
         let round = cur.state.round;
         let params = Arc::new(model::apply(&self.global, &delta));
-        self.evaluate(round, Purpose::Propose { attempt, participants }, params);
+        self.evaluate(
+            round,
+            Purpose::Propose {
+                attempt,
+                participants,
+            },
+            params,
+        );
     }
 
     fn evaluate(&self, round: u64, purpose: Purpose, params: Arc<Vec<f32>>) {
@@ -389,15 +528,32 @@ impl Runtime {
         let tx = self.work_tx.clone();
         tokio::task::spawn_blocking(move || {
             let result = train::evaluate(&ctx.layout, &params, &ctx.data.test)
-                .map(|e| Metrics { accuracy: e.accuracy, loss: e.loss, test_samples: e.samples })
+                .map(|e| Metrics {
+                    accuracy: e.accuracy,
+                    loss: e.loss,
+                    test_samples: e.samples,
+                })
                 .map_err(|e| e.to_string());
-            let _ = tx.blocking_send(Work::Evaluated { round, purpose, params, result });
+            let _ = tx.blocking_send(Work::Evaluated {
+                round,
+                purpose,
+                params,
+                result,
+            });
         });
     }
 
-    async fn on_evaluated(&mut self, round: u64, purpose: Purpose, params: Arc<Vec<f32>>, result: Result<Metrics, String>) {
+    async fn on_evaluated(
+        &mut self,
+        round: u64,
+        purpose: Purpose,
+        params: Arc<Vec<f32>>,
+        result: Result<Metrics, String>,
+    ) {
         let me = self.me();
-        let Some(cur) = self.current.as_mut().filter(|c| c.state.round == round) else { return };
+        let Some(cur) = self.current.as_mut().filter(|c| c.state.round == round) else {
+            return;
+        };
         cur.evaluating = false;
         let metrics = match result {
             Ok(m) => m,
@@ -408,13 +564,24 @@ impl Runtime {
         };
         let hash = self.ctx.layout.hash(&params);
         match purpose {
-            Purpose::Propose { attempt, participants } => {
+            Purpose::Propose {
+                attempt,
+                participants,
+            } => {
                 if cur.state.proposal().is_some() {
                     return; // someone else's proposal got here first
                 }
-                let p = cur.state.propose(attempt, me, &participants, hash, metrics, now_ms());
+                let p = cur
+                    .state
+                    .propose(attempt, me, &participants, hash, metrics, now_ms());
                 tracing::info!(round, attempt, accuracy = metrics.accuracy, dropouts = ?p.record.dropouts, "proposing the round record");
-                let env = Envelope::seal(self.ctx.genesis_hash, me, round, Payload::Proposal(p.clone()), &self.ctx.keys.identity);
+                let env = Envelope::seal(
+                    self.ctx.genesis_hash,
+                    me,
+                    round,
+                    Payload::Proposal(p.clone()),
+                    &self.ctx.keys.identity,
+                );
                 cur.state.set_proposal(p);
                 if let Err(e) = self.net.publish(env.encode()).await {
                     tracing::warn!(error = %e, "could not publish the proposal");
@@ -442,8 +609,13 @@ impl Runtime {
     /// Approve the current proposal (at most one per height, even across restarts).
     async fn approve(&mut self, params: Arc<Vec<f32>>) {
         let me = self.me();
-        let Some(cur) = self.current.as_mut() else { return };
-        let approval = match cur.state.approve(&self.ctx.keys.identity, &self.ctx.keys.bls) {
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        let approval = match cur
+            .state
+            .approve(&self.ctx.keys.identity, &self.ctx.keys.bls)
+        {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "not approving");
@@ -451,14 +623,27 @@ impl Runtime {
             }
         };
         let lock = fedmesh_protocol::codec::encode(&(cur.state.height, approval.signing_hash));
-        if let Err(e) = self.store.put_state(APPROVAL_KEY, &lock).and_then(|_| self.store.flush()) {
+        if let Err(e) = self
+            .store
+            .put_state(APPROVAL_KEY, &lock)
+            .and_then(|_| self.store.flush())
+        {
             tracing::error!(error = %e, "cannot persist the approval; not sending it");
             return;
         }
         cur.candidate = Some((approval.signing_hash, params));
         let round = cur.state.round;
-        let env = Envelope::seal(self.ctx.genesis_hash, me, round, Payload::Approval(approval.clone()), &self.ctx.keys.identity);
-        if let Err(e) = cur.state.add_approval(&self.ctx.genesis, &self.ctx.bls, me, approval) {
+        let env = Envelope::seal(
+            self.ctx.genesis_hash,
+            me,
+            round,
+            Payload::Approval(approval.clone()),
+            &self.ctx.keys.identity,
+        );
+        if let Err(e) = cur
+            .state
+            .add_approval(&self.ctx.genesis, &self.ctx.bls, me, approval)
+        {
             tracing::error!(error = %e, "own approval rejected");
         }
         if let Err(e) = self.net.publish(env.encode()).await {
@@ -468,8 +653,12 @@ impl Runtime {
     }
 
     async fn try_commit(&mut self) {
-        let Some(cur) = self.current.as_mut() else { return };
-        let Some(entry) = cur.state.try_commit(&self.ctx.bls) else { return };
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        let Some(entry) = cur.state.try_commit(&self.ctx.bls) else {
+            return;
+        };
         let record = match entry.record() {
             Ok(r) => r,
             Err(e) => {
@@ -501,7 +690,9 @@ impl Runtime {
     }
 
     fn fetch_checkpoint(&self, round: u64, from: u32, hash: Hash) {
-        let Some(peer) = self.ctx.member_peer(from) else { return };
+        let Some(peer) = self.ctx.member_peer(from) else {
+            return;
+        };
         let net = self.net.clone();
         let tx = self.work_tx.clone();
         tokio::spawn(async move {
@@ -509,7 +700,9 @@ impl Runtime {
                 Ok(Response::Checkpoint(b)) => b,
                 _ => None,
             };
-            let _ = tx.send(Work::FetchedCheckpoint { round, hash, bytes }).await;
+            let _ = tx
+                .send(Work::FetchedCheckpoint { round, hash, bytes })
+                .await;
         });
     }
 
@@ -518,7 +711,9 @@ impl Runtime {
         let checks = entry
             .verify(&self.ctx.genesis, self.ctx.genesis_hash, &self.ctx.bls)
             .and_then(|_| audit::verify_link(&self.head, &entry))
-            .and_then(|_| audit::verify_succession(&self.ctx.genesis, self.last.as_ref(), &entry, &record));
+            .and_then(|_| {
+                audit::verify_succession(&self.ctx.genesis, self.last.as_ref(), &entry, &record)
+            });
         if let Err(e) = checks {
             tracing::error!(error = %e, "refusing to append an entry that does not verify");
             return;
@@ -528,7 +723,11 @@ impl Runtime {
             .put_checkpoint(&self.ctx.layout, &params)
             .map_err(anyhow::Error::from)
             .and_then(|h| {
-                anyhow::ensure!(h == record.new_model, "checkpoint hash {h} is not the record's model {}", record.new_model);
+                anyhow::ensure!(
+                    h == record.new_model,
+                    "checkpoint hash {h} is not the record's model {}",
+                    record.new_model
+                );
                 Ok(())
             })
             .and_then(|_| self.store.append(&entry).map_err(anyhow::Error::from));
@@ -558,7 +757,12 @@ impl Runtime {
 
     async fn on_event(&mut self, event: Event) {
         match event {
-            Event::Gossip { id, propagation_source, source, data } => {
+            Event::Gossip {
+                id,
+                propagation_source,
+                source,
+                data,
+            } => {
                 let publisher = source.map(|p| p.to_string());
                 let verdict = match Envelope::open(
                     &data,
@@ -576,11 +780,16 @@ impl Runtime {
                         Verdict::Reject
                     }
                 };
+                self.ctx.counters.count(verdict);
                 self.net.validate(id, propagation_source, verdict).await;
                 self.try_commit().await;
                 self.maybe_verify();
             }
-            Event::Request { peer, request, channel } => {
+            Event::Request {
+                peer,
+                request,
+                channel,
+            } => {
                 let response = self.answer(peer, request);
                 let wrong = matches!(response, Response::WrongNetwork { .. });
                 self.net.respond(channel, response).await;
@@ -591,7 +800,10 @@ impl Runtime {
             Event::Connected(peer) => {
                 let net = self.net.clone();
                 let tx = self.work_tx.clone();
-                let hello = Request::Hello { genesis: self.ctx.genesis_hash, status: self.status() };
+                let hello = Request::Hello {
+                    genesis: self.ctx.genesis_hash,
+                    status: self.status(),
+                };
                 tokio::spawn(async move {
                     let response = net.request(peer, hello).await;
                     let _ = tx.send(Work::Hello { peer, response }).await;
@@ -619,7 +831,11 @@ impl Runtime {
         if env.round > round || self.current.is_none() {
             // A peer is ahead: keep the next round's messages, catch up if further behind.
             if env.round == round + 1 || (env.round == round && self.current.is_none()) {
-                let from_sender = self.early.iter().filter(|(e, _)| e.sender == env.sender).count();
+                let from_sender = self
+                    .early
+                    .iter()
+                    .filter(|(e, _)| e.sender == env.sender)
+                    .count();
                 if from_sender < 3 {
                     self.early.push((env, bytes));
                 }
@@ -643,14 +859,21 @@ impl Runtime {
                 }
                 cur.state.check_proposal(sender, &p).map(|missing| {
                     if !missing.is_empty() {
-                        tracing::info!(round, ?missing, "proposal needs updates this member lacks; fetching");
+                        tracing::info!(
+                            round,
+                            ?missing,
+                            "proposal needs updates this member lacks; fetching"
+                        );
                     }
                     if cur.waiting.is_none() && cur.state.proposal().is_none() {
                         cur.waiting = Some((sender, p));
                     }
                 })
             }
-            Payload::Approval(a) => cur.state.add_approval(&self.ctx.genesis, &self.ctx.bls, sender, a).map(|_| ()),
+            Payload::Approval(a) => cur
+                .state
+                .add_approval(&self.ctx.genesis, &self.ctx.bls, sender, a)
+                .map(|_| ()),
             Payload::Status(_) => unreachable!("handled above"),
         };
         match result {
@@ -667,11 +890,15 @@ impl Runtime {
 
     /// If a proposal is waiting and all its updates are here, recompute and evaluate it.
     fn maybe_verify(&mut self) {
-        let Some(cur) = self.current.as_mut() else { return };
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
         if cur.evaluating || cur.state.proposal().is_some() {
             return;
         }
-        let Some((_, p)) = cur.waiting.as_ref() else { return };
+        let Some((_, p)) = cur.waiting.as_ref() else {
+            return;
+        };
         let participants: Vec<u32> = p.record.participants.iter().map(|c| c.member).collect();
         if participants.iter().any(|m| !cur.state.has_update(*m)) {
             return;
@@ -686,25 +913,50 @@ impl Runtime {
         };
         let params = Arc::new(model::apply(&self.global, &delta));
         if self.ctx.layout.hash(&params) != p.record.new_model {
-            tracing::warn!(culprit = proposer, "proposal's model does not follow from the updates; not approving");
+            tracing::warn!(
+                culprit = proposer,
+                "proposal's model does not follow from the updates; not approving"
+            );
             return;
         }
         cur.evaluating = true;
         let round = cur.state.round;
-        self.evaluate(round, Purpose::Verify { proposer, proposal: Box::new(p) }, params);
+        self.evaluate(
+            round,
+            Purpose::Verify {
+                proposer,
+                proposal: Box::new(p),
+            },
+            params,
+        );
     }
 
     /// Ask the proposer for updates that gossip has not delivered.
     fn maybe_fetch_missing(&mut self) {
-        let Some(cur) = self.current.as_mut() else { return };
-        let Some((proposer, p)) = cur.waiting.as_ref() else { return };
-        if cur.last_fetch.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        let Some((proposer, p)) = cur.waiting.as_ref() else {
+            return;
+        };
+        if cur
+            .last_fetch
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+        {
             return;
         }
         cur.last_fetch = Some(Instant::now());
-        let Some(peer) = self.ctx.member_peer(*proposer) else { return };
+        let Some(peer) = self.ctx.member_peer(*proposer) else {
+            return;
+        };
         let round = cur.state.round;
-        for member in p.record.participants.iter().map(|c| c.member).filter(|m| !cur.state.has_update(*m)) {
+        for member in p
+            .record
+            .participants
+            .iter()
+            .map(|c| c.member)
+            .filter(|m| !cur.state.has_update(*m))
+        {
             let net = self.net.clone();
             let tx = self.work_tx.clone();
             tokio::spawn(async move {
@@ -725,13 +977,19 @@ impl Runtime {
             Request::Hello { genesis, status } => {
                 if genesis != self.ctx.genesis_hash {
                     tracing::error!(%peer, theirs = %genesis, ours = %self.ctx.genesis_hash, "peer is on another network (different genesis); refusing it");
-                    return Response::WrongNetwork { genesis: self.ctx.genesis_hash };
+                    return Response::WrongNetwork {
+                        genesis: self.ctx.genesis_hash,
+                    };
                 }
                 let _ = status;
-                Response::Hello { status: self.status() }
+                Response::Hello {
+                    status: self.status(),
+                }
             }
             Request::Entries { from, max } => {
-                let to = from.saturating_add(max.min(wire::MAX_ENTRIES_PER_REQUEST) as u64).min(self.head.height + 1);
+                let to = from
+                    .saturating_add(max.min(wire::MAX_ENTRIES_PER_REQUEST) as u64)
+                    .min(self.head.height + 1);
                 match self.store.range(from, to) {
                     Ok(entries) => Response::Entries(entries),
                     Err(e) => Response::Refused(e.to_string()),
@@ -779,10 +1037,21 @@ impl Runtime {
     async fn on_work(&mut self, w: Work) {
         match w {
             Work::Trained { round, result } => self.on_trained(round, result),
-            Work::Evaluated { round, purpose, params, result } => self.on_evaluated(round, purpose, params, result).await,
+            Work::Evaluated {
+                round,
+                purpose,
+                params,
+                result,
+            } => self.on_evaluated(round, purpose, params, result).await,
             Work::FetchedUpdate { round, bytes } => {
                 if let Some(bytes) = bytes {
-                    if let Ok(env) = Envelope::open(&bytes, self.params().max_message_bytes, &self.ctx.genesis, self.ctx.genesis_hash, None) {
+                    if let Ok(env) = Envelope::open(
+                        &bytes,
+                        self.params().max_message_bytes,
+                        &self.ctx.genesis,
+                        self.ctx.genesis_hash,
+                        None,
+                    ) {
                         if env.round == round && matches!(env.payload, Payload::Update(_)) {
                             self.on_envelope(env, bytes, None);
                         }
@@ -792,16 +1061,24 @@ impl Runtime {
                 self.try_commit().await;
             }
             Work::FetchedCheckpoint { round, hash, bytes } => {
-                let Some(cur) = self.current.as_mut().filter(|c| c.state.round == round) else { return };
-                let Some(entry) = cur.commit_waiting.take() else { return };
-                let params = bytes.and_then(|b| fedmesh_storage::decode_checkpoint(&self.ctx.layout, &b).ok());
+                let Some(cur) = self.current.as_mut().filter(|c| c.state.round == round) else {
+                    return;
+                };
+                let Some(entry) = cur.commit_waiting.take() else {
+                    return;
+                };
+                let params = bytes
+                    .and_then(|b| fedmesh_storage::decode_checkpoint(&self.ctx.layout, &b).ok());
                 match params.filter(|p| self.ctx.layout.hash(p) == hash) {
                     Some(p) => match entry.record() {
                         Ok(record) => self.commit(entry, record, Arc::new(p)),
                         Err(e) => tracing::error!(error = %e, "entry does not decode"),
                     },
                     None => {
-                        tracing::warn!(round, "checkpoint fetch failed; will catch up from peers' status");
+                        tracing::warn!(
+                            round,
+                            "checkpoint fetch failed; will catch up from peers' status"
+                        );
                     }
                 }
             }
@@ -816,7 +1093,9 @@ impl Runtime {
                             self.global = Arc::new(g);
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "catching up failed; will retry on the next status"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "catching up failed; will retry on the next status")
+                    }
                 }
                 self.start_round();
             }
@@ -846,6 +1125,7 @@ fn report_round(entry: &Entry, record: &RoundRecord) {
         "dropouts": record.dropouts,
         "coordinator": record.coordinator,
         "attempt": record.attempt,
+        "committed_at_ms": now_ms(),
     });
     use std::io::Write;
     let mut out = std::io::stdout().lock();
@@ -863,16 +1143,24 @@ fn round_seed(ctx: &Context, round: u64) -> u64 {
     u64::from_le_bytes(h.0[..8].try_into().expect("8 bytes"))
 }
 
+/// Peak resident set size of this process (Linux: VmHWM), for benchmarks.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

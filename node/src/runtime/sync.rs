@@ -39,35 +39,68 @@ impl Job {
             let from = self.head.height + 1;
             let response = self
                 .net
-                .request(self.peer, Request::Entries { from, max: MAX_ENTRIES_PER_REQUEST })
+                .request(
+                    self.peer,
+                    Request::Entries {
+                        from,
+                        max: MAX_ENTRIES_PER_REQUEST,
+                    },
+                )
                 .await
                 .map_err(|e| anyhow::anyhow!(e))?;
             let entries = match response {
                 Response::Entries(e) => e,
-                other => anyhow::bail!("peer {} answered {other:?} to a request for entries", self.peer),
+                other => anyhow::bail!(
+                    "peer {} answered {other:?} to a request for entries",
+                    self.peer
+                ),
             };
             if entries.is_empty() {
                 break;
             }
             for entry in entries {
                 let record = self.check(&entry)?;
-                let bytes = match self.net.request(self.peer, Request::Checkpoint(record.new_model)).await {
+                let bytes = match self
+                    .net
+                    .request(self.peer, Request::Checkpoint(record.new_model))
+                    .await
+                {
                     Ok(Response::Checkpoint(Some(b))) => b,
-                    _ => anyhow::bail!("peer {} did not send the checkpoint of model {}", self.peer, record.new_model),
+                    _ => anyhow::bail!(
+                        "peer {} did not send the checkpoint of model {}",
+                        self.peer,
+                        record.new_model
+                    ),
                 };
                 let params = self
                     .store
                     .put_checkpoint_bytes(&self.ctx.layout, &record.new_model, &bytes)
-                    .with_context(|| format!("checkpoint for height {} from peer {}", entry.height, self.peer))?;
-                self.store.append(&entry).context("appending a fetched entry")?;
-                tracing::info!(height = entry.height, round = record.round, accuracy = record.metrics.accuracy, "caught up one round");
+                    .with_context(|| {
+                        format!(
+                            "checkpoint for height {} from peer {}",
+                            entry.height, self.peer
+                        )
+                    })?;
+                self.store
+                    .append(&entry)
+                    .context("appending a fetched entry")?;
+                tracing::info!(
+                    height = entry.height,
+                    round = record.round,
+                    accuracy = record.metrics.accuracy,
+                    "caught up one round"
+                );
                 super::report_round(&entry, &record);
                 self.head = entry;
                 self.last = Some(record);
                 global = Some(params);
             }
         }
-        Ok(Outcome { head: self.head, last: self.last, global })
+        Ok(Outcome {
+            head: self.head,
+            last: self.last,
+            global,
+        })
     }
 
     fn check(&self, entry: &Entry) -> anyhow::Result<RoundRecord> {

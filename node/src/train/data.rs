@@ -27,8 +27,8 @@ const DIRICHLET_ATTEMPTS: u64 = 64;
 pub enum DataError {
     /// The file could not be opened.
     #[error(
-        "cannot open the data file {}: {source}; check the data path (the MNIST file ships with the \
-         project as data/mnist_5k.csv.gz)",
+        "cannot open the data file {}: {source}; check the data path (the MNIST file ships with \
+         the project as data/mnist_5k.csv.gz)",
         path.display()
     )]
     Open {
@@ -63,11 +63,16 @@ pub enum DataError {
     },
     /// Not enough rows for the test split plus one training row per member.
     #[error(
-        "{} has {rows} rows, but spec.data.test_rows is {test_rows} and {members} member(s) need at \
-         least one training row each; lower spec.data.test_rows or use a larger file",
+        "{} has {rows} rows, but spec.data.test_rows is {test_rows} and {members} member(s) need \
+         at least one training row each; lower spec.data.test_rows or use a larger file",
         path.display()
     )]
-    TooFewRows { path: PathBuf, rows: usize, test_rows: usize, members: usize },
+    TooFewRows {
+        path: PathBuf,
+        rows: usize,
+        test_rows: usize,
+        members: usize,
+    },
     /// The member index is not below the member count.
     #[error("member index {member} is out of range for {members} member(s)")]
     Member { member: u32, members: u32 },
@@ -77,28 +82,50 @@ pub enum DataError {
          {attempts} draws; raise spec.data.partition.alpha, use fewer members or lower \
          spec.data.test_rows"
     )]
-    EmptyShard { alpha: f64, member: u32, attempts: u64 },
+    EmptyShard {
+        alpha: f64,
+        member: u32,
+        attempts: u64,
+    },
     /// A `spec.data` field has a value this loader cannot use.
     #[error("{field} {problem}")]
-    Spec { field: &'static str, problem: String },
+    Spec {
+        field: &'static str,
+        problem: String,
+    },
 }
 
 /// Read a whole MNIST CSV: gzip if it starts with the gzip magic bytes, plain text otherwise.
 /// Blank lines are skipped; any other line must be a valid row.
 pub(super) fn read_csv(path: &Path) -> Result<Dataset, DataError> {
-    let file = File::open(path).map_err(|source| DataError::Open { path: path.into(), source })?;
+    let file = File::open(path).map_err(|source| DataError::Open {
+        path: path.into(),
+        source,
+    })?;
     let mut raw = BufReader::new(file);
     let gzip = raw
         .fill_buf()
-        .map_err(|source| DataError::Read { path: path.into(), line: 1, source })?
+        .map_err(|source| DataError::Read {
+            path: path.into(),
+            line: 1,
+            source,
+        })?
         .starts_with(&[0x1f, 0x8b]);
-    let reader: Box<dyn Read> =
-        if gzip { Box::new(flate2::bufread::MultiGzDecoder::new(raw)) } else { Box::new(raw) };
+    let reader: Box<dyn Read> = if gzip {
+        Box::new(flate2::bufread::MultiGzDecoder::new(raw))
+    } else {
+        Box::new(raw)
+    };
     parse_rows(BufReader::with_capacity(1 << 16, reader), path)
 }
 
 fn parse_rows<R: BufRead>(mut reader: R, path: &Path) -> Result<Dataset, DataError> {
-    let mut data = Dataset { features: MNIST_FEATURES, classes: MNIST_CLASSES, x: Vec::new(), y: Vec::new() };
+    let mut data = Dataset {
+        features: MNIST_FEATURES,
+        classes: MNIST_CLASSES,
+        x: Vec::new(),
+        y: Vec::new(),
+    };
     let mut buf = Vec::with_capacity(4096);
     let mut line = 0;
     loop {
@@ -106,14 +133,24 @@ fn parse_rows<R: BufRead>(mut reader: R, path: &Path) -> Result<Dataset, DataErr
         let n = (&mut reader)
             .take(MAX_LINE as u64 + 1)
             .read_until(b'\n', &mut buf)
-            .map_err(|source| DataError::Read { path: path.into(), line: line + 1, source })?;
+            .map_err(|source| DataError::Read {
+                path: path.into(),
+                line: line + 1,
+                source,
+            })?;
         if n == 0 {
             break;
         }
         line += 1;
-        let parse_err = |problem: String| DataError::Parse { path: path.into(), line, problem };
+        let parse_err = |problem: String| DataError::Parse {
+            path: path.into(),
+            line,
+            problem,
+        };
         if buf.len() > MAX_LINE {
-            return Err(parse_err(format!("the line is longer than {MAX_LINE} bytes")));
+            return Err(parse_err(format!(
+                "the line is longer than {MAX_LINE} bytes"
+            )));
         }
         let text = buf.strip_suffix(b"\n").unwrap_or(&buf);
         let text = text.strip_suffix(b"\r").unwrap_or(text);
@@ -149,7 +186,9 @@ fn parse_row(text: &[u8], data: &mut Dataset) -> Result<(), String> {
         }
     }
     let field = fields.next().unwrap_or_default();
-    let label = std::str::from_utf8(field).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    let label = std::str::from_utf8(field)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
     match label {
         Some(l) if l < MNIST_CLASSES as u64 => {
             data.y.push(l as u32);
@@ -161,7 +200,10 @@ fn parse_row(text: &[u8], data: &mut Dataset) -> Result<(), String> {
         }
         None => {
             data.x.truncate(start);
-            Err(format!("label {} (column {COLUMNS}) is not an integer", quote(field)))
+            Err(format!(
+                "label {} (column {COLUMNS}) is not an integer",
+                quote(field)
+            ))
         }
     }
 }
@@ -170,7 +212,9 @@ fn parse_row(text: &[u8], data: &mut Dataset) -> Result<(), String> {
 fn pixel(field: &[u8]) -> Option<f32> {
     let field = field.trim_ascii();
     if !field.is_empty() && field.len() <= 3 && field.iter().all(u8::is_ascii_digit) {
-        let v = field.iter().fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'));
+        let v = field
+            .iter()
+            .fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'));
         return (v <= 255).then_some(v as f32);
     }
     let v: f32 = std::str::from_utf8(field).ok()?.parse().ok()?;
@@ -215,7 +259,10 @@ pub(super) fn split(
     test.iter().for_each(|i| is_test[*i] = true);
     let train: Vec<usize> = (0..rows).filter(|i| !is_test[*i]).collect();
     let shards = shards(&train, &all.y, all.classes, spec, members)?;
-    Ok(MemberData { train: all.select(&shards[member]), test: all.select(&test) })
+    Ok(MemberData {
+        train: all.select(&shards[member]),
+        test: all.select(&test),
+    })
 }
 
 /// The rows of the test split, in file order: the last rows of each class, round-robin over the
@@ -241,8 +288,8 @@ fn held_out(labels: &[u32], classes: usize, n: usize) -> Vec<usize> {
 }
 
 /// Every member's training rows (indices into the file, taken from `train`), each in shuffled
-/// order. Depends only on `train`, the labels, `spec.seed`, `spec.partition` and `members`, so every
-/// member computes the same partition; the shards are disjoint and together cover `train`.
+/// order. Depends only on `train`, the labels, `spec.seed`, `spec.partition` and `members`, so
+/// every member computes the same partition; the shards are disjoint and together cover `train`.
 ///
 /// The Dirichlet draws use floating point `ln`/`exp`; members on different CPU architectures could
 /// in principle round a cut point differently, which would move a single row between two shards.
@@ -257,9 +304,9 @@ fn shards(
     let mut order = train.to_vec();
     order.shuffle(&mut rng(spec.seed, streams::SHUFFLE));
     match spec.partition {
-        Partition::Iid => {
-            Ok((0..members).map(|m| order[m * n / members..(m + 1) * n / members].to_vec()).collect())
-        }
+        Partition::Iid => Ok((0..members)
+            .map(|m| order[m * n / members..(m + 1) * n / members].to_vec())
+            .collect()),
         Partition::Dirichlet { alpha } => {
             if !(alpha > 0.0 && alpha.is_finite()) {
                 return Err(DataError::Spec {
@@ -323,8 +370,10 @@ pub(super) mod fixture {
     /// `data/mnist_5k.csv.gz`, found from the crate manifest (the normal build) or from this
     /// source file's location (a scratch crate that compiles this module from elsewhere).
     pub fn mnist_path() -> PathBuf {
-        let from_manifest =
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/mnist_5k.csv.gz"));
+        let from_manifest = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../data/mnist_5k.csv.gz"
+        ));
         if from_manifest.exists() {
             return from_manifest;
         }
@@ -336,7 +385,10 @@ pub(super) mod fixture {
                 return p;
             }
         }
-        panic!("data/mnist_5k.csv.gz not found (tried {})", from_manifest.display());
+        panic!(
+            "data/mnist_5k.csv.gz not found (tried {})",
+            from_manifest.display()
+        );
     }
 
     pub fn mnist() -> &'static Dataset {
@@ -354,7 +406,10 @@ mod tests {
     use super::*;
 
     fn spec(partition: Partition) -> DataSpec {
-        DataSpec { partition, ..DataSpec::default() }
+        DataSpec {
+            partition,
+            ..DataSpec::default()
+        }
     }
 
     #[test]
@@ -363,7 +418,7 @@ mod tests {
         assert_eq!(all.len(), 5000);
         assert_eq!(all.x.len(), 5000 * 784);
         assert!(all.x.iter().all(|v| (0.0..=1.0).contains(v)));
-        assert!(all.x.iter().any(|v| *v == 1.0));
+        assert!(all.x.contains(&1.0));
         let mut counts = [0usize; 10];
         all.y.iter().for_each(|l| counts[*l as usize] += 1);
         assert!(counts.iter().all(|c| *c > 350), "{counts:?}");
@@ -408,9 +463,9 @@ mod tests {
 
         let path = mnist_path();
         let mut total = 0;
-        for m in 0..3 {
+        for (m, shard) in shards.iter().enumerate() {
             let d = split(all, &s, &path, m, 3).unwrap();
-            assert_eq!(d.train, all.select(&shards[m]));
+            assert_eq!(d.train, all.select(shard));
             assert_eq!(d.test, all.select(&held_out(&all.y, 10, 1000)));
             total += d.train.len();
         }
@@ -431,8 +486,22 @@ mod tests {
     fn dirichlet_shards_cover_and_small_alpha_skews() {
         let all = mnist();
         let (train, labels) = (&train_rows(all), &all.y);
-        let skewed = shards(train, labels, 10, &spec(Partition::Dirichlet { alpha: 0.1 }), 5).unwrap();
-        let even = shards(train, labels, 10, &spec(Partition::Dirichlet { alpha: 1000.0 }), 5).unwrap();
+        let skewed = shards(
+            train,
+            labels,
+            10,
+            &spec(Partition::Dirichlet { alpha: 0.1 }),
+            5,
+        )
+        .unwrap();
+        let even = shards(
+            train,
+            labels,
+            10,
+            &spec(Partition::Dirichlet { alpha: 1000.0 }),
+            5,
+        )
+        .unwrap();
         for s in [&skewed, &even] {
             assert_eq!(s.iter().map(Vec::len).sum::<usize>(), 4000);
             assert!(s.iter().all(|shard| !shard.is_empty()));
@@ -440,20 +509,34 @@ mod tests {
             assert_eq!(seen, train.iter().copied().collect::<HashSet<_>>());
         }
         let mean = |s: &Vec<Vec<usize>>| {
-            s.iter().map(|shard| max_class_share(all, shard)).sum::<f64>() / s.len() as f64
+            s.iter()
+                .map(|shard| max_class_share(all, shard))
+                .sum::<f64>()
+                / s.len() as f64
         };
         let (skew, flat) = (mean(&skewed), mean(&even));
         assert!(skew > 0.4, "alpha 0.1: mean dominant-class share {skew}");
         assert!(flat < 0.16, "alpha 1000: mean dominant-class share {flat}");
         // Same seed, same partition; another seed, another one.
-        let again = shards(train, labels, 10, &spec(Partition::Dirichlet { alpha: 0.1 }), 5).unwrap();
+        let again = shards(
+            train,
+            labels,
+            10,
+            &spec(Partition::Dirichlet { alpha: 0.1 }),
+            5,
+        )
+        .unwrap();
         assert_eq!(skewed, again);
-        let other = DataSpec { seed: 8, ..spec(Partition::Dirichlet { alpha: 0.1 }) };
+        let other = DataSpec {
+            seed: 8,
+            ..spec(Partition::Dirichlet { alpha: 0.1 })
+        };
         assert_ne!(skewed, shards(train, labels, 10, &other, 5).unwrap());
         // Through `split`: member shards of the real file add up to the 4000 training rows.
         let d = spec(Partition::Dirichlet { alpha: 0.1 });
-        let sizes: Vec<usize> =
-            (0..5).map(|m| split(all, &d, &mnist_path(), m, 5).unwrap().train.len()).collect();
+        let sizes: Vec<usize> = (0..5)
+            .map(|m| split(all, &d, &mnist_path(), m, 5).unwrap().train.len())
+            .collect();
         assert_eq!(sizes, skewed.iter().map(Vec::len).collect::<Vec<_>>());
         eprintln!("dirichlet alpha 0.1 shard sizes {sizes:?}, mean dominant-class share {skew:.3}");
     }
@@ -464,9 +547,22 @@ mod tests {
         let train: Vec<usize> = (0..20).collect();
         let s = spec(Partition::Dirichlet { alpha: 1e-6 });
         let err = shards(&train, &labels, 2, &s, 10).unwrap_err();
-        assert!(matches!(err, DataError::EmptyShard { attempts: 64, .. }), "{err}");
-        assert!(err.to_string().contains("raise spec.data.partition.alpha"), "{err}");
-        let err = shards(&train, &labels, 2, &spec(Partition::Dirichlet { alpha: -1.0 }), 2).unwrap_err();
+        assert!(
+            matches!(err, DataError::EmptyShard { attempts: 64, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("raise spec.data.partition.alpha"),
+            "{err}"
+        );
+        let err = shards(
+            &train,
+            &labels,
+            2,
+            &spec(Partition::Dirichlet { alpha: -1.0 }),
+            2,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("alpha"), "{err}");
         // One member takes everything, whatever alpha.
         let one = shards(&train, &labels, 2, &s, 1).unwrap();
@@ -536,7 +632,11 @@ mod tests {
     #[test]
     fn good_small_files_parse_gzip_or_plain() {
         let dir = tempfile::tempdir().unwrap();
-        let text = format!("{}\r\n{}\n\n", good_row(3), good_row(9).replacen("0,1,", "0.0,1.5,", 1));
+        let text = format!(
+            "{}\r\n{}\n\n",
+            good_row(3),
+            good_row(9).replacen("0,1,", "0.0,1.5,", 1)
+        );
         let gz = read_csv(&write_gz(&dir, "ok.csv.gz", &text)).unwrap();
         let plain_path = dir.path().join("ok.csv");
         std::fs::write(&plain_path, &text).unwrap();
@@ -573,9 +673,20 @@ mod tests {
     #[test]
     fn too_few_rows_for_test_split_and_members() {
         let all = mnist();
-        let s = DataSpec { test_rows: 4998, ..spec(Partition::Iid) };
+        let s = DataSpec {
+            test_rows: 4998,
+            ..spec(Partition::Iid)
+        };
         let err = split(all, &s, &mnist_path(), 0, 3).unwrap_err();
-        assert!(matches!(err, DataError::TooFewRows { rows: 5000, test_rows: 4998, members: 3, .. }));
+        assert!(matches!(
+            err,
+            DataError::TooFewRows {
+                rows: 5000,
+                test_rows: 4998,
+                members: 3,
+                ..
+            }
+        ));
         assert!(split(all, &s, &mnist_path(), 1, 2).unwrap().train.len() == 1);
     }
 }

@@ -1,14 +1,15 @@
 //! Local training: each member's data shard and the candle MLP it trains.
 //!
 //! The protocol sees a model only as a flat `Vec<f32>` in the order of
-//! [`Layout::tensors`](fedmesh_protocol::model::Layout::tensors); this module turns that vector into
-//! candle tensors, runs a few epochs of minibatch training on the member's own rows and flattens the
-//! result back in the same order, so that aggregation never needs to know about candle.
+//! [`Layout::tensors`](fedmesh_protocol::model::Layout::tensors); this module turns that vector
+//! into candle tensors, runs a few epochs of minibatch training on the member's own rows and
+//! flattens the result back in the same order, so that aggregation never needs to know about
+//! candle.
 //!
-//! Everything here is deterministic: the data split depends only on the genesis `spec.data` (so every
-//! member computes the same partition without talking to anyone), and [`train`] depends only on its
-//! inputs and seed (so a member can re-run a round and get bit-identical parameters on the same
-//! machine). Training is CPU-bound and blocking; call it from a blocking thread
+//! Everything here is deterministic: the data split depends only on the genesis `spec.data` (so
+//! every member computes the same partition without talking to anyone), and [`train`] depends only
+//! on its inputs and seed (so a member can re-run a round and get bit-identical parameters on the
+//! same machine). Training is CPU-bound and blocking; call it from a blocking thread
 //! (`tokio::task::spawn_blocking`), not from an async task.
 //!
 //! - [`load`]: one member's training shard and the shared test split, from MNIST or the synthetic
@@ -69,7 +70,12 @@ impl Dataset {
             x.extend_from_slice(self.row(i));
             y.push(self.y[i]);
         }
-        Dataset { features: self.features, classes: self.classes, x, y }
+        Dataset {
+            features: self.features,
+            classes: self.classes,
+            x,
+            y,
+        }
     }
 }
 
@@ -94,15 +100,18 @@ pub fn shape(source: DataSource) -> (usize, usize) {
 
 /// Load the data for member `member` of `members`.
 ///
-/// - [`DataSource::Mnist`]: reads `path`, a gzip CSV without header of 785 columns (784 pixels 0-255,
-///   then the label 0-9; a plain, uncompressed CSV is accepted too). Pixels are scaled to `[0, 1]`.
-///   The **last** `spec.test_rows` rows are the shared test split. The other rows are shuffled with
-///   a ChaCha20 generator seeded by `spec.seed` and split among the members:
+/// - [`DataSource::Mnist`]: reads `path`, a gzip CSV without header of 785 columns (784 pixels
+///   0-255, then the label 0-9; a plain, uncompressed CSV is accepted too). Pixels are scaled to
+///   `[0, 1]`. The shared test split is the **last rows of each class** (taken in turn from class 0
+///   until `spec.test_rows` rows are held out): the last 100 images of every digit for the shipped
+///   file, which is sorted by label, so that its plain last rows (all 8s and 9s) are not the test
+///   set. The test split does not depend on the seed. The other rows are shuffled with a ChaCha20
+///   generator seeded by `spec.seed` and split among the members:
 ///   - `Iid`: equal contiguous shards by member index (sizes differ by at most one row);
 ///   - `Dirichlet { alpha }`: for each class, member proportions are drawn from
 ///     Dirichlet(alpha, …, alpha) and that class's rows are cut accordingly. If a draw leaves some
-///     member without any row, the whole partition is redrawn from the next ChaCha stream, up to 64
-///     times; after that the error [`DataError::EmptyShard`] asks for a larger alpha. The draws
+///     member without any row, the whole partition is redrawn from the next ChaCha stream, up to
+///     64 times; after that the error [`DataError::EmptyShard`] asks for a larger alpha. The draws
 ///     depend only on `spec.seed`, so every member computes the same partition.
 /// - [`DataSource::Synthetic`]: no file (`path` is ignored); generated network-flow records with a
 ///   binary threat label, see [`SYNTHETIC_FEATURES`] for the features and the per-member skew.
@@ -215,8 +224,20 @@ mod tests {
             ..DataSpec::default()
         };
         let err = load(&spec, Path::new("unused"), 3, 3).unwrap_err();
-        assert!(matches!(err, DataError::Member { member: 3, members: 3 }), "{err}");
-        let bad = DataSpec { test_rows: 0, ..spec };
+        assert!(
+            matches!(
+                err,
+                DataError::Member {
+                    member: 3,
+                    members: 3
+                }
+            ),
+            "{err}"
+        );
+        let bad = DataSpec {
+            test_rows: 0,
+            ..spec
+        };
         let err = load(&bad, Path::new("unused"), 0, 1).unwrap_err();
         assert!(err.to_string().contains("spec.data.test_rows"), "{err}");
         assert_eq!(shape(DataSource::Mnist), (784, 10));

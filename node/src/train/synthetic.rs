@@ -163,7 +163,12 @@ const MONITORING: Profile = Profile {
 };
 
 /// Benign kinds and their shares.
-const BENIGN: [(f64, Profile); 4] = [(0.5, BROWSING), (0.12, BACKUP), (0.18, ADMIN), (0.2, MONITORING)];
+const BENIGN: [(f64, Profile); 4] = [
+    (0.5, BROWSING),
+    (0.12, BACKUP),
+    (0.18, ADMIN),
+    (0.2, MONITORING),
+];
 
 const SCAN: Profile = Profile {
     hour: [0.2, 0.3, 0.5],
@@ -251,7 +256,11 @@ impl Profile {
         let lin = |a: f64, b: f64| a + (b - a) * q;
         let geo = |a: f64, b: f64| (a.ln() + (b.ln() - a.ln()) * q).exp();
         Profile {
-            hour: [lin(self.hour[0], to.hour[0]), lin(self.hour[1], to.hour[1]), lin(self.hour[2], to.hour[2])],
+            hour: [
+                lin(self.hour[0], to.hour[0]),
+                lin(self.hour[1], to.hour[1]),
+                lin(self.hour[2], to.hour[2]),
+            ],
             duration: geo(self.duration, to.duration),
             conns: geo(self.conns, to.conns),
             host_frac: lin(self.host_frac, to.host_frac),
@@ -278,7 +287,9 @@ impl Profile {
             _ => rng.gen_range(0.0..24.0),
         };
         let duration = log_normal(rng, self.duration, self.spread);
-        let conns = log_normal(rng, self.conns, 0.8 * self.spread).round().max(1.0);
+        let conns = log_normal(rng, self.conns, 0.8 * self.spread)
+            .round()
+            .max(1.0);
         let hosts = 1.0 + ((conns - 1.0) * beta(rng, self.host_frac, 10.0)).round();
         let ports = log_normal(rng, self.ports, 0.5).round().max(1.0);
         let bytes_out = log_normal(rng, self.bytes_out, self.spread);
@@ -288,7 +299,9 @@ impl Profile {
         let packets_out = (bytes_out / size_out).ceil();
         let packets_in = (bytes_in / size_in).ceil();
         let failed = if self.failed > 1e-9 {
-            rand_distr::Poisson::new(self.failed).map(|p| p.sample(rng)).unwrap_or(0.0)
+            rand_distr::Poisson::new(self.failed)
+                .map(|p| p.sample(rng))
+                .unwrap_or(0.0)
         } else {
             0.0
         };
@@ -332,7 +345,10 @@ struct Mix {
 }
 
 impl Mix {
-    const UNSKEWED: Mix = Mix { threat_rate: BASE_THREAT_RATE, families: [0.25; 4] };
+    const UNSKEWED: Mix = Mix {
+        threat_rate: BASE_THREAT_RATE,
+        families: [0.25; 4],
+    };
 
     /// Member `member`'s mix: the unskewed mix blended with a member-specific draw by `skew`.
     fn member(seed: u64, member: u32, skew: f64) -> Mix {
@@ -397,7 +413,9 @@ fn beta<R: Rng>(rng: &mut R, mean: f64, concentration: f64) -> f64 {
 }
 
 /// Per-feature mean and standard deviation of rows.
-fn moments(rows: &[([f64; SYNTHETIC_FEATURES], u32)]) -> ([f64; SYNTHETIC_FEATURES], [f64; SYNTHETIC_FEATURES]) {
+fn moments(
+    rows: &[([f64; SYNTHETIC_FEATURES], u32)],
+) -> ([f64; SYNTHETIC_FEATURES], [f64; SYNTHETIC_FEATURES]) {
     let n = rows.len() as f64;
     let mut mean = [0.0; SYNTHETIC_FEATURES];
     let mut std = [0.0; SYNTHETIC_FEATURES];
@@ -431,7 +449,11 @@ fn standardize(
 }
 
 /// Member `member`'s training rows and the shared test split.
-pub(super) fn generate(spec: &DataSpec, member: u32, members: u32) -> Result<MemberData, DataError> {
+pub(super) fn generate(
+    spec: &DataSpec,
+    member: u32,
+    members: u32,
+) -> Result<MemberData, DataError> {
     debug_assert!(member < members);
     let skew = spec.synthetic_skew;
     if !(0.0..=1.0).contains(&skew) {
@@ -450,16 +472,28 @@ pub(super) fn generate(spec: &DataSpec, member: u32, members: u32) -> Result<Mem
     if spec.test_rows > MAX_ROWS {
         return Err(DataError::Spec {
             field: "spec.data.test_rows",
-            problem: format!("must be at most {MAX_ROWS} for synthetic data, found {}", spec.test_rows),
+            problem: format!(
+                "must be at most {MAX_ROWS} for synthetic data, found {}",
+                spec.test_rows
+            ),
         });
     }
     let unskewed = Mix::UNSKEWED;
-    let reference = unskewed.rows(&mut rng(spec.seed, streams::SYNTHETIC_REFERENCE), REFERENCE_ROWS);
+    let reference = unskewed.rows(
+        &mut rng(spec.seed, streams::SYNTHETIC_REFERENCE),
+        REFERENCE_ROWS,
+    );
     let scale = moments(&reference);
     let test = unskewed.rows(&mut rng(spec.seed, streams::SYNTHETIC_TEST), spec.test_rows);
     let mix = Mix::member(spec.seed, member, skew);
-    let train = mix.rows(&mut rng(spec.seed, streams::SYNTHETIC_ROWS + u64::from(member)), n);
-    Ok(MemberData { train: standardize(&train, &scale), test: standardize(&test, &scale) })
+    let train = mix.rows(
+        &mut rng(spec.seed, streams::SYNTHETIC_ROWS + u64::from(member)),
+        n,
+    );
+    Ok(MemberData {
+        train: standardize(&train, &scale),
+        test: standardize(&test, &scale),
+    })
 }
 
 #[cfg(test)]
@@ -497,14 +531,33 @@ mod tests {
         let b = generate(&spec(1.0), 3, 4).unwrap();
         assert_eq!(a.test, b.test);
         assert_ne!(a.train, b.train);
-        let other_seed = generate(&DataSpec { seed: 99, ..spec(0.5) }, 1, 4).unwrap();
+        let other_seed = generate(
+            &DataSpec {
+                seed: 99,
+                ..spec(0.5)
+            },
+            1,
+            4,
+        )
+        .unwrap();
         assert_ne!(a.test, other_seed.test);
         // Standardized with the unskewed reference: the unskewed test split is near mean 0, sd 1.
         for j in 0..SYNTHETIC_FEATURES {
-            let col: Vec<f64> = a.test.x.iter().skip(j).step_by(SYNTHETIC_FEATURES).map(|v| *v as f64).collect();
+            let col: Vec<f64> = a
+                .test
+                .x
+                .iter()
+                .skip(j)
+                .step_by(SYNTHETIC_FEATURES)
+                .map(|v| *v as f64)
+                .collect();
             let mean = col.iter().sum::<f64>() / col.len() as f64;
-            let sd = (col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / col.len() as f64).sqrt();
-            assert!(mean.abs() < 0.1 && (sd - 1.0).abs() < 0.15, "feature {j}: mean {mean}, sd {sd}");
+            let sd =
+                (col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / col.len() as f64).sqrt();
+            assert!(
+                mean.abs() < 0.1 && (sd - 1.0).abs() < 0.15,
+                "feature {j}: mean {mean}, sd {sd}"
+            );
         }
         let rate = threat_rate(&a.test);
         assert!((0.26..0.34).contains(&rate), "unskewed threat rate {rate}");
@@ -516,46 +569,90 @@ mod tests {
         assert!(mixes(0.0).iter().all(|m| *m == Mix::UNSKEWED));
         let skewed = mixes(1.0);
         let rates: Vec<f64> = skewed.iter().map(|m| m.threat_rate).collect();
-        let spread = rates.iter().copied().fold(0.0, f64::max) - rates.iter().copied().fold(1.0, f64::min);
+        let spread =
+            rates.iter().copied().fold(0.0, f64::max) - rates.iter().copied().fold(1.0, f64::min);
         assert!(spread > 0.15, "{rates:?}");
-        let dominant = skewed.iter().map(|m| m.families.iter().copied().fold(0.0, f64::max)).sum::<f64>() / 6.0;
+        let dominant = skewed
+            .iter()
+            .map(|m| m.families.iter().copied().fold(0.0, f64::max))
+            .sum::<f64>()
+            / 6.0;
         assert!(dominant > 0.5, "{skewed:?}");
         for m in &skewed {
             assert!((m.families.iter().sum::<f64>() - 1.0).abs() < 1e-9);
         }
         // And the rows follow the mix.
-        let rates: Vec<f64> = (0..4).map(|m| threat_rate(&generate(&spec(1.0), m, 4).unwrap().train)).collect();
-        let spread = rates.iter().copied().fold(0.0, f64::max) - rates.iter().copied().fold(1.0, f64::min);
+        let rates: Vec<f64> = (0..4)
+            .map(|m| threat_rate(&generate(&spec(1.0), m, 4).unwrap().train))
+            .collect();
+        let spread =
+            rates.iter().copied().fold(0.0, f64::max) - rates.iter().copied().fold(1.0, f64::min);
         assert!(spread > 0.1, "{rates:?}");
 
         let err = generate(&spec(1.5), 0, 1).unwrap_err();
-        assert!(err.to_string().contains("spec.data.synthetic_skew"), "{err}");
-        let err = generate(&DataSpec { synthetic_rows_per_member: 0, ..spec(0.0) }, 0, 1).unwrap_err();
-        assert!(err.to_string().contains("synthetic_rows_per_member"), "{err}");
+        assert!(
+            err.to_string().contains("spec.data.synthetic_skew"),
+            "{err}"
+        );
+        let err = generate(
+            &DataSpec {
+                synthetic_rows_per_member: 0,
+                ..spec(0.0)
+            },
+            0,
+            1,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("synthetic_rows_per_member"),
+            "{err}"
+        );
     }
 
     #[test]
     fn learnable_but_not_trivial() {
         let data = generate(&spec(0.5), 0, 4).unwrap();
         let majority = 1.0 - threat_rate(&data.test);
-        let adam = TrainSpec { optimizer: Optimizer::Adam, learning_rate: 0.003, epochs: 10, batch_size: 32 };
+        let adam = TrainSpec {
+            optimizer: Optimizer::Adam,
+            learning_rate: 0.003,
+            epochs: 10,
+            batch_size: 32,
+        };
 
         let mlp = Layout::new(vec![SYNTHETIC_FEATURES, 32, 2]).unwrap();
         let out = crate_train(&mlp, &data.train, &adam);
-        let mlp_acc = super::super::evaluate(&mlp, &out, &data.test).unwrap().accuracy as f64;
+        let mlp_acc = super::super::evaluate(&mlp, &out, &data.test)
+            .unwrap()
+            .accuracy as f64;
 
         let linear = Layout::new(vec![SYNTHETIC_FEATURES, 2]).unwrap();
         let out = crate_train(&linear, &data.train, &adam);
-        let linear_acc = super::super::evaluate(&linear, &out, &data.test).unwrap().accuracy as f64;
+        let linear_acc = super::super::evaluate(&linear, &out, &data.test)
+            .unwrap()
+            .accuracy as f64;
 
-        eprintln!("synthetic: majority {majority:.4}, linear {linear_acc:.4}, mlp 20-32-2 {mlp_acc:.4}");
-        assert!(mlp_acc > majority + 0.15, "mlp {mlp_acc} vs majority {majority}");
-        assert!(linear_acc > majority + 0.05, "linear {linear_acc} vs majority {majority}");
-        assert!(linear_acc < 0.97, "a linear model should not solve the task: {linear_acc}");
+        eprintln!(
+            "synthetic: majority {majority:.4}, linear {linear_acc:.4}, mlp 20-32-2 {mlp_acc:.4}"
+        );
+        assert!(
+            mlp_acc > majority + 0.15,
+            "mlp {mlp_acc} vs majority {majority}"
+        );
+        assert!(
+            linear_acc > majority + 0.05,
+            "linear {linear_acc} vs majority {majority}"
+        );
+        assert!(
+            linear_acc < 0.97,
+            "a linear model should not solve the task: {linear_acc}"
+        );
         assert!(mlp_acc < 0.99, "label noise caps accuracy: {mlp_acc}");
     }
 
     fn crate_train(layout: &Layout, data: &Dataset, spec: &TrainSpec) -> Vec<f32> {
-        super::super::train(layout, &layout.init(1), data, spec, 5).unwrap().params
+        super::super::train(layout, &layout.init(1), data, spec, 5)
+            .unwrap()
+            .params
     }
 }
