@@ -55,11 +55,7 @@ while true; do
   if [ -f "$RUN/node-0.out" ]; then
     total=$(grep -c '"event":"round"' "$RUN/node-0.out" || true)
     if [ "$total" -gt "$seen" ]; then
-      grep '"event":"round"' "$RUN/node-0.out" | tail -n +$((seen + 1)) | python3 -c '
-import json, sys
-for line in sys.stdin:
-    r = json.loads(line)
-    print(f"{r[\"round\"]:<6} {r[\"accuracy\"]:<9.4f} {r[\"loss\"]:<8.4f} {str(r[\"participants\"]):<14} {r[\"dropouts\"]}")'
+      grep '"event":"round"' "$RUN/node-0.out" | tail -n +$((seen + 1)) | python3 "$ROOT/testnet/rounds.py" table
       seen=$total
     fi
   fi
@@ -83,7 +79,7 @@ heads=()
 for i in $(seq 0 $((N - 1))); do
   out=$("$BIN" audit verify --json --data-dir "$RUN/net/data/member-$i" --genesis "$RUN/net/genesis.toml") || true
   echo "node $i: $out"
-  head=$(echo "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["head"] if d["ok"] else "FAILED")')
+  head=$(echo "$out" | python3 "$ROOT/testnet/rounds.py" head)
   heads+=("$head")
   [ "$head" = FAILED ] && status=1
 done

@@ -67,13 +67,18 @@ pub struct Testnet {
 impl Testnet {
     /// Deal a genesis with `rounds` rounds and the given update timeout.
     pub fn new(n: usize, rounds: u64, update_timeout_ms: u64) -> Testnet {
+        Testnet::with_config(n, rounds, update_timeout_ms, "")
+    }
+
+    /// As [`Testnet::new`], with more dealer config (TOML without a `[spec.params]` table).
+    pub fn with_config(n: usize, rounds: u64, update_timeout_ms: u64, extra: &str) -> Testnet {
         let dir = tempfile::tempdir().expect("tempdir");
         let base_port = free_ports(n as u16);
         let cfg = dir.path().join("dealer.toml");
         std::fs::write(
             &cfg,
             format!(
-                "[spec.params]\nupdate_timeout_ms = {update_timeout_ms}\nfailover_timeout_ms = {}\nstatus_interval_ms = 1000\n",
+                "{extra}\n[spec.params]\nupdate_timeout_ms = {update_timeout_ms}\nfailover_timeout_ms = {}\nstatus_interval_ms = 1000\n",
                 update_timeout_ms / 2
             ),
         )

@@ -221,10 +221,14 @@ fn killed_coordinator_is_replaced_and_rejoins_from_its_log() {
     net.assert_logs_agree();
 }
 
-/// Ctrl-C (SIGINT) on a node that would run forever: it stops cleanly, its log flushed and valid.
+/// Ctrl-C (SIGINT) on nodes that would run forever: they stop cleanly, logs flushed and valid.
+/// This network trains on the synthetic threat-detection data (configs/genesis-synthetic.toml).
 #[test]
 fn interrupt_stops_a_node_cleanly_with_its_log_flushed() {
-    let mut net = Testnet::new(2, 0, 5_000);
+    let synthetic =
+        std::fs::read_to_string(crate::harness::root().join("configs/genesis-synthetic.toml"))
+            .unwrap();
+    let mut net = Testnet::with_config(2, 0, 5_000, &synthetic);
     net.start_all();
     net.wait_round(0, 2, RUN_TIMEOUT);
     for i in 0..2 {
@@ -241,4 +245,9 @@ fn interrupt_stops_a_node_cleanly_with_its_log_flushed() {
         assert!(ok, "node {i}'s log after Ctrl-C: {v}");
         assert!(v["rounds"].as_u64().unwrap() >= 2, "{v}");
     }
+    let accuracy = net.rounds(0).last().unwrap()["accuracy"].as_f64().unwrap();
+    assert!(
+        accuracy > 0.75,
+        "the threat detector beats the 70 % majority baseline: {accuracy}"
+    );
 }
