@@ -183,7 +183,8 @@ pub struct DataSpec {
     pub partition: Partition,
     /// Seed of the shuffle, the partition and the synthetic generator.
     pub seed: u64,
-    /// Rows held out as the shared test split (the last rows of the file for MNIST).
+    /// Rows held out as the shared test split. MNIST: the last rows of each class, taken class by
+    /// class in turn (the shipped file is sorted by label), so the split is fixed and balanced.
     pub test_rows: usize,
     /// Synthetic only: training rows generated per member.
     pub synthetic_rows_per_member: usize,

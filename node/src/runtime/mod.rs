@@ -167,6 +167,8 @@ pub struct Runtime {
     /// Last known log height of each connected peer.
     peer_heights: HashMap<PeerId, u64>,
     syncing: bool,
+    /// A peer one entry ahead, and since when: usually the entry is about to land here too.
+    behind: Option<(PeerId, Instant)>,
     finished_at: Option<Instant>,
     work_tx: mpsc::Sender<Work>,
     work_rx: mpsc::Receiver<Work>,
@@ -215,6 +217,7 @@ impl Runtime {
             early: Vec::new(),
             peer_heights: HashMap::new(),
             syncing: false,
+            behind: None,
             finished_at: None,
             work_tx,
             work_rx,
@@ -433,6 +436,23 @@ impl Runtime {
         cur.unpublished = Some(bytes);
     }
 
+    /// Gossip this member's update if it has not gone out yet (no subscribed peer yet: retried on
+    /// the next tick).
+    async fn publish_update(&mut self) {
+        let Some(bytes) = self.current.as_ref().and_then(|c| c.unpublished.clone()) else { return };
+        match self.net.publish(bytes).await {
+            Ok(()) => {}
+            Err(e) if e.contains("Duplicate") => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "update not published yet; retrying");
+                return;
+            }
+        }
+        if let Some(c) = self.current.as_mut() {
+            c.unpublished = None;
+        }
+    }
+
     /// Timer: publish what is pending, propose when it is this member's turn, announce status.
     /// Returns true when the node should stop.
     async fn on_tick(&mut self) -> bool {
@@ -447,21 +467,8 @@ impl Runtime {
             );
             let _ = self.net.publish(env.encode()).await;
         }
-        if let Some(bytes) = self.current.as_ref().and_then(|c| c.unpublished.clone()) {
-            match self.net.publish(bytes).await {
-                Ok(()) => {
-                    if let Some(c) = self.current.as_mut() {
-                        c.unpublished = None;
-                    }
-                }
-                Err(e) if e.contains("Duplicate") => {
-                    if let Some(c) = self.current.as_mut() {
-                        c.unpublished = None;
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "update not published yet; retrying"),
-            }
-        }
+        self.publish_update().await;
+        self.check_behind();
         self.maybe_propose();
         self.maybe_fetch_missing();
         if let Some(at) = self.finished_at {
@@ -784,6 +791,7 @@ impl Runtime {
                 self.net.validate(id, propagation_source, verdict).await;
                 self.try_commit().await;
                 self.maybe_verify();
+                self.maybe_propose();
             }
             Event::Request {
                 peer,
@@ -843,7 +851,7 @@ impl Runtime {
             }
             return Verdict::Ignore;
         }
-        let cur = self.current.as_mut().expect("checked above");
+        let Some(cur) = self.current.as_mut() else { return Verdict::Ignore };
         let sender = env.sender;
         let result = match env.payload {
             Payload::Update(u) => cur.state.add_update(sender, u).map(|added| {
@@ -874,7 +882,7 @@ impl Runtime {
                 .state
                 .add_approval(&self.ctx.genesis, &self.ctx.bls, sender, a)
                 .map(|_| ()),
-            Payload::Status(_) => unreachable!("handled above"),
+            Payload::Status(_) => Ok(()), // handled above
         };
         match result {
             Ok(()) => Verdict::Accept,
@@ -1008,14 +1016,32 @@ impl Runtime {
         }
     }
 
+    /// A peer's log height. Far ahead: catch up now. One entry ahead: that entry is usually being
+    /// committed here too, so catch up only if it is still missing two status intervals later.
     fn note_height(&mut self, peer: PeerId, height: u64) {
         self.peer_heights.insert(peer, height);
-        if height > self.head.height && !self.syncing {
+        if self.syncing || height <= self.head.height {
+            return;
+        }
+        if height > self.head.height + 1 || self.current.is_none() {
+            self.begin_sync(peer);
+        } else if self.behind.is_none() {
+            self.behind = Some((peer, Instant::now()));
+        }
+    }
+
+    fn check_behind(&mut self) {
+        let Some((peer, since)) = self.behind else { return };
+        let still_behind = self.peer_heights.get(&peer).is_some_and(|h| *h > self.head.height);
+        if !still_behind {
+            self.behind = None;
+        } else if since.elapsed() >= Duration::from_millis(2 * self.params().status_interval_ms) && !self.syncing {
             self.begin_sync(peer);
         }
     }
 
     fn begin_sync(&mut self, peer: PeerId) {
+        self.behind = None;
         tracing::info!(%peer, from = self.head.height + 1, "this member is behind; catching up");
         self.syncing = true;
         self.current = None;
@@ -1036,7 +1062,11 @@ impl Runtime {
 
     async fn on_work(&mut self, w: Work) {
         match w {
-            Work::Trained { round, result } => self.on_trained(round, result),
+            Work::Trained { round, result } => {
+                self.on_trained(round, result);
+                self.publish_update().await;
+                self.maybe_propose();
+            }
             Work::Evaluated {
                 round,
                 purpose,

@@ -10,9 +10,9 @@ use rand::seq::SliceRandom;
 use super::{dirichlet, rng, streams, Dataset, MemberData};
 
 /// Pixels per MNIST image (28 × 28).
-pub(super) const MNIST_FEATURES: usize = 784;
+const MNIST_FEATURES: usize = 784;
 /// Digits 0-9.
-pub(super) const MNIST_CLASSES: usize = 10;
+const MNIST_CLASSES: usize = 10;
 /// Columns per CSV row: the pixels, then the label.
 const COLUMNS: usize = MNIST_FEATURES + 1;
 /// Longest line we accept. A real row is under 4 KiB; the bound keeps a file without newlines (or a

@@ -3,119 +3,14 @@
 use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Linear, Module, Optimizer as _, ParamsAdamW, SGD};
 use fedmesh_protocol::genesis::{Optimizer, TrainSpec};
-use fedmesh_protocol::model::{Layout, LayoutError};
+use fedmesh_protocol::model::Layout;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use super::Dataset;
+use super::{Dataset, Evaluation, TrainError, TrainOutcome};
 
 /// Rows per forward pass in [`evaluate`], to bound memory on large test sets.
 const EVAL_CHUNK: usize = 1000;
-
-/// Why training or evaluation refused to run or failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TrainError {
-    /// The layout itself is unusable.
-    #[error("invalid model layout: {0}")]
-    Layout(#[from] LayoutError),
-    /// The parameter vector does not fit the layout.
-    #[error(
-        "the parameter vector has {found} values but layout {layers:?} needs {expected}; the model \
-         and spec.model.layers disagree"
-    )]
-    ParamCount {
-        layers: Vec<usize>,
-        expected: usize,
-        found: usize,
-    },
-    /// A parameter is NaN or infinite; training on it would only spread the damage.
-    #[error(
-        "parameter {index} (in {tensor}) is {value}; the model is corrupt, refusing to use it"
-    )]
-    NonFiniteParam {
-        index: usize,
-        tensor: String,
-        value: f32,
-    },
-    /// The data set's own vectors are inconsistent.
-    #[error(
-        "malformed data set: {rows} labels but {values} feature values at {features} features per \
-         row"
-    )]
-    Shape {
-        rows: usize,
-        values: usize,
-        features: usize,
-    },
-    /// The data does not fit the model's input layer.
-    #[error(
-        "the data has {found} features per row but the model's input layer has {expected}; \
-         spec.model.layers[0] must match the data source"
-    )]
-    Features { expected: usize, found: usize },
-    /// A label the model cannot output.
-    #[error(
-        "row {row} has label {label} but the model has {outputs} outputs; the last entry of \
-         spec.model.layers must be the number of classes"
-    )]
-    Label {
-        row: usize,
-        label: u32,
-        outputs: usize,
-    },
-    /// A feature value is NaN or infinite.
-    #[error("row {row}, feature {feature} is {value}; the data set is corrupt")]
-    NonFiniteFeature {
-        row: usize,
-        feature: usize,
-        value: f32,
-    },
-    /// Nothing to train or evaluate on.
-    #[error("the data set is empty, nothing to {0}")]
-    Empty(&'static str),
-    /// A training setting that cannot work.
-    #[error("{field} {problem}")]
-    Spec {
-        field: &'static str,
-        problem: String,
-    },
-    /// The loss or the parameters became NaN or infinite.
-    #[error(
-        "training diverged: {what} at epoch {epoch}, step {step}; lower spec.train.learning_rate"
-    )]
-    Diverged {
-        what: String,
-        epoch: usize,
-        step: usize,
-    },
-    /// The tensor library failed (out of memory, internal error).
-    #[error("tensor backend: {0}")]
-    Candle(#[from] candle_core::Error),
-}
-
-/// The result of one call to [`train`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrainOutcome {
-    /// The trained parameters, flat, in the layout's order.
-    pub params: Vec<f32>,
-    /// Mean cross-entropy over the examples of the last epoch, each measured on its minibatch
-    /// before that minibatch's step (the usual running training loss).
-    pub mean_loss: f32,
-    /// Optimizer steps taken over all epochs.
-    pub steps: usize,
-}
-
-/// How well parameters do on a data set.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Evaluation {
-    /// Share of rows whose highest logit is the label (ties go to the lower class).
-    pub accuracy: f32,
-    /// Mean cross-entropy of the softmax of the logits.
-    pub loss: f32,
-    /// Rows evaluated.
-    pub samples: u64,
-}
 
 /// Either optimizer behind one interface.
 enum Opt {

@@ -47,7 +47,7 @@ use super::{dirichlet, rng, streams, DataError, Dataset, MemberData};
 /// | 9 | ln(1 + distinct destination ports) | 19 | fraction of well-known ports |
 pub const SYNTHETIC_FEATURES: usize = 20;
 /// Benign (0) or threat (1).
-pub(super) const SYNTHETIC_CLASSES: usize = 2;
+const SYNTHETIC_CLASSES: usize = 2;
 
 /// Threat share of the unskewed mix.
 const BASE_THREAT_RATE: f64 = 0.3;
