@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{audit, config, dealer, node};
+use crate::{audit, bench, config, dealer, node};
 
 /// fedmesh: a peer-to-peer federated learning node with a signed, hash-chained audit log.
 #[derive(Parser, Debug)]
@@ -59,6 +59,11 @@ enum Command {
         #[arg(long)]
         rounds: Option<u64>,
     },
+    /// Micro-benchmarks of the node's own code (see BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
     /// Inspect, verify or export a node's audit log.
     Audit {
         #[command(subcommand)]
@@ -80,6 +85,25 @@ enum AuditAction {
         /// Write to this file instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchWhat {
+    /// Local training (SGD, Adam) and evaluation of the default MLP on member 0's MNIST shard.
+    Train {
+        /// The MNIST file.
+        #[arg(long, default_value = "data/mnist_5k.csv.gz")]
+        data: PathBuf,
+        /// Members the training rows are split among (member 0's shard is timed).
+        #[arg(long, default_value_t = 4)]
+        members: u32,
+        /// Timed repetitions (the median is printed).
+        #[arg(long, default_value_t = 15)]
+        repeats: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -140,6 +164,22 @@ pub fn run() -> anyhow::Result<ExitCode> {
             };
             let cfg = config::Node::load(&path, flags)?;
             node::run(cfg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Train {
+                    data,
+                    members,
+                    repeats,
+                    json,
+                },
+        } => {
+            anyhow::ensure!(
+                repeats > 0 && members > 0,
+                "--repeats and --members must be at least 1"
+            );
+            bench::train(&data, members, repeats, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { action } => {

@@ -439,7 +439,9 @@ impl Runtime {
     /// Gossip this member's update if it has not gone out yet (no subscribed peer yet: retried on
     /// the next tick).
     async fn publish_update(&mut self) {
-        let Some(bytes) = self.current.as_ref().and_then(|c| c.unpublished.clone()) else { return };
+        let Some(bytes) = self.current.as_ref().and_then(|c| c.unpublished.clone()) else {
+            return;
+        };
         match self.net.publish(bytes).await {
             Ok(()) => {}
             Err(e) if e.contains("Duplicate") => {}
@@ -851,7 +853,9 @@ impl Runtime {
             }
             return Verdict::Ignore;
         }
-        let Some(cur) = self.current.as_mut() else { return Verdict::Ignore };
+        let Some(cur) = self.current.as_mut() else {
+            return Verdict::Ignore;
+        };
         let sender = env.sender;
         let result = match env.payload {
             Payload::Update(u) => cur.state.add_update(sender, u).map(|added| {
@@ -1031,11 +1035,18 @@ impl Runtime {
     }
 
     fn check_behind(&mut self) {
-        let Some((peer, since)) = self.behind else { return };
-        let still_behind = self.peer_heights.get(&peer).is_some_and(|h| *h > self.head.height);
+        let Some((peer, since)) = self.behind else {
+            return;
+        };
+        let still_behind = self
+            .peer_heights
+            .get(&peer)
+            .is_some_and(|h| *h > self.head.height);
         if !still_behind {
             self.behind = None;
-        } else if since.elapsed() >= Duration::from_millis(2 * self.params().status_interval_ms) && !self.syncing {
+        } else if since.elapsed() >= Duration::from_millis(2 * self.params().status_interval_ms)
+            && !self.syncing
+        {
             self.begin_sync(peer);
         }
     }
