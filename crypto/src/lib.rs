@@ -5,6 +5,9 @@
 //!   its public key is also the member's libp2p identity.
 //! - [`bls`]: the threshold BLS key set (threshold_crypto) dealt at genesis; `t` signature shares
 //!   over a round record combine into one signature that anyone checks against the genesis key.
+//! - [`secagg`]: the building blocks of secure aggregation — X25519 key agreement, a blake3 KDF,
+//!   ChaCha20-Poly1305 for shares, Shamir sharing of 32-byte secrets, and ChaCha20 masks over
+//!   Z_(2^bits) expanded on all cores.
 //!
 //! ```
 //! use fedmesh_crypto::{identity, hash::Hasher};
@@ -18,6 +21,7 @@
 pub mod bls;
 pub mod hash;
 pub mod identity;
+pub mod secagg;
 
 pub use hash::Hash;
 

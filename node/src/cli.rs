@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{audit, bench, config, dealer, node};
+use crate::{audit, bench, config, dealer, node, privacy};
 
 /// fedmesh: a peer-to-peer federated learning node with a signed, hash-chained audit log.
 #[derive(Parser, Debug)]
@@ -59,6 +59,11 @@ enum Command {
         #[arg(long)]
         rounds: Option<u64>,
     },
+    /// Plan a differential-privacy budget: epsilon for a noise level, or noise for an epsilon.
+    Privacy {
+        #[command(subcommand)]
+        what: PrivacyWhat,
+    },
     /// Micro-benchmarks of the node's own code (see BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -85,6 +90,43 @@ enum AuditAction {
         /// Write to this file instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PrivacyWhat {
+    /// Epsilon spent by `--steps` steps of the subsampled Gaussian mechanism (Rényi accountant).
+    Epsilon {
+        /// Noise multiplier sigma (noise std / clipping norm).
+        #[arg(long)]
+        noise: f64,
+        /// Poisson sampling rate q (batch size / data set size; 1 for full participation).
+        #[arg(long)]
+        sample_rate: f64,
+        /// Number of steps (rounds × local steps for record-level DP; rounds for member-level).
+        #[arg(long)]
+        steps: u64,
+        /// Target delta.
+        #[arg(long, default_value_t = 1e-5)]
+        delta: f64,
+        /// Use the classic RDP-to-(epsilon, delta) conversion instead of the tighter one.
+        #[arg(long)]
+        classic: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The smallest noise multiplier that stays within `--epsilon` at `--delta`.
+    Noise {
+        #[arg(long)]
+        epsilon: f64,
+        #[arg(long)]
+        sample_rate: f64,
+        #[arg(long)]
+        steps: u64,
+        #[arg(long, default_value_t = 1e-5)]
+        delta: f64,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -164,6 +206,33 @@ pub fn run() -> anyhow::Result<ExitCode> {
             };
             let cfg = config::Node::load(&path, flags)?;
             node::run(cfg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Privacy {
+            what:
+                PrivacyWhat::Epsilon {
+                    noise,
+                    sample_rate,
+                    steps,
+                    delta,
+                    classic,
+                    json,
+                },
+        } => {
+            privacy::epsilon(noise, sample_rate, steps, delta, classic, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Privacy {
+            what:
+                PrivacyWhat::Noise {
+                    epsilon,
+                    sample_rate,
+                    steps,
+                    delta,
+                    json,
+                },
+        } => {
+            privacy::noise(epsilon, sample_rate, steps, delta, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -9,6 +9,7 @@ mod dealer;
 mod keys;
 mod net;
 mod node;
+mod privacy;
 mod runtime;
 mod train;
 

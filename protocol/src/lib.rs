@@ -9,6 +9,8 @@
 //! - [`round`]: one round of mode `plain` — updates in, a FedAvg record out, approvals to a
 //!   threshold-signed entry.
 //! - [`aggregate`]: aggregation rules over flat updates.
+//! - [`dp`]: differential-privacy accounting — ε of noisy training steps, and the noise for a
+//!   target ε.
 //!
 //! ```
 //! use fedmesh_protocol::aggregate;
@@ -19,6 +21,7 @@
 
 pub mod aggregate;
 pub mod audit;
+pub mod dp;
 pub mod genesis;
 pub mod model;
 pub mod round;

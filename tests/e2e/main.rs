@@ -1,5 +1,6 @@
 //! End-to-end tests: real `fedmesh` processes talking libp2p over TCP on 127.0.0.1, training on
 //! the shipped MNIST data, each with its own sled audit log.
 
+mod cli;
 mod harness;
 mod network;

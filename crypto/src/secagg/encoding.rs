@@ -34,10 +34,7 @@ struct Bytes {
 
 impl Bytes {
     fn too_long<E: de::Error>(&self) -> E {
-        E::custom(format_args!(
-            "{} longer than {} bytes",
-            self.what, self.max
-        ))
+        E::custom(format_args!("{} longer than {} bytes", self.what, self.max))
     }
 }
 

@@ -9,9 +9,7 @@
 //! Elements are crypto-bigint `Residue`s: five 64-bit limbs in Montgomery form, with constant-time
 //! multiplication, addition and inversion, so no secret decides a branch or a memory access.
 
-use crypto_bigint::{
-    impl_modulus, modular::constant_mod::Residue, Encoding, NonZero, RandomMod, U320,
-};
+use crypto_bigint::{impl_modulus, modular::constant_mod::Residue, Encoding, U320};
 use rand::{CryptoRng, RngCore};
 use zeroize::Zeroize;
 
@@ -34,13 +32,25 @@ pub(crate) fn modulus() -> U320 {
     <Modulus as ResidueParams<{ U320::LIMBS }>>::MODULUS
 }
 
-/// A uniformly random element (rejection sampling: exact, no modular bias).
+/// A uniformly random element: 257 random bits, rejected until below p (about two tries).
+///
+/// crypto-bigint's `random_mod` draws whole bytes, 264 bits here, and so rejects 255 draws in
+/// 256; masking to 257 bits keeps the distribution exact and the cost low.
 pub(crate) fn random<R: RngCore + CryptoRng>(rng: &mut R) -> Fe {
-    let p = NonZero::new(modulus()).expect("the modulus is not zero");
-    let mut n = U320::random_mod(rng, &p);
-    let fe = Fe::new(&n);
-    n.zeroize();
-    fe
+    let p = modulus();
+    let mut wide = [0u8; 40];
+    loop {
+        rng.fill_bytes(&mut wide[..FE_LEN]);
+        wide[FE_LEN - 1] &= 1;
+        let mut n = U320::from_le_bytes(wide);
+        let accept = n < p;
+        let fe = accept.then(|| Fe::new(&n));
+        n.zeroize();
+        if let Some(fe) = fe {
+            wide.zeroize();
+            return fe;
+        }
+    }
 }
 
 pub(crate) fn from_u32(x: u32) -> Fe {
@@ -120,6 +130,7 @@ pub(crate) fn batch_invert(values: &mut [Fe]) {
 mod tests {
     use super::*;
     use crypto_bigint::modular::runtime_mod::{DynResidue, DynResidueParams};
+    use crypto_bigint::{NonZero, RandomMod};
     use rand::SeedableRng;
 
     /// Miller–Rabin with the given bases; `n` odd and > 3.
@@ -178,9 +189,7 @@ mod tests {
         }
         // Negative control: the test does reject a composite and accepts a known prime.
         assert!(!miller_rabin(&U320::from_u64(561), &[U320::from_u32(2)]));
-        let p25519 = U320::ONE
-            .shl_vartime(255)
-            .wrapping_sub(&U320::from_u32(19));
+        let p25519 = U320::ONE.shl_vartime(255).wrapping_sub(&U320::from_u32(19));
         assert!(miller_rabin(&p25519, &bases(&mut rng, &p25519, 8)));
     }
 
@@ -203,6 +212,23 @@ mod tests {
         let top = from_bytes(&p_bytes).unwrap();
         assert_eq!(to_secret(&top), None);
         assert_eq!(top + Fe::ONE, Fe::ZERO);
+    }
+
+    /// Guards the sampler: every draw is a canonical element, and bit 255 is set in about half of
+    /// them (a byte-wise or biased sampler would skew it).
+    #[test]
+    fn random_elements_cover_the_field_evenly() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+        let mut high_half = 0;
+        for _ in 0..2000 {
+            let bytes = to_bytes(&random(&mut rng));
+            assert!(from_bytes(&bytes).is_some());
+            high_half += (bytes[31] >> 7) as u32;
+        }
+        assert!(
+            (900..1100).contains(&high_half),
+            "{high_half} of 2000 in the upper half"
+        );
     }
 
     #[test]

@@ -1,0 +1,3 @@
+//! Integration tests of fedmesh-crypto: one binary, one module per area.
+
+mod secagg;
