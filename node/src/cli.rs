@@ -132,6 +132,25 @@ enum PrivacyWhat {
 
 #[derive(Subcommand, Debug)]
 enum BenchWhat {
+    /// One secure-aggregation round per (members, dropout): the real protocol code with an
+    /// in-memory network in one process; per-phase time for a member and for the coordinator, and
+    /// bytes sent per member.
+    Secagg {
+        /// Member counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,20,50,100")]
+        members: Vec<u32>,
+        /// Parameters per update (float32 values).
+        #[arg(long, default_value_t = 100_000)]
+        params: usize,
+        /// Fractions of members that drop after sharing keys, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "0,0.1,0.3")]
+        dropout: Vec<f64>,
+        /// SecAgg+ neighbours per member (0 = complete graph).
+        #[arg(long, default_value_t = 0)]
+        degree: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Local training (SGD, Adam) and evaluation of the default MLP on member 0's MNIST shard.
     Train {
         /// The MNIST file.
@@ -233,6 +252,27 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 },
         } => {
             privacy::noise(epsilon, sample_rate, steps, delta, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Secagg {
+                    members,
+                    params,
+                    dropout,
+                    degree,
+                    json,
+                },
+        } => {
+            anyhow::ensure!(
+                members.iter().all(|n| *n >= 3),
+                "--members: at least 3 each"
+            );
+            anyhow::ensure!(
+                dropout.iter().all(|d| (0.0..0.5).contains(d)),
+                "--dropout: fractions in [0, 0.5)"
+            );
+            bench::secagg(&members, params, &dropout, Some(degree), json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -9,6 +9,8 @@
 //! - [`round`]: one round of mode `plain` — updates in, a FedAvg record out, approvals to a
 //!   threshold-signed entry.
 //! - [`aggregate`]: aggregation rules over flat updates.
+//! - [`secagg`]: secure aggregation (Bonawitz et al. 2017 with SecAgg+ neighbourhoods): typed member
+//!   and coordinator phases, quantization into Z_(2^bits), neighbour graphs.
 //! - [`dp`]: differential-privacy accounting — ε of noisy training steps, and the noise for a
 //!   target ε.
 //!
@@ -25,6 +27,7 @@ pub mod dp;
 pub mod genesis;
 pub mod model;
 pub mod round;
+pub mod secagg;
 pub mod wire;
 
 pub use fedmesh_crypto as crypto;
