@@ -93,18 +93,52 @@ impl PhaseTimes {
     }
 }
 
+/// What one simulated round measured.
+struct SecaggRun {
+    /// Mean time one member spends in each phase.
+    member: PhaseTimes,
+    /// Coordinator time in each phase.
+    coordinator: PhaseTimes,
+    /// Wall time of the whole round on this machine: in each phase all members work in parallel
+    /// on the available cores, then the coordinator.
+    round: f64,
+    bytes_per_member: f64,
+    quantize: f64,
+}
+
+/// Mean of the members' own times.
+fn mean<T>(v: &[(u32, T, f64)]) -> f64 {
+    v.iter().map(|x| x.2).sum::<f64>() / v.len().max(1) as f64
+}
+
+/// Run `f` for every member on all cores; returns results with each member's own time.
+fn par_members<S: Send, T: Send>(
+    states: Vec<(u32, S)>,
+    f: impl Fn(u32, S) -> anyhow::Result<T> + Sync,
+) -> anyhow::Result<(Vec<(u32, T, f64)>, f64)> {
+    use rayon::prelude::*;
+    let wall = Instant::now();
+    let out: anyhow::Result<Vec<_>> = states
+        .into_par_iter()
+        .map(|(m, s)| {
+            let t = Instant::now();
+            let r = f(m, s)?;
+            Ok((m, r, t.elapsed().as_secs_f64()))
+        })
+        .collect();
+    Ok((out?, wall.elapsed().as_secs_f64()))
+}
+
 /// One secure-aggregation round with `n` members and `len` parameters, of whom a fraction
-/// `dropout` drops after sharing keys (the costliest place: their masks must be rebuilt). All
-/// members and the coordinator run in this process, one after the other, on the real protocol
-/// code; returns (mean member time per phase, coordinator time per phase, bytes sent per member,
-/// quantization time per member).
+/// `dropout` (chosen at random) drops after sharing keys — the costliest place, since their masks
+/// must be rebuilt. Members and coordinator run in this process on the real protocol code.
 fn secagg_round(
     n: u32,
     len: usize,
     dropout: f64,
     degree: usize,
     seed: u64,
-) -> anyhow::Result<(PhaseTimes, PhaseTimes, f64, f64)> {
+) -> anyhow::Result<SecaggRun> {
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
@@ -114,11 +148,7 @@ fn secagg_round(
 
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
     let keys: Vec<_> = (0..n)
-        .map(|i| {
-            identity::SecretKey::from_seed(
-                rand::Rng::gen::<[u8; 32]>(&mut rng).map(|b| b ^ i as u8),
-            )
-        })
+        .map(|_| identity::SecretKey::from_seed(rng.gen()))
         .collect();
     let members: BTreeMap<u32, _> = keys
         .iter()
@@ -126,7 +156,7 @@ fn secagg_round(
         .map(|(i, k)| (i as u32, k.public()))
         .collect();
     let ids: Vec<u32> = members.keys().copied().collect();
-    let graph = graph::Graph::new(&ids, degree, [3u8; 32]);
+    let graph = graph::Graph::new(&ids, degree, rng.gen());
     let holders = if graph.is_complete() {
         n as usize
     } else {
@@ -148,98 +178,115 @@ fn secagg_round(
         graph,
     });
     let update: Vec<f32> = (0..len).map(|_| rng.gen_range(-0.05f32..0.05)).collect();
-    let drop_count = (n as f64 * dropout).round() as u32;
-    let dropped: Vec<u32> = (0..drop_count).map(|i| (i * 7 + 1) % n).collect();
+    let drop_count = (n as f64 * dropout).round() as usize;
+    let dropped: Vec<u32> = rand::seq::index::sample(&mut rng, n as usize, drop_count)
+        .into_iter()
+        .map(|i| i as u32)
+        .collect();
+    let rng_of = |m: u32| rand_chacha::ChaCha20Rng::seed_from_u64(seed ^ (u64::from(m) << 32));
+    let size = |v: &dyn erased::Encode| v.encoded_len();
     let mut mt = PhaseTimes::default();
     let mut ct = PhaseTimes::default();
-    let mut bytes = vec![0usize; n as usize];
-    let timed = |acc: &mut f64, t: Instant| *acc += t.elapsed().as_secs_f64();
-    let size = |v: &dyn erased::Encode| v.encoded_len();
+    let mut round = 0.0;
+    let mut bytes = 0usize;
 
     let t = Instant::now();
-    let mut quantized = Vec::new();
-    for _ in 0..n {
-        quantized.push(q.encode(&update, 600)?.values);
-    }
-    let quant_time = t.elapsed().as_secs_f64() / n as f64;
+    let quantized = q.encode(&update, 600)?.values;
+    let quantize = t.elapsed().as_secs_f64();
 
-    let t0 = Instant::now();
+    // Phase 0
+    let starts: Vec<(u32, ())> = (0..n).map(|m| (m, ())).collect();
+    let (adv, wall) = par_members(starts, |m, ()| {
+        let mut rng = rng_of(m);
+        Ok(member::Start::new(params.clone(), m)?.advertise(&keys[m as usize], &mut rng))
+    })?;
+    mt.advertise = mean(&adv);
+    round += wall;
+    let t = Instant::now();
     let mut coord = coordinator::CollectKeys::new(params.clone())?;
-    timed(&mut ct.advertise, t0);
     let mut s0 = Vec::new();
-    for m in 0..n {
-        let t = Instant::now();
-        let (next, msg) =
-            member::Start::new(params.clone(), m)?.advertise(&keys[m as usize], &mut rng);
-        timed(&mut mt.advertise, t);
-        bytes[m as usize] += size(&msg);
-        let t = Instant::now();
+    for (m, (next, msg), _) in adv {
+        bytes += size(&msg);
         coord.add(msg)?;
-        timed(&mut ct.advertise, t);
-        s0.push(next);
+        s0.push((m, next));
     }
-    let t = Instant::now();
     let (mut coord, list) = coord.finish()?;
-    timed(&mut ct.advertise, t);
-    let mut s1 = Vec::new();
-    for (m, st) in s0.into_iter().enumerate() {
-        let t = Instant::now();
-        let (next, msg) = st.share_keys(&list, &keys[m], &mut rng)?;
-        timed(&mut mt.share_keys, t);
-        bytes[m] += size(&msg);
-        let t = Instant::now();
-        coord.add(msg)?;
-        timed(&mut ct.share_keys, t);
-        s1.push(next);
-    }
+    ct.advertise = t.elapsed().as_secs_f64();
+    round += ct.advertise;
+
+    // Phase 1
+    let (shared, wall) = par_members(s0, |m, st| {
+        let mut rng = rng_of(m + n);
+        Ok(st.share_keys(&list, &keys[m as usize], &mut rng)?)
+    })?;
+    mt.share_keys = mean(&shared);
+    round += wall;
     let t = Instant::now();
-    let (mut coord, relayed) = coord.finish()?;
-    timed(&mut ct.share_keys, t);
-    let mut s2 = Vec::new();
-    for (m, st) in s1.into_iter().enumerate() {
-        if dropped.contains(&(m as u32)) {
-            continue;
-        }
-        let t = Instant::now();
-        let (next, msg) = st.masked_input(&relayed[&(m as u32)], &quantized[m], &keys[m])?;
-        timed(&mut mt.masked_input, t);
-        bytes[m] += size(&msg);
-        let t = Instant::now();
+    let mut s1 = Vec::new();
+    for (m, (next, msg), _) in shared {
+        bytes += size(&msg);
         coord.add(msg)?;
-        timed(&mut ct.masked_input, t);
+        if !dropped.contains(&m) {
+            s1.push((m, next));
+        }
+    }
+    let (mut coord, relayed) = coord.finish()?;
+    ct.share_keys = t.elapsed().as_secs_f64();
+    round += ct.share_keys;
+
+    // Phase 2 (the dropped members stop here)
+    let (masked, wall) = par_members(s1, |m, st| {
+        Ok(st.masked_input(&relayed[&m], &quantized, &keys[m as usize])?)
+    })?;
+    mt.masked_input = mean(&masked);
+    round += wall;
+    let t = Instant::now();
+    let mut s2 = Vec::new();
+    for (m, (next, msg), _) in masked {
+        bytes += size(&msg);
+        coord.add(msg)?;
         s2.push((m, next));
     }
-    let t = Instant::now();
     let (mut coord, survivors) = coord.finish()?;
-    timed(&mut ct.masked_input, t);
+    ct.masked_input = t.elapsed().as_secs_f64();
+    round += ct.masked_input;
+
+    // Phase 3
+    let (checked, wall) = par_members(s2, |m, st| {
+        Ok(st.consistency(&survivors, &keys[m as usize])?)
+    })?;
+    mt.consistency = mean(&checked);
+    round += wall;
+    let t = Instant::now();
     let mut s3 = Vec::new();
-    for (m, st) in s2 {
-        let t = Instant::now();
-        let (next, msg) = st.consistency(&survivors, &keys[m])?;
-        timed(&mut mt.consistency, t);
-        bytes[m] += size(&msg);
-        let t = Instant::now();
+    for (m, (next, msg), _) in checked {
+        bytes += size(&msg);
         coord.add(msg)?;
-        timed(&mut ct.consistency, t);
         s3.push((m, next));
     }
-    let t = Instant::now();
     let (mut coord, clist) = coord.finish()?;
-    timed(&mut ct.consistency, t);
-    for (m, st) in s3 {
-        let t = Instant::now();
-        let msg = st.unmask(&clist, &keys[m])?;
-        timed(&mut mt.unmask, t);
-        bytes[m] += size(&msg);
-        let t = Instant::now();
-        coord.add(msg)?;
-        timed(&mut ct.unmask, t);
-    }
+    ct.consistency = t.elapsed().as_secs_f64();
+    round += ct.consistency;
+
+    // Phase 4
+    let (unmasked, wall) = par_members(s3, |m, st| Ok(st.unmask(&clist, &keys[m as usize])?))?;
+    mt.unmask = mean(&unmasked);
+    round += wall;
     let t = Instant::now();
+    for (_, msg, _) in unmasked {
+        bytes += size(&msg);
+        coord.add(msg)?;
+    }
     let outcome = coord.finish()?;
-    timed(&mut ct.unmask, t);
+    ct.unmask = t.elapsed().as_secs_f64();
+    round += ct.unmask;
+
+    // The secure sum must be the plain sum: n − dropped identical inputs of weight 600.
     let decoded = q.decode(&outcome.sum)?;
-    anyhow::ensure!(decoded.mean.len() == len, "decoded length");
+    anyhow::ensure!(
+        decoded.total_weight == 600 * (n as u64 - drop_count as u64),
+        "total weight"
+    );
     let err = decoded
         .mean
         .iter()
@@ -247,21 +294,13 @@ fn secagg_round(
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     anyhow::ensure!((err as f64) <= 2.0 * q.step(), "secure sum is off by {err}");
-    let active = (n - drop_count) as f64;
-    let scale = |p: &PhaseTimes, a: f64, b: f64, c: f64| PhaseTimes {
-        advertise: p.advertise / n as f64,
-        share_keys: p.share_keys / n as f64,
-        masked_input: p.masked_input / a,
-        consistency: p.consistency / b,
-        unmask: p.unmask / c,
-    };
-    let mean_bytes = bytes.iter().sum::<usize>() as f64 / n as f64;
-    Ok((
-        scale(&mt, active, active, active),
-        ct,
-        mean_bytes,
-        quant_time,
-    ))
+    Ok(SecaggRun {
+        member: mt,
+        coordinator: ct,
+        round,
+        bytes_per_member: bytes as f64 / n as f64,
+        quantize,
+    })
 }
 
 mod erased {
@@ -281,43 +320,39 @@ pub fn secagg(
     members: &[u32],
     params: usize,
     dropouts: &[f64],
-    degree: Option<usize>,
+    degree: usize,
     json: bool,
 ) -> anyhow::Result<()> {
     if !json {
         println!(
-            "{:>7} {:>8} {:>7} {:>6} | {:>9} {:>9} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>10} {:>9}",
+            "{:>7} {:>8} {:>7} {:>6} | {:>9} {:>9} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>9} {:>9}",
             "members", "params", "dropout", "degree", "m.adv", "m.share", "m.mask", "m.check", "m.unmask",
-            "c.mask", "c.unmask", "c.total", "round (s)", "KB/member"
+            "c.mask", "c.unmask", "c.total", "round(s)", "KB/member"
         );
     }
     for &n in members {
         for &d in dropouts {
-            let k = degree.unwrap_or(0);
-            let (m, c, bytes, quant_time) = secagg_round(n, params, d, k, 42)?;
-            // A full round on one machine: every member's work plus the coordinator's, in sequence.
-            let active = n as f64 * (1.0 - d);
-            let round = n as f64 * (m.advertise + m.share_keys)
-                + active * (m.masked_input + m.consistency + m.unmask)
-                + c.total();
-            let k_shown = if k == 0 || k as u32 >= n - 1 {
+            let r = secagg_round(n, params, d, degree, 42)?;
+            let k = if degree == 0 || degree as u32 >= n - 1 {
                 "all".to_string()
             } else {
-                k.to_string()
+                degree.to_string()
             };
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"bench": "secagg", "members": n, "params": params, "dropout": d, "degree": k_shown,
-                        "member_s": m, "coordinator_s": c, "round_s": round, "bytes_per_member": bytes,
-                        "quantize_s": quant_time, "plain_update_bytes": params * 4})
+                    serde_json::json!({"bench": "secagg", "members": n, "params": params, "dropout": d, "degree": k,
+                        "member_s": r.member, "coordinator_s": r.coordinator, "round_s": r.round,
+                        "bytes_per_member": r.bytes_per_member, "quantize_s": r.quantize,
+                        "plain_update_bytes": params * 4})
                 );
             } else {
                 let ms = |s: f64| format!("{:.1}ms", s * 1e3);
+                let (m, c) = (&r.member, &r.coordinator);
                 println!(
-                    "{:>7} {:>8} {:>7} {:>6} | {:>9} {:>9} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>10.3} {:>9.0}",
-                    n, params, d, k_shown, ms(m.advertise), ms(m.share_keys), ms(m.masked_input), ms(m.consistency),
-                    ms(m.unmask), ms(c.masked_input), ms(c.unmask), ms(c.total()), round, bytes / 1024.0
+                    "{:>7} {:>8} {:>7} {:>6} | {:>9} {:>9} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>9.3} {:>9.0}",
+                    n, params, d, k, ms(m.advertise), ms(m.share_keys), ms(m.masked_input), ms(m.consistency),
+                    ms(m.unmask), ms(c.masked_input), ms(c.unmask), ms(c.total()), r.round, r.bytes_per_member / 1024.0
                 );
             }
         }

@@ -272,7 +272,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 dropout.iter().all(|d| (0.0..0.5).contains(d)),
                 "--dropout: fractions in [0, 0.5)"
             );
-            bench::secagg(&members, params, &dropout, Some(degree), json)?;
+            bench::secagg(&members, params, &dropout, degree, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -109,18 +109,31 @@ impl AwaitKeys {
         let mut seen = BTreeSet::new();
         let mut publics = BTreeSet::new();
         let mut keys = BTreeMap::new();
+        let neighbours = p.graph.neighbours(self.me);
         for signed in &list.keys {
-            let a = signed.verify(p).map_err(|e| {
-                SecaggError::Coordinator(format!(
-                    "relayed an advertisement that does not verify: {e}"
-                ))
-            })?;
+            let a = &signed.body;
+            if a.round != p.round || !p.members.contains_key(&a.member) {
+                return Err(SecaggError::Coordinator(format!(
+                    "relayed an advertisement of member {} for another round or network",
+                    a.member
+                )));
+            }
             if !seen.insert(a.member) {
                 return Err(SecaggError::Coordinator(format!(
                     "member {} appears twice in the key list",
                     a.member
                 )));
             }
+            let used = a.member == self.me || neighbours.contains(&a.member);
+            if !used {
+                continue;
+            }
+            // Only the keys this member uses need checking: its own and its neighbours'.
+            signed.verify(p).map_err(|e| {
+                SecaggError::Coordinator(format!(
+                    "relayed an advertisement that does not verify: {e}"
+                ))
+            })?;
             if !publics.insert(a.enc_key) || !publics.insert(a.mask_key) {
                 return Err(SecaggError::Invalid {
                     culprit: a.member,
@@ -133,7 +146,7 @@ impl AwaitKeys {
                         "the key list carries other keys for this member".into(),
                     ));
                 }
-            } else if p.graph.neighbours(self.me).contains(&a.member) {
+            } else {
                 keys.insert(a.member, a.clone());
             }
         }
@@ -383,13 +396,10 @@ impl AwaitConsistency {
                 "the consistency list is for another survivor set than the one this member was given".into(),
             ));
         }
-        let mut signers = BTreeSet::new();
+        // Every relayed signature must be on this very set (a different one is proof that the
+        // coordinator showed members different sets); `threshold` of them must verify.
         for signed in &list.signatures {
-            let c = signed.verify(p).map_err(|e| {
-                SecaggError::Coordinator(format!(
-                    "relayed a consistency signature that does not verify: {e}"
-                ))
-            })?;
+            let c = &signed.body;
             if c.survivors != self.survivors {
                 return Err(SecaggError::Coordinator(format!(
                     "member {} signed a different survivor set: the coordinator showed members different sets",
@@ -402,6 +412,17 @@ impl AwaitConsistency {
                     c.member
                 )));
             }
+        }
+        let mut signers = BTreeSet::new();
+        for signed in &list.signatures {
+            if signers.len() >= p.threshold {
+                break;
+            }
+            let c = signed.verify(p).map_err(|e| {
+                SecaggError::Coordinator(format!(
+                    "relayed a consistency signature that does not verify: {e}"
+                ))
+            })?;
             signers.insert(c.member);
         }
         if signers.len() < p.threshold {
