@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 /// `node.toml`, field by field. `fedmesh genesis` writes one per member.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct File {
     /// The network's genesis file.
@@ -24,6 +24,31 @@ pub struct File {
     pub rounds: u64,
     /// The MNIST file (`data/mnist_5k.csv.gz`); unused for synthetic data.
     pub data_path: PathBuf,
+    /// Threads for local training and evaluation; 0 = all cores. The default model trains fastest
+    /// on one thread (small matrices), and nodes that share a machine must not oversubscribe it:
+    /// 8 nodes on 2 cores round 3× faster with 1 thread each than with 2 (BENCHMARKS.md).
+    /// `RAYON_NUM_THREADS` in the environment takes precedence.
+    #[serde(default = "one")]
+    pub threads: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl Default for File {
+    fn default() -> Self {
+        File {
+            genesis: PathBuf::new(),
+            key_dir: PathBuf::new(),
+            data_dir: PathBuf::new(),
+            listen: Vec::new(),
+            peers: Vec::new(),
+            rounds: 0,
+            data_path: PathBuf::new(),
+            threads: 1,
+        }
+    }
 }
 
 /// Flags given on the command line; each overrides the file.
@@ -45,6 +70,7 @@ pub struct Node {
     pub peers: Vec<libp2p::Multiaddr>,
     pub rounds: Option<u64>,
     pub data_path: PathBuf,
+    pub threads: usize,
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
@@ -114,6 +140,7 @@ impl Node {
                 .collect(),
             rounds: (rounds > 0).then_some(rounds),
             data_path: resolve(base, &file.data_path),
+            threads: file.threads,
         })
     }
 }

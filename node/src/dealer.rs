@@ -183,6 +183,7 @@ pub fn run(req: &Request) -> anyhow::Result<fedmesh_crypto::Hash> {
             peers: Vec::new(),
             rounds: file.dealer.rounds,
             data_path: data_path.clone(),
+            threads: 1,
         };
         write_node_config(&dir.join("node.toml"), &node)?;
     }

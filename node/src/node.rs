@@ -16,6 +16,10 @@ use crate::{net, train};
 /// Run a node until its rounds are done or it is told to stop.
 pub fn run(cfg: config::Node) -> anyhow::Result<()> {
     use tracing::Instrument as _;
+    // candle and rayon size their thread pools from this variable; set it before either starts.
+    if cfg.threads > 0 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", cfg.threads.to_string());
+    }
     let prepared = prepare(&cfg, true)?;
     let span = tracing::info_span!("node", member = prepared.ctx.keys.index);
     let rt = tokio::runtime::Builder::new_multi_thread()
