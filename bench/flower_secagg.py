@@ -172,7 +172,12 @@ def main() -> None:
 
     backend_config = {
         "client_resources": {"num_cpus": a.cpus_per_client, "num_gpus": 0.0},
-        "init_args": {"num_cpus": a.ray_cpus, "include_dashboard": False, "logging_level": logging.WARNING},
+        "init_args": {
+            "num_cpus": a.ray_cpus,
+            "include_dashboard": False,
+            "logging_level": logging.WARNING,
+            "_node_ip_address": "127.0.0.1",  # keep Ray on loopback
+        },
     }
     t_start = time.perf_counter()
     run_simulation(

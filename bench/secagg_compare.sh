@@ -88,7 +88,8 @@ for cfg in "${CONFIGS[@]}"; do
   tag="n${n}-${g}-d${d}"
   r="$ROUNDS"
   if [ "$g" = complete ] && [ "$n" -ge 50 ]; then r="$SLOW_ROUNDS"; fi
-  echo "== $tag: Flower ($WARMUP warm-up + $r rounds)" >&2
+  load0=$(cut -d' ' -f1 /proc/loadavg)
+  echo "== $tag: Flower ($WARMUP warm-up + $r rounds), load average $load0" >&2
   fl="nan"
   if "$PY" "$BENCH/flower_secagg.py" --n "$n" --m "$PARAMS" --mode "$g" --dropout "$d" \
        --rounds "$r" --warmup "$WARMUP" --out "$OUT/flower-$tag.json" >"$OUT/flower-$tag.log" 2>&1; then
@@ -108,21 +109,23 @@ for cfg in "${CONFIGS[@]}"; do
 rows=[json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 print(statistics.median(r["round_s"] for r in rows))' "$OUT/fedmesh-$tag.jsonl")
   fi
-  printf '%s\t%s\t%s\t%s\t%s\n' "$n" "$g" "$d" "$fl" "$fm" >>"$ROWS"
+  load1=$(cut -d' ' -f1 /proc/loadavg)
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$g" "$d" "$fl" "$fm" "$load0/$load1" >>"$ROWS"
 done
 
 # ---- table ----
 "$PY" - "$ROWS" <<'EOF' | tee "$OUT/table.txt"
 import sys, math
-print(f"{'n':>4} {'graph':>9} {'dropout':>7} {'Flower s/round':>15} {'fedmesh s/round':>16} {'ratio':>8}")
+print(f"{'n':>4} {'graph':>9} {'dropout':>7} {'Flower s/round':>15} {'fedmesh s/round':>16} {'ratio':>8}  {'load before/after':>17}")
 for line in open(sys.argv[1]):
-    n, g, d, fl, fm = line.split("\t")
+    n, g, d, fl, fm, load = line.rstrip("\n").split("\t")
     fl, fm = float(fl), float(fm)
     graph = {"sparse": "sparse(7)", "complete": "complete", "plain": "plain"}[g]
     ratio = f"{fl / fm:7.1f}x" if not (math.isnan(fl) or math.isnan(fm)) and fm > 0 else "-"
     fls = "failed" if math.isnan(fl) else f"{fl:.3f}"
     fms = "-" if math.isnan(fm) else f"{fm:.4f}"
-    print(f"{n:>4} {graph:>9} {float(d):>7.0%} {fls:>15} {fms:>16} {ratio:>8}")
+    print(f"{n:>4} {graph:>9} {float(d):>7.0%} {fls:>15} {fms:>16} {ratio:>8}  {load:>17}")
 print("ratio = Flower / fedmesh; Flower: median of warm rounds (simulation engine, 2 Ray actors with 1 CPU each);")
+print("load = 1-minute load average of this 2-core machine before Flower / after fedmesh (other work on the machine shows here).")
 print("fedmesh: median round(s) of repeated `fedmesh bench secagg --json` runs (sparse = --degree 6: 7 share holders, threshold 4).")
 EOF

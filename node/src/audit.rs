@@ -152,6 +152,16 @@ fn summary(e: &Entry) -> serde_json::Value {
                     v["new_model"] = json!(r.new_model.to_string());
                     v["signers"] = json!(e.signatures.iter().map(|s| s.member).collect::<Vec<_>>());
                     v["proposed_at_ms"] = json!(r.proposed_at_ms);
+                    if let Some(s) = &r.secure {
+                        v["secure"] = json!({
+                            "session": s.session,
+                            "total_weight": s.total_weight,
+                            "unmaskers": s.unmaskers,
+                            "dropped_before_sharing": s.dropped_before_sharing,
+                            "dropped_after_sharing": s.dropped_after_sharing,
+                            "dropped_while_unmasking": s.dropped_while_unmasking,
+                        });
+                    }
                 }
                 Err(err) => v["error"] = json!(err.to_string()),
             }

@@ -30,6 +30,35 @@ pub struct File {
     /// `RAYON_NUM_THREADS` in the environment takes precedence.
     #[serde(default = "one")]
     pub threads: usize,
+    /// Fault injection for tests and drills; absent in production configs.
+    pub faults: Faults,
+}
+
+/// Make the node exit abruptly (as if killed with SIGKILL: exit status 137, nothing flushed beyond
+/// what is already durable) at one point of one round.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// The round in which to fail; 0 = never.
+    pub round: u64,
+    /// Where: `coordinating` (at the start of the round, if this node is its first coordinator),
+    /// `shares` (mode secagg: right after sending its key shares) or `masked_input` (mode secagg:
+    /// right after sending its masked input).
+    pub at: String,
+}
+
+impl Faults {
+    pub fn validate(&self, file: &Path) -> anyhow::Result<()> {
+        if self.round > 0 && !["coordinating", "shares", "masked_input"].contains(&self.at.as_str())
+        {
+            anyhow::bail!(
+                "{}: field `faults.at`: {:?} is not one of coordinating, shares, masked_input",
+                file.display(),
+                self.at
+            );
+        }
+        Ok(())
+    }
 }
 
 fn one() -> usize {
@@ -47,6 +76,7 @@ impl Default for File {
             rounds: 0,
             data_path: PathBuf::new(),
             threads: 1,
+            faults: Faults::default(),
         }
     }
 }
@@ -71,6 +101,7 @@ pub struct Node {
     pub rounds: Option<u64>,
     pub data_path: PathBuf,
     pub threads: usize,
+    pub faults: Faults,
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
@@ -141,6 +172,10 @@ impl Node {
             rounds: (rounds > 0).then_some(rounds),
             data_path: resolve(base, &file.data_path),
             threads: file.threads,
+            faults: {
+                file.faults.validate(path)?;
+                file.faults.clone()
+            },
         })
     }
 }

@@ -87,7 +87,7 @@ pub fn run(req: &Request) -> anyhow::Result<fedmesh_crypto::Hash> {
     }
     if let Some(m) = &req.mode {
         file.spec.mode = toml::Value::String(m.clone()).try_into().map_err(|_| {
-            anyhow::anyhow!("--mode {m:?} is not available in this build; available: plain")
+            anyhow::anyhow!("--mode {m:?} is not available in this build; available: plain, secagg")
         })?;
     }
     let layout = file
@@ -184,6 +184,7 @@ pub fn run(req: &Request) -> anyhow::Result<fedmesh_crypto::Hash> {
             rounds: file.dealer.rounds,
             data_path: data_path.clone(),
             threads: 1,
+            faults: Default::default(),
         };
         write_node_config(&dir.join("node.toml"), &node)?;
     }

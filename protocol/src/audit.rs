@@ -95,6 +95,27 @@ pub struct RoundRecord {
     pub metrics: Metrics,
     /// Coordinator's clock when it proposed (Unix ms); informational.
     pub proposed_at_ms: u64,
+    /// Mode `secagg`: how the secure sum was formed.
+    pub secure: Option<SecureSummary>,
+}
+
+/// What a secure-aggregation round revealed and who dropped where. In mode `secagg` the record's
+/// participants are the members whose masked input is in the sum; their `num_samples` is 0 (only
+/// the total weight is revealed) and their `update_hash` commits to their signed masked input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecureSummary {
+    /// The secure-aggregation session (round × attempt) whose keys were used.
+    pub session: u64,
+    /// Σ FedAvg weights of the participants (revealed with the sum).
+    pub total_weight: u64,
+    /// Members whose unmasking shares were used (U5).
+    pub unmaskers: Vec<u32>,
+    /// Advertised keys but did not share them.
+    pub dropped_before_sharing: Vec<u32>,
+    /// Shared keys but sent no masked input: their masks were removed from their shares.
+    pub dropped_after_sharing: Vec<u32>,
+    /// Sent input, which is in the sum, but did not help unmask.
+    pub dropped_while_unmasking: Vec<u32>,
 }
 
 impl RoundRecord {
@@ -383,6 +404,7 @@ mod tests {
                 test_samples: 10,
             },
             proposed_at_ms: 0,
+            secure: None,
         }
     }
 

@@ -22,12 +22,16 @@ pub enum Mode {
     /// Signed updates are exchanged in the clear; every member aggregates them itself.
     #[default]
     Plain,
+    /// Bonawitz et al. secure aggregation: only the sum of the members' masked, quantized updates
+    /// is revealed (see [`SecaggSpec`]).
+    Secagg,
 }
 
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Mode::Plain => f.write_str("plain"),
+            Mode::Secagg => f.write_str("secagg"),
         }
     }
 }
@@ -49,6 +53,62 @@ pub struct Spec {
     pub train: TrainSpec,
     /// Which data set and how it is split among members.
     pub data: DataSpec,
+    /// Mode `secagg`: thresholds, neighbourhoods and quantization.
+    pub secagg: SecaggSpec,
+}
+
+/// Secure aggregation settings (mode `secagg`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecaggSpec {
+    /// Shares needed to recover a member's secrets, out of its holders (its neighbours and
+    /// itself); also the fewest members any phase may continue with. 0 = a majority of holders.
+    pub threshold: usize,
+    /// SecAgg+ neighbours per member; 0 = every member shares with every other (complete graph).
+    pub degree: usize,
+    /// Update values are clipped to ±clip before quantization (clipping is counted and logged).
+    pub clip: f32,
+    /// Quantization levels per value: 2^value_bits.
+    pub value_bits: u32,
+    /// Largest FedAvg weight (training rows) a member may carry inside its masked vector.
+    pub max_weight: u64,
+    /// How long the coordinator waits for each phase's messages after the first (ms).
+    pub phase_timeout_ms: u64,
+}
+
+impl Default for SecaggSpec {
+    fn default() -> Self {
+        SecaggSpec {
+            threshold: 0,
+            degree: 0,
+            clip: 0.5,
+            value_bits: 16,
+            max_weight: 65_535,
+            phase_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl SecaggSpec {
+    /// Holders of each member's shares (neighbours and itself) for `n` members.
+    pub fn holders(&self, n: usize) -> usize {
+        // The graph rounds an odd degree up to even, and is complete from n − 1 on.
+        let even = self.degree + self.degree % 2;
+        if self.degree == 0 || even >= n.saturating_sub(1) {
+            n
+        } else {
+            even + 1
+        }
+    }
+
+    /// The recovery threshold for `n` members.
+    pub fn threshold_for(&self, n: usize) -> usize {
+        if self.threshold == 0 {
+            self.holders(n) / 2 + 1
+        } else {
+            self.threshold
+        }
+    }
 }
 
 impl Default for Spec {
@@ -60,6 +120,7 @@ impl Default for Spec {
             model: ModelSpec::default(),
             train: TrainSpec::default(),
             data: DataSpec::default(),
+            secagg: SecaggSpec::default(),
         }
     }
 }
@@ -267,6 +328,8 @@ pub enum GenesisError {
     Zero { field: &'static str },
     #[error("spec.data.partition: dirichlet alpha must be > 0, found {0}")]
     Alpha(f64),
+    #[error("spec.secagg: {0}")]
+    Secagg(String),
 }
 
 impl Params {
@@ -356,6 +419,28 @@ impl Genesis {
             }
         }
         let n = self.members.len();
+        if self.spec.mode == Mode::Secagg {
+            let sa = &self.spec.secagg;
+            let (t, holders) = (sa.threshold_for(n), sa.holders(n));
+            if n < 3 || t < 2 || t > holders {
+                return Err(GenesisError::Secagg(format!(
+                    "threshold {t} must be between 2 and the {holders} holders of each member's shares (needs at least 3 members)"
+                )));
+            }
+            let q = crate::secagg::quant::Quantizer {
+                clip: sa.clip,
+                value_bits: sa.value_bits,
+                max_weight: sa.max_weight,
+                members: n,
+            };
+            q.ring_bits()
+                .map_err(|e| GenesisError::Secagg(e.to_string()))?;
+            if sa.phase_timeout_ms == 0 {
+                return Err(GenesisError::Zero {
+                    field: "spec.secagg.phase_timeout_ms",
+                });
+            }
+        }
         let t = self.threshold();
         if t == 0 || t > n {
             return Err(GenesisError::Threshold {

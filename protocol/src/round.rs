@@ -252,6 +252,7 @@ impl Round {
                 dropouts,
                 metrics,
                 proposed_at_ms: now_ms,
+                secure: None,
             },
         }
     }
@@ -319,6 +320,59 @@ impl Round {
             }
         }
         Ok(missing)
+    }
+
+    /// Check a mode-`secagg` proposal's frame: height, round, coordinator, base model, and that
+    /// its participants and dropouts partition the active members. The secure sum itself is checked
+    /// by replaying the session ([`crate::secagg::replay`]).
+    pub fn check_secure_proposal(&self, sender: u32, p: &Proposal) -> Result<(), RoundError> {
+        let bad = |reason: String| RoundError::BadProposal {
+            culprit: sender,
+            reason,
+        };
+        let r = &p.record;
+        if p.height != self.height || p.prev_hash != self.prev_hash || r.round != self.round {
+            return Err(bad(format!(
+                "for height {} / round {}, this round is height {} / round {}",
+                p.height, r.round, self.height, self.round
+            )));
+        }
+        if r.coordinator != sender || self.coordinator(r.attempt) != sender {
+            return Err(bad(format!(
+                "member {sender} is not the coordinator of attempt {}",
+                r.attempt
+            )));
+        }
+        if r.base_model != self.base_model
+            || r.mode != crate::genesis::Mode::Secagg
+            || r.secure.is_none()
+        {
+            return Err(bad(
+                "not a secure-aggregation record on this round's model".into()
+            ));
+        }
+        let members: Vec<u32> = r.participants.iter().map(|c| c.member).collect();
+        if members.is_empty()
+            || members.windows(2).any(|w| w[0] >= w[1])
+            || members.iter().any(|m| !self.is_active(*m))
+        {
+            return Err(bad(
+                "participants must be distinct active members in order".into()
+            ));
+        }
+        let mut dropouts: Vec<u32> = self
+            .order
+            .iter()
+            .copied()
+            .filter(|m| !members.contains(m))
+            .collect();
+        dropouts.sort_unstable();
+        if dropouts != r.dropouts {
+            return Err(bad(
+                "dropouts are not the active members that did not participate".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Remember the proposal this member is working on (the first consistent one).

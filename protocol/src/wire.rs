@@ -81,6 +81,23 @@ pub struct Status {
     pub sent_at_ms: u64,
 }
 
+/// A secure-aggregation message of one session (round × attempt). Members' messages carry their
+/// own signature inside ([`crate::secagg::Signed`]); the coordinator's relays are checked by the
+/// members as the protocol says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SecaggMsg {
+    Advertise(crate::secagg::Signed<crate::secagg::Advertise>),
+    KeyList(crate::secagg::KeyList),
+    Shares(crate::secagg::Signed<crate::secagg::Shares>),
+    /// Every member's relayed shares (U2 = the recipients listed).
+    Relay(Vec<crate::secagg::SharesFor>),
+    Masked(crate::secagg::Signed<crate::secagg::MaskedInput>),
+    Survivors(crate::secagg::Survivors),
+    Consistency(crate::secagg::Signed<crate::secagg::Consistency>),
+    ConsistencyList(crate::secagg::ConsistencyList),
+    Unmask(crate::secagg::Signed<crate::secagg::Unmask>),
+}
+
 /// What an envelope carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Payload {
@@ -88,6 +105,11 @@ pub enum Payload {
     Proposal(Proposal),
     Approval(Approval),
     Status(Status),
+    /// Mode `secagg`: a message of session `round × 64 + attempt`.
+    Secagg {
+        attempt: u32,
+        msg: Box<SecaggMsg>,
+    },
 }
 
 impl Payload {
@@ -97,6 +119,7 @@ impl Payload {
             Payload::Proposal(_) => "proposal",
             Payload::Approval(_) => "approval",
             Payload::Status(_) => "status",
+            Payload::Secagg { .. } => "secagg",
         }
     }
 }

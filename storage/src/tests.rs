@@ -20,6 +20,7 @@ fn record(round: u64) -> RoundRecord {
             loss: 1.25,
             test_samples: 100,
         },
+        secure: None,
         proposed_at_ms: 1_700_000_000_000 + round,
     }
 }

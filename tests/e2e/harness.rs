@@ -127,6 +127,62 @@ impl Testnet {
         self.dir.path().join(format!("node-{i}.log"))
     }
 
+    /// Make node `i` exit abruptly at `at` in `round` (its node.toml gets a `[faults]` section).
+    pub fn set_fault(&self, i: usize, round: u64, at: &str) {
+        let path = self.net().join(format!("member-{i}/node.toml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let clean = text.split("\n[faults]").next().unwrap().to_string();
+        std::fs::write(
+            &path,
+            format!("{clean}\n[faults]\nround = {round}\nat = \"{at}\"\n"),
+        )
+        .unwrap();
+    }
+
+    pub fn clear_fault(&self, i: usize) {
+        let path = self.net().join(format!("member-{i}/node.toml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.split("\n[faults]").next().unwrap()).unwrap();
+    }
+
+    /// Wait until node `i` exits by itself; returns its exit code.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        let child = self.nodes[i].as_mut().expect("node running");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.nodes[i] = None;
+                return status.code();
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "node {i} did not exit within {timeout:?}\n{}",
+                    self.tail_logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Index of the first node that has exited (polling all running nodes).
+    pub fn wait_any_exit(&mut self, timeout: Duration) -> (usize, Option<i32>) {
+        let start = Instant::now();
+        loop {
+            for i in 0..self.n {
+                if let Some(child) = self.nodes[i].as_mut() {
+                    if let Some(status) = child.try_wait().unwrap() {
+                        self.nodes[i] = None;
+                        return (i, status.code());
+                    }
+                }
+            }
+            if start.elapsed() > timeout {
+                panic!("no node exited within {timeout:?}\n{}", self.tail_logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Start node `i` (appending to its output files, so restarts keep the history).
     pub fn start(&mut self, i: usize) {
         let open = |p: PathBuf| {

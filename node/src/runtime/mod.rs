@@ -15,6 +15,7 @@
 //! 4. A member that sees a longer log (status announcements, the handshake) stops its round and
 //!    catches up: it fetches entries and checkpoints, verifies them, and appends them.
 
+mod secure;
 mod sync;
 #[cfg(test)]
 mod tests;
@@ -58,6 +59,20 @@ pub struct Context {
     pub rounds: Option<u64>,
     /// What happened to peers' messages so far.
     pub counters: Arc<Counters>,
+    /// Fault injection (tests and drills).
+    pub faults: crate::config::Faults,
+}
+
+impl Context {
+    /// Exit abruptly if the fault plan says so for this point of `round`.
+    async fn fault(&self, round: u64, at: &str) {
+        if self.faults.round == round && self.faults.at == at {
+            tracing::warn!(round, at, "fault injection: exiting abruptly");
+            // Let what was just published leave the node before it dies.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            std::process::exit(137);
+        }
+    }
 }
 
 /// Running totals of the verdicts on gossip messages, for operators and tests.
@@ -123,6 +138,11 @@ enum Purpose {
         attempt: u32,
         participants: Vec<u32>,
     },
+    /// The coordinator's proposal from a secure sum.
+    ProposeSecure {
+        attempt: u32,
+        outcome: Box<fedmesh_protocol::secagg::Outcome>,
+    },
     /// Checking `proposal` from `proposer`.
     Verify {
         proposer: u32,
@@ -151,6 +171,10 @@ struct Current {
     candidate: Option<(Hash, Arc<Vec<f32>>)>,
     /// A signed entry waiting for its model checkpoint.
     commit_waiting: Option<Entry>,
+    /// Mode `secagg`: the session of the current attempt.
+    secure: Option<secure::Session>,
+    /// Mode `secagg`: this member's quantized input, once trained.
+    secure_input: Option<Vec<u64>>,
 }
 
 /// The running node.
@@ -173,6 +197,10 @@ pub struct Runtime {
     work_tx: mpsc::Sender<Work>,
     work_rx: mpsc::Receiver<Work>,
     last_status: Instant,
+    /// Secure-aggregation actions produced while handling a message, carried out right after.
+    secure_pending: Vec<secure::Action>,
+    /// Secure-aggregation messages gossip could not take yet (no subscribed peer): retried.
+    secure_unpublished: Vec<(u64, Vec<u8>)>,
 }
 
 fn now_ms() -> u64 {
@@ -222,11 +250,100 @@ impl Runtime {
             work_tx,
             work_rx,
             last_status: Instant::now(),
+            secure_pending: Vec::new(),
+            secure_unpublished: Vec::new(),
         })
     }
 
     fn me(&self) -> u32 {
         self.ctx.keys.index
+    }
+
+    fn secure_mode(&self) -> bool {
+        self.ctx.genesis.spec.mode == fedmesh_protocol::genesis::Mode::Secagg
+    }
+
+    fn new_session(ctx: &Context, state: &Round, attempt: u32) -> Option<secure::Session> {
+        let mut active = state.order().to_vec();
+        active.sort_unstable();
+        let params = secure::params(
+            &ctx.genesis,
+            ctx.genesis_hash,
+            state.round,
+            attempt,
+            state.prev_hash,
+            &active,
+        );
+        match secure::Session::new(params, attempt, state.coordinator(attempt), ctx.keys.index) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "secagg: cannot start a session");
+                None
+            }
+        }
+    }
+
+    /// Carry out what the secure-aggregation session asks for.
+    async fn secure_actions(&mut self, actions: Vec<secure::Action>) {
+        for a in actions {
+            let Some(cur) = self.current.as_mut() else {
+                return;
+            };
+            let Some(session) = cur.secure.as_ref() else {
+                return;
+            };
+            let (round, attempt) = (cur.state.round, session.attempt);
+            match a {
+                secure::Action::Publish(msg) => {
+                    let point = match &msg {
+                        fedmesh_protocol::wire::SecaggMsg::Shares(_) => "shares",
+                        fedmesh_protocol::wire::SecaggMsg::Masked(_) => "masked_input",
+                        _ => "",
+                    };
+                    let payload = Payload::Secagg {
+                        attempt,
+                        msg: Box::new(msg),
+                    };
+                    let env = Envelope::seal(
+                        self.ctx.genesis_hash,
+                        self.me(),
+                        round,
+                        payload,
+                        &self.ctx.keys.identity,
+                    );
+                    let bytes = env.encode();
+                    if let Err(e) = self.net.publish(bytes.clone()).await {
+                        tracing::debug!(error = %e, "secagg: not published yet; retrying");
+                        self.secure_unpublished.push((round, bytes));
+                    }
+                    self.ctx.fault(round, point).await;
+                }
+                secure::Action::Outcome(outcome) => {
+                    if cur.evaluating || cur.state.proposal().is_some() {
+                        continue;
+                    }
+                    let q = secure::quantizer(&self.ctx.genesis);
+                    match q.decode(&outcome.sum) {
+                        Ok(decoded) if decoded.mean.len() == self.global.len() => {
+                            tracing::info!(round, attempt, survivors = ?outcome.survivors, "secagg: secure sum ready; evaluating");
+                            let params = Arc::new(model::apply(&self.global, &decoded.mean));
+                            cur.evaluating = true;
+                            cur.proposed = Some(attempt);
+                            self.evaluate(
+                                round,
+                                Purpose::ProposeSecure {
+                                    attempt,
+                                    outcome: Box::new(outcome),
+                                },
+                                params,
+                            );
+                        }
+                        Ok(_) => tracing::error!("secagg: the sum has the wrong length"),
+                        Err(e) => tracing::error!(error = %e, "secagg: the sum does not decode"),
+                    }
+                }
+            }
+        }
     }
 
     fn params(&self) -> &fedmesh_protocol::genesis::Params {
@@ -332,12 +449,16 @@ impl Runtime {
             proposed: None,
             candidate: None,
             commit_waiting: None,
+            secure: None,
+            secure_input: None,
         };
-        // After a restart mid-round, resend the update already trained instead of retraining.
-        let saved = self
-            .store
-            .get_state(UPDATE_KEY)
-            .ok()
+        if self.secure_mode() {
+            cur.secure = Self::new_session(&self.ctx, &cur.state, 0);
+        }
+        // After a restart mid-round, resend the update already trained instead of retraining
+        // (mode secagg retrains: a restarted member joins the next session with fresh keys).
+        let saved = (!self.secure_mode())
+            .then(|| self.store.get_state(UPDATE_KEY).ok().flatten())
             .flatten()
             .and_then(|b| {
                 let env = Envelope::open(
@@ -388,17 +509,21 @@ impl Runtime {
         }
     }
 
-    fn on_trained(&mut self, round: u64, result: Result<train::TrainOutcome, String>) {
+    fn on_trained(
+        &mut self,
+        round: u64,
+        result: Result<train::TrainOutcome, String>,
+    ) -> Vec<secure::Action> {
         let me = self.me();
         let Some(cur) = self.current.as_mut().filter(|c| c.state.round == round) else {
-            return;
+            return Vec::new();
         };
         cur.training = false;
         let outcome = match result {
             Ok(o) => o,
             Err(e) => {
                 tracing::error!(round, error = %e, "local training failed; this member sits the round out");
-                return;
+                return Vec::new();
             }
         };
         let delta: Vec<f32> = outcome
@@ -407,6 +532,27 @@ impl Runtime {
             .zip(self.global.iter())
             .map(|(n, o)| n - o)
             .collect();
+        if let Some(session) = cur.secure.as_mut() {
+            // Mode secagg: the update never leaves this member unmasked.
+            let q = secure::quantizer(&self.ctx.genesis);
+            let weight = (self.ctx.data.train.len() as u64).min(q.max_weight);
+            return match q.encode(&delta, weight) {
+                Ok(encoded) => {
+                    tracing::info!(
+                        round,
+                        loss = outcome.mean_loss,
+                        clipped = encoded.clipped,
+                        "trained; joining secure aggregation"
+                    );
+                    cur.secure_input = Some(encoded.values.clone());
+                    session.set_input(encoded.values, &self.ctx.keys.identity)
+                }
+                Err(e) => {
+                    tracing::error!(round, error = %e, "cannot quantize the update; this member sits the round out");
+                    Vec::new()
+                }
+            };
+        }
         let update = wire::Update {
             base_model: cur.state.base_model,
             num_samples: self.ctx.data.train.len() as u64,
@@ -423,7 +569,7 @@ impl Runtime {
         let bytes = env.encode();
         if let Err(e) = cur.state.add_update(me, update) {
             tracing::error!(round, error = %e, "own update rejected");
-            return;
+            return Vec::new();
         }
         let _ = self.store.put_state(UPDATE_KEY, &bytes);
         tracing::info!(
@@ -434,6 +580,7 @@ impl Runtime {
         );
         cur.envelopes.insert(me, bytes.clone());
         cur.unpublished = Some(bytes);
+        Vec::new()
     }
 
     /// Gossip this member's update if it has not gone out yet (no subscribed peer yet: retried on
@@ -470,9 +617,15 @@ impl Runtime {
             let _ = self.net.publish(env.encode()).await;
         }
         self.publish_update().await;
+        if let Some(cur) = self.current.as_ref() {
+            if cur.state.coordinator(0) == self.me() {
+                self.ctx.fault(cur.state.round, "coordinating").await;
+            }
+        }
         self.check_behind();
         self.maybe_propose();
         self.maybe_fetch_missing();
+        self.secure_tick().await;
         if let Some(at) = self.finished_at {
             // Stay a little so that peers still finishing the last round can fetch from us.
             let peers_behind = self.peer_heights.values().any(|h| *h < self.head.height);
@@ -584,6 +737,83 @@ impl Runtime {
                     .state
                     .propose(attempt, me, &participants, hash, metrics, now_ms());
                 tracing::info!(round, attempt, accuracy = metrics.accuracy, dropouts = ?p.record.dropouts, "proposing the round record");
+                let env = Envelope::seal(
+                    self.ctx.genesis_hash,
+                    me,
+                    round,
+                    Payload::Proposal(p.clone()),
+                    &self.ctx.keys.identity,
+                );
+                cur.state.set_proposal(p);
+                if let Err(e) = self.net.publish(env.encode()).await {
+                    tracing::warn!(error = %e, "could not publish the proposal");
+                }
+                self.approve(params).await;
+            }
+            Purpose::ProposeSecure { attempt, outcome } => {
+                if cur.state.proposal().is_some() {
+                    return;
+                }
+                let Some(session) = cur.secure.as_ref().filter(|s| s.attempt == attempt) else {
+                    return;
+                };
+                let participants = outcome
+                    .survivors
+                    .iter()
+                    .map(|m| fedmesh_protocol::audit::Contribution {
+                        member: *m,
+                        num_samples: 0,
+                        update_hash: session
+                            .masked
+                            .get(m)
+                            .map(|msg| {
+                                Hash::of(
+                                    "fedmesh secagg masked input v1",
+                                    &fedmesh_protocol::codec::encode(msg),
+                                )
+                            })
+                            .unwrap_or(Hash::ZERO),
+                        train_loss: 0.0,
+                    })
+                    .collect();
+                let total_weight = secure::quantizer(&self.ctx.genesis)
+                    .decode(&outcome.sum)
+                    .map(|d| d.total_weight)
+                    .unwrap_or(0);
+                let mut dropouts: Vec<u32> = cur
+                    .state
+                    .order()
+                    .iter()
+                    .copied()
+                    .filter(|m| !outcome.survivors.contains(m))
+                    .collect();
+                dropouts.sort_unstable();
+                let unmaskers: Vec<u32> = session.unmask.keys().copied().collect();
+                let p = Proposal {
+                    height: cur.state.height,
+                    prev_hash: cur.state.prev_hash,
+                    record: RoundRecord {
+                        round,
+                        mode: fedmesh_protocol::genesis::Mode::Secagg,
+                        attempt,
+                        coordinator: me,
+                        base_model: cur.state.base_model,
+                        new_model: hash,
+                        participants,
+                        dropouts,
+                        metrics,
+                        proposed_at_ms: now_ms(),
+                        secure: Some(fedmesh_protocol::audit::SecureSummary {
+                            session: session.params.round,
+                            total_weight,
+                            unmaskers,
+                            dropped_before_sharing: outcome.dropped_before_sharing.clone(),
+                            dropped_after_sharing: outcome.dropped_after_sharing.clone(),
+                            dropped_while_unmasking: outcome.dropped_while_unmasking.clone(),
+                        }),
+                    },
+                };
+                tracing::info!(round, attempt, accuracy = metrics.accuracy, dropouts = ?p.record.dropouts, "proposing the round record (secure sum)");
                 let env = Envelope::seal(
                     self.ctx.genesis_hash,
                     me,
@@ -791,6 +1021,8 @@ impl Runtime {
                 };
                 self.ctx.counters.count(verdict);
                 self.net.validate(id, propagation_source, verdict).await;
+                let pending = std::mem::take(&mut self.secure_pending);
+                self.secure_actions(pending).await;
                 self.try_commit().await;
                 self.maybe_verify();
                 self.maybe_propose();
@@ -853,11 +1085,52 @@ impl Runtime {
             }
             return Verdict::Ignore;
         }
+        let secure_mode = self.secure_mode();
+        let ctx = self.ctx.clone();
         let Some(cur) = self.current.as_mut() else {
             return Verdict::Ignore;
         };
         let sender = env.sender;
         let result = match env.payload {
+            Payload::Secagg { attempt, msg } if secure_mode => {
+                let current = cur.secure.as_ref().map(|s| s.attempt);
+                if current.is_none_or(|a| attempt < a)
+                    || attempt as usize >= cur.state.order().len()
+                {
+                    return Verdict::Ignore;
+                }
+                if current.is_some_and(|a| attempt > a) {
+                    // The others failed over to a later coordinator: follow them.
+                    tracing::info!(
+                        round,
+                        attempt,
+                        "secagg: joining the session of a later attempt"
+                    );
+                    cur.secure = Self::new_session(&ctx, &cur.state, attempt);
+                    if let (Some(session), Some(input)) =
+                        (cur.secure.as_mut(), cur.secure_input.clone())
+                    {
+                        self.secure_pending
+                            .extend(session.set_input(input, &ctx.keys.identity));
+                    }
+                }
+                if let Some(session) = cur.secure.as_mut() {
+                    self.secure_pending.extend(session.on_message(
+                        sender,
+                        *msg,
+                        &ctx.keys.identity,
+                    ));
+                }
+                Ok(())
+            }
+            Payload::Secagg { .. } => Err(RoundError::BadProposal {
+                culprit: sender,
+                reason: "secure-aggregation message in a network of mode plain".into(),
+            }),
+            Payload::Update(_) if secure_mode => Err(RoundError::BadProposal {
+                culprit: sender,
+                reason: "an update in the clear in a network of mode secagg".into(),
+            }),
             Payload::Update(u) => cur.state.add_update(sender, u).map(|added| {
                 if added == Added::New {
                     tracing::debug!(round, sender, "update received");
@@ -868,6 +1141,20 @@ impl Runtime {
                 let h = p.entry().signing_hash();
                 if !cur.checked.insert(h) {
                     return Verdict::Ignore;
+                }
+                if secure_mode {
+                    return match cur.state.check_secure_proposal(sender, &p) {
+                        Ok(()) => {
+                            if cur.waiting.is_none() && cur.state.proposal().is_none() {
+                                cur.waiting = Some((sender, p));
+                            }
+                            Verdict::Accept
+                        }
+                        Err(e) => {
+                            tracing::warn!(round, culprit = sender, error = %e, "refused a proposal");
+                            Verdict::Reject
+                        }
+                    };
                 }
                 cur.state.check_proposal(sender, &p).map(|missing| {
                     if !missing.is_empty() {
@@ -902,6 +1189,9 @@ impl Runtime {
 
     /// If a proposal is waiting and all its updates are here, recompute and evaluate it.
     fn maybe_verify(&mut self) {
+        if self.secure_mode() {
+            return self.maybe_verify_secure();
+        }
         let Some(cur) = self.current.as_mut() else {
             return;
         };
@@ -943,8 +1233,133 @@ impl Runtime {
         );
     }
 
+    /// Mode secagg, on the timer: the coordinator closes phases that timed out; every member moves
+    /// to the next attempt's session when this one has made no record in time.
+    async fn secure_tick(&mut self) {
+        if !self.secure_mode() {
+            return;
+        }
+        let round = self.next_round();
+        for (r, bytes) in std::mem::take(&mut self.secure_unpublished) {
+            if r == round {
+                if let Err(e) = self.net.publish(bytes.clone()).await {
+                    if !e.contains("Duplicate") {
+                        self.secure_unpublished.push((r, bytes));
+                    }
+                }
+            }
+        }
+        let p = self.params().clone();
+        let phase = Duration::from_millis(self.ctx.genesis.spec.secagg.phase_timeout_ms);
+        let keys_phase = Duration::from_millis(p.update_timeout_ms);
+        // A session: training, then five phases, then proposal and approvals.
+        let session_limit = keys_phase + 6 * phase + Duration::from_millis(p.failover_timeout_ms);
+        let ctx = self.ctx.clone();
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        let mut actions = Vec::new();
+        if let Some(session) = cur.secure.as_mut() {
+            if session.phase_expired(keys_phase, phase) {
+                actions.extend(session.close_phase(true, &ctx.keys.identity));
+            }
+            let stalled =
+                session.age() >= session_limit && cur.state.proposal().is_none() && !cur.evaluating;
+            let next = session.attempt + 1;
+            if stalled && (next as usize) < cur.state.order().len() {
+                tracing::warn!(
+                    round = cur.state.round,
+                    attempt = next,
+                    coordinator = cur.state.coordinator(next),
+                    "secagg: no record in time; failing over to the next coordinator"
+                );
+                cur.secure = Self::new_session(&ctx, &cur.state, next);
+                cur.waiting = None;
+                if let (Some(session), Some(input)) =
+                    (cur.secure.as_mut(), cur.secure_input.clone())
+                {
+                    actions.extend(session.set_input(input, &ctx.keys.identity));
+                }
+            }
+        }
+        self.secure_actions(actions).await;
+    }
+
+    /// Mode secagg: replay the proposer's session from the transcript this member saw, and check
+    /// that the secure sum gives the proposed model.
+    fn maybe_verify_secure(&mut self) {
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        if cur.evaluating || cur.state.proposal().is_some() {
+            return;
+        }
+        let Some((proposer, p)) = cur.waiting.as_ref() else {
+            return;
+        };
+        let proposer = *proposer;
+        let Some(summary) = p.record.secure.clone() else {
+            return;
+        };
+        let Some(session) = cur
+            .secure
+            .as_ref()
+            .filter(|s| s.attempt == p.record.attempt)
+        else {
+            return;
+        };
+        // Wait until every message the coordinator used has arrived here too.
+        let Some(transcript) = session.transcript(&summary.unmaskers) else {
+            return;
+        };
+        let outcome = fedmesh_protocol::secagg::replay(session.params.clone(), &transcript);
+        let p = cur.waiting.take().expect("checked").1;
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(culprit = proposer, error = %e, "the proposed secure sum does not replay; not approving");
+                return;
+            }
+        };
+        let participants: Vec<u32> = p.record.participants.iter().map(|c| c.member).collect();
+        let decoded = secure::quantizer(&self.ctx.genesis).decode(&outcome.sum);
+        let params = match decoded {
+            Ok(d)
+                if outcome.survivors == participants
+                    && d.total_weight == summary.total_weight
+                    && d.mean.len() == self.global.len() =>
+            {
+                Arc::new(model::apply(&self.global, &d.mean))
+            }
+            _ => {
+                tracing::warn!(culprit = proposer, "the proposal's participants or weight differ from the replayed session; not approving");
+                return;
+            }
+        };
+        if self.ctx.layout.hash(&params) != p.record.new_model {
+            tracing::warn!(
+                culprit = proposer,
+                "proposal's model does not follow from the secure sum; not approving"
+            );
+            return;
+        }
+        cur.evaluating = true;
+        let round = cur.state.round;
+        self.evaluate(
+            round,
+            Purpose::Verify {
+                proposer,
+                proposal: Box::new(p),
+            },
+            params,
+        );
+    }
+
     /// Ask the proposer for updates that gossip has not delivered.
     fn maybe_fetch_missing(&mut self) {
+        if self.secure_mode() {
+            return;
+        }
         let Some(cur) = self.current.as_mut() else {
             return;
         };
@@ -1074,7 +1489,8 @@ impl Runtime {
     async fn on_work(&mut self, w: Work) {
         match w {
             Work::Trained { round, result } => {
-                self.on_trained(round, result);
+                let actions = self.on_trained(round, result);
+                self.secure_actions(actions).await;
                 self.publish_update().await;
                 self.maybe_propose();
             }
@@ -1175,9 +1591,13 @@ fn report_round(entry: &Entry, record: &RoundRecord) {
 }
 
 /// Seed of this member's local training in `round`: the same after a restart.
+/// It depends on the data and model seeds, not on the member keys, so that networks dealt from the
+/// same config train alike whatever their mode (a fair comparison of modes).
 fn round_seed(ctx: &Context, round: u64) -> u64 {
-    let h = fedmesh_crypto::hash::Hasher::new("fedmesh train seed v1")
-        .chain(ctx.genesis_hash.as_bytes())
+    let spec = &ctx.genesis.spec;
+    let h = fedmesh_crypto::hash::Hasher::new("fedmesh train seed v2")
+        .chain(&spec.data.seed.to_le_bytes())
+        .chain(&spec.model.init_seed.to_le_bytes())
         .chain(&round.to_le_bytes())
         .chain(&ctx.keys.index.to_le_bytes())
         .finalize();

@@ -286,3 +286,62 @@ fn apply_pair(
     };
     debug_assert!(r.is_ok());
 }
+
+/// The secure-aggregation session of `attempt` in `round`: fresh keys for every attempt, so a
+/// failover never reuses a coordinator's half-finished state.
+pub fn session(round: u64, attempt: u32) -> u64 {
+    round * 64 + u64::from(attempt.min(63))
+}
+
+/// Exactly the messages a coordinator used in one session. Every member gossips its own messages
+/// and sees the coordinator's relays, so any member can [`replay`] the coordinator's computation
+/// and check the sum it claims.
+#[derive(Debug, Clone)]
+pub struct Transcript<'a> {
+    pub key_list: &'a KeyList,
+    /// From the members of U2 (the recipients of the relay).
+    pub shares: Vec<&'a Signed<Shares>>,
+    /// From the members of U3.
+    pub masked: Vec<&'a Signed<MaskedInput>>,
+    pub consistency: &'a ConsistencyList,
+    /// From the members of U5.
+    pub unmask: Vec<&'a Signed<Unmask>>,
+}
+
+/// Run the coordinator's phases on a transcript: the same checks, the same sum.
+pub fn replay(
+    params: std::sync::Arc<RoundParams>,
+    t: &Transcript<'_>,
+) -> Result<Outcome, SecaggError> {
+    let mut c = coordinator::CollectKeys::new(params)?;
+    for a in &t.key_list.keys {
+        c.add(a.clone())?;
+    }
+    let (mut c, list) = c.finish()?;
+    if &list != t.key_list {
+        return Err(SecaggError::Coordinator(
+            "the key list is not in canonical order".into(),
+        ));
+    }
+    for s in &t.shares {
+        c.add((*s).clone())?;
+    }
+    let (mut c, _) = c.finish()?;
+    for m in &t.masked {
+        c.add((*m).clone())?;
+    }
+    let (mut c, survivors) = c.finish()?;
+    if survivors.members != t.consistency.survivors {
+        return Err(SecaggError::Coordinator(
+            "the survivor set does not match the masked inputs".into(),
+        ));
+    }
+    for s in &t.consistency.signatures {
+        c.add(s.clone())?;
+    }
+    let (mut c, _) = c.finish()?;
+    for u in &t.unmask {
+        c.add((*u).clone())?;
+    }
+    c.finish()
+}
