@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark the local testnet: wall time per round and peak RSS per node, for 4 and 8 nodes.
 #
-#   testnet/bench.sh [--rounds R] [--sizes "4 8"]
+#   testnet/bench.sh [--rounds R] [--sizes "4 8"] [--mode plain|secagg]
 #
 # Each size runs testnet/up.sh (release build, IID MNIST, configs/genesis.toml) one after the
 # other on this machine. Round time = time between consecutive commits at node 0 (the first round,
@@ -11,16 +11,18 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 ROUNDS=10
 SIZES="4 8"
+MODE=plain
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS="$2"; shift 2 ;;
     --sizes) SIZES="$2"; shift 2 ;;
+    --mode) MODE="$2"; shift 2 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
 (cd "$ROOT" && cargo build --release -q -p fedmesh-node)
 for n in $SIZES; do
-  FEDMESH_BIN="$BIN" "$ROOT/testnet/up.sh" -n "$n" --rounds "$ROUNDS" --base-port $((7100 + 20 * n)) > "$ROOT/testnet/bench-$n.log" 2>&1 || {
+  FEDMESH_BIN="$BIN" "$ROOT/testnet/up.sh" -n "$n" --rounds "$ROUNDS" --mode "$MODE" --base-port $((7100 + 20 * n)) > "$ROOT/testnet/bench-$n.log" 2>&1 || {
     echo "testnet of $n nodes failed; see testnet/bench-$n.log"; exit 1; }
   python3 - "$RUN" "$n" <<'PY'
 import json, statistics, sys, glob
@@ -34,7 +36,7 @@ for i in range(n):
         if '"event":"stopped"' in l:
             rss.append(json.loads(l)["peak_rss_kib"] / 1024)
 acc = rounds[-1]["accuracy"]
-print(f"nodes={n} rounds={len(rounds)} round_time_median_s={statistics.median(gaps):.2f} "
+print(f"mode={rounds[-1].get('mode', '?')} nodes={n} rounds={len(rounds)} round_time_median_s={statistics.median(gaps):.2f} "
       f"round_time_min_s={min(gaps):.2f} round_time_max_s={max(gaps):.2f} "
       f"peak_rss_mib_median={statistics.median(rss):.0f} peak_rss_mib_max={max(rss):.0f} final_accuracy={acc:.4f}")
 PY

@@ -1582,6 +1582,7 @@ fn report_round(entry: &Entry, record: &RoundRecord) {
         "dropouts": record.dropouts,
         "coordinator": record.coordinator,
         "attempt": record.attempt,
+        "mode": record.mode.to_string(),
         "committed_at_ms": now_ms(),
     });
     use std::io::Write;
