@@ -203,11 +203,14 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 mode,
             };
             let hash = dealer::run(&req)?;
-            println!("genesis {hash}");
-            println!(
+            use std::io::Write;
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "genesis {hash}")?;
+            writeln!(
+                stdout,
                 "wrote {}/genesis.toml and {members} member folders",
                 out.display()
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Node {
