@@ -261,47 +261,12 @@ impl Round {
     /// participants whose updates this member has not received yet (it can approve only once it
     /// has them and has recomputed the model). The caller still checks `new_model` and metrics.
     pub fn check_proposal(&self, sender: u32, p: &Proposal) -> Result<Vec<u32>, RoundError> {
+        self.check_frame(sender, p, crate::genesis::Mode::Plain)?;
         let bad = |reason: String| RoundError::BadProposal {
             culprit: sender,
             reason,
         };
         let r = &p.record;
-        if p.height != self.height || p.prev_hash != self.prev_hash || r.round != self.round {
-            return Err(bad(format!(
-                "for height {} / round {}, this round is height {} / round {}",
-                p.height, r.round, self.height, self.round
-            )));
-        }
-        if r.coordinator != sender || self.coordinator(r.attempt) != sender {
-            return Err(bad(format!(
-                "member {sender} is not the coordinator of attempt {}",
-                r.attempt
-            )));
-        }
-        if r.base_model != self.base_model {
-            return Err(bad("base model is not this round's model".into()));
-        }
-        if r.participants.is_empty() {
-            return Err(bad("no participants".into()));
-        }
-        let members: Vec<u32> = r.participants.iter().map(|c| c.member).collect();
-        if members.windows(2).any(|w| w[0] >= w[1]) || members.iter().any(|m| !self.is_active(*m)) {
-            return Err(bad(
-                "participants must be distinct active members in order".into()
-            ));
-        }
-        let mut dropouts: Vec<u32> = self
-            .order
-            .iter()
-            .copied()
-            .filter(|m| !members.contains(m))
-            .collect();
-        dropouts.sort_unstable();
-        if dropouts != r.dropouts {
-            return Err(bad(
-                "dropouts are not the active members that did not participate".into(),
-            ));
-        }
         let mut missing = Vec::new();
         for c in &r.participants {
             match self.updates.get(&c.member) {
@@ -326,6 +291,23 @@ impl Round {
     /// its participants and dropouts partition the active members. The secure sum itself is checked
     /// by replaying the session ([`crate::secagg::replay`]).
     pub fn check_secure_proposal(&self, sender: u32, p: &Proposal) -> Result<(), RoundError> {
+        if p.record.secure.is_none() {
+            return Err(RoundError::BadProposal {
+                culprit: sender,
+                reason: "no secure-aggregation summary".into(),
+            });
+        }
+        self.check_frame(sender, p, crate::genesis::Mode::Secagg)
+    }
+
+    /// What every proposal must satisfy: this height, round and model, sent by the coordinator of
+    /// its attempt, in this mode, with participants and dropouts that partition the active members.
+    fn check_frame(
+        &self,
+        sender: u32,
+        p: &Proposal,
+        mode: crate::genesis::Mode,
+    ) -> Result<(), RoundError> {
         let bad = |reason: String| RoundError::BadProposal {
             culprit: sender,
             reason,
@@ -343,13 +325,10 @@ impl Round {
                 r.attempt
             )));
         }
-        if r.base_model != self.base_model
-            || r.mode != crate::genesis::Mode::Secagg
-            || r.secure.is_none()
-        {
-            return Err(bad(
-                "not a secure-aggregation record on this round's model".into()
-            ));
+        if r.base_model != self.base_model || r.mode != mode {
+            return Err(bad(format!(
+                "not a mode-{mode} record on this round's model"
+            )));
         }
         let members: Vec<u32> = r.participants.iter().map(|c| c.member).collect();
         if members.is_empty()

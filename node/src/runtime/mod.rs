@@ -737,18 +737,7 @@ impl Runtime {
                     .state
                     .propose(attempt, me, &participants, hash, metrics, now_ms());
                 tracing::info!(round, attempt, accuracy = metrics.accuracy, dropouts = ?p.record.dropouts, "proposing the round record");
-                let env = Envelope::seal(
-                    self.ctx.genesis_hash,
-                    me,
-                    round,
-                    Payload::Proposal(p.clone()),
-                    &self.ctx.keys.identity,
-                );
-                cur.state.set_proposal(p);
-                if let Err(e) = self.net.publish(env.encode()).await {
-                    tracing::warn!(error = %e, "could not publish the proposal");
-                }
-                self.approve(params).await;
+                self.propose(p, params).await;
             }
             Purpose::ProposeSecure { attempt, outcome } => {
                 if cur.state.proposal().is_some() {
@@ -814,18 +803,7 @@ impl Runtime {
                     },
                 };
                 tracing::info!(round, attempt, accuracy = metrics.accuracy, dropouts = ?p.record.dropouts, "proposing the round record (secure sum)");
-                let env = Envelope::seal(
-                    self.ctx.genesis_hash,
-                    me,
-                    round,
-                    Payload::Proposal(p.clone()),
-                    &self.ctx.keys.identity,
-                );
-                cur.state.set_proposal(p);
-                if let Err(e) = self.net.publish(env.encode()).await {
-                    tracing::warn!(error = %e, "could not publish the proposal");
-                }
-                self.approve(params).await;
+                self.propose(p, params).await;
             }
             Purpose::Verify { proposer, proposal } => {
                 let r = &proposal.record;
@@ -843,6 +821,26 @@ impl Runtime {
                 self.approve(params).await;
             }
         }
+    }
+
+    /// As this round's coordinator: gossip `p`, adopt it, and approve it.
+    async fn propose(&mut self, p: Proposal, params: Arc<Vec<f32>>) {
+        let me = self.me();
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        let env = Envelope::seal(
+            self.ctx.genesis_hash,
+            me,
+            cur.state.round,
+            Payload::Proposal(p.clone()),
+            &self.ctx.keys.identity,
+        );
+        cur.state.set_proposal(p);
+        if let Err(e) = self.net.publish(env.encode()).await {
+            tracing::warn!(error = %e, "could not publish the proposal");
+        }
+        self.approve(params).await;
     }
 
     /// Approve the current proposal (at most one per height, even across restarts).
@@ -1214,13 +1212,22 @@ impl Runtime {
             }
         };
         let params = Arc::new(model::apply(&self.global, &delta));
+        self.verify_model(proposer, p, params, "the updates");
+    }
+
+    /// The last check of a proposal before evaluation: its model hash is the model this member
+    /// computed (from the updates, or from the replayed secure sum).
+    fn verify_model(&mut self, proposer: u32, p: Proposal, params: Arc<Vec<f32>>, from: &str) {
         if self.ctx.layout.hash(&params) != p.record.new_model {
             tracing::warn!(
                 culprit = proposer,
-                "proposal's model does not follow from the updates; not approving"
+                "proposal's model does not follow from {from}; not approving"
             );
             return;
         }
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
         cur.evaluating = true;
         let round = cur.state.round;
         self.evaluate(
@@ -1336,23 +1343,7 @@ impl Runtime {
                 return;
             }
         };
-        if self.ctx.layout.hash(&params) != p.record.new_model {
-            tracing::warn!(
-                culprit = proposer,
-                "proposal's model does not follow from the secure sum; not approving"
-            );
-            return;
-        }
-        cur.evaluating = true;
-        let round = cur.state.round;
-        self.evaluate(
-            round,
-            Purpose::Verify {
-                proposer,
-                proposal: Box::new(p),
-            },
-            params,
-        );
+        self.verify_model(proposer, p, params, "the secure sum");
     }
 
     /// Ask the proposer for updates that gossip has not delivered.
