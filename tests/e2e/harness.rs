@@ -330,6 +330,11 @@ impl Drop for Testnet {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // FEDMESH_KEEP_TESTNET=1 keeps the directory (genesis, logs, data dirs) for a post-mortem.
+        if std::env::var_os("FEDMESH_KEEP_TESTNET").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            eprintln!("kept testnet directory {}", dir.keep().display());
+        }
     }
 }
 

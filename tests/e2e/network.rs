@@ -235,11 +235,6 @@ fn secagg_round_survives_members_dying_mid_protocol() {
     net.wait_all(RUN_TIMEOUT);
     let rounds = net.rounds(0);
     assert_eq!(rounds.len(), 3, "{rounds:?}");
-    let r2 = &rounds[1];
-    assert!(
-        r2["dropouts"].as_array().unwrap().iter().any(|p| p == 1),
-        "member 1 is a dropout: {r2}"
-    );
     let shown = fedmesh(&[
         "audit",
         "show",
@@ -247,30 +242,42 @@ fn secagg_round_survives_members_dying_mid_protocol() {
         "--data-dir",
         path_str(&net.data_dir(0)),
     ]);
-    let entry: serde_json::Value = String::from_utf8_lossy(&shown.stdout)
+    let r2: serde_json::Value = String::from_utf8_lossy(&shown.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .nth(2)
         .unwrap();
-    let secure = &entry["secure"];
-    assert_eq!(entry["mode"], "secagg");
-    let dropped: Vec<u64> = [
-        "dropped_after_sharing",
-        "dropped_while_unmasking",
-        "dropped_before_sharing",
-    ]
-    .iter()
-    .flat_map(|k| secure[*k].as_array().cloned().unwrap_or_default())
-    .filter_map(|v| v.as_u64())
-    .collect();
+    assert_eq!(r2["mode"], "secagg");
+    let list = |v: &serde_json::Value| -> Vec<u64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .collect()
+    };
+    let dropouts = list(&r2["dropouts"]);
     assert!(
-        dropped.contains(&3),
-        "member 3 recorded as dropped while unmasking: {entry}"
+        dropouts.contains(&1),
+        "member 1 died after sharing its keys: a dropout: {r2}"
     );
-    assert!(
-        r2["dropouts"].as_array().unwrap().iter().any(|p| p == 1) || dropped.contains(&1),
-        "member 1 recorded as a dropout: {entry}"
-    );
+    // Member 3 died right after sending its masked input: if that input made it into the sum it
+    // is a participant recorded as having dropped while unmasking, otherwise a dropout.
+    let participants = list(&r2["participants"]);
+    if participants.contains(&3) {
+        assert!(
+            list(&r2["secure"]["dropped_while_unmasking"]).contains(&3),
+            "{r2}"
+        );
+    } else {
+        assert!(dropouts.contains(&3), "{r2}");
+    }
+    if r2["attempt"] == 0 {
+        // The session in which member 1 shared its keys finished: its masks came off its shares.
+        assert!(
+            list(&r2["secure"]["dropped_after_sharing"]).contains(&1),
+            "{r2}"
+        );
+    }
     for i in [0, 2, 4] {
         let (ok, v) = net.verify(i);
         assert!(ok, "node {i}: {v}");
@@ -282,11 +289,17 @@ fn secagg_round_survives_members_dying_mid_protocol() {
 /// aggregation costs quantization error only.
 #[test]
 fn secagg_matches_plain_accuracy_on_the_same_seed() {
-    let mut plain = Testnet::new(4, 3, 8_000);
-    let mut secure = Testnet::with_config(4, 3, 8_000, "[spec]\nmode = \"secagg\"\n");
+    // Generous timeouts: every member should take part, and phases close as soon as all answer.
+    let mut plain = Testnet::new(4, 3, 30_000);
     plain.start_all();
-    secure.start_all();
     plain.wait_all(RUN_TIMEOUT);
+    let mut secure = Testnet::with_config(
+        4,
+        3,
+        30_000,
+        "[spec]\nmode = \"secagg\"\n[spec.secagg]\nphase_timeout_ms = 20000\n",
+    );
+    secure.start_all();
     secure.wait_all(RUN_TIMEOUT);
     let (a, b) = (plain.rounds(0), secure.rounds(0));
     assert_eq!((a.len(), b.len()), (3, 3));
@@ -300,7 +313,12 @@ fn secagg_matches_plain_accuracy_on_the_same_seed() {
             "round {}: plain {ax}, secagg {ay}",
             x["round"]
         );
-        assert_eq!(y["participants"].as_array().unwrap().len(), 4);
+        assert_eq!(
+            y["participants"].as_array().unwrap().len(),
+            4,
+            "{y}\n{}",
+            secure.tail_logs()
+        );
     }
     secure.assert_logs_agree();
 }

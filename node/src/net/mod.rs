@@ -105,6 +105,9 @@ enum Command {
     Block {
         peer: PeerId,
     },
+    TopicPeers {
+        reply: oneshot::Sender<usize>,
+    },
 }
 
 /// A cloneable handle to the swarm task.
@@ -151,6 +154,15 @@ impl Handle {
     /// Disconnect `peer` and refuse it from now on.
     pub async fn block(&self, peer: PeerId) {
         let _ = self.send(Command::Block { peer }).await;
+    }
+
+    /// How many peers are subscribed to the network's topic (so that a publish reaches them).
+    pub async fn topic_peers(&self) -> usize {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Command::TopicPeers { reply }).await.is_err() {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
     }
 
     async fn send(&self, c: Command) -> Result<(), String> {
@@ -350,6 +362,15 @@ impl Task {
             }
             Command::Respond { channel, response } => {
                 let _ = b.rpc.send_response(channel, response);
+            }
+            Command::TopicPeers { reply } => {
+                let topic = self.topic.hash();
+                let n = b
+                    .gossip
+                    .all_peers()
+                    .filter(|(_, topics)| topics.contains(&&topic))
+                    .count();
+                let _ = reply.send(n);
             }
             Command::Block { peer } => {
                 b.allow.disallow_peer(peer);

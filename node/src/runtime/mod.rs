@@ -42,6 +42,10 @@ use crate::train::{self, MemberData};
 
 /// State key: the approval this member gave (height, signing hash), kept across restarts.
 const APPROVAL_KEY: &str = "approval";
+/// Messages kept per sender for the round after the current one (a secagg session has up to ten
+/// per member and coordinator).
+const EARLY_PER_SENDER: usize = 12;
+
 /// State key: this member's signed update envelope for the round in progress.
 const UPDATE_KEY: &str = "own_update";
 
@@ -186,7 +190,7 @@ pub struct Runtime {
     last: Option<RoundRecord>,
     global: Arc<Vec<f32>>,
     current: Option<Current>,
-    /// Messages for the next round, held until it starts (bounded: three per member).
+    /// Messages for the next round, held until it starts (bounded: `EARLY_PER_SENDER` per member).
     early: Vec<(Envelope, Vec<u8>)>,
     /// Last known log height of each connected peer.
     peer_heights: HashMap<PeerId, u64>,
@@ -367,7 +371,26 @@ impl Runtime {
         let shutdown = shutdown_signal();
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
-        self.start_round();
+        // Messages published before any peer has subscribed to the topic are lost to the peers
+        // that subscribe later: wait (a bounded time) until every member's subscription is in.
+        let since = Instant::now();
+        let others = self.ctx.genesis.members.len().saturating_sub(1);
+        let startup_wait =
+            Duration::from_millis(3 * self.params().status_interval_ms).max(Duration::from_secs(3));
+        loop {
+            tokio::select! {
+                biased;
+                Some(e) = events.recv() => self.on_event(e).await,
+                _ = tick.tick() => {
+                    if self.net.topic_peers().await >= others || since.elapsed() >= startup_wait {
+                        break;
+                    }
+                }
+            }
+        }
+        if self.current.is_none() && !self.syncing {
+            self.start_round();
+        }
         loop {
             tokio::select! {
                 biased;
@@ -1076,7 +1099,7 @@ impl Runtime {
                     .iter()
                     .filter(|(e, _)| e.sender == env.sender)
                     .count();
-                if from_sender < 3 {
+                if from_sender < EARLY_PER_SENDER {
                     self.early.push((env, bytes));
                 }
                 return Verdict::Accept;

@@ -283,8 +283,30 @@ impl Session {
                 })
             }
             (state, relay) => {
-                // A relay for a phase this member is not in (it dropped out of the session, or the
-                // message is late): keep what the transcript needs.
+                // Gossip can deliver the coordinator's relays out of order (through different
+                // peers): a relay for a later phase waits until this member gets there.
+                let expects = match &state {
+                    Some(MemberState::Waiting(_)) => 0,
+                    Some(MemberState::Keys(_)) => 1,
+                    Some(MemberState::Shares(_)) => 2,
+                    Some(MemberState::Survivors(_)) => 3,
+                    Some(MemberState::Consistency(_)) => 4,
+                    Some(MemberState::Done) | None => 5,
+                };
+                let phase = match &relay {
+                    SecaggMsg::KeyList(_) => 1,
+                    SecaggMsg::Relay(_) => 2,
+                    SecaggMsg::Survivors(_) => 3,
+                    SecaggMsg::ConsistencyList(_) => 4,
+                    _ => 0,
+                };
+                self.member = state;
+                if phase > expects && expects < 5 {
+                    self.pending.push((self.coordinator, relay));
+                    return out;
+                }
+                // A relay for a phase this member is not in (it left the session, or the message
+                // is late): keep what the transcript needs.
                 match relay {
                     SecaggMsg::KeyList(l) => self.key_list = Some(l),
                     SecaggMsg::Relay(r) => self.relay = Some(r),
@@ -292,7 +314,6 @@ impl Session {
                     SecaggMsg::ConsistencyList(c) => self.consistency = Some(c),
                     _ => {}
                 }
-                self.member = state;
                 return out;
             }
         };
@@ -315,6 +336,10 @@ impl Session {
             for m in own {
                 out.extend(self.on_message(self.me, m, key));
             }
+        }
+        // The phase moved on: relays that arrived early may be usable now.
+        for (_, relay) in std::mem::take(&mut self.pending) {
+            out.extend(self.on_relay(relay, key));
         }
         out
     }
