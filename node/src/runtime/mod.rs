@@ -459,6 +459,17 @@ impl Runtime {
             coordinator = state.coordinator(0),
             "round started"
         );
+        if state.coordinator(0) == self.me()
+            && self.ctx.faults.round == round
+            && self.ctx.faults.at == "coordinating"
+        {
+            // Fault injection: die before doing anything in the round this node coordinates.
+            tracing::warn!(
+                round,
+                "fault injection: exiting abruptly as this round's coordinator"
+            );
+            std::process::exit(137);
+        }
         let mut cur = Current {
             state,
             started: Instant::now(),
@@ -640,11 +651,6 @@ impl Runtime {
             let _ = self.net.publish(env.encode()).await;
         }
         self.publish_update().await;
-        if let Some(cur) = self.current.as_ref() {
-            if cur.state.coordinator(0) == self.me() {
-                self.ctx.fault(cur.state.round, "coordinating").await;
-            }
-        }
         self.check_behind();
         self.maybe_propose();
         self.maybe_fetch_missing();
