@@ -294,7 +294,7 @@ struct Task {
 
 impl Task {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut redial = tokio::time::interval(Duration::from_secs(3));
+        let mut redial = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 biased;

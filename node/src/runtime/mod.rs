@@ -203,7 +203,7 @@ pub struct Runtime {
     last_status: Instant,
     /// Secure-aggregation actions produced while handling a message, carried out right after.
     secure_pending: Vec<secure::Action>,
-    /// Secure-aggregation messages gossip could not take yet (no subscribed peer): retried.
+    /// Messages gossip could not take yet (no subscribed peer), by round: retried on the timer.
     secure_unpublished: Vec<(u64, Vec<u8>)>,
 }
 
@@ -651,6 +651,7 @@ impl Runtime {
             let _ = self.net.publish(env.encode()).await;
         }
         self.publish_update().await;
+        self.retry_unpublished().await;
         self.check_behind();
         self.maybe_propose();
         self.maybe_fetch_missing();
@@ -852,6 +853,32 @@ impl Runtime {
         }
     }
 
+    /// Retry what gossip could not take yet, as long as its round is still the current one.
+    async fn retry_unpublished(&mut self) {
+        let round = self.next_round();
+        for (r, bytes) in std::mem::take(&mut self.secure_unpublished) {
+            if r == round {
+                if let Err(e) = self.net.publish(bytes.clone()).await {
+                    if !e.contains("Duplicate") {
+                        self.secure_unpublished.push((r, bytes));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publish now, or keep the message for this round's retries (no subscribed peer yet).
+    async fn publish_or_keep(&mut self, round: u64, bytes: Vec<u8>) -> Result<(), String> {
+        match self.net.publish(bytes.clone()).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.contains("Duplicate") => Ok(()),
+            Err(e) => {
+                self.secure_unpublished.push((round, bytes));
+                Err(e)
+            }
+        }
+    }
+
     /// As this round's coordinator: gossip `p`, adopt it, and approve it.
     async fn propose(&mut self, p: Proposal, params: Arc<Vec<f32>>) {
         let me = self.me();
@@ -866,8 +893,9 @@ impl Runtime {
             &self.ctx.keys.identity,
         );
         cur.state.set_proposal(p);
-        if let Err(e) = self.net.publish(env.encode()).await {
-            tracing::warn!(error = %e, "could not publish the proposal");
+        let round = cur.state.round;
+        if let Err(e) = self.publish_or_keep(round, env.encode()).await {
+            tracing::warn!(error = %e, "could not publish the proposal yet; retrying");
         }
         self.approve(params).await;
     }
@@ -912,8 +940,8 @@ impl Runtime {
         {
             tracing::error!(error = %e, "own approval rejected");
         }
-        if let Err(e) = self.net.publish(env.encode()).await {
-            tracing::warn!(error = %e, "could not publish the approval");
+        if let Err(e) = self.publish_or_keep(round, env.encode()).await {
+            tracing::warn!(error = %e, "could not publish the approval yet; retrying");
         }
         self.try_commit().await;
     }
@@ -1274,16 +1302,6 @@ impl Runtime {
     async fn secure_tick(&mut self) {
         if !self.secure_mode() {
             return;
-        }
-        let round = self.next_round();
-        for (r, bytes) in std::mem::take(&mut self.secure_unpublished) {
-            if r == round {
-                if let Err(e) = self.net.publish(bytes.clone()).await {
-                    if !e.contains("Duplicate") {
-                        self.secure_unpublished.push((r, bytes));
-                    }
-                }
-            }
         }
         let p = self.params().clone();
         let phase = Duration::from_millis(self.ctx.genesis.spec.secagg.phase_timeout_ms);
