@@ -77,15 +77,18 @@ fn bad_genesis_config_names_file_and_field() {
     let cfg = dir.path().join("genesis.toml");
     std::fs::write(&cfg, "[spec.train]\nlearning_rat = 0.1\n").unwrap();
     let out_dir = dir.path().join("net");
-    let out = fedmesh(&[
-        "genesis",
-        "--members",
-        "3",
-        "--out",
-        path_str(&out_dir),
-        "--config",
-        path_str(&cfg),
-    ]);
+    let genesis = || {
+        fedmesh(&[
+            "genesis",
+            "--members",
+            "3",
+            "--out",
+            path_str(&out_dir),
+            "--config",
+            path_str(&cfg),
+        ])
+    };
+    let out = genesis();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -95,15 +98,7 @@ fn bad_genesis_config_names_file_and_field() {
     assert!(!out_dir.join("genesis.toml").exists());
 
     std::fs::write(&cfg, "[spec.model]\nlayers = [784]\n").unwrap();
-    let out = fedmesh(&[
-        "genesis",
-        "--members",
-        "3",
-        "--out",
-        path_str(&out_dir),
-        "--config",
-        path_str(&cfg),
-    ]);
+    let out = genesis();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("spec.model.layers"),

@@ -158,7 +158,6 @@ enum Purpose {
 struct Current {
     state: Round,
     started: Instant,
-    training: bool,
     /// Own update envelope, until gossip accepted it.
     unpublished: Option<Vec<u8>>,
     /// Signed update envelopes as received, to serve peers that missed one.
@@ -473,7 +472,6 @@ impl Runtime {
         let mut cur = Current {
             state,
             started: Instant::now(),
-            training: false,
             unpublished: None,
             envelopes: HashMap::new(),
             waiting: None,
@@ -515,7 +513,6 @@ impl Runtime {
                 }
             }
             None => {
-                cur.training = true;
                 let ctx = self.ctx.clone();
                 let global = self.global.clone();
                 let tx = self.work_tx.clone();
@@ -552,7 +549,6 @@ impl Runtime {
         let Some(cur) = self.current.as_mut().filter(|c| c.state.round == round) else {
             return Vec::new();
         };
-        cur.training = false;
         let outcome = match result {
             Ok(o) => o,
             Err(e) => {

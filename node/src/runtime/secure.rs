@@ -351,9 +351,8 @@ impl Session {
         let Some((state, opened)) = self.coord.take() else {
             return out;
         };
-        let expected = |set: usize, have: usize| have >= set;
         let (next, msg) = match state {
-            CoordState::Keys(c) if expected(self.params.members.len(), c.count()) || force => {
+            CoordState::Keys(c) if c.count() >= self.params.members.len() || force => {
                 match c.finish() {
                     Ok((next, list)) => (CoordState::Shares(next), Some(SecaggMsg::KeyList(list))),
                     Err(e) => return self.coord_failed(e),
@@ -363,7 +362,7 @@ impl Session {
                 if self
                     .key_list
                     .as_ref()
-                    .is_some_and(|l| expected(l.keys.len(), c.count()))
+                    .is_some_and(|l| c.count() >= l.keys.len())
                     || force =>
             {
                 match c.finish() {
@@ -375,11 +374,7 @@ impl Session {
                 }
             }
             CoordState::Masked(c)
-                if self
-                    .relay
-                    .as_ref()
-                    .is_some_and(|r| expected(r.len(), c.count()))
-                    || force =>
+                if self.relay.as_ref().is_some_and(|r| c.count() >= r.len()) || force =>
             {
                 match c.finish() {
                     Ok((next, survivors)) => (
@@ -393,7 +388,7 @@ impl Session {
                 if self
                     .survivors
                     .as_ref()
-                    .is_some_and(|s| expected(s.members.len(), c.count()))
+                    .is_some_and(|s| c.count() >= s.members.len())
                     || force =>
             {
                 match c.finish() {
@@ -408,7 +403,7 @@ impl Session {
                 if self
                     .consistency
                     .as_ref()
-                    .is_some_and(|l| expected(l.signatures.len(), c.count()))
+                    .is_some_and(|l| c.count() >= l.signatures.len())
                     || force =>
             {
                 match c.finish() {
