@@ -30,7 +30,9 @@ pub struct CollectMasked {
     params: Arc<RoundParams>,
     keys: BTreeMap<u32, Advertise>,
     u2: BTreeSet<u32>,
-    got: BTreeMap<u32, Vec<u64>>,
+    /// Who sent input (U3 so far), and the running sum of their masked inputs.
+    got: BTreeSet<u32>,
+    sum: Vec<u64>,
 }
 
 /// Phase 3: collecting consistency signatures.
@@ -38,7 +40,8 @@ pub struct CollectConsistency {
     params: Arc<RoundParams>,
     keys: BTreeMap<u32, Advertise>,
     u2: BTreeSet<u32>,
-    inputs: BTreeMap<u32, Vec<u64>>,
+    inputs: BTreeSet<u32>,
+    sum: Vec<u64>,
     got: BTreeMap<u32, Signed<Consistency>>,
 }
 
@@ -47,7 +50,8 @@ pub struct CollectUnmask {
     params: Arc<RoundParams>,
     keys: BTreeMap<u32, Advertise>,
     u2: BTreeSet<u32>,
-    inputs: BTreeMap<u32, Vec<u64>>,
+    inputs: BTreeSet<u32>,
+    sum: Vec<u64>,
     signers: BTreeSet<u32>,
     /// Per member whose secret is being recovered: shares by holder.
     self_seeds: BTreeMap<u32, Vec<shamir::Share>>,
@@ -171,11 +175,13 @@ impl CollectShares {
                 }
             }
         }
+        let len = self.params.len;
         let next = CollectMasked {
             params: self.params,
             keys: self.keys,
             u2,
-            got: BTreeMap::new(),
+            got: BTreeSet::new(),
+            sum: vec![0; len],
         };
         Ok((next, out))
     }
@@ -191,16 +197,16 @@ impl CollectMasked {
                 reason: "sent input without sharing keys".into(),
             });
         }
-        if self.got.contains_key(&culprit) {
+        if self.got.contains(&culprit) {
             return Err(duplicate(culprit, "masked input"));
         }
-        let values = quant::unpack(&m.values, self.params.bits, self.params.len).map_err(|e| {
+        quant::add_packed(&mut self.sum, &m.values, self.params.bits).map_err(|e| {
             SecaggError::Invalid {
                 culprit,
                 reason: e.to_string(),
             }
         })?;
-        self.got.insert(culprit, values);
+        self.got.insert(culprit);
         Ok(())
     }
 
@@ -213,13 +219,14 @@ impl CollectMasked {
         at_least("masked input", self.got.len(), self.params.threshold)?;
         let survivors = Survivors {
             round: self.params.round,
-            members: self.got.keys().copied().collect(),
+            members: self.got.iter().copied().collect(),
         };
         let next = CollectConsistency {
             params: self.params,
             keys: self.keys,
             u2: self.u2,
             inputs: self.got,
+            sum: self.sum,
             got: BTreeMap::new(),
         };
         Ok((next, survivors))
@@ -230,13 +237,13 @@ impl CollectConsistency {
     pub fn add(&mut self, msg: Signed<Consistency>) -> Result<(), SecaggError> {
         let c = msg.verify(&self.params)?;
         let culprit = c.member;
-        if !self.inputs.contains_key(&culprit) {
+        if !self.inputs.contains(&culprit) {
             return Err(SecaggError::Invalid {
                 culprit,
                 reason: "signed the survivor set but sent no input".into(),
             });
         }
-        if c.survivors.iter().ne(self.inputs.keys()) {
+        if c.survivors.iter().ne(self.inputs.iter()) {
             return Err(SecaggError::Invalid {
                 culprit,
                 reason: "signed another survivor set".into(),
@@ -258,7 +265,7 @@ impl CollectConsistency {
         at_least("consistency check", self.got.len(), self.params.threshold)?;
         let list = ConsistencyList {
             round: self.params.round,
-            survivors: self.inputs.keys().copied().collect(),
+            survivors: self.inputs.iter().copied().collect(),
             signatures: self.got.values().cloned().collect(),
         };
         let next = CollectUnmask {
@@ -267,6 +274,7 @@ impl CollectConsistency {
             u2: self.u2,
             signers: self.got.keys().copied().collect(),
             inputs: self.inputs,
+            sum: self.sum,
             self_seeds: BTreeMap::new(),
             mask_keys: BTreeMap::new(),
             unmasked: BTreeSet::new(),
@@ -301,7 +309,7 @@ impl CollectUnmask {
             }
         }
         for (v, _) in &u.self_seed_shares {
-            if !self.inputs.contains_key(v) {
+            if !self.inputs.contains(v) {
                 return Err(SecaggError::Invalid {
                     culprit,
                     reason: format!("self-seed share of member {v}, who sent no input"),
@@ -309,7 +317,7 @@ impl CollectUnmask {
             }
         }
         for (v, _) in &u.mask_key_shares {
-            if self.inputs.contains_key(v) {
+            if self.inputs.contains(v) {
                 // Revealing a survivor's mask key would unmask its input: an honest member never does.
                 return Err(SecaggError::Invalid {
                     culprit,
@@ -336,19 +344,9 @@ impl CollectUnmask {
     pub fn finish(self) -> Result<Outcome, SecaggError> {
         let p = &self.params;
         at_least("unmask", self.unmasked.len(), p.threshold)?;
-        let mut sum = vec![0u64; p.len];
-        let low = if p.bits == 64 {
-            u64::MAX
-        } else {
-            (1u64 << p.bits) - 1
-        };
-        for y in self.inputs.values() {
-            for (s, v) in sum.iter_mut().zip(y) {
-                *s = s.wrapping_add(*v) & low;
-            }
-        }
+        let mut sum = self.sum;
         let empty = Vec::new();
-        for u in self.inputs.keys() {
+        for u in &self.inputs {
             let shares = self.self_seeds.get(u).unwrap_or(&empty);
             let secret =
                 shamir::combine(shares, p.threshold).map_err(|e| SecaggError::Recovery {
@@ -364,7 +362,7 @@ impl CollectUnmask {
             .u2
             .iter()
             .copied()
-            .filter(|v| !self.inputs.contains_key(v))
+            .filter(|v| !self.inputs.contains(v))
             .collect();
         for v in &dropped {
             let shares = self.mask_keys.get(v).unwrap_or(&empty);
@@ -388,14 +386,14 @@ impl CollectUnmask {
                 .graph
                 .neighbours(*v)
                 .iter()
-                .filter(|u| self.inputs.contains_key(u))
+                .filter(|u| self.inputs.contains(u))
             {
                 // u masked with v as u would: undo that from v's side of the pair.
                 let seed = pair_seed(p, &pair, *v, *u, &self.keys[u].mask_key)?;
                 apply_pair(&mut sum, p, &seed, *u, *v, true);
             }
         }
-        let survivors: Vec<u32> = self.inputs.keys().copied().collect();
+        let survivors: Vec<u32> = self.inputs.iter().copied().collect();
         Ok(Outcome {
             sum,
             dropped_before_sharing: self

@@ -63,6 +63,9 @@ pub struct SharesFor {
 pub struct MaskedInput {
     pub round: u64,
     pub member: u32,
+    /// Encoded as one byte string (bincode's length and bytes, the same bytes as a sequence of
+    /// `u8`), which serde writes in one copy rather than element by element.
+    #[serde(with = "serde_bytes")]
     pub values: Vec<u8>,
 }
 

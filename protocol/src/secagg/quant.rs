@@ -279,6 +279,78 @@ pub fn unpack(bytes: &[u8], bits: u32, count: usize) -> Result<Vec<u64>, QuantEr
     Ok(out)
 }
 
+/// `sum ← (sum + unpack(bytes)) mod 2^bits` without materialising the unpacked vector: the
+/// coordinator's running sum of masked inputs. Checks everything [`unpack`] checks, with
+/// `count = sum.len()`; on an error `sum` is as it was.
+pub fn add_packed(sum: &mut [u64], bytes: &[u8], bits: u32) -> Result<(), QuantError> {
+    if bits == 0 || bits > 64 {
+        return Err(QuantError::PackBits { bits });
+    }
+    let width = width(bits);
+    let count = sum.len();
+    if count.checked_mul(width) != Some(bytes.len()) {
+        return Err(QuantError::PackLength {
+            len: bytes.len(),
+            count,
+            width,
+        });
+    }
+    let top = u64::MAX >> (64 - bits);
+    // One pass with the width known at compile time: adds every value and notes whether any was
+    // out of range; if one was, the same pass subtracting (mod 2^bits, subtraction undoes the
+    // masked addition exactly) restores `sum`, and a scan names the first bad index.
+    let ok = match width {
+        1 => add_width::<1, false>(sum, bytes, top),
+        2 => add_width::<2, false>(sum, bytes, top),
+        3 => add_width::<3, false>(sum, bytes, top),
+        4 => add_width::<4, false>(sum, bytes, top),
+        5 => add_width::<5, false>(sum, bytes, top),
+        6 => add_width::<6, false>(sum, bytes, top),
+        7 => add_width::<7, false>(sum, bytes, top),
+        _ => add_width::<8, false>(sum, bytes, top),
+    };
+    if ok {
+        return Ok(());
+    }
+    match width {
+        1 => add_width::<1, true>(sum, bytes, top),
+        2 => add_width::<2, true>(sum, bytes, top),
+        3 => add_width::<3, true>(sum, bytes, top),
+        4 => add_width::<4, true>(sum, bytes, top),
+        5 => add_width::<5, true>(sum, bytes, top),
+        6 => add_width::<6, true>(sum, bytes, top),
+        7 => add_width::<7, true>(sum, bytes, top),
+        _ => add_width::<8, true>(sum, bytes, top),
+    };
+    let index = bytes
+        .chunks_exact(width)
+        .position(|chunk| {
+            let mut word = [0u8; 8];
+            word[..width].copy_from_slice(chunk);
+            u64::from_le_bytes(word) > top
+        })
+        .unwrap_or(0);
+    Err(QuantError::PackValue { index, bits })
+}
+
+/// `sum ± values` mod `top + 1` for `W`-byte packed values; false if any value exceeds `top`.
+#[inline(always)]
+fn add_width<const W: usize, const UNDO: bool>(sum: &mut [u64], bytes: &[u8], top: u64) -> bool {
+    let mut high = 0u64;
+    for (s, chunk) in sum.iter_mut().zip(bytes.chunks_exact(W)) {
+        let mut word = [0u8; 8];
+        word[..W].copy_from_slice(chunk);
+        let v = u64::from_le_bytes(word);
+        high |= v & !top;
+        *s = if UNDO {
+            s.wrapping_sub(v) & top
+        } else {
+            s.wrapping_add(v) & top
+        };
+    }
+    high == 0
+}
+
 /// Why an update cannot be quantized, a sum decoded, or bytes unpacked.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[non_exhaustive]
@@ -670,6 +742,43 @@ mod tests {
                 Err(QuantError::PackLength { .. })
             );
             prop_assert!(is_length_error);
+        }
+
+        /// The coordinator's running sum equals summing unpacked vectors, and a bad input
+        /// (wrong length, or one value outside the ring) is refused with the sum untouched.
+        #[test]
+        fn prop_add_packed_is_unpack_then_add(
+            bits in 1u32..=64,
+            start in prop::collection::vec(any::<u64>(), 1..120),
+            raw in prop::collection::vec(any::<u64>(), 120),
+            bad in any::<prop::sample::Index>(),
+        ) {
+            let top = u64::MAX >> (64 - bits);
+            let mut sum: Vec<u64> = start.iter().map(|v| v & top).collect();
+            let values: Vec<u64> = raw[..sum.len()].iter().map(|v| v & top).collect();
+            let want: Vec<u64> =
+                sum.iter().zip(&values).map(|(s, v)| s.wrapping_add(*v) & top).collect();
+            let bytes = pack(&values, bits);
+            let before = sum.clone();
+            let is_length_error = matches!(
+                add_packed(&mut sum, &bytes[1..], bits),
+                Err(QuantError::PackLength { .. })
+            );
+            prop_assert!(is_length_error);
+            prop_assert_eq!(&sum, &before);
+            if bits % 8 != 0 {
+                let width = bits.div_ceil(8) as usize;
+                let j = bad.index(sum.len());
+                let mut corrupt = bytes.clone();
+                corrupt[j * width + width - 1] |= 0x80;
+                prop_assert_eq!(
+                    add_packed(&mut sum, &corrupt, bits),
+                    Err(QuantError::PackValue { index: j, bits })
+                );
+                prop_assert_eq!(&sum, &before);
+            }
+            add_packed(&mut sum, &bytes, bits).unwrap();
+            prop_assert_eq!(sum, want);
         }
 
         #[test]
