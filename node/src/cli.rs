@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{audit, bench, config, dealer, node, privacy};
+use crate::{audit, bench, config, dealer, flood, node, privacy};
 
 /// fedmesh: a peer-to-peer federated learning node with a signed, hash-chained audit log.
 #[derive(Parser, Debug)]
@@ -73,6 +73,33 @@ enum Command {
     Audit {
         #[command(subcommand)]
         action: AuditAction,
+    },
+    /// Live attacks against a running network, for drills (`testnet/drill.sh`).
+    Attack {
+        #[command(subcommand)]
+        what: AttackWhat,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AttackWhat {
+    /// Sybil flood: many non-member identities dial every member, publish signed updates and
+    /// announcements, and send requests; prints what got through (JSON).
+    Flood {
+        /// The network's genesis file (member addresses, topic, model size).
+        #[arg(long)]
+        genesis: PathBuf,
+        /// Outsider identities to play.
+        #[arg(long, default_value_t = 50)]
+        identities: usize,
+        /// How long to flood, in seconds.
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// Messages each identity tries to publish per second.
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
 }
 
@@ -292,6 +319,37 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 "--repeats and --members must be at least 1"
             );
             bench::train(&data, members, repeats, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Attack {
+            what:
+                AttackWhat::Flood {
+                    genesis,
+                    identities,
+                    seconds,
+                    rate,
+                    seed,
+                },
+        } => {
+            anyhow::ensure!(
+                (1..=1000).contains(&identities),
+                "--identities: between 1 and 1000"
+            );
+            anyhow::ensure!(
+                seconds.is_finite() && seconds > 0.0 && rate.is_finite() && rate > 0.0,
+                "--seconds and --rate: positive numbers"
+            );
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let report = runtime.block_on(flood::run(flood::Options {
+                genesis: &genesis,
+                identities,
+                duration: std::time::Duration::from_secs_f64(seconds),
+                rate,
+                seed,
+            }))?;
+            println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { action } => {

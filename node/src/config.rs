@@ -32,6 +32,68 @@ pub struct File {
     pub threads: usize,
     /// Fault injection for tests and drills; absent in production configs.
     pub faults: Faults,
+    /// What one peer or address may cost this node (connections, gossip rates).
+    pub limits: Limits,
+}
+
+/// Bounds on what one IP address or one peer can make the node do. Members rarely come near
+/// them; a flood of connections or messages does, and is dropped before any work is done on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Inbound connections one IP address may have in their handshake at once (a member that
+    /// reconnects needs one; a local testnet puts every member on 127.0.0.1).
+    pub handshakes_per_ip: usize,
+    /// Inbound connections in their handshake at once, from anywhere.
+    pub handshakes: u32,
+    /// Established connections per peer (two members dialling each other at once make two).
+    pub connections_per_peer: u32,
+    /// Gossip messages per second one connected peer may send us (averaged over `burst_s`).
+    pub messages_per_s: f64,
+    /// Gossip bytes per second one connected peer may send us (MiB/s, averaged over `burst_s`).
+    pub mib_per_s: f64,
+    /// Seconds of budget a peer may spend at once.
+    pub burst_s: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshakes_per_ip: 32,
+            handshakes: 128,
+            connections_per_peer: 2,
+            messages_per_s: 200.0,
+            mib_per_s: 32.0,
+            burst_s: 4.0,
+        }
+    }
+}
+
+impl Limits {
+    pub fn validate(&self, file: &Path) -> anyhow::Result<()> {
+        let bad = |field: &str, why: &str| {
+            anyhow::anyhow!("{}: field `limits.{field}`: {why}", file.display())
+        };
+        if self.handshakes_per_ip == 0 {
+            return Err(bad("handshakes_per_ip", "must be at least 1"));
+        }
+        if self.handshakes == 0 {
+            return Err(bad("handshakes", "must be at least 1"));
+        }
+        if self.connections_per_peer == 0 {
+            return Err(bad("connections_per_peer", "must be at least 1"));
+        }
+        for (field, v) in [
+            ("messages_per_s", self.messages_per_s),
+            ("mib_per_s", self.mib_per_s),
+            ("burst_s", self.burst_s),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(bad(field, &format!("must be a positive number, found {v}")));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Make the node exit abruptly (as if killed with SIGKILL: exit status 137, nothing flushed beyond
@@ -77,6 +139,7 @@ impl Default for File {
             data_path: PathBuf::new(),
             threads: 1,
             faults: Faults::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -102,6 +165,7 @@ pub struct Node {
     pub data_path: PathBuf,
     pub threads: usize,
     pub faults: Faults,
+    pub limits: Limits,
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
@@ -176,6 +240,10 @@ impl Node {
                 file.faults.validate(path)?;
                 file.faults.clone()
             },
+            limits: {
+                file.limits.validate(path)?;
+                file.limits.clone()
+            },
         })
     }
 }
@@ -215,6 +283,27 @@ mod tests {
         std::fs::write(&p, "key_dir = 'k'\ndata_dir = 'd'\n").unwrap();
         let err = Node::load(&p, Flags::default()).unwrap_err().to_string();
         assert!(err.contains("genesis") && err.contains("required"), "{err}");
+
+        let base = "genesis = 'g.toml'\nkey_dir = 'k'\ndata_dir = 'd'\n";
+        std::fs::write(&p, format!("{base}[limits]\nmib_per_s = -1.0\n")).unwrap();
+        let err = Node::load(&p, Flags::default()).unwrap_err().to_string();
+        assert!(err.contains("limits.mib_per_s") && err.contains("-1"), "{err}");
+        std::fs::write(&p, format!("{base}[limits]\nhandshakes_per_ip = 0\n")).unwrap();
+        let err = Node::load(&p, Flags::default()).unwrap_err().to_string();
+        assert!(err.contains("limits.handshakes_per_ip"), "{err}");
+        std::fs::write(&p, format!("{base}[limits]\nmessages_per_s = 50.0\n")).unwrap();
+        let n = Node::load(&p, Flags::default()).unwrap();
+        assert_eq!(n.limits.messages_per_s, 50.0);
+        assert_eq!(n.limits.burst_s, Limits::default().burst_s);
+    }
+
+    /// The documented example names every field with its default.
+    #[test]
+    fn the_shipped_example_parses_with_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/node.toml");
+        let file: File = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(file.limits, Limits::default());
+        assert_eq!(file.threads, 1);
     }
 
     #[test]

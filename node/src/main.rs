@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod config;
 mod dealer;
+mod flood;
 mod keys;
 mod net;
 mod node;

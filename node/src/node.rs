@@ -130,6 +130,7 @@ pub fn prepare(cfg: &config::Node, init_logging: bool) -> anyhow::Result<Prepare
         bootstrap: cfg.peers.clone(),
         topic: format!("fedmesh/{}", genesis_hash),
         max_message_bytes: genesis.spec.params.max_message_bytes,
+        limits: cfg.limits.clone(),
     };
     let ctx = Context {
         bls: genesis.bls()?,

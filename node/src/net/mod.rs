@@ -9,9 +9,10 @@
 //! (an allow-list), so a stranger's connection is refused before any of its bytes are read.
 
 mod codec;
+mod guard;
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::StreamExt;
@@ -20,13 +21,16 @@ use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, Respons
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    allow_block_list, identity, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
+    allow_block_list, connection_limits, identity, noise, tcp, yamux, Multiaddr, PeerId,
+    StreamProtocol, Swarm,
 };
 use tokio::sync::{mpsc, oneshot};
 
 use fedmesh_protocol::wire::{Request, Response};
 
+use crate::config::Limits;
 pub use codec::Codec;
+use guard::{IpGuard, RateLimiter};
 
 /// Settings of the network layer, all from the genesis file or the node config.
 #[derive(Debug, Clone)]
@@ -41,10 +45,15 @@ pub struct Config {
     pub topic: String,
     /// Largest gossip message; every member uses the same value.
     pub max_message_bytes: usize,
+    /// Connection and rate limits.
+    pub limits: Limits,
 }
 
+/// The behaviours in the order the swarm consults them: the cheap refusals first.
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    ip_guard: IpGuard,
+    limits: connection_limits::Behaviour,
     allow: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
     gossip: gossipsub::Behaviour,
     rpc: request_response::Behaviour<Codec>,
@@ -216,6 +225,14 @@ pub fn start(
     for peer in config.members.keys() {
         allow.allow_peer(*peer);
     }
+    let l = &config.limits;
+    let ip_guard = IpGuard::new(l.handshakes_per_ip);
+    let limits = connection_limits::Behaviour::new(
+        connection_limits::ConnectionLimits::default()
+            .with_max_pending_incoming(Some(l.handshakes))
+            .with_max_established_per_peer(Some(l.connections_per_peer)),
+    );
+    let rate = RateLimiter::new(l.messages_per_s, l.mib_per_s * 1024.0 * 1024.0, l.burst_s);
 
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
@@ -225,7 +242,13 @@ pub fn start(
             yamux::Config::default,
         )
         .context("building the TCP transport")?
-        .with_behaviour(|_| Behaviour { allow, gossip, rpc })
+        .with_behaviour(|_| Behaviour {
+            ip_guard,
+            limits,
+            allow,
+            gossip,
+            rpc,
+        })
         .map_err(|e| anyhow::anyhow!("building the network behaviour: {e}"))?
         // Rounds can be quiet for longer than libp2p's 10 s default; keep member connections.
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
@@ -252,6 +275,8 @@ pub fn start(
         pending: HashMap::new(),
         events: event_tx,
         blocked: HashSet::new(),
+        rate,
+        refused: Refused::default(),
     };
     Ok((Handle { commands }, events, task.run(command_rx)))
 }
@@ -290,11 +315,24 @@ struct Task {
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, String>>>,
     events: mpsc::Sender<Event>,
     blocked: HashSet<PeerId>,
+    rate: RateLimiter,
+    refused: Refused,
+}
+
+/// What the node refused since it started, logged every ten seconds while it grows.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Refused {
+    /// Inbound connections denied (non-members, blocked peers, over a limit) or failed.
+    connections: u64,
+    /// Gossip messages dropped unread because their peer was over its rate limit.
+    rate_limited: u64,
 }
 
 impl Task {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut redial = tokio::time::interval(Duration::from_secs(1));
+        let mut report = tokio::time::interval(Duration::from_secs(10));
+        let mut reported = Refused::default();
         loop {
             tokio::select! {
                 biased;
@@ -304,6 +342,16 @@ impl Task {
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event).await,
                 _ = redial.tick() => self.dial_missing(),
+                _ = report.tick() => {
+                    if self.refused != reported {
+                        reported = self.refused;
+                        tracing::info!(
+                            connections = reported.connections,
+                            rate_limited_messages = reported.rate_limited,
+                            "refused so far"
+                        );
+                    }
+                }
             }
         }
     }
@@ -387,6 +435,25 @@ impl Task {
                 propagation_source,
                 message_id,
                 message,
+            })) if !self
+                .rate
+                .allow(propagation_source, message.data.len(), Instant::now()) =>
+            {
+                self.refused.rate_limited += 1;
+                self.swarm
+                    .behaviour_mut()
+                    .gossip
+                    .report_message_validation_result(
+                        &message_id,
+                        &propagation_source,
+                        MessageAcceptance::Ignore,
+                    );
+                None
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
             })) => Some(Event::Gossip {
                 id: message_id,
                 propagation_source,
@@ -443,13 +510,17 @@ impl Task {
                 peer_id,
                 num_established: 0,
                 ..
-            } => Some(Event::Disconnected(peer_id)),
+            } => {
+                self.rate.forget(&peer_id);
+                Some(Event::Disconnected(peer_id))
+            }
             SwarmEvent::NewListenAddr { address, .. } => Some(Event::Listening(address)),
             SwarmEvent::IncomingConnectionError {
                 error,
                 send_back_addr,
                 ..
             } => {
+                self.refused.connections += 1;
                 tracing::debug!(%send_back_addr, %error, "incoming connection refused");
                 None
             }
