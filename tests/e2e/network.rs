@@ -390,3 +390,48 @@ fn interrupt_stops_a_node_cleanly_with_its_log_flushed() {
         "the threat detector beats the 70 % majority baseline: {accuracy}"
     );
 }
+
+/// Outsiders get nothing: twenty non-member identities dial every member, publish signed updates
+/// and announcements and send requests while a 3-node network trains. No member answers, none of
+/// their messages reaches a member, the members log the connections they refused, and the rounds
+/// go on with members only.
+#[test]
+fn sybil_flood_gets_nothing_and_rounds_go_on() {
+    let mut net = Testnet::new(3, 8, 6_000);
+    net.start_all();
+    net.wait_round(0, 1, RUN_TIMEOUT);
+    let genesis = net.net().join("genesis.toml");
+    let out = fedmesh(&[
+        "attack",
+        "flood",
+        "--genesis",
+        path_str(&genesis),
+        "--identities",
+        "20",
+        "--seconds",
+        "6",
+    ]);
+    assert!(out.status.success(), "flood failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["dials"].as_u64().unwrap() > 100, "the flood dialled: {report}");
+    assert!(report["publish_attempts"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["published"], 0, "an outsider's message reached a member: {report}");
+    assert_eq!(report["responses"], 0, "a member answered an outsider: {report}");
+    assert_eq!(report["gossip_received"], 0, "a member gossiped to an outsider: {report}");
+    net.wait_all(RUN_TIMEOUT);
+    for r in net.rounds(0) {
+        assert!(
+            r["participants"].as_array().unwrap().iter().all(|p| p.as_u64().unwrap() < 3),
+            "only members take part: {r}"
+        );
+    }
+    let refused = (0..3)
+        .filter(|i| {
+            std::fs::read_to_string(net.log_path(*i))
+                .unwrap()
+                .contains("refused a connection")
+        })
+        .count();
+    assert!(refused > 0, "no member logged refused connections:\n{}", net.tail_logs());
+    net.assert_logs_agree();
+}

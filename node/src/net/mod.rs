@@ -521,6 +521,9 @@ impl Task {
                 ..
             } => {
                 self.refused.connections += 1;
+                if self.refused.connections == 1 {
+                    tracing::info!(%send_back_addr, %error, "refused a connection (the first; counts follow every 10 s)");
+                }
                 tracing::debug!(%send_back_addr, %error, "incoming connection refused");
                 None
             }
