@@ -48,7 +48,8 @@ pub struct Limits {
     pub handshakes: u32,
     /// Established connections per peer (two members dialling each other at once make two).
     pub connections_per_peer: u32,
-    /// Gossip messages per second one connected peer may send us (averaged over `burst_s`).
+    /// Gossip messages and requests per second one connected peer may send us (averaged over
+    /// `burst_s`).
     pub messages_per_s: f64,
     /// Gossip bytes per second one connected peer may send us (MiB/s, averaged over `burst_s`).
     pub mib_per_s: f64,

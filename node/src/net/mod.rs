@@ -324,7 +324,8 @@ struct Task {
 struct Refused {
     /// Inbound connections denied (non-members, blocked peers, over a limit) or failed.
     connections: u64,
-    /// Gossip messages dropped unread because their peer was over its rate limit.
+    /// Gossip messages dropped unread and requests left unanswered because their peer was over
+    /// its rate limit.
     rate_limited: u64,
 }
 
@@ -467,11 +468,21 @@ impl Task {
             })) => match message {
                 request_response::Message::Request {
                     request, channel, ..
-                } => Some(Event::Request {
-                    peer,
-                    request,
-                    channel,
-                }),
+                } => {
+                    // Requests share the peer's gossip message budget; one over it goes
+                    // unanswered (dropping the channel fails the peer's request at once).
+                    if self.rate.allow(peer, 0, Instant::now()) {
+                        Some(Event::Request {
+                            peer,
+                            request,
+                            channel,
+                        })
+                    } else {
+                        self.refused.rate_limited += 1;
+                        drop(channel);
+                        None
+                    }
+                }
                 request_response::Message::Response {
                     request_id,
                     response,
