@@ -26,6 +26,7 @@ pub mod audit;
 pub mod dp;
 pub mod genesis;
 pub mod model;
+pub mod robust;
 pub mod round;
 pub mod secagg;
 pub mod wire;
