@@ -32,6 +32,9 @@ pub struct File {
     pub threads: usize,
     /// Fault injection for tests and drills; absent in production configs.
     pub faults: Faults,
+    /// Make this node an attacker, for poisoning drills (see `crate::attack`); absent = honest.
+    #[serde(skip_serializing_if = "crate::attack::Config::is_honest")]
+    pub attack: crate::attack::Config,
 }
 
 /// Make the node exit abruptly (as if killed with SIGKILL: exit status 137, nothing flushed beyond
@@ -77,6 +80,7 @@ impl Default for File {
             data_path: PathBuf::new(),
             threads: 1,
             faults: Faults::default(),
+            attack: crate::attack::Config::default(),
         }
     }
 }
@@ -102,6 +106,7 @@ pub struct Node {
     pub data_path: PathBuf,
     pub threads: usize,
     pub faults: Faults,
+    pub attack: crate::attack::Config,
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
@@ -176,6 +181,12 @@ impl Node {
                 file.faults.validate(path)?;
                 file.faults.clone()
             },
+            attack: {
+                file.attack
+                    .validate(None)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                file.attack.clone()
+            },
         })
     }
 }
@@ -238,5 +249,27 @@ mod tests {
         assert_eq!(n.genesis, dir.path().join("../g.toml"));
         assert_eq!(n.rounds, None);
         assert_eq!(n.peers.len(), 1);
+        assert_eq!(n.attack.kind, crate::attack::Kind::None);
+    }
+
+    #[test]
+    fn attack_section_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        std::fs::write(
+            &p,
+            "genesis = 'g.toml'\nkey_dir = 'k'\ndata_dir = 'd'\n[attack]\nkind = 'sign_flip'\nscale = 4.0\nevery = 3\n",
+        )
+        .unwrap();
+        let n = Node::load(&p, Flags::default()).unwrap();
+        assert_eq!(n.attack.kind, crate::attack::Kind::SignFlip);
+        assert_eq!((n.attack.scale, n.attack.every), (4.0, 3));
+        std::fs::write(
+            &p,
+            "genesis = 'g.toml'\nkey_dir = 'k'\ndata_dir = 'd'\n[attack]\nkind = 'sign_flip'\nscale = -1.0\n",
+        )
+        .unwrap();
+        let err = Node::load(&p, Flags::default()).unwrap_err().to_string();
+        assert!(err.contains("node.toml") && err.contains("attack.scale"), "{err}");
     }
 }

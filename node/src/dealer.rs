@@ -185,6 +185,7 @@ pub fn run(req: &Request) -> anyhow::Result<fedmesh_crypto::Hash> {
             data_path: data_path.clone(),
             threads: 1,
             faults: Default::default(),
+            attack: Default::default(),
         };
         write_node_config(&dir.join("node.toml"), &node)?;
     }
