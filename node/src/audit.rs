@@ -166,6 +166,23 @@ fn summary(e: &Entry) -> serde_json::Value {
                 Err(err) => v["error"] = json!(err.to_string()),
             }
         }
+        Kind::Eviction => {
+            v["kind"] = json!("eviction");
+            match e.eviction_record() {
+                Ok(r) => {
+                    v["target"] = json!(r.target);
+                    v["round"] = json!(r.round);
+                    v["effective_round"] = json!(r.effective_round);
+                    v["active"] = json!(r.active);
+                    v["needed"] = json!(r.needed);
+                    v["voters"] =
+                        json!(r.votes.iter().map(|s| s.vote.voter).collect::<Vec<_>>());
+                    v["scores"] = json!(r.votes.iter().map(|s| s.vote.score).collect::<Vec<_>>());
+                    v["signers"] = json!(e.signatures.iter().map(|s| s.member).collect::<Vec<_>>());
+                }
+                Err(err) => v["error"] = json!(err.to_string()),
+            }
+        }
     }
     v
 }
@@ -192,6 +209,17 @@ fn human(e: &Entry, v: &serde_json::Value) -> String {
             v["dropouts"],
             v["coordinator"],
             v["signers"]
+        ),
+        Kind::Eviction => format!(
+            "{:>5}  evict {:<4} {}  after round {} by voters {} ({} of {} needed), out from round {}",
+            e.height,
+            v["target"],
+            e.hash().short(),
+            v["round"],
+            v["voters"],
+            v["needed"],
+            v["active"],
+            v["effective_round"]
         ),
     }
 }
@@ -229,6 +257,7 @@ pub fn verify(store: &Store, expected_genesis: Option<Hash>) -> Result<Verified,
         .map_err(|e| fail(0, e.to_string()))?;
     let mut prev = first;
     let mut last: Option<RoundRecord> = None;
+    let mut evicted = std::collections::BTreeSet::new();
     let mut count = 1;
     for next in iter {
         let entry = next.map_err(|e| {
@@ -240,9 +269,33 @@ pub fn verify(store: &Store, expected_genesis: Option<Hash>) -> Result<Verified,
         entry
             .verify(&genesis, gh, &bls)
             .map_err(|e| fail(h, e.to_string()))?;
+        if entry.kind == Kind::Eviction {
+            let rec = entry
+                .eviction_record()
+                .map_err(|e| fail(h, e.to_string()))?;
+            check_eviction(&rec, last.as_ref(), &evicted, genesis.members.len())
+                .map_err(|reason| fail(h, reason))?;
+            evicted.insert(rec.target);
+            prev = entry;
+            count += 1;
+            continue;
+        }
         let record = entry.record().map_err(|e| fail(h, e.to_string()))?;
         audit::verify_succession(&genesis, last.as_ref(), &entry, &record)
             .map_err(|e| fail(h, e.to_string()))?;
+        if let Some(c) = record
+            .participants
+            .iter()
+            .find(|c| evicted.contains(&c.member))
+        {
+            return Err(fail(
+                h,
+                format!(
+                    "member {} takes part in round {} after its eviction",
+                    c.member, record.round
+                ),
+            ));
+        }
         match store.checkpoint(&layout, &record.new_model) {
             Ok(Some(_)) => {}
             Ok(None) => {
@@ -267,6 +320,40 @@ pub fn verify(store: &Store, expected_genesis: Option<Hash>) -> Result<Verified,
         head: prev.hash(),
         rounds: last.map(|r| r.round).unwrap_or(0),
     })
+}
+
+/// An eviction follows the log: it is recorded after the round its votes were cast in, its target
+/// and voters were still members then, and the quorum was counted over the members active then.
+fn check_eviction(
+    rec: &fedmesh_protocol::votes::EvictionRecord,
+    last: Option<&RoundRecord>,
+    evicted: &std::collections::BTreeSet<u32>,
+    members: usize,
+) -> Result<(), String> {
+    let last_round = last.map_or(0, |r| r.round);
+    if rec.round != last_round || rec.effective_round != last_round + 1 {
+        return Err(format!(
+            "eviction of member {} is for round {} (effective {}), but the last round in the log is {last_round}",
+            rec.target, rec.round, rec.effective_round
+        ));
+    }
+    if evicted.contains(&rec.target) {
+        return Err(format!("member {} is evicted twice", rec.target));
+    }
+    if let Some(v) = rec.votes.iter().find(|v| evicted.contains(&v.vote.voter)) {
+        return Err(format!(
+            "member {} votes after its own eviction",
+            v.vote.voter
+        ));
+    }
+    let active = members - evicted.len();
+    if rec.active as usize != active {
+        return Err(format!(
+            "eviction of member {} counts {} active members, the log says {active}",
+            rec.target, rec.active
+        ));
+    }
+    Ok(())
 }
 
 fn corrupt_height(e: &fedmesh_storage::StoreError) -> Option<u64> {

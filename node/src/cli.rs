@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{audit, bench, config, dealer, flood, node, privacy};
+use crate::{audit, bench, config, dealer, drill, flood, node, privacy};
 
 /// fedmesh: a peer-to-peer federated learning node with a signed, hash-chained audit log.
 #[derive(Parser, Debug)]
@@ -79,6 +79,12 @@ enum Command {
         #[command(subcommand)]
         what: AttackWhat,
     },
+    /// Attack drills in one process: attackers among many members, the real training and the
+    /// real robust rules, scores and votes, next to a clean run; writes a report with plots.
+    Drill {
+        #[command(subcommand)]
+        what: DrillWhat,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -101,6 +107,62 @@ enum AttackWhat {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum DrillWhat {
+    /// Poisoning: a fraction of members poison their data or updates. Writes DIR/report.md,
+    /// DIR/report.json, DIR/accuracy.svg and DIR/detection.svg (with --matrix: DIR/matrix.md,
+    /// DIR/matrix.json and one folder per scenario under DIR/runs).
+    Poisoning(PoisoningArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct PoisoningArgs {
+    /// label-flip, sign-flip, gaussian, scaling, alie, ipm, min-max, min-sum, backdoor,
+    /// free-rider, on-off (sign flip every 3rd round).
+    #[arg(long, default_value = "sign-flip")]
+    attack: String,
+    /// Share of the members that attack, in [0, 0.5).
+    #[arg(long, default_value_t = 0.2)]
+    fraction: f64,
+    /// none (FedAvg, no votes), mean, median, trimmed-mean, krum, multi-krum,
+    /// centered-clipping, foolsgold (each with votes), or fedmesh (the recommended setting).
+    #[arg(long, default_value = "fedmesh")]
+    defence: String,
+    /// Members, each with its own MNIST shard.
+    #[arg(long, default_value_t = 20)]
+    members: u32,
+    /// Rounds per run.
+    #[arg(long, default_value_t = 30)]
+    rounds: u64,
+    /// Split the data non-IID: per class, member shares from Dirichlet(alpha). Default: IID.
+    #[arg(long, value_name = "ALPHA")]
+    non_iid: Option<f64>,
+    /// Seed of the data split, the attackers' choice, training and attacks.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output directory.
+    #[arg(long, default_value = "drill-out")]
+    out: PathBuf,
+    /// Run every attack × defence × fraction (see --attacks, --defences, --fractions).
+    #[arg(long)]
+    matrix: bool,
+    /// Matrix: attacks, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "label-flip,sign-flip,gaussian,scaling,alie,ipm,min-max,min-sum,backdoor,free-rider,on-off")]
+    attacks: Vec<String>,
+    /// Matrix: defences, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "none,median,trimmed-mean,krum,multi-krum,centered-clipping,foolsgold,fedmesh")]
+    defences: Vec<String>,
+    /// Matrix: attacker fractions, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0.2")]
+    fractions: Vec<f64>,
+    /// The MNIST file.
+    #[arg(long, default_value = "data/mnist_5k.csv.gz")]
+    data: PathBuf,
+    /// Worker threads (members train in parallel); 0 = all cores.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -350,6 +412,27 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 seed,
             }))?;
             println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Drill {
+            what: DrillWhat::Poisoning(a),
+        } => {
+            drill::poisoning(&drill::Poisoning {
+                attack: a.attack,
+                fraction: a.fraction,
+                defence: a.defence,
+                members: a.members,
+                rounds: a.rounds,
+                non_iid: a.non_iid,
+                seed: a.seed,
+                out: a.out,
+                matrix: a.matrix,
+                attacks: a.attacks,
+                defences: a.defences,
+                fractions: a.fractions,
+                data: a.data,
+                threads: a.threads,
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { action } => {

@@ -34,6 +34,9 @@ pub struct File {
     pub faults: Faults,
     /// What one peer or address may cost this node (connections, gossip rates).
     pub limits: Limits,
+    /// Make this node an attacker, for poisoning drills (see `crate::attack`); absent = honest.
+    #[serde(skip_serializing_if = "crate::attack::Config::is_honest")]
+    pub attack: crate::attack::Config,
 }
 
 /// Bounds on what one IP address or one peer can make the node do. Members rarely come near
@@ -141,6 +144,7 @@ impl Default for File {
             threads: 1,
             faults: Faults::default(),
             limits: Limits::default(),
+            attack: crate::attack::Config::default(),
         }
     }
 }
@@ -167,6 +171,7 @@ pub struct Node {
     pub threads: usize,
     pub faults: Faults,
     pub limits: Limits,
+    pub attack: crate::attack::Config,
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
@@ -244,6 +249,12 @@ impl Node {
             limits: {
                 file.limits.validate(path)?;
                 file.limits.clone()
+            },
+            attack: {
+                file.attack
+                    .validate(None)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                file.attack.clone()
             },
         })
     }
@@ -328,5 +339,27 @@ mod tests {
         assert_eq!(n.genesis, dir.path().join("../g.toml"));
         assert_eq!(n.rounds, None);
         assert_eq!(n.peers.len(), 1);
+        assert_eq!(n.attack.kind, crate::attack::Kind::None);
+    }
+
+    #[test]
+    fn attack_section_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        std::fs::write(
+            &p,
+            "genesis = 'g.toml'\nkey_dir = 'k'\ndata_dir = 'd'\n[attack]\nkind = 'sign_flip'\nscale = 4.0\nevery = 3\n",
+        )
+        .unwrap();
+        let n = Node::load(&p, Flags::default()).unwrap();
+        assert_eq!(n.attack.kind, crate::attack::Kind::SignFlip);
+        assert_eq!((n.attack.scale, n.attack.every), (4.0, 3));
+        std::fs::write(
+            &p,
+            "genesis = 'g.toml'\nkey_dir = 'k'\ndata_dir = 'd'\n[attack]\nkind = 'sign_flip'\nscale = -1.0\n",
+        )
+        .unwrap();
+        let err = Node::load(&p, Flags::default()).unwrap_err().to_string();
+        assert!(err.contains("node.toml") && err.contains("attack.scale"), "{err}");
     }
 }

@@ -1,11 +1,13 @@
 //! The `fedmesh` binary. See `fedmesh --help`.
 #![forbid(unsafe_code)]
 
+mod attack;
 mod audit;
 mod bench;
 mod cli;
 mod config;
 mod dealer;
+mod drill;
 mod flood;
 mod keys;
 mod net;

@@ -20,6 +20,13 @@ pub fn run(cfg: config::Node) -> anyhow::Result<()> {
     if cfg.threads > 0 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", cfg.threads.to_string());
     }
+    if !cfg.attack.is_honest() {
+        // The runtime does not mount attacks yet; say so rather than pretend.
+        tracing::warn!(
+            attack = cfg.attack.kind.name(),
+            "this node's config has an [attack] section; the networked runtime does not apply it yet (use `fedmesh drill poisoning`)"
+        );
+    }
     let prepared = prepare(&cfg, true)?;
     let span = tracing::info_span!("node", member = prepared.ctx.keys.index);
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{bls, hash::Hasher, identity, Hash};
 use crate::genesis::{Genesis, Mode};
+pub use crate::votes::EvictionRecord;
 
 /// What an entry records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +21,9 @@ pub enum Kind {
     Genesis,
     /// A completed training round ([`RoundRecord`]).
     Round,
+    /// A member voted out ([`EvictionRecord`]): from its `effective_round` on it is no longer in
+    /// the member set. Appended after every kind above so that older entries decode unchanged.
+    Eviction,
 }
 
 impl Kind {
@@ -27,6 +31,7 @@ impl Kind {
         match self {
             Kind::Genesis => 0,
             Kind::Round => 1,
+            Kind::Eviction => 2,
         }
     }
 }
@@ -178,6 +183,12 @@ pub enum VerifyError {
     },
     #[error("height {height}: the threshold signature does not verify")]
     ThresholdSignature { height: u64 },
+    #[error("height {height}: eviction of member {target}: {source}")]
+    Eviction {
+        height: u64,
+        target: u32,
+        source: crate::votes::VoteError,
+    },
 }
 
 impl VerifyError {
@@ -195,7 +206,8 @@ impl VerifyError {
             | VerifyError::MemberSignature { height, .. }
             | VerifyError::Signer { height, .. }
             | VerifyError::TooFewSignatures { height, .. }
-            | VerifyError::ThresholdSignature { height } => *height,
+            | VerifyError::ThresholdSignature { height }
+            | VerifyError::Eviction { height, .. } => *height,
         }
     }
 }
@@ -226,6 +238,35 @@ impl Entry {
             signatures: Vec::new(),
             threshold_signature: Vec::new(),
         }
+    }
+
+    /// An unsigned entry for an eviction record on top of `prev`. Like a round entry it is
+    /// approved by members (ed25519 and BLS shares over [`Entry::signing_hash`]).
+    pub fn eviction(height: u64, prev_hash: Hash, record: &EvictionRecord) -> Entry {
+        let body = record.encode();
+        Entry {
+            height,
+            prev_hash,
+            kind: Kind::Eviction,
+            body_hash: body_hash(&body),
+            body,
+            signatures: Vec::new(),
+            threshold_signature: Vec::new(),
+        }
+    }
+
+    /// The eviction record of a [`Kind::Eviction`] entry.
+    pub fn eviction_record(&self) -> Result<EvictionRecord, VerifyError> {
+        if self.kind != Kind::Eviction {
+            return Err(VerifyError::Kind {
+                height: self.height,
+                kind: self.kind,
+            });
+        }
+        EvictionRecord::decode(&self.body).map_err(|e| VerifyError::Body {
+            height: self.height,
+            reason: e.to_string(),
+        })
     }
 
     /// What members sign: height, link, kind and body hash.
@@ -262,7 +303,7 @@ impl Entry {
         let height = self.height;
         let computed = match self.kind {
             Kind::Genesis => crate::genesis::hash_bytes(&self.body),
-            Kind::Round => body_hash(&self.body),
+            Kind::Round | Kind::Eviction => body_hash(&self.body),
         };
         if computed != self.body_hash {
             return Err(VerifyError::BodyHash { height });
@@ -287,41 +328,74 @@ impl Entry {
             }
             (h, Kind::Round) if h > 0 => {
                 self.record()?;
-                let msg = self.signing_hash();
-                let mut seen = std::collections::BTreeSet::new();
-                for s in &self.signatures {
-                    let member = genesis
-                        .member(s.member)
-                        .filter(|_| seen.insert(s.member))
-                        .ok_or(VerifyError::Signer {
-                            height,
-                            member: s.member,
-                        })?;
-                    member
-                        .public_key
-                        .verify(msg.as_bytes(), &s.signature)
-                        .map_err(|_| VerifyError::MemberSignature {
-                            height,
-                            member: s.member,
-                        })?;
-                }
-                let need = genesis.threshold();
-                if seen.len() < need {
-                    return Err(VerifyError::TooFewSignatures {
+                self.verify_signatures(genesis, bls_set)
+            }
+            (h, Kind::Eviction) if h > 0 => {
+                let rec = self.eviction_record()?;
+                // The votes must be a quorum's signatures; whether the voters were all still
+                // active at this height is checked by whoever walks the log (they know the
+                // earlier evictions).
+                rec.verify(
+                    genesis_hash,
+                    |i| genesis.member(i).map(|m| m.public_key),
+                    genesis.spec.robust.quorum,
+                )
+                .map_err(|source| VerifyError::Eviction {
+                    height,
+                    target: rec.target,
+                    source,
+                })?;
+                if genesis.member(rec.target).is_none() {
+                    return Err(VerifyError::Eviction {
                         height,
-                        have: seen.len(),
-                        need,
+                        target: rec.target,
+                        source: crate::votes::VoteError::Record("the target is not a member".into()),
                     });
                 }
-                let sig = bls::Signature::from_bytes(&self.threshold_signature)
-                    .map_err(|_| VerifyError::ThresholdSignature { height })?;
-                if !bls_set.verify(msg.as_bytes(), &sig) {
-                    return Err(VerifyError::ThresholdSignature { height });
-                }
-                Ok(())
+                self.verify_signatures(genesis, bls_set)
             }
             (_, kind) => Err(VerifyError::Kind { height, kind }),
         }
+    }
+}
+
+impl Entry {
+    /// Member signatures (distinct genesis members, each valid, at least the threshold) and the
+    /// threshold BLS signature over the signing hash.
+    fn verify_signatures(&self, genesis: &Genesis, bls_set: &bls::PublicSet) -> Result<(), VerifyError> {
+        let height = self.height;
+        let msg = self.signing_hash();
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &self.signatures {
+            let member = genesis
+                .member(s.member)
+                .filter(|_| seen.insert(s.member))
+                .ok_or(VerifyError::Signer {
+                    height,
+                    member: s.member,
+                })?;
+            member
+                .public_key
+                .verify(msg.as_bytes(), &s.signature)
+                .map_err(|_| VerifyError::MemberSignature {
+                    height,
+                    member: s.member,
+                })?;
+        }
+        let need = genesis.threshold();
+        if seen.len() < need {
+            return Err(VerifyError::TooFewSignatures {
+                height,
+                have: seen.len(),
+                need,
+            });
+        }
+        let sig = bls::Signature::from_bytes(&self.threshold_signature)
+            .map_err(|_| VerifyError::ThresholdSignature { height })?;
+        if !bls_set.verify(msg.as_bytes(), &sig) {
+            return Err(VerifyError::ThresholdSignature { height });
+        }
+        Ok(())
     }
 }
 
@@ -465,5 +539,105 @@ mod tests {
         let mut bad = e1.clone();
         bad.prev_hash = Hash::ZERO;
         assert!(verify_link(&e0, &bad).is_err());
+    }
+
+    fn sign_entry(
+        e: &mut Entry,
+        keys: &[identity::SecretKey],
+        shares: &[bls::SecretShare],
+        set: &bls::PublicSet,
+        approvers: &[u32],
+    ) {
+        let msg = e.signing_hash();
+        let bls_shares: Vec<_> = approvers
+            .iter()
+            .map(|i| (*i, shares[*i as usize].sign(msg.as_bytes())))
+            .collect();
+        e.threshold_signature = set
+            .combine(bls_shares.iter().map(|(i, s)| (*i, s)))
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        e.signatures = approvers
+            .iter()
+            .map(|i| MemberSignature {
+                member: *i,
+                signature: keys[*i as usize].sign(msg.as_bytes()),
+            })
+            .collect();
+    }
+
+    #[test]
+    fn kind_tags_of_stored_entries_are_unchanged() {
+        // Entries already in logs were encoded with these variant indices; new kinds go after.
+        assert_eq!(crate::codec::encode(&Kind::Genesis), [0]);
+        assert_eq!(crate::codec::encode(&Kind::Round), [1]);
+        assert_eq!(crate::codec::encode(&Kind::Eviction), [2]);
+    }
+
+    #[test]
+    fn eviction_entry_verifies_with_a_quorum_of_votes() {
+        use crate::votes::{Outcome, SignedVote, Tally, Vote};
+        let (g, keys, shares) = sample(4);
+        let text = g.to_toml();
+        let (g, gh) = Genesis::parse(text.as_bytes()).unwrap();
+        let set = g.bls().unwrap();
+        let e0 = Entry::genesis(text.as_bytes());
+        let mut tally = Tally::new(
+            gh,
+            g.members.iter().map(|m| (m.index, m.public_key)),
+            g.spec.robust.quorum,
+            3,
+        );
+        let mut record = None;
+        for voter in 0..3u32 {
+            let v = Vote {
+                round: 0,
+                voter,
+                target: 3,
+                score: 12.0,
+                evidence: Hash::ZERO,
+            };
+            if let Outcome::Evicted(r) = tally
+                .add(&SignedVote::sign(gh, v, &keys[voter as usize]), 0)
+                .unwrap()
+            {
+                record = Some(r);
+            }
+        }
+        let record = record.expect("3 of 4 is a quorum");
+        let mut e1 = Entry::eviction(1, e0.hash(), &record);
+        sign_entry(&mut e1, &keys, &shares, &set, &[0, 1, 2]);
+        e1.verify(&g, gh, &set).unwrap();
+        verify_link(&e0, &e1).unwrap();
+        assert_eq!(e1.eviction_record().unwrap(), record);
+        assert!(e1.record().is_err());
+
+        // A record with one vote too few, properly signed as an entry, is still refused.
+        let mut short = record.clone();
+        short.votes.pop();
+        let mut bad = Entry::eviction(1, e0.hash(), &short);
+        sign_entry(&mut bad, &keys, &shares, &set, &[0, 1, 2]);
+        assert!(matches!(
+            bad.verify(&g, gh, &set),
+            Err(VerifyError::Eviction {
+                height: 1,
+                target: 3,
+                ..
+            })
+        ));
+        // Votes signed for another network do not count.
+        let mut foreign = record.clone();
+        foreign.votes[0] = SignedVote::sign(Hash::ZERO, foreign.votes[0].vote, &keys[0]);
+        let mut bad = Entry::eviction(1, e0.hash(), &foreign);
+        sign_entry(&mut bad, &keys, &shares, &set, &[0, 1, 2]);
+        assert!(bad.verify(&g, gh, &set).is_err());
+        // An eviction entry without the threshold signature is refused like a round entry.
+        let mut bad = e1.clone();
+        bad.signatures.truncate(1);
+        assert!(matches!(
+            bad.verify(&g, gh, &set),
+            Err(VerifyError::TooFewSignatures { .. })
+        ));
     }
 }

@@ -55,6 +55,148 @@ pub struct Spec {
     pub data: DataSpec,
     /// Mode `secagg`: thresholds, neighbourhoods and quantization.
     pub secagg: SecaggSpec,
+    /// The robust aggregation rule, anomaly scores and eviction votes.
+    pub robust: RobustSpec,
+}
+
+/// Which robust aggregation rule combines the updates (see [`crate::robust::Rule`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleKind {
+    /// FedAvg, weighted by sample count.
+    #[default]
+    Mean,
+    /// Coordinate-wise median.
+    Median,
+    /// Coordinate-wise trimmed mean (`trim`).
+    TrimmedMean,
+    /// Krum: the most central single update (`attackers`).
+    Krum,
+    /// Multi-Krum: FedAvg of the `multi_krum` most central updates (`attackers`).
+    MultiKrum,
+    /// Centered clipping (`clip_radius`, `clip_iterations`).
+    CenteredClipping,
+    /// FoolsGold: down-weights members whose update histories are alike (`foolsgold_confidence`).
+    Foolsgold,
+}
+
+/// Robust aggregation, anomaly scores and eviction votes. The defaults keep plain FedAvg and no
+/// votes; `fedmesh drill poisoning` measures the other settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RobustSpec {
+    /// `mean`, `median`, `trimmed_mean`, `krum`, `multi_krum`, `centered_clipping`, `foolsgold`.
+    pub rule: RuleKind,
+    /// Trimmed mean: fraction β of values cut at each end of every coordinate, in [0, 0.5).
+    pub trim: f64,
+    /// Krum and Multi-Krum: attackers f assumed among the round's updates; absent = a fifth of
+    /// them (Krum needs at least f + 3 updates).
+    pub attackers: Option<usize>,
+    /// Multi-Krum: updates averaged; 0 = the round's updates minus `attackers`.
+    pub multi_krum: usize,
+    /// Centered clipping: L2 radius τ; 0 = the median distance of the updates to their
+    /// coordinate-wise median, every round.
+    pub clip_radius: f64,
+    /// Centered clipping: iterations.
+    pub clip_iterations: usize,
+    /// FoolsGold: confidence κ of the logit that maps dissimilarity to a weight.
+    pub foolsgold_confidence: f64,
+    /// Members score each other every round and vote to evict persistent outliers.
+    pub votes: bool,
+    /// Weight of the newest round score in a member's EWMA score, in (0, 1].
+    pub score_decay: f64,
+    /// A member whose EWMA score exceeds this is suspect (scores are robust z-scores).
+    pub score_threshold: f64,
+    /// Consecutive rounds a member must stay suspect before members vote against it.
+    pub patience: u64,
+    /// Rounds at the start in which no votes are cast (the first updates of a fresh model are
+    /// the least alike).
+    pub warmup_rounds: u64,
+    /// Share of the active members whose votes evict, in (0, 1]; 2/3 by default.
+    pub quorum: f64,
+    /// Rounds after which a vote that has not reached a quorum expires.
+    pub vote_expiry_rounds: u64,
+}
+
+impl Default for RobustSpec {
+    fn default() -> Self {
+        RobustSpec {
+            rule: RuleKind::Mean,
+            trim: 0.2,
+            attackers: None,
+            multi_krum: 0,
+            clip_radius: 0.0,
+            clip_iterations: 3,
+            foolsgold_confidence: 1.0,
+            votes: false,
+            score_decay: 0.5,
+            score_threshold: 4.0,
+            patience: 2,
+            warmup_rounds: 1,
+            quorum: 2.0 / 3.0,
+            vote_expiry_rounds: 3,
+        }
+    }
+}
+
+impl RobustSpec {
+    /// The rule these settings describe.
+    pub fn rule(&self) -> crate::robust::Rule {
+        use crate::robust::Rule;
+        match self.rule {
+            RuleKind::Mean => Rule::Mean,
+            RuleKind::Median => Rule::Median,
+            RuleKind::TrimmedMean => Rule::TrimmedMean { beta: self.trim },
+            RuleKind::Krum => Rule::Krum { f: self.attackers },
+            RuleKind::MultiKrum => Rule::MultiKrum {
+                f: self.attackers,
+                m: (self.multi_krum > 0).then_some(self.multi_krum),
+            },
+            RuleKind::CenteredClipping => Rule::CenteredClipping {
+                radius: self.clip_radius,
+                iterations: self.clip_iterations,
+            },
+            RuleKind::Foolsgold => Rule::FoolsGold {
+                confidence: self.foolsgold_confidence,
+            },
+        }
+    }
+
+    /// Check the ranges of every field.
+    pub fn validate(&self) -> Result<(), GenesisError> {
+        let bad = |field: &'static str, problem: String| Err(GenesisError::Robust { field, problem });
+        if !(0.0..0.5).contains(&self.trim) {
+            return bad("trim", format!("must be in [0, 0.5), found {}", self.trim));
+        }
+        if !(self.clip_radius.is_finite() && self.clip_radius >= 0.0) {
+            return bad("clip_radius", format!("must be ≥ 0, found {}", self.clip_radius));
+        }
+        if self.clip_iterations == 0 {
+            return bad("clip_iterations", "must be at least 1".into());
+        }
+        if !(self.foolsgold_confidence.is_finite() && self.foolsgold_confidence > 0.0) {
+            return bad(
+                "foolsgold_confidence",
+                format!("must be > 0, found {}", self.foolsgold_confidence),
+            );
+        }
+        if !(self.score_decay > 0.0 && self.score_decay <= 1.0) {
+            return bad("score_decay", format!("must be in (0, 1], found {}", self.score_decay));
+        }
+        if !(self.score_threshold.is_finite() && self.score_threshold > 0.0) {
+            return bad(
+                "score_threshold",
+                format!("must be > 0, found {}", self.score_threshold),
+            );
+        }
+        if !(self.quorum > 0.0 && self.quorum <= 1.0) {
+            return bad("quorum", format!("must be in (0, 1], found {}", self.quorum));
+        }
+        if self.vote_expiry_rounds == 0 {
+            return bad("vote_expiry_rounds", "must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 /// Secure aggregation settings (mode `secagg`).
@@ -121,6 +263,7 @@ impl Default for Spec {
             train: TrainSpec::default(),
             data: DataSpec::default(),
             secagg: SecaggSpec::default(),
+            robust: RobustSpec::default(),
         }
     }
 }
@@ -330,6 +473,11 @@ pub enum GenesisError {
     Alpha(f64),
     #[error("spec.secagg: {0}")]
     Secagg(String),
+    #[error("spec.robust.{field} {problem}")]
+    Robust {
+        field: &'static str,
+        problem: String,
+    },
 }
 
 impl Params {
@@ -365,6 +513,7 @@ impl Spec {
                 field: "spec.train.learning_rate",
             });
         }
+        self.robust.validate()?;
         if let Partition::Dirichlet { alpha } = self.data.partition {
             if !(alpha > 0.0) {
                 return Err(GenesisError::Alpha(alpha));
@@ -532,6 +681,34 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn robust_section_defaults_to_fedavg_without_votes_and_parses() {
+        let (g, _, _) = sample(4);
+        assert_eq!(g.spec.robust.rule(), crate::robust::Rule::Mean);
+        assert!(!g.spec.robust.votes);
+        // A genesis written before the section existed still parses, with the defaults.
+        let text = g.to_toml();
+        let start = text.find("[spec.robust]").expect("section written");
+        let rest = &text[start + 1..];
+        let end = rest.find("\n[").map(|e| start + 1 + e + 1).unwrap_or(text.len());
+        let old = format!("{}{}", &text[..start], &text[end..]);
+        let (back, _) = Genesis::parse(old.as_bytes()).unwrap();
+        assert_eq!(back.spec.robust, RobustSpec::default());
+        let spec: Spec = toml::from_str(
+            "[robust]\nrule = 'multi_krum'\nattackers = 2\nmulti_krum = 5\nvotes = true\n",
+        )
+        .unwrap();
+        assert_eq!(
+            spec.robust.rule(),
+            crate::robust::Rule::MultiKrum {
+                f: Some(2),
+                m: Some(5)
+            }
+        );
+        let err = toml::from_str::<Spec>("[robust]\nrule = 'bogus'\n").unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
     fn rejects_inconsistent_files() {
         let (g, _, _) = sample(3);
         let mut bad = g.clone();
@@ -555,12 +732,16 @@ pub(crate) mod tests {
             bad.validate(),
             Err(GenesisError::Threshold { .. })
         ));
-        let mut bad = g;
+        let mut bad = g.clone();
         bad.spec.params.max_message_bytes = 10;
         assert!(matches!(
             bad.validate(),
             Err(GenesisError::MessageLimit { .. })
         ));
+        let mut bad = g.clone();
+        bad.spec.robust.quorum = 1.5;
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("spec.robust.quorum"), "{err}");
         let err = Genesis::parse(b"version = 1\nbogus = 3\n").unwrap_err();
         assert!(
             err.to_string().contains("bogus") || err.to_string().contains("missing"),

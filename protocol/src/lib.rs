@@ -8,7 +8,10 @@
 //! - [`wire`]: signed envelopes and the messages of a round, with bounded decoding.
 //! - [`round`]: one round of mode `plain` — updates in, a FedAvg record out, approvals to a
 //!   threshold-signed entry.
-//! - [`aggregate`]: aggregation rules over flat updates.
+//! - [`aggregate`]: FedAvg over flat updates, as the round uses it.
+//! - [`robust`]: robust aggregation rules (median, trimmed mean, Krum, Multi-Krum, centered
+//!   clipping, FoolsGold) and per-member anomaly scores with an EWMA history.
+//! - [`votes`]: signed eviction votes, their tally with quorum and expiry, eviction records.
 //! - [`secagg`]: secure aggregation (Bonawitz et al. 2017 with SecAgg+ neighbourhoods): typed member
 //!   and coordinator phases, quantization into Z_(2^bits), neighbour graphs.
 //! - [`dp`]: differential-privacy accounting — ε of noisy training steps, and the noise for a
@@ -26,8 +29,10 @@ pub mod audit;
 pub mod dp;
 pub mod genesis;
 pub mod model;
+pub mod robust;
 pub mod round;
 pub mod secagg;
+pub mod votes;
 pub mod wire;
 
 pub use fedmesh_crypto as crypto;

@@ -139,6 +139,36 @@ pub fn load(
     }
 }
 
+/// Load every member's training shard (by member index) and the shared test split, reading the
+/// MNIST file once: what [`load`] gives each member, for in-process drills.
+pub fn load_all(
+    spec: &DataSpec,
+    path: &Path,
+    members: u32,
+) -> Result<(Vec<Dataset>, Dataset), DataError> {
+    if members == 0 {
+        return Err(DataError::Member {
+            member: 0,
+            members: 0,
+        });
+    }
+    let all = match spec.source {
+        DataSource::Mnist => Some(data::read_csv(path)?),
+        DataSource::Synthetic => None,
+    };
+    let mut shards = Vec::with_capacity(members as usize);
+    let mut test = None;
+    for m in 0..members {
+        let d = match &all {
+            Some(all) => data::split(all, spec, path, m as usize, members as usize)?,
+            None => load(spec, path, m, members)?,
+        };
+        shards.push(d.train);
+        test.get_or_insert(d.test);
+    }
+    Ok((shards, test.expect("at least one member")))
+}
+
 /// Why training or evaluation refused to run or failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -1,0 +1,365 @@
+//! One drill run: many members in this process, the real training code and the real robust rules,
+//! scores and votes, round after round.
+
+use std::collections::BTreeSet;
+
+use anyhow::Context as _;
+use rand::SeedableRng;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use fedmesh_crypto::{hash::Hasher, identity, Hash};
+use fedmesh_protocol::genesis::{RobustSpec, TrainSpec};
+use fedmesh_protocol::model::Layout;
+use fedmesh_protocol::robust::{self, score, Input};
+use fedmesh_protocol::votes::{Outcome, SignedVote, Tally, Vote};
+
+use crate::attack;
+use crate::train::{self, Dataset};
+
+/// What every run of a drill shares: the members' data, the model, and their keys.
+pub struct World {
+    pub layout: Layout,
+    pub init: Vec<f32>,
+    pub shards: Vec<Dataset>,
+    pub test: Dataset,
+    pub train: TrainSpec,
+    pub keys: Vec<identity::SecretKey>,
+    /// Stands in for the genesis hash that votes are bound to.
+    pub network: Hash,
+}
+
+impl World {
+    pub fn members(&self) -> usize {
+        self.shards.len()
+    }
+}
+
+/// One run's settings.
+pub struct RunSpec<'a> {
+    pub robust: &'a RobustSpec,
+    /// The attack of the scenario.
+    pub attack: &'a attack::Config,
+    /// The clean run: nobody attacks (the attack still says which test rows measure success).
+    pub clean: bool,
+    /// Attacking members (sorted); in a clean run they are honest but still tracked, so the
+    /// clean run's false alarms are counted on the same honest set.
+    pub attackers: &'a [u32],
+    pub rounds: u64,
+    pub seed: u64,
+}
+
+/// Per-round figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundStat {
+    pub round: u64,
+    pub accuracy: f32,
+    pub loss: f32,
+    /// Share of triggered / flipped test rows classified as the attacker wants (None without a
+    /// targeted attack).
+    pub attack_success: Option<f32>,
+    /// Members whose updates were aggregated.
+    pub active: usize,
+    /// The attack was mounted this round (on-off attacks skip rounds).
+    pub attacking: bool,
+    /// Attackers flagged (EWMA score over the threshold) or already evicted, out of all attackers.
+    pub tpr: Option<f64>,
+    /// Honest members flagged or evicted, out of all honest members.
+    pub fpr: f64,
+    /// Members evicted by the votes of this round (out from the next round).
+    pub evicted: Vec<u32>,
+}
+
+/// An eviction.
+#[derive(Debug, Clone, Serialize)]
+pub struct Eviction {
+    pub member: u32,
+    /// The round whose votes reached the quorum.
+    pub round: u64,
+    pub attacker: bool,
+    pub votes: usize,
+    pub needed: usize,
+}
+
+/// The outcome of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub rounds: Vec<RoundStat>,
+    pub evictions: Vec<Eviction>,
+    /// Seconds of wall time.
+    pub seconds: f64,
+}
+
+impl Run {
+    pub fn final_accuracy(&self) -> f32 {
+        self.rounds.last().map_or(0.0, |r| r.accuracy)
+    }
+
+    /// Lowest accuracy of the last `k` rounds.
+    pub fn worst_of_last(&self, k: usize) -> f32 {
+        self.rounds
+            .iter()
+            .rev()
+            .take(k)
+            .map(|r| r.accuracy)
+            .fold(f32::INFINITY, f32::min)
+    }
+
+    pub fn final_attack_success(&self) -> Option<f32> {
+        self.rounds.last().and_then(|r| r.attack_success)
+    }
+
+    /// Smallest TPR and largest FPR over the rounds after `skip`.
+    pub fn detection_after(&self, skip: u64) -> (Option<f64>, f64) {
+        let later = self.rounds.iter().filter(|r| r.round > skip);
+        let tpr = later.clone().filter_map(|r| r.tpr).reduce(f64::min);
+        let fpr = later.map(|r| r.fpr).fold(0.0, f64::max);
+        (tpr, fpr)
+    }
+
+    /// Round in which `member` was evicted.
+    pub fn evicted_in(&self, member: u32) -> Option<u64> {
+        self.evictions
+            .iter()
+            .find(|e| e.member == member)
+            .map(|e| e.round)
+    }
+
+    pub fn honest_evicted(&self) -> Vec<u32> {
+        self.evictions
+            .iter()
+            .filter(|e| !e.attacker)
+            .map(|e| e.member)
+            .collect()
+    }
+}
+
+/// A seed for one purpose of one member in one round, derived from the drill seed.
+pub fn derive(seed: u64, what: &str, round: u64, member: u32) -> u64 {
+    let mut h = Hasher::new("fedmesh drill seed v1");
+    h.update(&seed.to_le_bytes());
+    h.update_field(what.as_bytes());
+    h.update(&round.to_le_bytes());
+    h.update(&member.to_le_bytes());
+    let b = h.finalize();
+    u64::from_le_bytes(b.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// The test rows an attack wants classified its way, labelled with the label it wants; None for
+/// untargeted attacks.
+fn success_set(attack: &attack::Config, test: &Dataset) -> Option<Dataset> {
+    let mut out = Dataset {
+        features: test.features,
+        classes: test.classes,
+        x: Vec::new(),
+        y: Vec::new(),
+    };
+    for (i, &y) in test.y.iter().enumerate() {
+        let mut row = test.x[i * test.features..(i + 1) * test.features].to_vec();
+        let want = match attack.kind {
+            attack::Kind::Backdoor if y != attack.target => {
+                attack::stamp(&mut row, attack.trigger);
+                attack.target
+            }
+            attack::Kind::LabelFlip if attack.flip(y, test.classes) != y => {
+                attack.flip(y, test.classes)
+            }
+            _ => continue,
+        };
+        out.x.extend_from_slice(&row);
+        out.y.push(want);
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Run `spec.rounds` rounds.
+pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
+    let started = std::time::Instant::now();
+    let n = world.members();
+    let attackers: BTreeSet<u32> = spec.attackers.iter().copied().collect();
+    let attack = Some(spec.attack).filter(|a| !spec.clean && !a.is_honest());
+    let robust = spec.robust;
+    let rule = robust.rule();
+    // Poisoned rows are drawn once per attacker, as a real attacker would prepare them.
+    let poisoned: Vec<Option<Dataset>> = (0..n as u32)
+        .map(|m| match attack {
+            Some(a) if a.poisons_data() && attackers.contains(&m) => {
+                let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(derive(spec.seed, "poison", 0, m));
+                Some(a.poison_data(&world.shards[m as usize], &mut rng))
+            }
+            _ => None,
+        })
+        .collect();
+    let target_set = success_set(spec.attack, &world.test);
+
+    let mut global = world.init.clone();
+    let mut active: BTreeSet<u32> = (0..n as u32).collect();
+    let mut state = robust::State::default();
+    let mut history = score::History::default();
+    let mut tally = Tally::new(
+        world.network,
+        world
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (i as u32, k.public())),
+        robust.quorum,
+        robust.vote_expiry_rounds,
+    );
+    let mut evicted: BTreeSet<u32> = BTreeSet::new();
+    let mut out = Run {
+        rounds: Vec::new(),
+        evictions: Vec::new(),
+        seconds: 0.0,
+    };
+    for round in 1..=spec.rounds {
+        let members: Vec<u32> = active.iter().copied().collect();
+        let attacking = attack.is_some_and(|a| a.active_in(round));
+        let is_attacker = |m: u32| attacking && attackers.contains(&m);
+        // 1. Train, every member in parallel.
+        let trained: Vec<(u32, Vec<f32>, u64)> = members
+            .par_iter()
+            .map(|&m| -> anyhow::Result<(u32, Vec<f32>, u64)> {
+                let a = attack.filter(|_| is_attacker(m));
+                let data = match (a, &poisoned[m as usize]) {
+                    (Some(_), Some(p)) => p,
+                    _ => &world.shards[m as usize],
+                };
+                let weight = world.shards[m as usize].len() as u64;
+                if a.is_some_and(|a| !a.trains()) {
+                    return Ok((m, vec![0.0; global.len()], weight));
+                }
+                let t = train::train(
+                    &world.layout,
+                    &global,
+                    data,
+                    &world.train,
+                    derive(spec.seed, "train", round, m),
+                )
+                .with_context(|| format!("member {m}, round {round}"))?;
+                let delta = t.params.iter().zip(&global).map(|(a, b)| a - b).collect();
+                Ok((m, delta, weight))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        // 2. Attackers replace their updates (omniscient ones see the honest updates).
+        let mut updates = trained;
+        if let Some(a) = attack.filter(|_| attacking) {
+            let honest: Vec<Vec<f32>> = updates
+                .iter()
+                .filter(|(m, _, _)| !attackers.contains(m))
+                .map(|(_, d, _)| d.clone())
+                .collect();
+            let honest_refs: Vec<&[f32]> = honest.iter().map(|h| &h[..]).collect();
+            let f = members.iter().filter(|m| attackers.contains(m)).count();
+            // Omniscient attackers collude: one vector, computed once.
+            let mut shared: Option<Vec<f32>> = None;
+            for (m, delta, _) in updates.iter_mut() {
+                if !attackers.contains(m) || matches!(a.kind, attack::Kind::LabelFlip) {
+                    continue;
+                }
+                if a.omniscient() {
+                    if shared.is_none() {
+                        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(derive(spec.seed, "attack", round, 0));
+                        shared = Some(a.poison_update(delta, &honest_refs, members.len(), f, &mut rng));
+                    }
+                    *delta = shared.clone().expect("set above");
+                } else {
+                    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(derive(spec.seed, "attack", round, *m));
+                    *delta = a.poison_update(delta, &honest_refs, members.len(), f, &mut rng);
+                }
+            }
+        }
+        // 3. Aggregate with the robust rule and apply.
+        let inputs: Vec<Input> = updates
+            .iter()
+            .map(|(m, d, w)| Input::new(*m, d, *w))
+            .collect();
+        let agg = robust::aggregate(&rule, &inputs, &mut state)
+            .with_context(|| format!("round {round}: {}", rule.name()))?;
+        for (g, d) in global.iter_mut().zip(&agg.update) {
+            *g += d;
+        }
+        let eval = train::evaluate(&world.layout, &global, &world.test)?;
+        let attack_success = match &target_set {
+            Some(set) => Some(train::evaluate(&world.layout, &global, set)?.accuracy),
+            None => None,
+        };
+        // 4. Score everyone against the aggregate; honest members vote on persistent outliers.
+        let scores = score::round_scores(&inputs, &agg.update);
+        history.record(round, &scores, robust.score_decay, robust.score_threshold);
+        let flagged: BTreeSet<u32> = history
+            .peers
+            .iter()
+            .filter(|(m, p)| active.contains(m) && p.ewma > robust.score_threshold)
+            .map(|(m, _)| *m)
+            .collect();
+        let mut evicted_now = Vec::new();
+        if robust.votes {
+            tally.expire(round);
+            if round > robust.warmup_rounds {
+                let suspects: Vec<(u32, f64)> = history
+                    .suspects(robust.patience)
+                    .into_iter()
+                    .filter(|(m, _)| active.contains(m))
+                    .collect();
+                let evidence: std::collections::BTreeMap<u32, Hash> = scores
+                    .iter()
+                    .map(|s| (s.member, s.evidence(round)))
+                    .collect();
+                for (target, ewma) in suspects {
+                    // Attackers do not vote (they cannot reach a quorum without honest votes).
+                    for &voter in members.iter().filter(|m| !attackers.contains(m) || attack.is_none()) {
+                        if voter == target || tally.has_voted(voter, target) || !tally.is_active(target) {
+                            continue;
+                        }
+                        let vote = Vote {
+                            round,
+                            voter,
+                            target,
+                            score: ewma as f32,
+                            evidence: evidence.get(&target).copied().unwrap_or(Hash::ZERO),
+                        };
+                        let signed = SignedVote::sign(world.network, vote, &world.keys[voter as usize]);
+                        if let Outcome::Evicted(rec) = tally.add(&signed, round)? {
+                            evicted_now.push(rec.target);
+                            out.evictions.push(Eviction {
+                                member: rec.target,
+                                round,
+                                attacker: attack.is_some() && attackers.contains(&rec.target),
+                                votes: rec.votes.len(),
+                                needed: rec.needed as usize,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        for m in &evicted_now {
+            active.remove(m);
+            evicted.insert(*m);
+            history.remove(*m);
+        }
+        let caught = |m: &u32| flagged.contains(m) || evicted.contains(m);
+        let honest_total = n - attackers.len();
+        let tpr = (attack.is_some() && !attackers.is_empty()).then(|| {
+            attackers.iter().filter(|m| caught(m)).count() as f64 / attackers.len() as f64
+        });
+        let honest_caught = (0..n as u32)
+            .filter(|m| (attack.is_none() || !attackers.contains(m)) && caught(m))
+            .count();
+        let honest_den = if attack.is_some() { honest_total } else { n };
+        out.rounds.push(RoundStat {
+            round,
+            accuracy: eval.accuracy,
+            loss: eval.loss,
+            attack_success,
+            active: members.len(),
+            attacking,
+            tpr,
+            fpr: honest_caught as f64 / honest_den.max(1) as f64,
+            evicted: evicted_now,
+        });
+    }
+    out.seconds = started.elapsed().as_secs_f64();
+    Ok(out)
+}
