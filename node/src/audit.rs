@@ -162,23 +162,21 @@ fn summary(e: &Entry) -> serde_json::Value {
                             "dropped_while_unmasking": s.dropped_while_unmasking,
                         });
                     }
-                }
-                Err(err) => v["error"] = json!(err.to_string()),
-            }
-        }
-        Kind::Eviction => {
-            v["kind"] = json!("eviction");
-            match e.eviction_record() {
-                Ok(r) => {
-                    v["target"] = json!(r.target);
-                    v["round"] = json!(r.round);
-                    v["effective_round"] = json!(r.effective_round);
-                    v["active"] = json!(r.active);
-                    v["needed"] = json!(r.needed);
-                    v["voters"] =
-                        json!(r.votes.iter().map(|s| s.vote.voter).collect::<Vec<_>>());
-                    v["scores"] = json!(r.votes.iter().map(|s| s.vote.score).collect::<Vec<_>>());
-                    v["signers"] = json!(e.signatures.iter().map(|s| s.member).collect::<Vec<_>>());
+                    v["evicted"] = json!(r.evictions.iter().map(|x| x.target).collect::<Vec<_>>());
+                    if !r.evictions.is_empty() {
+                        v["evictions"] = json!(r
+                            .evictions
+                            .iter()
+                            .map(|x| json!({
+                                "target": x.target,
+                                "out_from_round": x.effective_round,
+                                "active": x.active,
+                                "needed": x.needed,
+                                "voters": x.votes.iter().map(|s| s.vote.voter).collect::<Vec<_>>(),
+                                "scores": x.votes.iter().map(|s| s.vote.score).collect::<Vec<_>>(),
+                            }))
+                            .collect::<Vec<_>>());
+                    }
                 }
                 Err(err) => v["error"] = json!(err.to_string()),
             }
@@ -198,35 +196,34 @@ fn human(e: &Entry, v: &serde_json::Value) -> String {
             v["members"],
             v["threshold"]
         ),
-        Kind::Round => format!(
-            "{:>5}  round {:<4} {}  accuracy {:.4} loss {:.4}  participants {} dropouts {} coordinator {} signers {}",
-            e.height,
-            v["round"],
-            e.hash().short(),
-            v["accuracy"].as_f64().unwrap_or(f64::NAN),
-            v["loss"].as_f64().unwrap_or(f64::NAN),
-            v["participants"],
-            v["dropouts"],
-            v["coordinator"],
-            v["signers"]
-        ),
-        Kind::Eviction => format!(
-            "{:>5}  evict {:<4} {}  after round {} by voters {} ({} of {} needed), out from round {}",
-            e.height,
-            v["target"],
-            e.hash().short(),
-            v["round"],
-            v["voters"],
-            v["needed"],
-            v["active"],
-            v["effective_round"]
-        ),
+        Kind::Round => {
+            let mut line = format!(
+                "{:>5}  round {:<4} {}  accuracy {:.4} loss {:.4}  participants {} dropouts {} coordinator {} signers {}",
+                e.height,
+                v["round"],
+                e.hash().short(),
+                v["accuracy"].as_f64().unwrap_or(f64::NAN),
+                v["loss"].as_f64().unwrap_or(f64::NAN),
+                v["participants"],
+                v["dropouts"],
+                v["coordinator"],
+                v["signers"]
+            );
+            for x in v["evictions"].as_array().into_iter().flatten() {
+                line.push_str(&format!(
+                    "\n       evicted member {} (votes of {}, {} of {} needed), out from round {}",
+                    x["target"], x["voters"], x["needed"], x["active"], x["out_from_round"]
+                ));
+            }
+            line
+        }
     }
 }
 
 /// Check the whole log: every entry decodes, links to its predecessor, carries valid member and
-/// threshold signatures from the genesis keys, follows the previous round, and has a checkpoint
-/// whose hash is the recorded model.
+/// threshold signatures from the genesis keys, follows the previous round, keeps evicted members
+/// out (and evicts only with a quorum of valid votes), and has a checkpoint whose hash is the
+/// recorded model.
 pub fn verify(store: &Store, expected_genesis: Option<Hash>) -> Result<Verified, Failure> {
     let fail = |height: u64, reason: String| Failure { height, reason };
     let mut iter = store.entries();
@@ -269,33 +266,11 @@ pub fn verify(store: &Store, expected_genesis: Option<Hash>) -> Result<Verified,
         entry
             .verify(&genesis, gh, &bls)
             .map_err(|e| fail(h, e.to_string()))?;
-        if entry.kind == Kind::Eviction {
-            let rec = entry
-                .eviction_record()
-                .map_err(|e| fail(h, e.to_string()))?;
-            check_eviction(&rec, last.as_ref(), &evicted, genesis.members.len())
-                .map_err(|reason| fail(h, reason))?;
-            evicted.insert(rec.target);
-            prev = entry;
-            count += 1;
-            continue;
-        }
         let record = entry.record().map_err(|e| fail(h, e.to_string()))?;
         audit::verify_succession(&genesis, last.as_ref(), &entry, &record)
             .map_err(|e| fail(h, e.to_string()))?;
-        if let Some(c) = record
-            .participants
-            .iter()
-            .find(|c| evicted.contains(&c.member))
-        {
-            return Err(fail(
-                h,
-                format!(
-                    "member {} takes part in round {} after its eviction",
-                    c.member, record.round
-                ),
-            ));
-        }
+        audit::check_membership(&genesis, &mut evicted, h, &record)
+            .map_err(|e| fail(h, e.to_string()))?;
         match store.checkpoint(&layout, &record.new_model) {
             Ok(Some(_)) => {}
             Ok(None) => {
@@ -320,40 +295,6 @@ pub fn verify(store: &Store, expected_genesis: Option<Hash>) -> Result<Verified,
         head: prev.hash(),
         rounds: last.map(|r| r.round).unwrap_or(0),
     })
-}
-
-/// An eviction follows the log: it is recorded after the round its votes were cast in, its target
-/// and voters were still members then, and the quorum was counted over the members active then.
-fn check_eviction(
-    rec: &fedmesh_protocol::votes::EvictionRecord,
-    last: Option<&RoundRecord>,
-    evicted: &std::collections::BTreeSet<u32>,
-    members: usize,
-) -> Result<(), String> {
-    let last_round = last.map_or(0, |r| r.round);
-    if rec.round != last_round || rec.effective_round != last_round + 1 {
-        return Err(format!(
-            "eviction of member {} is for round {} (effective {}), but the last round in the log is {last_round}",
-            rec.target, rec.round, rec.effective_round
-        ));
-    }
-    if evicted.contains(&rec.target) {
-        return Err(format!("member {} is evicted twice", rec.target));
-    }
-    if let Some(v) = rec.votes.iter().find(|v| evicted.contains(&v.vote.voter)) {
-        return Err(format!(
-            "member {} votes after its own eviction",
-            v.vote.voter
-        ));
-    }
-    let active = members - evicted.len();
-    if rec.active as usize != active {
-        return Err(format!(
-            "eviction of member {} counts {} active members, the log says {active}",
-            rec.target, rec.active
-        ));
-    }
-    Ok(())
 }
 
 fn corrupt_height(e: &fedmesh_storage::StoreError) -> Option<u64> {

@@ -94,6 +94,7 @@ pub fn run(req: &Request) -> anyhow::Result<fedmesh_crypto::Hash> {
         .spec
         .validate()
         .map_err(|e| anyhow::anyhow!("genesis config: {e}"))?;
+    crate::runtime::check_spec(&file.spec).map_err(|e| anyhow::anyhow!("genesis config: {e}"))?;
     if file.spec.data.source == fedmesh_protocol::genesis::DataSource::Synthetic
         && (layout.inputs() != crate::train::SYNTHETIC_FEATURES || layout.outputs() != 2)
     {

@@ -20,13 +20,6 @@ pub fn run(cfg: config::Node) -> anyhow::Result<()> {
     if cfg.threads > 0 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", cfg.threads.to_string());
     }
-    if !cfg.attack.is_honest() {
-        // The runtime does not mount attacks yet; say so rather than pretend.
-        tracing::warn!(
-            attack = cfg.attack.kind.name(),
-            "this node's config has an [attack] section; the networked runtime does not apply it yet (use `fedmesh drill poisoning`)"
-        );
-    }
     let prepared = prepare(&cfg, true)?;
     let span = tracing::info_span!("node", member = prepared.ctx.keys.index);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -105,6 +98,21 @@ pub fn prepare(cfg: &config::Node, init_logging: bool) -> anyhow::Result<Prepare
         genesis.members.len() as u32,
     )
     .with_context(|| format!("loading member {me}'s data"))?;
+    crate::runtime::check_spec(&genesis.spec)?;
+    cfg.attack
+        .validate(Some(data.train.classes))
+        .map_err(|e| anyhow::anyhow!("[attack]: {e}"))?;
+    let poisoned = (cfg.attack.poisons_data()).then(|| {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(genesis.spec.data.seed ^ u64::from(me));
+        cfg.attack.poison_data(&data.train, &mut rng)
+    });
+    if !cfg.attack.is_honest() {
+        tracing::warn!(
+            attack = cfg.attack.kind.name(),
+            "this node is an ATTACKER ([attack] in its config), for drills"
+        );
+    }
     tracing::info!(
         network = %genesis.spec.network,
         genesis = %genesis_hash.short(),
@@ -150,6 +158,8 @@ pub fn prepare(cfg: &config::Node, init_logging: bool) -> anyhow::Result<Prepare
         rounds: cfg.rounds,
         counters: Default::default(),
         faults: cfg.faults.clone(),
+        attack: cfg.attack.clone(),
+        poisoned,
     };
     Ok(Prepared {
         ctx,

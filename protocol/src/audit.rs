@@ -19,11 +19,8 @@ pub use crate::votes::EvictionRecord;
 pub enum Kind {
     /// Height 0: the genesis file itself.
     Genesis,
-    /// A completed training round ([`RoundRecord`]).
+    /// A completed training round ([`RoundRecord`]), with the evictions decided in it.
     Round,
-    /// A member voted out ([`EvictionRecord`]): from its `effective_round` on it is no longer in
-    /// the member set. Appended after every kind above so that older entries decode unchanged.
-    Eviction,
 }
 
 impl Kind {
@@ -31,7 +28,6 @@ impl Kind {
         match self {
             Kind::Genesis => 0,
             Kind::Round => 1,
-            Kind::Eviction => 2,
         }
     }
 }
@@ -102,6 +98,9 @@ pub struct RoundRecord {
     pub proposed_at_ms: u64,
     /// Mode `secagg`: how the secure sum was formed.
     pub secure: Option<SecureSummary>,
+    /// Members voted out in this round (each with the quorum's signed votes), sorted by target:
+    /// from the next round on they are not members. See [`check_membership`].
+    pub evictions: Vec<EvictionRecord>,
 }
 
 /// What a secure-aggregation round revealed and who dropped where. In mode `secagg` the record's
@@ -189,6 +188,8 @@ pub enum VerifyError {
         target: u32,
         source: crate::votes::VoteError,
     },
+    #[error("height {height}: {reason}")]
+    Membership { height: u64, reason: String },
 }
 
 impl VerifyError {
@@ -207,7 +208,8 @@ impl VerifyError {
             | VerifyError::Signer { height, .. }
             | VerifyError::TooFewSignatures { height, .. }
             | VerifyError::ThresholdSignature { height }
-            | VerifyError::Eviction { height, .. } => *height,
+            | VerifyError::Eviction { height, .. }
+            | VerifyError::Membership { height, .. } => *height,
         }
     }
 }
@@ -238,35 +240,6 @@ impl Entry {
             signatures: Vec::new(),
             threshold_signature: Vec::new(),
         }
-    }
-
-    /// An unsigned entry for an eviction record on top of `prev`. Like a round entry it is
-    /// approved by members (ed25519 and BLS shares over [`Entry::signing_hash`]).
-    pub fn eviction(height: u64, prev_hash: Hash, record: &EvictionRecord) -> Entry {
-        let body = record.encode();
-        Entry {
-            height,
-            prev_hash,
-            kind: Kind::Eviction,
-            body_hash: body_hash(&body),
-            body,
-            signatures: Vec::new(),
-            threshold_signature: Vec::new(),
-        }
-    }
-
-    /// The eviction record of a [`Kind::Eviction`] entry.
-    pub fn eviction_record(&self) -> Result<EvictionRecord, VerifyError> {
-        if self.kind != Kind::Eviction {
-            return Err(VerifyError::Kind {
-                height: self.height,
-                kind: self.kind,
-            });
-        }
-        EvictionRecord::decode(&self.body).map_err(|e| VerifyError::Body {
-            height: self.height,
-            reason: e.to_string(),
-        })
     }
 
     /// What members sign: height, link, kind and body hash.
@@ -303,7 +276,7 @@ impl Entry {
         let height = self.height;
         let computed = match self.kind {
             Kind::Genesis => crate::genesis::hash_bytes(&self.body),
-            Kind::Round | Kind::Eviction => body_hash(&self.body),
+            Kind::Round => body_hash(&self.body),
         };
         if computed != self.body_hash {
             return Err(VerifyError::BodyHash { height });
@@ -327,30 +300,21 @@ impl Entry {
                 Ok(())
             }
             (h, Kind::Round) if h > 0 => {
-                self.record()?;
-                self.verify_signatures(genesis, bls_set)
-            }
-            (h, Kind::Eviction) if h > 0 => {
-                let rec = self.eviction_record()?;
-                // The votes must be a quorum's signatures; whether the voters were all still
-                // active at this height is checked by whoever walks the log (they know the
-                // earlier evictions).
-                rec.verify(
-                    genesis_hash,
-                    |i| genesis.member(i).map(|m| m.public_key),
-                    genesis.spec.robust.quorum,
-                )
-                .map_err(|source| VerifyError::Eviction {
-                    height,
-                    target: rec.target,
-                    source,
-                })?;
-                if genesis.member(rec.target).is_none() {
-                    return Err(VerifyError::Eviction {
+                let record = self.record()?;
+                // Each eviction's votes must be a quorum's signatures; whether the voters and the
+                // target were still members at this height is checked by whoever walks the log
+                // and knows the earlier evictions ([`check_membership`]).
+                for rec in &record.evictions {
+                    rec.verify(
+                        genesis_hash,
+                        |i| genesis.member(i).map(|m| m.public_key),
+                        genesis.spec.robust.quorum,
+                    )
+                    .map_err(|source| VerifyError::Eviction {
                         height,
                         target: rec.target,
-                        source: crate::votes::VoteError::Record("the target is not a member".into()),
-                    });
+                        source,
+                    })?;
                 }
                 self.verify_signatures(genesis, bls_set)
             }
@@ -457,6 +421,74 @@ pub fn verify_succession(
     Ok(())
 }
 
+/// Check a round record against the member set the log had before it: members evicted earlier
+/// (`evicted`) neither take part, drop out, vote nor are evicted again; each eviction belongs to
+/// this round (out from the next), counts the quorum over the members active now, carries
+/// distinct targets in order, and only votes cast within the expiry window. Signatures and
+/// quorum size are [`Entry::verify`]'s part. On success, adds this record's targets to `evicted`.
+pub fn check_membership(
+    genesis: &Genesis,
+    evicted: &mut std::collections::BTreeSet<u32>,
+    height: u64,
+    record: &RoundRecord,
+) -> Result<(), VerifyError> {
+    let fail = |reason: String| VerifyError::Membership { height, reason };
+    let round = record.round;
+    let listed = record
+        .participants
+        .iter()
+        .map(|c| c.member)
+        .chain(record.dropouts.iter().copied());
+    for m in listed {
+        if evicted.contains(&m) {
+            return Err(fail(format!(
+                "member {m} appears in round {round} after its eviction"
+            )));
+        }
+    }
+    let active = genesis.members.len().saturating_sub(evicted.len());
+    let expiry = genesis.spec.robust.vote_expiry_rounds;
+    let mut last_target = None;
+    for rec in &record.evictions {
+        let target = rec.target;
+        if last_target.is_some_and(|t| t >= target) {
+            return Err(fail("evictions must have distinct targets in order".into()));
+        }
+        last_target = Some(target);
+        if genesis.member(target).is_none() || evicted.contains(&target) {
+            return Err(fail(format!("member {target} is not a member to evict")));
+        }
+        if rec.round != round || rec.effective_round != round + 1 {
+            return Err(fail(format!(
+                "eviction of member {target} is for round {} (out from {}), recorded in round {round}",
+                rec.round, rec.effective_round
+            )));
+        }
+        if rec.active as usize != active {
+            return Err(fail(format!(
+                "eviction of member {target} counts {} active members; the log says {active}",
+                rec.active
+            )));
+        }
+        for v in &rec.votes {
+            if evicted.contains(&v.vote.voter) {
+                return Err(fail(format!(
+                    "member {} votes after its own eviction",
+                    v.vote.voter
+                )));
+            }
+            if v.vote.round > round || v.vote.round + expiry.max(1) <= round {
+                return Err(fail(format!(
+                    "a vote of member {} from round {} is not valid in round {round}",
+                    v.vote.voter, v.vote.round
+                )));
+            }
+        }
+    }
+    evicted.extend(record.evictions.iter().map(|r| r.target));
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -479,6 +511,7 @@ mod tests {
             },
             proposed_at_ms: 0,
             secure: None,
+            evictions: Vec::new(),
         }
     }
 
@@ -572,11 +605,12 @@ mod tests {
         // Entries already in logs were encoded with these variant indices; new kinds go after.
         assert_eq!(crate::codec::encode(&Kind::Genesis), [0]);
         assert_eq!(crate::codec::encode(&Kind::Round), [1]);
-        assert_eq!(crate::codec::encode(&Kind::Eviction), [2]);
     }
 
+    /// Three of four members vote member 3 out in round 1: the round entry carrying the eviction
+    /// verifies; with a vote too few, or a vote signed for another network, it does not.
     #[test]
-    fn eviction_entry_verifies_with_a_quorum_of_votes() {
+    fn round_entry_with_an_eviction_verifies_only_with_a_quorum_of_votes() {
         use crate::votes::{Outcome, SignedVote, Tally, Vote};
         let (g, keys, shares) = sample(4);
         let text = g.to_toml();
@@ -589,35 +623,39 @@ mod tests {
             g.spec.robust.quorum,
             3,
         );
-        let mut record = None;
+        let mut eviction = None;
         for voter in 0..3u32 {
             let v = Vote {
-                round: 0,
+                round: 1,
                 voter,
                 target: 3,
                 score: 12.0,
                 evidence: Hash::ZERO,
             };
             if let Outcome::Evicted(r) = tally
-                .add(&SignedVote::sign(gh, v, &keys[voter as usize]), 0)
+                .add(&SignedVote::sign(gh, v, &keys[voter as usize]), 1)
                 .unwrap()
             {
-                record = Some(r);
+                eviction = Some(r);
             }
         }
-        let record = record.expect("3 of 4 is a quorum");
-        let mut e1 = Entry::eviction(1, e0.hash(), &record);
-        sign_entry(&mut e1, &keys, &shares, &set, &[0, 1, 2]);
+        let eviction = eviction.expect("3 of 4 is a quorum");
+        let with = |ev: crate::votes::EvictionRecord| {
+            let mut r = record(1, g.initial_model);
+            r.evictions = vec![ev];
+            let mut e = Entry::round(1, e0.hash(), &r);
+            sign_entry(&mut e, &keys, &shares, &set, &[0, 1, 2]);
+            (e, r)
+        };
+        let (e1, r1) = with(eviction.clone());
         e1.verify(&g, gh, &set).unwrap();
-        verify_link(&e0, &e1).unwrap();
-        assert_eq!(e1.eviction_record().unwrap(), record);
-        assert!(e1.record().is_err());
+        let mut evicted = std::collections::BTreeSet::new();
+        check_membership(&g, &mut evicted, 1, &r1).unwrap();
+        assert_eq!(evicted.iter().copied().collect::<Vec<_>>(), [3]);
 
-        // A record with one vote too few, properly signed as an entry, is still refused.
-        let mut short = record.clone();
+        let mut short = eviction.clone();
         short.votes.pop();
-        let mut bad = Entry::eviction(1, e0.hash(), &short);
-        sign_entry(&mut bad, &keys, &shares, &set, &[0, 1, 2]);
+        let (bad, _) = with(short);
         assert!(matches!(
             bad.verify(&g, gh, &set),
             Err(VerifyError::Eviction {
@@ -626,18 +664,66 @@ mod tests {
                 ..
             })
         ));
-        // Votes signed for another network do not count.
-        let mut foreign = record.clone();
+        let mut foreign = eviction.clone();
         foreign.votes[0] = SignedVote::sign(Hash::ZERO, foreign.votes[0].vote, &keys[0]);
-        let mut bad = Entry::eviction(1, e0.hash(), &foreign);
-        sign_entry(&mut bad, &keys, &shares, &set, &[0, 1, 2]);
+        let (bad, _) = with(foreign);
         assert!(bad.verify(&g, gh, &set).is_err());
-        // An eviction entry without the threshold signature is refused like a round entry.
-        let mut bad = e1.clone();
-        bad.signatures.truncate(1);
-        assert!(matches!(
-            bad.verify(&g, gh, &set),
-            Err(VerifyError::TooFewSignatures { .. })
-        ));
+    }
+
+    /// The member set follows the log: an evicted member may not appear, vote or be evicted
+    /// again, and an eviction must count the members active at its round.
+    #[test]
+    fn membership_follows_the_evictions_in_the_log() {
+        use crate::votes::{needed, EvictionRecord, SignedVote, Vote};
+        let (g, keys, _) = sample(4);
+        let gh = Hash::of("net", b"");
+        let vote = |voter: u32, target: u32, round: u64| {
+            let v = Vote {
+                round,
+                voter,
+                target,
+                score: 9.0,
+                evidence: Hash::ZERO,
+            };
+            SignedVote::sign(gh, v, &keys[voter as usize])
+        };
+        let eviction = |target: u32, round: u64, active: u32, voters: &[u32]| EvictionRecord {
+            target,
+            round,
+            effective_round: round + 1,
+            active,
+            needed: needed(active as usize, g.spec.robust.quorum) as u32,
+            votes: voters.iter().map(|v| vote(*v, target, round)).collect(),
+        };
+        let mut evicted = std::collections::BTreeSet::new();
+        let mut r2 = record(2, Hash::ZERO);
+        r2.evictions = vec![eviction(3, 2, 4, &[0, 1, 2])];
+        check_membership(&g, &mut evicted, 2, &r2).unwrap();
+
+        let fails = |r: &RoundRecord, evicted: &std::collections::BTreeSet<u32>| {
+            let mut e = evicted.clone();
+            let err = check_membership(&g, &mut e, 3, r).unwrap_err();
+            assert_eq!(&e, evicted, "a failed check changes nothing");
+            err.to_string()
+        };
+        let mut r3 = record(3, Hash::ZERO);
+        r3.dropouts = vec![3];
+        assert!(fails(&r3, &evicted).contains("after its eviction"));
+        let mut r3 = record(3, Hash::ZERO);
+        r3.evictions = vec![eviction(3, 3, 3, &[0, 1])];
+        assert!(fails(&r3, &evicted).contains("not a member to evict"));
+        r3.evictions = vec![eviction(2, 3, 4, &[0, 1, 3])];
+        assert!(fails(&r3, &evicted).contains("active members"));
+        r3.evictions = vec![eviction(2, 3, 3, &[0, 3])];
+        assert!(fails(&r3, &evicted).contains("after its own eviction"));
+        r3.evictions = vec![eviction(2, 2, 3, &[0, 1])];
+        assert!(fails(&r3, &evicted).contains("recorded in round 3"));
+        let mut stale = eviction(2, 3, 3, &[0, 1]);
+        stale.votes[0] = vote(0, 2, 3 - g.spec.robust.vote_expiry_rounds);
+        r3.evictions = vec![stale];
+        assert!(fails(&r3, &evicted).contains("not valid in round 3"));
+        r3.evictions = vec![eviction(2, 3, 3, &[0, 1])];
+        check_membership(&g, &mut evicted, 3, &r3).unwrap();
+        assert_eq!(evicted.len(), 2);
     }
 }

@@ -50,6 +50,8 @@ pub enum RoundError {
     BadApproval { culprit: u32, which: &'static str },
     #[error("cannot aggregate: {0}")]
     Aggregate(#[from] AggregateError),
+    #[error("cannot aggregate with the robust rule: {0}")]
+    Robust(#[from] crate::robust::AggregateError),
     #[error("this member already approved a different record for this round")]
     AlreadyApproved,
 }
@@ -79,6 +81,8 @@ pub struct Round {
     proposal: Option<(Proposal, Hash)>,
     approved: Option<Hash>,
     approvals: BTreeMap<u32, Approval>,
+    /// How the participants' updates are combined (genesis `[spec.robust]`).
+    rule: crate::robust::Rule,
 }
 
 /// The coordinator order for a round built on `prev_hash`: `active` members sorted by
@@ -119,6 +123,7 @@ impl Round {
             proposal: None,
             approved: None,
             approvals: BTreeMap::new(),
+            rule: genesis.spec.robust.rule(),
         }
     }
 
@@ -198,17 +203,40 @@ impl Round {
         self.updates.keys().copied().collect()
     }
 
-    /// FedAvg of the updates of `participants` (sorted), in member order.
+    /// The updates of `participants` (sorted) combined with the genesis rule: FedAvg by default,
+    /// or a robust rule of [`crate::robust`] (stateless ones only: every member must compute the
+    /// same result from this round's updates alone).
     pub fn aggregate(&self, participants: &[u32]) -> Result<Vec<f32>, RoundError> {
-        let mut inputs = Vec::with_capacity(participants.len());
+        let mut updates = Vec::with_capacity(participants.len());
         for p in participants {
             let (u, _) = self.updates.get(p).ok_or_else(|| RoundError::BadProposal {
                 culprit: *p,
                 reason: format!("no update from member {p}"),
             })?;
-            inputs.push((u.delta.as_slice(), u.num_samples));
+            updates.push((*p, u));
         }
-        Ok(aggregate::fedavg(&inputs)?)
+        if self.rule == crate::robust::Rule::Mean {
+            let inputs: Vec<_> = updates
+                .iter()
+                .map(|(_, u)| (u.delta.as_slice(), u.num_samples))
+                .collect();
+            return Ok(aggregate::fedavg(&inputs)?);
+        }
+        let inputs: Vec<_> = updates
+            .iter()
+            .map(|(m, u)| crate::robust::Input::new(*m, &u.delta, u.num_samples))
+            .collect();
+        let mut state = crate::robust::State::default();
+        Ok(crate::robust::aggregate(&self.rule, &inputs, &mut state)?.update)
+    }
+
+    /// The updates of `participants` as inputs of [`crate::robust`] (for anomaly scores).
+    pub fn inputs(&self, participants: &[u32]) -> Vec<crate::robust::Input<'_>> {
+        participants
+            .iter()
+            .filter_map(|p| self.updates.get(p).map(|(u, _)| (p, u)))
+            .map(|(p, u)| crate::robust::Input::new(*p, &u.delta, u.num_samples))
+            .collect()
     }
 
     /// The record a coordinator proposes for the updates it holds.
@@ -220,6 +248,7 @@ impl Round {
         new_model: Hash,
         metrics: Metrics,
         now_ms: u64,
+        evictions: Vec<crate::votes::EvictionRecord>,
     ) -> Proposal {
         let contributions = participants
             .iter()
@@ -253,6 +282,7 @@ impl Round {
                 metrics,
                 proposed_at_ms: now_ms,
                 secure: None,
+                evictions,
             },
         }
     }
@@ -563,7 +593,7 @@ mod tests {
             loss: 0.3,
             test_samples: 10,
         };
-        let p = rounds[coord as usize].propose(0, coord, &participants, new_model, metrics, 0);
+        let p = rounds[coord as usize].propose(0, coord, &participants, new_model, metrics, 0, Vec::new());
         assert_eq!(p.record.dropouts, vec![3]);
         let mut approvals = Vec::new();
         for (i, r) in rounds.iter_mut().enumerate().take(3) {

@@ -240,8 +240,27 @@ impl Tally {
         self.pending.get(&target).map_or(0, |v| v.len())
     }
 
-    /// Count `vote` at round `now`.
+    /// Count `vote` at round `now`; a vote that completes a quorum evicts its target at once
+    /// (what the in-process drills use; a networked node uses [`Tally::count`] and
+    /// [`Tally::ready`], because its member set changes only through the log).
     pub fn add(&mut self, vote: &SignedVote, now: u64) -> Result<Outcome, VoteError> {
+        let outcome = self.count(vote, now)?;
+        let target = vote.vote.target;
+        if !matches!(outcome, Outcome::Counted { votes, needed } if votes >= needed) {
+            return Ok(outcome);
+        }
+        let record = self
+            .ready(now)
+            .into_iter()
+            .find(|r| r.target == target)
+            .ok_or_else(|| VoteError::Record("a quorum without a record".into()))?;
+        self.evict(target);
+        Ok(Outcome::Evicted(record))
+    }
+
+    /// Count `vote` at round `now` without evicting anyone: `Counted` says how many votes against
+    /// the target are in and how many are needed.
+    pub fn count(&mut self, vote: &SignedVote, now: u64) -> Result<Outcome, VoteError> {
         let v = vote.vote;
         let key = self.active.get(&v.voter).ok_or(VoteError::NotMember {
             culprit: v.voter,
@@ -272,24 +291,35 @@ impl Tally {
             };
         }
         votes.insert(v.voter, vote.clone());
-        let (have, need) = (votes.len(), self.needed());
-        if have < need {
-            return Ok(Outcome::Counted {
-                votes: have,
-                needed: need,
-            });
-        }
-        let votes = self.pending.remove(&v.target).unwrap_or_default();
-        let record = EvictionRecord {
-            target: v.target,
-            round: now,
-            effective_round: now + 1,
-            active: self.active.len() as u32,
-            needed: need as u32,
-            votes: votes.into_values().collect(),
-        };
-        self.evict(v.target);
-        Ok(Outcome::Evicted(record))
+        Ok(Outcome::Counted {
+            votes: votes.len(),
+            needed: self.needed(),
+        })
+    }
+
+    /// Eviction records for every target with a quorum of votes still valid at round `now`,
+    /// recorded in round `now` (out from `now + 1`), counted over the active members; sorted by
+    /// target. Nothing changes: the caller evicts once a record is in the log.
+    pub fn ready(&self, now: u64) -> Vec<EvictionRecord> {
+        let need = self.needed();
+        self.pending
+            .iter()
+            .filter_map(|(target, votes)| {
+                let valid: Vec<SignedVote> = votes
+                    .values()
+                    .filter(|v| v.vote.round <= now && v.vote.round + self.expiry > now)
+                    .cloned()
+                    .collect();
+                (valid.len() >= need).then(|| EvictionRecord {
+                    target: *target,
+                    round: now,
+                    effective_round: now + 1,
+                    active: self.active.len() as u32,
+                    needed: need as u32,
+                    votes: valid,
+                })
+            })
+            .collect()
     }
 
     /// Remove `member` from the active set (its eviction is in the log): its pending votes and the

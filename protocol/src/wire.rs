@@ -110,6 +110,9 @@ pub enum Payload {
         attempt: u32,
         msg: Box<SecaggMsg>,
     },
+    /// A member's signed vote to evict another (see [`crate::votes`]); the envelope's sender is
+    /// the voter.
+    Vote(crate::votes::SignedVote),
 }
 
 impl Payload {
@@ -120,6 +123,7 @@ impl Payload {
             Payload::Approval(_) => "approval",
             Payload::Status(_) => "status",
             Payload::Secagg { .. } => "secagg",
+            Payload::Vote(_) => "vote",
         }
     }
 }

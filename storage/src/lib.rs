@@ -472,7 +472,7 @@ fn decode_entry(height: u64, bytes: &[u8]) -> Result<Entry, StoreError> {
 fn body_matches(entry: &Entry) -> bool {
     let computed = match entry.kind {
         Kind::Genesis => genesis::hash_bytes(&entry.body),
-        Kind::Round | Kind::Eviction => audit::body_hash(&entry.body),
+        Kind::Round => audit::body_hash(&entry.body),
     };
     computed == entry.body_hash
 }

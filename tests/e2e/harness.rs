@@ -139,6 +139,13 @@ impl Testnet {
         .unwrap();
     }
 
+    /// Append TOML (e.g. an `[attack]` section) to node `i`'s node.toml.
+    pub fn add_node_config(&self, i: usize, toml: &str) {
+        let path = self.net().join(format!("member-{i}/node.toml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{text}\n{toml}\n")).unwrap();
+    }
+
     pub fn clear_fault(&self, i: usize) {
         let path = self.net().join(format!("member-{i}/node.toml"));
         let text = std::fs::read_to_string(&path).unwrap();

@@ -435,3 +435,57 @@ fn sybil_flood_gets_nothing_and_rounds_go_on() {
     assert!(refused > 0, "no member logged refused connections:\n{}", net.tail_logs());
     net.assert_logs_agree();
 }
+
+/// Votes evict an attacker over the network: five members aggregate with the coordinate-wise
+/// median and score each other; member 4 sends its update sign-flipped and scaled ×4 every round.
+/// The others vote it out; the eviction (with the quorum's signed votes) is in a round record,
+/// member 4 takes no part afterwards and stops, and the honest logs verify and agree.
+#[test]
+fn votes_evict_a_poisoning_member_over_the_network() {
+    let mut net = Testnet::with_config(
+        5,
+        8,
+        6_000,
+        "[spec.robust]\nrule = \"median\"\nvotes = true\nwarmup_rounds = 1\npatience = 2\n",
+    );
+    net.add_node_config(4, "[attack]\nkind = \"sign_flip\"\nscale = 4.0");
+    net.start_all();
+    net.wait_all(RUN_TIMEOUT);
+    let rounds = net.rounds(0);
+    assert_eq!(rounds.len(), 8, "honest members finish every round");
+    let shown = fedmesh(&[
+        "audit",
+        "show",
+        "--json",
+        "--data-dir",
+        path_str(&net.data_dir(0)),
+    ]);
+    let entries: Vec<serde_json::Value> = String::from_utf8_lossy(&shown.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let eviction = entries
+        .iter()
+        .find(|e| e["evicted"].as_array().is_some_and(|a| !a.is_empty()))
+        .unwrap_or_else(|| panic!("no eviction in the log:\n{entries:#?}\n{}", net.tail_logs()));
+    assert_eq!(eviction["evicted"], serde_json::json!([4]), "{eviction}");
+    let at = eviction["round"].as_u64().unwrap();
+    assert!(at <= 6, "evicted only in round {at}");
+    let voters = eviction["evictions"][0]["voters"].as_array().unwrap();
+    assert!(voters.len() >= 3 && !voters.iter().any(|v| v == 4), "{eviction}");
+    for r in rounds.iter().filter(|r| r["round"].as_u64().unwrap() > at) {
+        let listed = r["participants"].as_array().unwrap().iter().chain(r["dropouts"].as_array().unwrap());
+        assert!(!listed.into_iter().any(|p| p == 4), "member 4 in round after eviction: {r}");
+    }
+    let log4 = std::fs::read_to_string(net.log_path(4)).unwrap();
+    assert!(log4.contains("this member was evicted"), "member 4 did not notice:\n{}", net.tail_logs());
+    let mut heads = Vec::new();
+    for i in 0..4 {
+        let (ok, v) = net.verify(i);
+        assert!(ok, "node {i}'s log does not verify: {v}");
+        heads.push(v["head"].clone());
+    }
+    assert!(heads.windows(2).all(|w| w[0] == w[1]), "honest heads differ: {heads:?}");
+    let last = rounds.last().unwrap()["accuracy"].as_f64().unwrap();
+    assert!(last >= 0.8, "accuracy after the eviction: {last}");
+}

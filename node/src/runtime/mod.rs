@@ -15,6 +15,7 @@
 //! 4. A member that sees a longer log (status announcements, the handshake) stops its round and
 //!    catches up: it fetches entries and checkpoints, verifies them, and appends them.
 
+mod defence;
 mod secure;
 mod sync;
 #[cfg(test)]
@@ -65,6 +66,33 @@ pub struct Context {
     pub counters: Arc<Counters>,
     /// Fault injection (tests and drills).
     pub faults: crate::config::Faults,
+    /// An attacker's plan (drills); honest by default.
+    pub attack: crate::attack::Config,
+    /// An attacker's poisoned training rows (label flip, backdoor), used in its attack rounds.
+    pub poisoned: Option<train::Dataset>,
+}
+
+/// Settings the networked node cannot honour, refused before it starts (and by the dealer).
+pub fn check_spec(spec: &fedmesh_protocol::genesis::Spec) -> anyhow::Result<()> {
+    use fedmesh_protocol::genesis::{Mode, RuleKind};
+    let r = &spec.robust;
+    if spec.mode != Mode::Plain && (r.rule != RuleKind::Mean || r.votes) {
+        anyhow::bail!(
+            "[spec.robust]: rule {:?} and votes = {} need each member's update, but mode {} reveals \
+             only the sum; use rule = \"mean\" and votes = false with it",
+            r.rule,
+            r.votes,
+            spec.mode
+        );
+    }
+    if r.rule == RuleKind::Foolsgold {
+        anyhow::bail!(
+            "[spec.robust] rule = \"foolsgold\" needs every member's whole update history, which a \
+             member that catches up from the log does not have; the node supports mean, median, \
+             trimmed_mean, krum, multi_krum and centered_clipping (foolsgold runs in `fedmesh drill`)"
+        );
+    }
+    Ok(())
 }
 
 impl Context {
@@ -204,6 +232,8 @@ pub struct Runtime {
     secure_pending: Vec<secure::Action>,
     /// Messages gossip could not take yet (no subscribed peer), by round: retried on the timer.
     secure_unpublished: Vec<(u64, Vec<u8>)>,
+    /// Scores, votes and the member set as the log has it.
+    defence: defence::Defence,
 }
 
 fn now_ms() -> u64 {
@@ -237,6 +267,14 @@ impl Runtime {
                 )
             })?;
         let (work_tx, work_rx) = mpsc::channel(64);
+        let defence = defence::Defence::load(&ctx.genesis, ctx.genesis_hash, &store)
+            .context("replaying the member set from the log")?;
+        if defence.evicted().contains(&ctx.keys.index) {
+            anyhow::bail!(
+                "member {} was evicted from this network by its members' votes (see `fedmesh audit show`)",
+                ctx.keys.index
+            );
+        }
         Ok(Runtime {
             ctx: Arc::new(ctx),
             store,
@@ -255,6 +293,7 @@ impl Runtime {
             last_status: Instant::now(),
             secure_pending: Vec::new(),
             secure_unpublished: Vec::new(),
+            defence,
         })
     }
 
@@ -435,7 +474,7 @@ impl Runtime {
         if self.syncing {
             return;
         }
-        let active: Vec<u32> = self.ctx.genesis.members.iter().map(|m| m.index).collect();
+        let active = self.defence.active(&self.ctx.genesis);
         let base = self.ctx.layout.hash(&self.global);
         let mut state = Round::new(
             &self.ctx.genesis,
@@ -518,10 +557,14 @@ impl Runtime {
                 let tx = self.work_tx.clone();
                 let seed = round_seed(&ctx, round);
                 tokio::task::spawn_blocking(move || {
+                    let rows = match &ctx.poisoned {
+                        Some(p) if ctx.attack.active_in(round) => p,
+                        _ => &ctx.data.train,
+                    };
                     let result = train::train(
                         &ctx.layout,
                         &global,
-                        &ctx.data.train,
+                        rows,
                         &ctx.genesis.spec.train,
                         seed,
                     )
@@ -556,12 +599,26 @@ impl Runtime {
                 return Vec::new();
             }
         };
-        let delta: Vec<f32> = outcome
+        let mut delta: Vec<f32> = outcome
             .params
             .iter()
             .zip(self.global.iter())
             .map(|(n, o)| n - o)
             .collect();
+        let attack = &self.ctx.attack;
+        if attack.active_in(round) {
+            // An attacker (drills): what it sends instead of its honest update. Omniscient
+            // attacks see the updates that reached it so far (none in mode secagg).
+            use rand::SeedableRng;
+            let others: Vec<u32> = cur.state.contributors().into_iter().filter(|m| *m != me).collect();
+            let inputs = cur.state.inputs(&others);
+            let honest: Vec<&[f32]> = inputs.iter().map(|i| i.values).collect();
+            let n = cur.state.order().len();
+            let f = fedmesh_protocol::robust::default_attackers(n).max(1);
+            let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(round_seed(&self.ctx, round) ^ 0xa77ac);
+            delta = attack.poison_update(&delta, &honest, n, f, &mut rng);
+            tracing::warn!(round, attack = attack.kind.name(), "attacking: sending a poisoned update");
+        }
         if let Some(session) = cur.secure.as_mut() {
             // Mode secagg: the update never leaves this member unmasked.
             let q = secure::quantizer(&self.ctx.genesis);
@@ -759,9 +816,19 @@ impl Runtime {
                 if cur.state.proposal().is_some() {
                     return; // someone else's proposal got here first
                 }
-                let p = cur
-                    .state
-                    .propose(attempt, me, &participants, hash, metrics, now_ms());
+                let evictions = self.defence.evictions(round);
+                for e in &evictions {
+                    tracing::info!(round, target = e.target, votes = e.votes.len(), "proposing an eviction");
+                }
+                let p = cur.state.propose(
+                    attempt,
+                    me,
+                    &participants,
+                    hash,
+                    metrics,
+                    now_ms(),
+                    evictions,
+                );
                 tracing::info!(round, attempt, accuracy = metrics.accuracy, dropouts = ?p.record.dropouts, "proposing the round record");
                 self.propose(p, params).await;
             }
@@ -826,6 +893,7 @@ impl Runtime {
                             dropped_after_sharing: outcome.dropped_after_sharing.clone(),
                             dropped_while_unmasking: outcome.dropped_while_unmasking.clone(),
                         }),
+                        evictions: Vec::new(),
                     },
                 };
                 tracing::info!(round, attempt, accuracy = metrics.accuracy, dropouts = ?p.record.dropouts, "proposing the round record (secure sum)");
@@ -1037,10 +1105,86 @@ impl Runtime {
             "round committed"
         );
         report_round(&entry, &record);
+        let votes = self.score_round(&record, &params);
+        let evicted = self
+            .defence
+            .committed(&self.ctx.genesis, entry.height, &record);
         self.head = entry;
         self.last = Some(record);
         self.global = params;
+        for vote in votes {
+            self.cast_vote(vote);
+        }
+        if self.on_evicted(&evicted) {
+            return;
+        }
         self.start_round();
+    }
+
+    /// Mode plain with votes on: score the participants of the round just committed (against
+    /// the update the record applied) and return the votes this member casts.
+    fn score_round(&mut self, record: &RoundRecord, params: &[f32]) -> Vec<fedmesh_protocol::votes::Vote> {
+        if !self.defence.votes_on(self.ctx.genesis.spec.mode) {
+            return Vec::new();
+        }
+        let Some(cur) = self.current.as_ref().filter(|c| c.state.round == record.round) else {
+            return Vec::new();
+        };
+        let participants: Vec<u32> = record.participants.iter().map(|c| c.member).collect();
+        let inputs = cur.state.inputs(&participants);
+        if inputs.len() != participants.len() {
+            return Vec::new();
+        }
+        let applied: Vec<f32> = params.iter().zip(self.global.iter()).map(|(n, o)| n - o).collect();
+        let me = self.me();
+        let votes = self
+            .defence
+            .score_round(&self.store, me, record.round, &inputs, &applied);
+        for v in &votes {
+            tracing::warn!(round = record.round, target = v.target, score = v.score, "voting to evict a member whose updates stay anomalous");
+        }
+        votes
+    }
+
+    /// Sign, count and gossip this member's vote (retried until gossip takes it).
+    fn cast_vote(&mut self, vote: fedmesh_protocol::votes::Vote) {
+        let signed =
+            fedmesh_protocol::votes::SignedVote::sign(self.ctx.genesis_hash, vote, &self.ctx.keys.identity);
+        let round = self.next_round();
+        if let Err(e) = self.defence.count(&signed, round) {
+            tracing::warn!(error = %e, "own vote not counted");
+            return;
+        }
+        let env = Envelope::seal(
+            self.ctx.genesis_hash,
+            self.me(),
+            round,
+            Payload::Vote(signed),
+            &self.ctx.keys.identity,
+        );
+        self.secure_unpublished.push((round, env.encode()));
+    }
+
+    /// Members the last record evicted: block their peers; if this member is one of them, stop.
+    /// Returns true if this member was evicted.
+    fn on_evicted(&mut self, evicted: &[u32]) -> bool {
+        for m in evicted {
+            tracing::warn!(member = m, "member evicted by its peers' votes; refusing it from now on");
+            if let Some(peer) = self.ctx.member_peer(*m) {
+                let net = self.net.clone();
+                tokio::spawn(async move { net.block(peer).await });
+            }
+        }
+        if evicted.contains(&self.me()) {
+            tracing::error!(
+                member = self.me(),
+                "this member was evicted by the others' votes; it takes no further part (see `fedmesh audit show`)"
+            );
+            self.current = None;
+            self.finished_at = Some(Instant::now());
+            return true;
+        }
+        false
     }
 
     // ----- messages -----------------------------------------------------------------------
@@ -1112,6 +1256,13 @@ impl Runtime {
     /// Handle a message whose envelope has been opened (signature and membership checked).
     fn on_envelope(&mut self, env: Envelope, bytes: Vec<u8>, peer: Option<PeerId>) -> Verdict {
         let round = self.next_round();
+        if self.defence.evicted().contains(&env.sender) {
+            tracing::debug!(sender = env.sender, "refused a message from an evicted member");
+            return Verdict::Reject;
+        }
+        if let Payload::Vote(v) = &env.payload {
+            return self.on_vote(env.sender, v, round);
+        }
         if let Payload::Status(s) = env.payload {
             if let Some(p) = peer {
                 self.note_height(p, s.height);
@@ -1193,6 +1344,10 @@ impl Runtime {
                 if !cur.checked.insert(h) {
                     return Verdict::Ignore;
                 }
+                if let Err(reason) = self.defence.check(&ctx.genesis, p.height, &p.record) {
+                    tracing::warn!(round, culprit = sender, %reason, "refused a proposal");
+                    return Verdict::Reject;
+                }
                 if secure_mode {
                     return match cur.state.check_secure_proposal(sender, &p) {
                         Ok(()) => {
@@ -1224,7 +1379,7 @@ impl Runtime {
                 .state
                 .add_approval(&self.ctx.genesis, &self.ctx.bls, sender, a)
                 .map(|_| ()),
-            Payload::Status(_) => Ok(()), // handled above
+            Payload::Status(_) | Payload::Vote(_) => Ok(()), // handled above
         };
         match result {
             Ok(()) => Verdict::Accept,
@@ -1234,6 +1389,28 @@ impl Runtime {
                     RoundError::AlreadyApproved => Verdict::Ignore,
                     _ => Verdict::Reject,
                 }
+            }
+        }
+    }
+
+    /// A peer's eviction vote: counted if its voter sent it, is active, signed it, and it is
+    /// still valid; a vote from a later round than ours is ignored (it is still ahead of us).
+    fn on_vote(&mut self, sender: u32, v: &fedmesh_protocol::votes::SignedVote, round: u64) -> Verdict {
+        use fedmesh_protocol::votes::{Outcome, VoteError};
+        if !self.defence.votes_on(self.ctx.genesis.spec.mode) || v.vote.voter != sender {
+            tracing::warn!(sender, "refused a vote (votes are off here, or it is not the sender's own)");
+            return Verdict::Reject;
+        }
+        match self.defence.count(v, round) {
+            Ok(Outcome::Counted { votes, needed }) => {
+                tracing::info!(voter = sender, target = v.vote.target, votes, needed, "eviction vote counted");
+                Verdict::Accept
+            }
+            Ok(_) => Verdict::Accept,
+            Err(VoteError::Stale { .. }) | Err(VoteError::Target { .. }) => Verdict::Ignore,
+            Err(e) => {
+                tracing::warn!(sender, error = %e, "refused a vote");
+                Verdict::Reject
             }
         }
     }
@@ -1512,6 +1689,7 @@ impl Runtime {
             peer,
             head: self.head.clone(),
             last: self.last.clone(),
+            evicted: self.defence.evicted().clone(),
         };
         let tx = self.work_tx.clone();
         tokio::spawn(async move {
@@ -1587,6 +1765,15 @@ impl Runtime {
                     Err(e) => {
                         tracing::warn!(error = %e, "catching up failed; will retry on the next status")
                     }
+                }
+                // Whatever was appended, the member set follows the log.
+                match self.defence.replay(&self.ctx.genesis, &self.store) {
+                    Ok(evicted) => {
+                        if self.on_evicted(&evicted) {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot replay the member set from the log"),
                 }
                 self.start_round();
             }

@@ -1,5 +1,5 @@
 //! Catching up: fetch the log entries a peer has and this member lacks, verify each one (hash
-//! link, member signatures, threshold signature, round succession) and its model checkpoint, then
+//! link, member signatures, threshold signature, round succession, member set) and its model checkpoint, then
 //! append them. A peer that sends anything that does not verify is dropped and nothing of what it
 //! sent is kept.
 
@@ -22,6 +22,8 @@ pub(super) struct Job {
     pub peer: PeerId,
     pub head: Entry,
     pub last: Option<RoundRecord>,
+    /// Members the log has evicted so far (fetched entries must respect them).
+    pub evicted: std::collections::BTreeSet<u32>,
 }
 
 /// Where the log stands after catching up.
@@ -103,12 +105,13 @@ impl Job {
         })
     }
 
-    fn check(&self, entry: &Entry) -> anyhow::Result<RoundRecord> {
+    fn check(&mut self, entry: &Entry) -> anyhow::Result<RoundRecord> {
         let ctx = &self.ctx;
         audit::verify_link(&self.head, entry)?;
         entry.verify(&ctx.genesis, ctx.genesis_hash, &ctx.bls)?;
         let record = entry.record()?;
         audit::verify_succession(&ctx.genesis, self.last.as_ref(), entry, &record)?;
+        audit::check_membership(&ctx.genesis, &mut self.evicted, entry.height, &record)?;
         Ok(record)
     }
 }
