@@ -3,6 +3,15 @@
 #
 #   testnet/drill.sh sybil --scenario flood [-n N] [--identities K] [--rounds R]
 #                          [--base-port P] [--out DIR]
+#   testnet/drill.sh poisoning [--attack A] [--fraction F] [--defence D] [-n N] [--rounds R]
+#                          [--base-port P] [--out DIR]
+#
+# poisoning: the scenario of `fedmesh drill poisoning` (same attack and defence names) on real
+# processes: an N-node testnet (MNIST, plain mode) with defence D runs R rounds clean, then again
+# from the same genesis config with round(F·N) attacker nodes (an [attack] section in their
+# node.toml). The report (DIR/report.md, DIR/report.json; default testnet/run/drill-poisoning) is
+# built from an honest node's audit log: accuracy per round clean vs attacked, evictions and the
+# round each attacker was voted out, honest members evicted.
 #
 # sybil flood: starts an N-node testnet (plain mode, shipped MNIST data) for 2R rounds. The
 # first R rounds run clean; then `fedmesh attack flood` plays K outsider identities that dial
@@ -13,7 +22,7 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 [ $# -ge 1 ] || { usage >&2; exit 2; }
 KIND="$1"; shift
 SCENARIO=""
@@ -22,34 +31,122 @@ K=50
 ROUNDS=20
 BASE_PORT=7100
 OUT=""
+ATTACK=sign-flip
+FRACTION=0.2
+DEFENCE=fedmesh
+ROUNDS_SET=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --scenario) SCENARIO="$2"; shift 2 ;;
+    --attack) ATTACK="$2"; shift 2 ;;
+    --fraction) FRACTION="$2"; shift 2 ;;
+    --defence) DEFENCE="$2"; shift 2 ;;
     -n) N="$2"; shift 2 ;;
     --identities) K="$2"; shift 2 ;;
-    --rounds) ROUNDS="$2"; shift 2 ;;
+    --rounds) ROUNDS="$2"; ROUNDS_SET=1; shift 2 ;;
     --base-port) BASE_PORT="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
 done
-if [ "$KIND" != sybil ] || [ "$SCENARIO" != flood ]; then
-  echo "only 'sybil --scenario flood' runs against a live testnet so far" >&2
-  echo "(the other scenarios: fedmesh drill ... in-process)" >&2
-  exit 2
-fi
-OUT="${OUT:-$RUN/drill-sybil-flood}"
-
 if [ -z "${FEDMESH_BIN:-}" ]; then
   echo "building fedmesh (release)..."
   (cd "$ROOT" && cargo build --release -q -p fedmesh-node)
 fi
-
 if [ -n "$(alive_pids)" ]; then
   echo "a testnet is already running (testnet/status.sh); stop it with testnet/down.sh" >&2
   exit 1
 fi
+
+if [ "$KIND" = poisoning ]; then
+  [ "$ROUNDS_SET" = 1 ] || ROUNDS=15
+  [ "$N" -ge 5 ] || N=5
+  OUT="${OUT:-$RUN/drill-poisoning}"
+  rm -rf "$RUN" "$OUT"
+  mkdir -p "$RUN" "$OUT"
+  trap '"$ROOT/testnet/down.sh" >/dev/null 2>&1 || true' EXIT
+  # The shipped genesis config without any [spec.robust] table, plus the defence's.
+  python3 - "$ROOT/configs/genesis.toml" > "$RUN/base.toml" <<'PY'
+import sys
+skip = False
+for line in open(sys.argv[1]):
+    if line.startswith("["):
+        skip = line.strip() == "[spec.robust]"
+    if not skip:
+        sys.stdout.write(line)
+PY
+  "$BIN" drill toml --defence "$DEFENCE" >> "$RUN/base.toml"
+  "$BIN" drill toml --attack "$ATTACK" > "$RUN/attack.toml"
+  ATTACKERS=$(python3 -c "print(round($FRACTION * $N))")
+  for phase in clean attacked; do
+    dir="$RUN/$phase"
+    "$BIN" genesis --members "$N" --out "$dir/net" --config "$RUN/base.toml" --rounds "$ROUNDS" \
+      --base-port "$BASE_PORT" --data "$ROOT/data/mnist_5k.csv.gz" > "$dir.genesis.out"
+    if [ "$phase" = attacked ]; then
+      for i in $(seq $((N - ATTACKERS)) $((N - 1))); do
+        cat "$RUN/attack.toml" >> "$dir/net/member-$i/node.toml"
+      done
+    fi
+    : > "$RUN/pids"
+    for i in $(seq 0 $((N - 1))); do
+      "$BIN" node --config "$dir/net/member-$i/node.toml" --peer "/ip4/127.0.0.1/tcp/$BASE_PORT" \
+        > "$dir/node-$i.out" 2> "$dir/node-$i.log" &
+      echo $! >> "$RUN/pids"
+    done
+    echo "$phase run: $N nodes, $ROUNDS rounds, defence $DEFENCE$([ "$phase" = attacked ] && echo ", attack $ATTACK by the last $ATTACKERS")"
+    while [ -n "$(alive_pids)" ]; do sleep 1; done
+    "$BIN" audit show --json --data-dir "$dir/net/data/member-0" > "$OUT/$phase.jsonl"
+    "$BIN" audit verify --json --data-dir "$dir/net/data/member-0" --genesis "$dir/net/genesis.toml" \
+      > "$OUT/$phase.verify.json" || { echo "member 0's log does not verify ($phase)"; exit 1; }
+  done
+  python3 - "$OUT" "$N" "$ATTACKERS" "$ATTACK" "$FRACTION" "$DEFENCE" "$ROUNDS" <<'PY'
+import json, sys
+out, n, k, attack, fraction, defence, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5]), sys.argv[6], int(sys.argv[7])
+def load(phase):
+    return [e for e in map(json.loads, open(f"{out}/{phase}.jsonl")) if e.get("kind") == "round"]
+clean, attacked = load("clean"), load("attacked")
+attackers = list(range(n - k, n))
+evicted = {t: e["round"] for e in attacked for t in e.get("evicted", [])}
+acc = lambda rs: [r["accuracy"] for r in rs]
+tail = lambda xs: min(xs[-3:]) if xs else None
+report = {
+    "attack": attack, "fraction": fraction, "defence": defence, "members": n, "rounds": rounds,
+    "attackers": attackers,
+    "accuracy_clean": acc(clean), "accuracy_attacked": acc(attacked),
+    "final_clean": acc(clean)[-1] if clean else None, "final_attacked": acc(attacked)[-1] if attacked else None,
+    "worst_last3_attacked": tail(acc(attacked)),
+    "evicted": evicted,
+    "attackers_evicted": sorted(a for a in attackers if a in evicted),
+    "rounds_to_evict": {a: evicted.get(a) for a in attackers},
+    "honest_evicted": sorted(m for m in evicted if m not in attackers),
+    "clean_run_evictions": sorted({t for e in clean for t in e.get("evicted", [])}),
+}
+json.dump(report, open(f"{out}/report.json", "w"), indent=2)
+with open(f"{out}/report.md", "w") as f:
+    f.write(f"# Poisoning drill on a live testnet: {attack} vs {defence}\n\n")
+    f.write(f"{n} member processes on 127.0.0.1, MNIST, {rounds} rounds; attackers: members {attackers} ({fraction:.0%}).\n\n")
+    f.write("| | clean | attacked |\n|---|---|---|\n")
+    f.write(f"| final accuracy | {report['final_clean']:.4f} | {report['final_attacked']:.4f} ({(report['final_attacked'] - report['final_clean']) * 100:+.1f} points) |\n")
+    f.write(f"| evictions | {report['clean_run_evictions'] or 'none'} | {evicted or 'none'} |\n\n")
+    f.write(f"- Attackers voted out: {len(report['attackers_evicted'])} of {k}; round of eviction: {report['rounds_to_evict']}.\n")
+    f.write(f"- Honest members evicted: {report['honest_evicted'] or 'none'} (clean run: {report['clean_run_evictions'] or 'none'}).\n\n")
+    f.write("| round | clean | attacked |\n|---|---|---|\n")
+    for i in range(max(len(clean), len(attacked))):
+        c = f"{clean[i]['accuracy']:.4f}" if i < len(clean) else ""
+        a = f"{attacked[i]['accuracy']:.4f}" if i < len(attacked) else ""
+        f.write(f"| {i + 1} | {c} | {a} |\n")
+print(open(f"{out}/report.md").read())
+PY
+  exit 0
+fi
+
+if [ "$KIND" != sybil ] || [ "$SCENARIO" != flood ]; then
+  echo "unknown drill: $KIND ${SCENARIO:+--scenario $SCENARIO} (live drills: poisoning, sybil --scenario flood)" >&2
+  exit 2
+fi
+OUT="${OUT:-$RUN/drill-sybil-flood}"
+
 # up.sh starts afresh; remove the last run first so that its files are not mistaken for this one's.
 rm -rf "$RUN"
 TOTAL=$((2 * ROUNDS))

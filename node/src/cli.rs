@@ -115,6 +115,17 @@ enum DrillWhat {
     /// DIR/report.json, DIR/accuracy.svg and DIR/detection.svg (with --matrix: DIR/matrix.md,
     /// DIR/matrix.json and one folder per scenario under DIR/runs).
     Poisoning(PoisoningArgs),
+    /// Print the TOML a live testnet drill needs (`testnet/drill.sh poisoning`): the
+    /// `[spec.robust]` table of a defence and the `[attack]` table of an attack, as the in-process
+    /// drill defines them.
+    Toml {
+        /// A defence name of `drill poisoning --defence`.
+        #[arg(long)]
+        defence: Option<String>,
+        /// An attack name of `drill poisoning --attack`.
+        #[arg(long)]
+        attack: Option<String>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -412,6 +423,33 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 seed,
             }))?;
             println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Drill {
+            what: DrillWhat::Toml { defence, attack },
+        } => {
+            anyhow::ensure!(
+                defence.is_some() || attack.is_some(),
+                "give --defence, --attack or both"
+            );
+            #[derive(serde::Serialize)]
+            struct Spec {
+                robust: fedmesh_protocol::genesis::RobustSpec,
+            }
+            #[derive(serde::Serialize)]
+            struct Tables {
+                #[serde(skip_serializing_if = "Option::is_none")]
+                spec: Option<Spec>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                attack: Option<crate::attack::Config>,
+            }
+            let tables = Tables {
+                spec: defence
+                    .map(|d| drill::defence_spec(&d).map(|robust| Spec { robust }))
+                    .transpose()?,
+                attack: attack.map(|a| drill::attack_config(&a)).transpose()?,
+            };
+            print!("{}", toml::to_string(&tables)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Drill {
