@@ -13,7 +13,7 @@ use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
 use rug::Integer;
 
-use super::bytes::{int_from, put_int};
+use super::bytes::{int_from, put_int, wipe};
 use super::keys::{random_below, random_bits};
 use super::pack::{PackError, Packer};
 use super::PublicKey;
@@ -202,6 +202,12 @@ struct PoolInner {
     values: Vec<Integer>,
 }
 
+impl Drop for PoolInner {
+    fn drop(&mut self) {
+        self.values.iter_mut().for_each(wipe);
+    }
+}
+
 impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "paillier::Pool({} values, <redacted>)", self.len())
@@ -245,6 +251,7 @@ impl Pool {
     fn push(&self, n: &Integer, values: Vec<Integer>) {
         let mut inner = self.lock();
         if inner.n.as_ref() != Some(n) {
+            inner.values.iter_mut().for_each(wipe);
             inner.values.clear();
             inner.n = Some(n.clone());
         }
@@ -320,6 +327,7 @@ pub fn encrypt_packed<R: RngCore + CryptoRng>(pk: &PublicKey, packer: &Packer, v
         .zip(randomness.par_iter())
         .map(|(m, rn)| pk.encrypt_with(m, rn))
         .collect();
+    randomness.iter_mut().for_each(wipe);
     Ok(Encrypted { ciphertexts, quantized: quantized.values, clipped: quantized.clipped, fresh })
 }
 
