@@ -37,7 +37,9 @@ enum Command {
         /// MNIST file written into each member's node.toml.
         #[arg(long)]
         data: Option<PathBuf>,
-        /// Aggregation mode (overrides the config's spec.mode): plain.
+        /// Aggregation mode (overrides the config's spec.mode): plain, secagg or paillier
+        /// (paillier deals the joint key and a key share per member; the node runtime does not run
+        /// paillier rounds yet).
         #[arg(long)]
         mode: Option<String>,
     },
