@@ -122,7 +122,7 @@ impl PaillierSpec {
         let bad = |m: String| Err(GenesisError::Paillier(m));
         if !(crate::crypto::paillier::MIN_KEY_BITS..=crate::crypto::paillier::MAX_KEY_BITS)
             .contains(&self.key_bits)
-            || self.key_bits % 16 != 0
+            || !self.key_bits.is_multiple_of(16)
         {
             return bad(format!(
                 "key_bits {} must be a multiple of 16 between 256 and 4096 (2048 or 3072 for real networks)",

@@ -30,7 +30,7 @@ pub struct PublicKey {
 impl PublicKey {
     fn from_modulus(n: Integer, bits: u32) -> Result<Self, DecodeError> {
         let what = "Paillier public key";
-        if !(MIN_KEY_BITS..=MAX_KEY_BITS).contains(&bits) || bits % 8 != 0 {
+        if !(MIN_KEY_BITS..=MAX_KEY_BITS).contains(&bits) || !bits.is_multiple_of(8) {
             return Err(DecodeError::Range { what, detail: "key size must be a multiple of 8 bits between 256 and 4096" });
         }
         if n.significant_bits() != bits || n.is_even() {
@@ -74,7 +74,7 @@ impl PublicKey {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes, "Paillier public key", KIND_PUBLIC)?;
         let bits = r.u16()? as u32;
-        if !(MIN_KEY_BITS..=MAX_KEY_BITS).contains(&bits) || bits % 8 != 0 {
+        if !(MIN_KEY_BITS..=MAX_KEY_BITS).contains(&bits) || !bits.is_multiple_of(8) {
             return Err(DecodeError::Range { what: "Paillier public key", detail: "key size must be a multiple of 8 bits between 256 and 4096" });
         }
         let n = int_from(r.take(bits as usize / 8)?);
@@ -225,7 +225,7 @@ impl KeyShare {
         let what = "Paillier key share";
         let mut r = Reader::new(bytes, what, KIND_SHARE)?;
         let bits = r.u16()? as u32;
-        if !(MIN_KEY_BITS..=MAX_KEY_BITS).contains(&bits) || bits % 8 != 0 {
+        if !(MIN_KEY_BITS..=MAX_KEY_BITS).contains(&bits) || !bits.is_multiple_of(8) {
             return Err(DecodeError::Range { what, detail: "key size must be a multiple of 8 bits between 256 and 4096" });
         }
         let (index, threshold, parties) = (r.u32()?, r.u32()?, r.u32()?);
@@ -283,7 +283,7 @@ impl Drop for Secret {
 /// Deal a fresh `key_bits` key (two safe primes of `key_bits / 2` bits, drawn on two cores) so that
 /// any `threshold` of `parties` members can decrypt.
 pub fn deal<R: RngCore + CryptoRng>(key_bits: u32, threshold: usize, parties: usize, rng: &mut R) -> Result<Dealing, DealError> {
-    if !(MIN_KEY_BITS..=MAX_KEY_BITS).contains(&key_bits) || key_bits % 16 != 0 {
+    if !(MIN_KEY_BITS..=MAX_KEY_BITS).contains(&key_bits) || !key_bits.is_multiple_of(16) {
         return Err(DealError::KeyBits(key_bits));
     }
     check_threshold(threshold, parties)?;
@@ -315,7 +315,7 @@ pub fn deal_from_primes<R: RngCore + CryptoRng>(p: &[u8], q: &[u8], threshold: u
         return Err(DealError::Primes("equal or of different sizes"));
     }
     let bits = Integer::from(&p.0 * &q.0).significant_bits();
-    if !(MIN_KEY_BITS..=MAX_KEY_BITS).contains(&bits) || bits % 16 != 0 {
+    if !(MIN_KEY_BITS..=MAX_KEY_BITS).contains(&bits) || !bits.is_multiple_of(16) {
         return Err(DealError::KeyBits(bits));
     }
     deal_with(&p.0, &q.0, threshold, parties, rng)
