@@ -7,7 +7,9 @@
 //! `cargo bench -p fedmesh-crypto --bench paillier` (add `-- --quick` for a short run).
 //! `fedmesh bench paillier` measures the same paths on a 100,000-value update in one pass.
 
-use criterion::{black_box, criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use criterion::{
+    black_box, criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput,
+};
 use fedmesh_crypto::paillier::{self, pack::Packer, Dealing, FixedBase, Plaintext, Pool};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -15,10 +17,16 @@ use rand_chacha::ChaCha20Rng;
 fn key() -> &'static Dealing {
     static KEY: std::sync::OnceLock<Dealing> = std::sync::OnceLock::new();
     KEY.get_or_init(|| {
-        let bits = std::env::var("FEDMESH_BENCH_KEY_BITS").ok().and_then(|b| b.parse().ok()).unwrap_or(2048);
+        let bits = std::env::var("FEDMESH_BENCH_KEY_BITS")
+            .ok()
+            .and_then(|b| b.parse().ok())
+            .unwrap_or(2048);
         let t = std::time::Instant::now();
         let d = paillier::deal(bits, 3, 4, &mut ChaCha20Rng::seed_from_u64(1)).unwrap();
-        eprintln!("dealt a {bits}-bit key in {:.1} s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "dealt a {bits}-bit key in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
         d
     })
 }
@@ -30,7 +38,10 @@ fn encryption(c: &mut Criterion) {
     let mut group = c.benchmark_group("paillier_encrypt");
     group.sample_size(10);
     group.bench_function("one_value_fresh_randomness", |b| {
-        b.iter(|| pk.encrypt(black_box(&Plaintext::from_be_bytes(&[1, 2, 3])), &mut rng).unwrap())
+        b.iter(|| {
+            pk.encrypt(black_box(&Plaintext::from_be_bytes(&[1, 2, 3])), &mut rng)
+                .unwrap()
+        })
     });
     group.bench_function("pool_fill_one_uniform", |b| {
         let pool = Pool::new();
@@ -49,10 +60,23 @@ fn encryption(c: &mut Criterion) {
         b.iter_batched(
             || {
                 let pool = Pool::new();
-                pool.fill_short(&base, packer.plaintexts_for(len), &mut ChaCha20Rng::seed_from_u64(3));
+                pool.fill_short(
+                    &base,
+                    packer.plaintexts_for(len),
+                    &mut ChaCha20Rng::seed_from_u64(3),
+                );
                 pool
             },
-            |pool| paillier::encrypt_packed(pk, &packer, black_box(&values), &pool, &mut ChaCha20Rng::seed_from_u64(4)).unwrap(),
+            |pool| {
+                paillier::encrypt_packed(
+                    pk,
+                    &packer,
+                    black_box(&values),
+                    &pool,
+                    &mut ChaCha20Rng::seed_from_u64(4),
+                )
+                .unwrap()
+            },
             BatchSize::PerIteration,
         )
     });
@@ -76,14 +100,24 @@ fn decryption(c: &mut Criterion) {
         b.iter(|| paillier::sum(pk, black_box(&vectors)).unwrap())
     });
     group.bench_function(BenchmarkId::new("partial_decrypt_with_proof", n_ct), |b| {
-        b.iter(|| d.shares[0].decrypt_share(pk, vks, black_box(&enc.ciphertexts), b"bench", &mut rng).unwrap())
+        b.iter(|| {
+            d.shares[0]
+                .decrypt_share(pk, vks, black_box(&enc.ciphertexts), b"bench", &mut rng)
+                .unwrap()
+        })
     });
     let partials: Vec<_> = d.shares[..3]
         .iter()
-        .map(|s| s.decrypt_share(pk, vks, &enc.ciphertexts, b"bench", &mut rng).unwrap())
+        .map(|s| {
+            s.decrypt_share(pk, vks, &enc.ciphertexts, b"bench", &mut rng)
+                .unwrap()
+        })
         .collect();
     group.bench_function(BenchmarkId::new("verify_partial", n_ct), |b| {
-        b.iter(|| vks.verify(pk, &enc.ciphertexts, black_box(&partials[0]), b"bench").unwrap())
+        b.iter(|| {
+            vks.verify(pk, &enc.ciphertexts, black_box(&partials[0]), b"bench")
+                .unwrap()
+        })
     });
     group.bench_function(BenchmarkId::new("combine_3", n_ct), |b| {
         b.iter(|| paillier::combine(pk, vks, black_box(&partials)).unwrap())

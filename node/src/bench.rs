@@ -420,7 +420,12 @@ fn process_cpu_secs() -> f64 {
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(11) + ticks(12)) / 100.0
 }
 
@@ -460,7 +465,12 @@ fn bench_key(
         ));
     }
     let t = Instant::now();
-    let dealing = paillier::deal(opts.key_bits, threshold, opts.members, &mut rand::rngs::OsRng)?;
+    let dealing = paillier::deal(
+        opts.key_bits,
+        threshold,
+        opts.members,
+        &mut rand::rngs::OsRng,
+    )?;
     let keygen = secs_since(t);
     if let Some(path) = &opts.key_cache {
         let mut text = format!(
@@ -542,10 +552,16 @@ pub fn paillier(opts: &PaillierBench) -> anyhow::Result<()> {
     // Textbook: one value per ciphertext, fresh r^n, one core (what python-paillier does).
     let t = Clock::start();
     for i in 0..opts.single {
-        std::hint::black_box(pk.encrypt(&Plaintext::from_be_bytes(&(i as u32 + 1).to_be_bytes()), &mut rng)?);
+        std::hint::black_box(pk.encrypt(
+            &Plaintext::from_be_bytes(&(i as u32 + 1).to_be_bytes()),
+            &mut rng,
+        )?);
     }
     let textbook = t.wall() / opts.single.max(1) as f64;
-    cpu.push(("textbook_encrypt_s".into(), t.cpu() / opts.single.max(1) as f64));
+    cpu.push((
+        "textbook_encrypt_s".into(),
+        t.cpu() / opts.single.max(1) as f64,
+    ));
     row(
         "textbook_values_per_s",
         "one value per ciphertext, fresh r^n, 1 core: values/s".into(),
@@ -636,7 +652,9 @@ pub fn paillier(opts: &PaillierBench) -> anyhow::Result<()> {
         "s",
     );
     let t = Clock::start();
-    std::hint::black_box(paillier::encrypt_packed(pk, &packer, &values, &short, &mut rng)?);
+    std::hint::black_box(paillier::encrypt_packed(
+        pk, &packer, &values, &short, &mut rng,
+    )?);
     row(
         "encrypt_short_total_s",
         format!("encrypt {n_values} values, short-exponent randomness computed now"),

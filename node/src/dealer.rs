@@ -243,7 +243,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("dealer.toml");
         // A 256-bit key keeps the test fast; real networks use the 2048-bit default.
-        std::fs::write(&cfg, "[spec.model]\nlayers = [4, 3, 2]\n[spec.paillier]\nkey_bits = 256\n").unwrap();
+        std::fs::write(
+            &cfg,
+            "[spec.model]\nlayers = [4, 3, 2]\n[spec.paillier]\nkey_bits = 256\n",
+        )
+        .unwrap();
         let out = dir.path().join("net");
         run(&Request {
             members: 3,
@@ -265,7 +269,10 @@ mod tests {
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;
-                let mode = std::fs::metadata(member.join(keys::PAILLIER_FILE)).unwrap().permissions().mode();
+                let mode = std::fs::metadata(member.join(keys::PAILLIER_FILE))
+                    .unwrap()
+                    .permissions()
+                    .mode();
                 assert_eq!(mode & 0o077, 0, "key share readable by others");
             }
             let keys = MemberKeys::load(&member, &genesis).unwrap();
@@ -279,9 +286,18 @@ mod tests {
         )
         .unwrap();
         let err = MemberKeys::load(&out.join("member-0"), &genesis).unwrap_err();
-        assert!(format!("{err:#}").contains("does not belong to member 0"), "{err:#}");
-        let node = crate::config::Node::load(&out.join("member-2/node.toml"), Default::default()).unwrap();
-        let err = crate::node::prepare(&node, false).err().expect("mode paillier must be refused");
-        assert!(format!("{err:#}").contains("not yet supported by the node runtime"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("does not belong to member 0"),
+            "{err:#}"
+        );
+        let node =
+            crate::config::Node::load(&out.join("member-2/node.toml"), Default::default()).unwrap();
+        let err = crate::node::prepare(&node, false)
+            .err()
+            .expect("mode paillier must be refused");
+        assert!(
+            format!("{err:#}").contains("not yet supported by the node runtime"),
+            "{err:#}"
+        );
     }
 }

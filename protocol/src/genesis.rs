@@ -734,7 +734,9 @@ pub(crate) mod tests {
         let (mut g, _, _) = sample(4);
         g.spec.mode = Mode::Paillier;
         g.spec.paillier.key_bits = 256;
-        assert!(matches!(g.validate(), Err(GenesisError::Paillier(m)) if m.contains("--mode paillier")));
+        assert!(
+            matches!(g.validate(), Err(GenesisError::Paillier(m)) if m.contains("--mode paillier"))
+        );
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
         let t = g.spec.paillier.threshold_for(4);
         let d = crate::crypto::paillier::deal(256, t, 4, &mut rng).unwrap();
@@ -747,7 +749,9 @@ pub(crate) mod tests {
 
         let mut bad = g.clone();
         bad.spec.paillier.threshold = 4;
-        assert!(matches!(bad.validate(), Err(GenesisError::Paillier(m)) if m.contains("verification keys")));
+        assert!(
+            matches!(bad.validate(), Err(GenesisError::Paillier(m)) if m.contains("verification keys"))
+        );
         let mut bad = g.clone();
         bad.spec.paillier.key_bits = 512;
         assert!(matches!(bad.validate(), Err(GenesisError::Paillier(_))));

@@ -19,9 +19,16 @@ pub enum DecodeError {
     #[error("{what}: wrong kind tag {found:#04x}")]
     Kind { what: &'static str, found: u8 },
     #[error("{what}: {count} items exceed the limit of {max}")]
-    TooMany { what: &'static str, count: usize, max: usize },
+    TooMany {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
     #[error("{what}: value out of range ({detail})")]
-    Range { what: &'static str, detail: &'static str },
+    Range {
+        what: &'static str,
+        detail: &'static str,
+    },
 }
 
 /// Append `x` as exactly `len` big-endian bytes. `x` must be non-negative and fit.
@@ -63,7 +70,10 @@ impl<'a> Reader<'a> {
         let mut r = Reader { bytes, what };
         let version = r.u8()?;
         if version != FORMAT_VERSION {
-            return Err(DecodeError::Version { what, found: version });
+            return Err(DecodeError::Version {
+                what,
+                found: version,
+            });
         }
         let k = r.u8()?;
         if k != kind {
@@ -89,11 +99,15 @@ impl<'a> Reader<'a> {
     }
 
     pub fn u16(&mut self) -> Result<u16, DecodeError> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
     }
 
     pub fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     /// A count that must not exceed `max`, and whose items (of `item_len` bytes each) must all be
@@ -118,10 +132,18 @@ impl<'a> Reader<'a> {
     }
 
     /// An integer of exactly `len` bytes that must lie in `[1, bound)`.
-    pub fn int_below(&mut self, len: usize, bound: &Integer, detail: &'static str) -> Result<Integer, DecodeError> {
+    pub fn int_below(
+        &mut self,
+        len: usize,
+        bound: &Integer,
+        detail: &'static str,
+    ) -> Result<Integer, DecodeError> {
         let x = int_from(self.take(len)?);
         if x == 0 || x >= *bound {
-            return Err(DecodeError::Range { what: self.what, detail });
+            return Err(DecodeError::Range {
+                what: self.what,
+                detail,
+            });
         }
         Ok(x)
     }
@@ -154,13 +176,21 @@ pub fn encode_ciphertexts(pk: &PublicKey, cts: &[Ciphertext]) -> Vec<u8> {
 }
 
 /// Decode at most `max` ciphertexts under `pk`; every one must lie in `[1, n²)`.
-pub fn decode_ciphertexts(pk: &PublicKey, bytes: &[u8], max: usize) -> Result<Vec<Ciphertext>, DecodeError> {
+pub fn decode_ciphertexts(
+    pk: &PublicKey,
+    bytes: &[u8],
+    max: usize,
+) -> Result<Vec<Ciphertext>, DecodeError> {
     let mut r = Reader::new(bytes, "ciphertexts", KIND_CIPHERTEXTS)?;
     let len = pk.ciphertext_len();
     let count = r.count(max, len)?;
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
-        out.push(Ciphertext::from_integer(r.int_below(len, pk.n_squared(), "ciphertext not in [1, n²)")?));
+        out.push(Ciphertext::from_integer(r.int_below(
+            len,
+            pk.n_squared(),
+            "ciphertext not in [1, n²)",
+        )?));
     }
     r.finish()?;
     Ok(out)

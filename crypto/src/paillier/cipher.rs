@@ -64,7 +64,10 @@ impl Ciphertext {
 
 impl fmt::Debug for Ciphertext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let h = crate::Hash::of("fedmesh paillier v1 debug", &self.0.to_digits::<u8>(rug::integer::Order::Msf));
+        let h = crate::Hash::of(
+            "fedmesh paillier v1 debug",
+            &self.0.to_digits::<u8>(rug::integer::Order::Msf),
+        );
         write!(f, "Ciphertext({})", h.short())
     }
 }
@@ -85,12 +88,17 @@ impl PublicKey {
         if r == 0 {
             r += 1u32;
         }
-        r.pow_mod(self.n(), self.n_squared()).expect("positive exponent")
+        r.pow_mod(self.n(), self.n_squared())
+            .expect("positive exponent")
     }
 
     /// Encrypt one plaintext with fresh randomness (slow: one full exponentiation). Errors if
     /// `m ≥ n`.
-    pub fn encrypt<R: RngCore + CryptoRng>(&self, m: &Plaintext, rng: &mut R) -> Result<Ciphertext, EncryptError> {
+    pub fn encrypt<R: RngCore + CryptoRng>(
+        &self,
+        m: &Plaintext,
+        rng: &mut R,
+    ) -> Result<Ciphertext, EncryptError> {
         if m.0 >= *self.n() || m.0 < 0 {
             return Err(EncryptError::PlaintextRange);
         }
@@ -154,7 +162,11 @@ impl FixedBase {
                 row
             })
             .collect();
-        FixedBase { n: pk.n().clone(), n_squared: pk.n_squared().clone(), table }
+        FixedBase {
+            n: pk.n().clone(),
+            n_squared: pk.n_squared().clone(),
+            table,
+        }
     }
 
     /// `h^x mod n²` for a fresh short `x`.
@@ -313,9 +325,18 @@ pub enum EncryptError {
 
 /// Quantize (stochastic rounding from `rng`), pack and encrypt `values`, taking randomness from
 /// `pool` and computing any shortfall on the spot; all cores.
-pub fn encrypt_packed<R: RngCore + CryptoRng>(pk: &PublicKey, packer: &Packer, values: &[f32], pool: &Pool, rng: &mut R) -> Result<Encrypted, EncryptError> {
+pub fn encrypt_packed<R: RngCore + CryptoRng>(
+    pk: &PublicKey,
+    packer: &Packer,
+    values: &[f32],
+    pool: &Pool,
+    rng: &mut R,
+) -> Result<Encrypted, EncryptError> {
     if packer.key_bits() != pk.bits() {
-        return Err(EncryptError::KeyMismatch { packer: packer.key_bits(), key: pk.bits() });
+        return Err(EncryptError::KeyMismatch {
+            packer: packer.key_bits(),
+            key: pk.bits(),
+        });
     }
     let quantized = packer.quantize(values, rng)?;
     let plaintexts = packer.pack(&quantized.values)?;
@@ -328,7 +349,12 @@ pub fn encrypt_packed<R: RngCore + CryptoRng>(pk: &PublicKey, packer: &Packer, v
         .map(|(m, rn)| pk.encrypt_with(m, rn))
         .collect();
     randomness.iter_mut().for_each(wipe);
-    Ok(Encrypted { ciphertexts, quantized: quantized.values, clipped: quantized.clipped, fresh })
+    Ok(Encrypted {
+        ciphertexts,
+        quantized: quantized.values,
+        clipped: quantized.clipped,
+        fresh,
+    })
 }
 
 /// Vectors of different lengths cannot be summed.
@@ -338,16 +364,27 @@ pub enum SumError {
     #[error("nothing to sum")]
     Empty,
     #[error("vector {position} has {found} ciphertexts, the first has {expected}")]
-    Length { position: usize, found: usize, expected: usize },
+    Length {
+        position: usize,
+        found: usize,
+        expected: usize,
+    },
 }
 
 /// The element-wise homomorphic sum (product modulo n²) of several members' ciphertext vectors,
 /// in parallel over positions.
-pub fn sum<V: AsRef<[Ciphertext]> + Sync>(pk: &PublicKey, vectors: &[V]) -> Result<Vec<Ciphertext>, SumError> {
+pub fn sum<V: AsRef<[Ciphertext]> + Sync>(
+    pk: &PublicKey,
+    vectors: &[V],
+) -> Result<Vec<Ciphertext>, SumError> {
     let first = vectors.first().ok_or(SumError::Empty)?.as_ref();
     for (position, v) in vectors.iter().enumerate() {
         if v.as_ref().len() != first.len() {
-            return Err(SumError::Length { position, found: v.as_ref().len(), expected: first.len() });
+            return Err(SumError::Length {
+                position,
+                found: v.as_ref().len(),
+                expected: first.len(),
+            });
         }
     }
     Ok((0..first.len())

@@ -31,10 +31,16 @@ impl PublicKey {
     fn from_modulus(n: Integer, bits: u32) -> Result<Self, DecodeError> {
         let what = "Paillier public key";
         if !(MIN_KEY_BITS..=MAX_KEY_BITS).contains(&bits) || !bits.is_multiple_of(8) {
-            return Err(DecodeError::Range { what, detail: "key size must be a multiple of 8 bits between 256 and 4096" });
+            return Err(DecodeError::Range {
+                what,
+                detail: "key size must be a multiple of 8 bits between 256 and 4096",
+            });
         }
         if n.significant_bits() != bits || n.is_even() {
-            return Err(DecodeError::Range { what, detail: "modulus must be odd with exactly the stated bits" });
+            return Err(DecodeError::Range {
+                what,
+                detail: "modulus must be odd with exactly the stated bits",
+            });
         }
         let n_squared = n.clone().square();
         Ok(PublicKey { n, n_squared, bits })
@@ -75,7 +81,10 @@ impl PublicKey {
         let mut r = Reader::new(bytes, "Paillier public key", KIND_PUBLIC)?;
         let bits = r.u16()? as u32;
         if !(MIN_KEY_BITS..=MAX_KEY_BITS).contains(&bits) || !bits.is_multiple_of(8) {
-            return Err(DecodeError::Range { what: "Paillier public key", detail: "key size must be a multiple of 8 bits between 256 and 4096" });
+            return Err(DecodeError::Range {
+                what: "Paillier public key",
+                detail: "key size must be a multiple of 8 bits between 256 and 4096",
+            });
         }
         let n = int_from(r.take(bits as usize / 8)?);
         r.finish()?;
@@ -86,7 +95,12 @@ impl PublicKey {
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let hash = crate::Hash::of("fedmesh paillier v1 public key", &self.to_bytes());
-        write!(f, "paillier::PublicKey({} bits, {})", self.bits, hash.short())
+        write!(
+            f,
+            "paillier::PublicKey({} bits, {})",
+            self.bits,
+            hash.short()
+        )
     }
 }
 
@@ -103,7 +117,12 @@ pub struct VerificationKeys {
 impl VerificationKeys {
     fn new(threshold: u32, v: Integer, keys: Vec<Integer>) -> Self {
         let delta = Integer::from(Integer::factorial(keys.len() as u32));
-        VerificationKeys { threshold, v, keys, delta }
+        VerificationKeys {
+            threshold,
+            v,
+            keys,
+            delta,
+        }
     }
 
     /// Valid partial decryptions needed to decrypt.
@@ -151,7 +170,10 @@ impl VerificationKeys {
         let len = pk.ciphertext_len();
         let parties = r.count(MAX_PARTIES, len)?;
         if threshold == 0 || threshold as usize > parties {
-            return Err(DecodeError::Range { what, detail: "threshold must be between 1 and the number of parties" });
+            return Err(DecodeError::Range {
+                what,
+                detail: "threshold must be between 1 and the number of parties",
+            });
         }
         let v = r.int_below(len, pk.n_squared(), "v not in [1, n²)")?;
         let keys = (0..parties)
@@ -164,7 +186,12 @@ impl VerificationKeys {
 
 impl fmt::Debug for VerificationKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "paillier::VerificationKeys({} of {})", self.threshold, self.keys.len())
+        write!(
+            f,
+            "paillier::VerificationKeys({} of {})",
+            self.threshold,
+            self.keys.len()
+        )
     }
 }
 
@@ -226,15 +253,31 @@ impl KeyShare {
         let mut r = Reader::new(bytes, what, KIND_SHARE)?;
         let bits = r.u16()? as u32;
         if !(MIN_KEY_BITS..=MAX_KEY_BITS).contains(&bits) || !bits.is_multiple_of(8) {
-            return Err(DecodeError::Range { what, detail: "key size must be a multiple of 8 bits between 256 and 4096" });
+            return Err(DecodeError::Range {
+                what,
+                detail: "key size must be a multiple of 8 bits between 256 and 4096",
+            });
         }
         let (index, threshold, parties) = (r.u32()?, r.u32()?, r.u32()?);
-        if parties as usize > MAX_PARTIES || threshold == 0 || threshold > parties || index >= parties {
-            return Err(DecodeError::Range { what, detail: "need 1 ≤ threshold ≤ parties ≤ 512 and index < parties" });
+        if parties as usize > MAX_PARTIES
+            || threshold == 0
+            || threshold > parties
+            || index >= parties
+        {
+            return Err(DecodeError::Range {
+                what,
+                detail: "need 1 ≤ threshold ≤ parties ≤ 512 and index < parties",
+            });
         }
         let s = int_from(r.take(2 * bits as usize / 8)?);
         r.finish()?;
-        Ok(KeyShare { index, threshold, parties, bits, s })
+        Ok(KeyShare {
+            index,
+            threshold,
+            parties,
+            bits,
+            s,
+        })
     }
 }
 
@@ -263,9 +306,13 @@ pub struct Dealing {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DealError {
-    #[error("key size {0} bits: choose a multiple of 16 between 256 and 4096 (2048 is the default)")]
+    #[error(
+        "key size {0} bits: choose a multiple of 16 between 256 and 4096 (2048 is the default)"
+    )]
     KeyBits(u32),
-    #[error("threshold {threshold} must be between 1 and the {parties} parties (at most {MAX_PARTIES})")]
+    #[error(
+        "threshold {threshold} must be between 1 and the {parties} parties (at most {MAX_PARTIES})"
+    )]
     Threshold { threshold: usize, parties: usize },
     #[error("the given primes are not two distinct safe primes of equal size: {0}")]
     Primes(&'static str),
@@ -282,7 +329,12 @@ impl Drop for Secret {
 
 /// Deal a fresh `key_bits` key (two safe primes of `key_bits / 2` bits, drawn on two cores) so that
 /// any `threshold` of `parties` members can decrypt.
-pub fn deal<R: RngCore + CryptoRng>(key_bits: u32, threshold: usize, parties: usize, rng: &mut R) -> Result<Dealing, DealError> {
+pub fn deal<R: RngCore + CryptoRng>(
+    key_bits: u32,
+    threshold: usize,
+    parties: usize,
+    rng: &mut R,
+) -> Result<Dealing, DealError> {
     if !(MIN_KEY_BITS..=MAX_KEY_BITS).contains(&key_bits) || !key_bits.is_multiple_of(16) {
         return Err(DealError::KeyBits(key_bits));
     }
@@ -302,7 +354,13 @@ pub fn deal<R: RngCore + CryptoRng>(key_bits: u32, threshold: usize, parties: us
 
 /// Deal from given safe primes (big-endian bytes): for test fixtures and for keys generated
 /// elsewhere. Checks that both are safe primes of the same size and distinct.
-pub fn deal_from_primes<R: RngCore + CryptoRng>(p: &[u8], q: &[u8], threshold: usize, parties: usize, rng: &mut R) -> Result<Dealing, DealError> {
+pub fn deal_from_primes<R: RngCore + CryptoRng>(
+    p: &[u8],
+    q: &[u8],
+    threshold: usize,
+    parties: usize,
+    rng: &mut R,
+) -> Result<Dealing, DealError> {
     check_threshold(threshold, parties)?;
     let (p, q) = (Secret(int_from(p)), Secret(int_from(q)));
     for x in [&p.0, &q.0] {
@@ -328,7 +386,13 @@ fn check_threshold(threshold: usize, parties: usize) -> Result<(), DealError> {
     Ok(())
 }
 
-fn deal_with<R: RngCore + CryptoRng>(p: &Integer, q: &Integer, threshold: usize, parties: usize, rng: &mut R) -> Result<Dealing, DealError> {
+fn deal_with<R: RngCore + CryptoRng>(
+    p: &Integer,
+    q: &Integer,
+    threshold: usize,
+    parties: usize,
+    rng: &mut R,
+) -> Result<Dealing, DealError> {
     let n = Integer::from(p * q);
     let bits = n.significant_bits();
     let public = PublicKey::from_modulus(n, bits).map_err(|_| DealError::KeyBits(bits))?;
@@ -337,7 +401,11 @@ fn deal_with<R: RngCore + CryptoRng>(p: &Integer, q: &Integer, threshold: usize,
     let m = Secret(Integer::from(p >> 1) * Integer::from(q >> 1));
     let nm = Secret(Integer::from(n * &m.0));
     // d ≡ 0 (mod m) and d ≡ 1 (mod n).
-    let m_inv = Secret(m.0.clone().invert(n).map_err(|_| DealError::Primes("m is not invertible modulo n"))?);
+    let m_inv = Secret(
+        m.0.clone()
+            .invert(n)
+            .map_err(|_| DealError::Primes("m is not invertible modulo n"))?,
+    );
     let d = Secret(Integer::from(&m.0 * &m_inv.0) % &nm.0);
     // f(X) = d + a_1 X + … + a_{t−1} X^{t−1} over Z_{nm}.
     let mut coefficients = vec![Secret(d.0.clone())];
@@ -357,7 +425,13 @@ fn deal_with<R: RngCore + CryptoRng>(p: &Integer, q: &Integer, threshold: usize,
                 y += &c.0;
                 y %= &nm.0;
             }
-            KeyShare { index, threshold: threshold as u32, parties: parties as u32, bits, s: y }
+            KeyShare {
+                index,
+                threshold: threshold as u32,
+                parties: parties as u32,
+                bits,
+                s: y,
+            }
         })
         .collect();
     use rayon::prelude::*;
@@ -369,12 +443,19 @@ fn deal_with<R: RngCore + CryptoRng>(p: &Integer, q: &Integer, threshold: usize,
         })
         .collect();
     let verification = VerificationKeys::new(threshold as u32, v, keys);
-    Ok(Dealing { public, verification, shares })
+    Ok(Dealing {
+        public,
+        verification,
+        shares,
+    })
 }
 
 /// A uniform integer in `[0, bound)` (statistical distance below 2^-128).
 pub(crate) fn random_below<R: RngCore + ?Sized>(bound: &Integer, rng: &mut R) -> Integer {
-    let mut buf = zeroize::Zeroizing::new(vec![0u8; (bound.significant_bits() as usize).div_ceil(8) + 16]);
+    let mut buf = zeroize::Zeroizing::new(vec![
+        0u8;
+        (bound.significant_bits() as usize).div_ceil(8) + 16
+    ]);
     rng.fill_bytes(&mut buf);
     int_from(&buf) % bound
 }
@@ -469,17 +550,38 @@ mod tests {
     #[test]
     fn deal_rejects_bad_parameters() {
         let mut rng = ChaCha20Rng::seed_from_u64(3);
-        assert!(matches!(deal(100, 1, 1, &mut rng), Err(DealError::KeyBits(100))));
-        assert!(matches!(deal(512, 0, 3, &mut rng), Err(DealError::Threshold { .. })));
-        assert!(matches!(deal(512, 4, 3, &mut rng), Err(DealError::Threshold { .. })));
+        assert!(matches!(
+            deal(100, 1, 1, &mut rng),
+            Err(DealError::KeyBits(100))
+        ));
+        assert!(matches!(
+            deal(512, 0, 3, &mut rng),
+            Err(DealError::Threshold { .. })
+        ));
+        assert!(matches!(
+            deal(512, 4, 3, &mut rng),
+            Err(DealError::Threshold { .. })
+        ));
         // 23 = 2·11 + 1 is safe, 29 = 2·14 + 1 is not.
-        assert!(matches!(deal_from_primes(&[23], &[29], 1, 1, &mut rng), Err(DealError::Primes(_))));
+        assert!(matches!(
+            deal_from_primes(&[23], &[29], 1, 1, &mut rng),
+            Err(DealError::Primes(_))
+        ));
     }
 
     #[test]
     fn secrets_are_redacted() {
-        let share = KeyShare { index: 2, threshold: 1, parties: 3, bits: 256, s: Integer::from(0xdead_beefu32) };
+        let share = KeyShare {
+            index: 2,
+            threshold: 1,
+            parties: 3,
+            bits: 256,
+            s: Integer::from(0xdead_beefu32),
+        };
         let text = format!("{share:?}");
-        assert!(text.contains("redacted") && !text.contains("3735928559") && !text.contains("deadbeef"), "{text}");
+        assert!(
+            text.contains("redacted") && !text.contains("3735928559") && !text.contains("deadbeef"),
+            "{text}"
+        );
     }
 }

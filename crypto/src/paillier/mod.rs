@@ -52,10 +52,14 @@ mod keys;
 pub mod pack;
 mod threshold;
 
-pub use cipher::{encrypt_packed, sum, Ciphertext, EncryptError, Encrypted, FixedBase, Plaintext, Pool, SumError};
-pub use keys::{deal, deal_from_primes, DealError, Dealing, KeyShare, PublicKey, VerificationKeys, MAX_PARTIES};
-pub use threshold::{combine, CombineError, PartialDecryption, Proof, ShareError, VerifyError};
 pub use bytes::{decode_ciphertexts, encode_ciphertexts, DecodeError};
+pub use cipher::{
+    encrypt_packed, sum, Ciphertext, EncryptError, Encrypted, FixedBase, Plaintext, Pool, SumError,
+};
+pub use keys::{
+    deal, deal_from_primes, DealError, Dealing, KeyShare, PublicKey, VerificationKeys, MAX_PARTIES,
+};
+pub use threshold::{combine, CombineError, PartialDecryption, Proof, ShareError, VerifyError};
 
 /// Current version of every byte format in this module (the first byte of each encoding).
 pub const FORMAT_VERSION: u8 = 1;

@@ -29,13 +29,25 @@ pub enum PackError {
     #[error("value {position} is not a finite number")]
     NotFinite { position: usize },
     #[error("quantized value {position} is {value}, outside ±{max}")]
-    OutOfRange { position: usize, value: i64, max: i64 },
+    OutOfRange {
+        position: usize,
+        value: i64,
+        max: i64,
+    },
     #[error("{found} plaintexts for {values} values; expected {expected}")]
-    Count { found: usize, values: usize, expected: usize },
+    Count {
+        found: usize,
+        values: usize,
+        expected: usize,
+    },
     #[error("a sum of {summands} vectors, more than the {members} the packing has headroom for")]
     Summands { summands: usize, members: usize },
     #[error("slot {position} holds {value}, more than {summands} members can sum to (wrong key or corrupt ciphertext)")]
-    Overflow { position: usize, value: u64, summands: usize },
+    Overflow {
+        position: usize,
+        value: u64,
+        summands: usize,
+    },
 }
 
 /// Quantized values and how many were clipped.
@@ -61,12 +73,22 @@ pub struct Packer {
 impl Packer {
     /// `value_bits` per quantized value (2..=32), clip range `±clip`, headroom for the sum of up
     /// to `members` vectors.
-    pub fn new(pk: &PublicKey, value_bits: u32, clip: f32, members: usize) -> Result<Packer, PackError> {
+    pub fn new(
+        pk: &PublicKey,
+        value_bits: u32,
+        clip: f32,
+        members: usize,
+    ) -> Result<Packer, PackError> {
         Self::for_key_bits(pk.bits(), value_bits, clip, members)
     }
 
     /// As [`new`](Self::new), from the key size alone (to plan message sizes before keys exist).
-    pub fn for_key_bits(key_bits: u32, value_bits: u32, clip: f32, members: usize) -> Result<Packer, PackError> {
+    pub fn for_key_bits(
+        key_bits: u32,
+        value_bits: u32,
+        clip: f32,
+        members: usize,
+    ) -> Result<Packer, PackError> {
         if !(2..=32).contains(&value_bits) {
             return Err(PackError::ValueBits(value_bits));
         }
@@ -80,9 +102,19 @@ impl Packer {
         let slot_bits = value_bits + headroom;
         let slots = (key_bits.saturating_sub(1) / slot_bits) as usize;
         if slots == 0 {
-            return Err(PackError::KeyTooSmall { slot_bits, key_bits });
+            return Err(PackError::KeyTooSmall {
+                slot_bits,
+                key_bits,
+            });
         }
-        Ok(Packer { key_bits, value_bits, clip, members, slot_bits, slots })
+        Ok(Packer {
+            key_bits,
+            value_bits,
+            clip,
+            members,
+            slot_bits,
+            slots,
+        })
     }
 
     /// The key size this packer was made for.
@@ -116,7 +148,11 @@ impl Packer {
     }
 
     /// Clip, scale and round stochastically (from `rng`). Non-finite values are an error.
-    pub fn quantize<R: RngCore + ?Sized>(&self, values: &[f32], rng: &mut R) -> Result<Quantized, PackError> {
+    pub fn quantize<R: RngCore + ?Sized>(
+        &self,
+        values: &[f32],
+        rng: &mut R,
+    ) -> Result<Quantized, PackError> {
         let (scale, max) = (self.scale(), self.max_level());
         let mut clipped = 0;
         let mut out = Vec::with_capacity(values.len());
@@ -133,7 +169,10 @@ impl Packer {
             let q = (floor as i64 + i64::from(up)).clamp(-max, max);
             out.push(q);
         }
-        Ok(Quantized { values: out, clipped })
+        Ok(Quantized {
+            values: out,
+            clipped,
+        })
     }
 
     /// Sums of quantized values back to floats.
@@ -147,7 +186,11 @@ impl Packer {
     pub fn pack(&self, values: &[i64]) -> Result<Vec<Plaintext>, PackError> {
         let max = self.max_level();
         if let Some(position) = values.iter().position(|q| q.abs() > max) {
-            return Err(PackError::OutOfRange { position, value: values[position], max });
+            return Err(PackError::OutOfRange {
+                position,
+                value: values[position],
+                max,
+            });
         }
         let words = (self.slots * self.slot_bits as usize).div_ceil(64);
         Ok(values
@@ -164,13 +207,25 @@ impl Packer {
 
     /// Unpack the decrypted sum of `summands` members' packed vectors of `len` values into the
     /// per-value sums of their quantized values.
-    pub fn unpack_sum(&self, plaintexts: &[Plaintext], len: usize, summands: usize) -> Result<Vec<i64>, PackError> {
+    pub fn unpack_sum(
+        &self,
+        plaintexts: &[Plaintext],
+        len: usize,
+        summands: usize,
+    ) -> Result<Vec<i64>, PackError> {
         if summands > self.members {
-            return Err(PackError::Summands { summands, members: self.members });
+            return Err(PackError::Summands {
+                summands,
+                members: self.members,
+            });
         }
         let expected = self.plaintexts_for(len);
         if plaintexts.len() != expected {
-            return Err(PackError::Count { found: plaintexts.len(), values: len, expected });
+            return Err(PackError::Count {
+                found: plaintexts.len(),
+                values: len,
+                expected,
+            });
         }
         let max = self.max_level();
         let limit = summands as u64 * (2 * max as u64);
@@ -179,7 +234,11 @@ impl Packer {
         let mut out = Vec::with_capacity(len);
         for (i, p) in plaintexts.iter().enumerate() {
             if p.0.significant_bits() as usize > words * 64 || p.0 < 0 {
-                return Err(PackError::Overflow { position: i * self.slots, value: u64::MAX, summands });
+                return Err(PackError::Overflow {
+                    position: i * self.slots,
+                    value: u64::MAX,
+                    summands,
+                });
             }
             let mut limbs = vec![0u64; words];
             p.0.write_digits(&mut limbs, Order::Lsf);
@@ -187,7 +246,11 @@ impl Packer {
             for k in 0..here {
                 let u = read_bits(&limbs, k * self.slot_bits as usize, self.slot_bits);
                 if u > limit {
-                    return Err(PackError::Overflow { position: i * self.slots + k, value: u, summands });
+                    return Err(PackError::Overflow {
+                        position: i * self.slots + k,
+                        value: u,
+                        summands,
+                    });
                 }
                 out.push(u as i64 - offset);
             }
@@ -224,11 +287,26 @@ mod tests {
         let p = Packer::for_key_bits(2048, 16, 1.0, 100).unwrap();
         assert_eq!(p.slot_bits(), 16 + 7);
         assert_eq!(p.slots(), 2047 / 23);
-        assert_eq!(Packer::for_key_bits(2048, 16, 1.0, 1).unwrap().slot_bits(), 16);
-        assert_eq!(Packer::for_key_bits(2048, 16, 1.0, 2).unwrap().slot_bits(), 17);
-        assert!(matches!(Packer::for_key_bits(2048, 1, 1.0, 2), Err(PackError::ValueBits(1))));
-        assert!(matches!(Packer::for_key_bits(2048, 8, f32::NAN, 2), Err(PackError::Clip(_))));
-        assert!(matches!(Packer::for_key_bits(2048, 8, 1.0, 0), Err(PackError::Members(0))));
+        assert_eq!(
+            Packer::for_key_bits(2048, 16, 1.0, 1).unwrap().slot_bits(),
+            16
+        );
+        assert_eq!(
+            Packer::for_key_bits(2048, 16, 1.0, 2).unwrap().slot_bits(),
+            17
+        );
+        assert!(matches!(
+            Packer::for_key_bits(2048, 1, 1.0, 2),
+            Err(PackError::ValueBits(1))
+        ));
+        assert!(matches!(
+            Packer::for_key_bits(2048, 8, f32::NAN, 2),
+            Err(PackError::Clip(_))
+        ));
+        assert!(matches!(
+            Packer::for_key_bits(2048, 8, 1.0, 0),
+            Err(PackError::Members(0))
+        ));
     }
 
     #[test]
@@ -252,6 +330,9 @@ mod tests {
         assert_eq!(q.clipped, 2);
         assert_eq!(q.values[0], p.max_level());
         assert_eq!(q.values[1], -p.max_level());
-        assert!(matches!(p.quantize(&[0.0, f32::INFINITY], &mut rng), Err(PackError::NotFinite { position: 1 })));
+        assert!(matches!(
+            p.quantize(&[0.0, f32::INFINITY], &mut rng),
+            Err(PackError::NotFinite { position: 1 })
+        ));
     }
 }

@@ -46,7 +46,13 @@ pub struct PartialDecryption {
 
 impl fmt::Debug for PartialDecryption {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PartialDecryption(member {}, {} values, {:?})", self.index(), self.values.len(), self.proof)
+        write!(
+            f,
+            "PartialDecryption(member {}, {} values, {:?})",
+            self.index(),
+            self.values.len(),
+            self.proof
+        )
     }
 }
 
@@ -55,7 +61,13 @@ impl fmt::Debug for PartialDecryption {
 #[non_exhaustive]
 pub enum ShareError {
     #[error("the key share (member {index}, {share_bits} bits, {parties} parties) does not belong to this {key_bits}-bit key with {vk_parties} verification keys")]
-    KeyMismatch { index: u32, share_bits: u32, key_bits: u32, parties: usize, vk_parties: usize },
+    KeyMismatch {
+        index: u32,
+        share_bits: u32,
+        key_bits: u32,
+        parties: usize,
+        vk_parties: usize,
+    },
     #[error("ciphertext {position} is not in Z*_n²")]
     Ciphertext { position: usize },
 }
@@ -69,7 +81,11 @@ pub enum VerifyError {
     #[error("partial decryption from member {culprit}, which holds no key share")]
     UnknownMember { culprit: u32 },
     #[error("member {culprit}'s partial decryption has {found} values for {expected} ciphertexts")]
-    Length { culprit: u32, found: usize, expected: usize },
+    Length {
+        culprit: u32,
+        found: usize,
+        expected: usize,
+    },
 }
 
 /// Why partials could not be combined.
@@ -83,7 +99,11 @@ pub enum CombineError {
     #[error("member {index} holds no key share")]
     UnknownMember { index: u32 },
     #[error("member {index}'s partial decryption has {found} values, another has {expected}")]
-    Length { index: u32, found: usize, expected: usize },
+    Length {
+        index: u32,
+        found: usize,
+        expected: usize,
+    },
     #[error("the partials do not combine to a valid plaintext at position {position} (was every partial verified?)")]
     Inconsistent { position: usize },
 }
@@ -92,13 +112,31 @@ impl KeyShare {
     /// Partially decrypt `ciphertexts` (`c_j^{2Δ s_i}` for each, in parallel) and prove it.
     /// `context` (e.g. network, round and the hash of the ciphertexts) is bound into the proof, so
     /// a proof cannot be replayed elsewhere; the verifier passes the same bytes.
-    pub fn decrypt_share<R: RngCore + CryptoRng>(&self, pk: &PublicKey, vks: &VerificationKeys, ciphertexts: &[Ciphertext], context: &[u8], rng: &mut R) -> Result<PartialDecryption, ShareError> {
-        let vi = vks.key(self.index()).filter(|_| self.key_bits() == pk.bits() && vks.parties() == self.parties());
+    pub fn decrypt_share<R: RngCore + CryptoRng>(
+        &self,
+        pk: &PublicKey,
+        vks: &VerificationKeys,
+        ciphertexts: &[Ciphertext],
+        context: &[u8],
+        rng: &mut R,
+    ) -> Result<PartialDecryption, ShareError> {
+        let vi = vks
+            .key(self.index())
+            .filter(|_| self.key_bits() == pk.bits() && vks.parties() == self.parties());
         let Some(vi) = vi else {
-            return Err(ShareError::KeyMismatch { index: self.index(), share_bits: self.key_bits(), key_bits: pk.bits(), parties: self.parties(), vk_parties: vks.parties() });
+            return Err(ShareError::KeyMismatch {
+                index: self.index(),
+                share_bits: self.key_bits(),
+                key_bits: pk.bits(),
+                parties: self.parties(),
+                vk_parties: vks.parties(),
+            });
         };
         let n2 = pk.n_squared();
-        if let Some(position) = ciphertexts.iter().position(|c| *c.as_integer() <= 0 || c.as_integer() >= n2) {
+        if let Some(position) = ciphertexts
+            .iter()
+            .position(|c| *c.as_integer() <= 0 || c.as_integer() >= n2)
+        {
             return Err(ShareError::Ciphertext { position });
         }
         // x = Δ s_i; partials use 2x.
@@ -128,7 +166,11 @@ impl KeyShare {
         z += &r;
         wipe(&mut r);
         wipe(&mut x);
-        Ok(PartialDecryption { index: self.index(), values, proof: Proof { e, z } })
+        Ok(PartialDecryption {
+            index: self.index(),
+            values,
+            proof: Proof { e, z },
+        })
     }
 }
 
@@ -151,14 +193,26 @@ struct Statement<'a> {
 }
 
 impl<'a> Statement<'a> {
-    fn new(pk: &'a PublicKey, vks: &'a VerificationKeys, index: u32, vi: &'a Integer, ciphertexts: &[Ciphertext], values: &[Integer], context: &[u8]) -> Self {
+    fn new(
+        pk: &'a PublicKey,
+        vks: &'a VerificationKeys,
+        index: u32,
+        vi: &'a Integer,
+        ciphertexts: &[Ciphertext],
+        values: &[Integer],
+        context: &[u8],
+    ) -> Self {
         let len = pk.ciphertext_len();
         let mut h = Hasher::new("fedmesh paillier v1 partial decryption");
         h.update_field(context);
         h.update_field(&pk.to_bytes());
         h.update(&index.to_le_bytes());
         let mut buf = Vec::with_capacity(len);
-        for x in [vks.v(), vi].into_iter().chain(ciphertexts.iter().map(Ciphertext::as_integer)).chain(values) {
+        for x in [vks.v(), vi]
+            .into_iter()
+            .chain(ciphertexts.iter().map(Ciphertext::as_integer))
+            .chain(values)
+        {
             buf.clear();
             put_int(&mut buf, x, len);
             h.update(&buf);
@@ -170,7 +224,10 @@ impl<'a> Statement<'a> {
             xs.par_iter()
                 .enumerate()
                 .map(|(j, x)| {
-                    let w = Hasher::new("fedmesh paillier v1 batch weight").chain(seed.as_bytes()).chain(&(j as u64).to_le_bytes()).finalize();
+                    let w = Hasher::new("fedmesh paillier v1 batch weight")
+                        .chain(seed.as_bytes())
+                        .chain(&(j as u64).to_le_bytes())
+                        .finalize();
                     let w = int_from(&w.as_bytes()[..16]) + 1u32;
                     (*x).clone().pow_mod(&w, n2).expect("positive exponent")
                 })
@@ -180,7 +237,14 @@ impl<'a> Statement<'a> {
         let p = fold(values.iter().collect());
         let base = c.pow_mod(&Integer::from(4), n2).expect("positive exponent");
         let image = p.square() % n2;
-        Statement { pk, base, image, v: vks.v(), vi, seed }
+        Statement {
+            pk,
+            base,
+            image,
+            v: vks.v(),
+            vi,
+            seed,
+        }
     }
 
     fn challenge(&self, a: &Integer, b: &Integer) -> [u8; 32] {
@@ -200,18 +264,31 @@ impl<'a> Statement<'a> {
 impl VerificationKeys {
     /// Check `partial` against the ciphertexts it claims to decrypt and the sender's verification
     /// key; `context` must be the bytes the sender bound into its proof.
-    pub fn verify(&self, pk: &PublicKey, ciphertexts: &[Ciphertext], partial: &PartialDecryption, context: &[u8]) -> Result<(), VerifyError> {
+    pub fn verify(
+        &self,
+        pk: &PublicKey,
+        ciphertexts: &[Ciphertext],
+        partial: &PartialDecryption,
+        context: &[u8],
+    ) -> Result<(), VerifyError> {
         let culprit = partial.index;
-        let vi = self.key(culprit).ok_or(VerifyError::UnknownMember { culprit })?;
+        let vi = self
+            .key(culprit)
+            .ok_or(VerifyError::UnknownMember { culprit })?;
         if partial.values.len() != ciphertexts.len() {
-            return Err(VerifyError::Length { culprit, found: partial.values.len(), expected: ciphertexts.len() });
+            return Err(VerifyError::Length {
+                culprit,
+                found: partial.values.len(),
+                expected: ciphertexts.len(),
+            });
         }
         let n2 = pk.n_squared();
         let z = &partial.proof.z;
         if *z <= 0 || z.significant_bits() > response_bits(pk, self) {
             return Err(VerifyError::BadProof { culprit });
         }
-        let statement = Statement::new(pk, self, culprit, vi, ciphertexts, &partial.values, context);
+        let statement =
+            Statement::new(pk, self, culprit, vi, ciphertexts, &partial.values, context);
         let minus_e = -int_from(&partial.proof.e);
         // a = (C⁴)^z · (P²)^(−e), b = v^z · v_i^(−e); both inverses exist for honest values.
         let recompute = |base: &Integer, image: &Integer| -> Option<Integer> {
@@ -264,7 +341,12 @@ impl PartialDecryption {
     /// Decode a partial of at most `max` values for `pk` and `vks`: every value in `[1, n²)`, the
     /// response no longer than an honest one can be. The proof itself is checked by
     /// [`VerificationKeys::verify`].
-    pub fn from_bytes(pk: &PublicKey, vks: &VerificationKeys, bytes: &[u8], max: usize) -> Result<Self, DecodeError> {
+    pub fn from_bytes(
+        pk: &PublicKey,
+        vks: &VerificationKeys,
+        bytes: &[u8],
+        max: usize,
+    ) -> Result<Self, DecodeError> {
         let what = "Paillier partial decryption";
         let mut r = Reader::new(bytes, what, KIND_PARTIAL)?;
         let index = r.u32()?;
@@ -276,21 +358,35 @@ impl PartialDecryption {
         let e: [u8; 32] = r.take(32)?.try_into().expect("32 bytes");
         let z_len = r.u16()? as usize;
         if z_len > (response_bits(pk, vks) as usize).div_ceil(8) {
-            return Err(DecodeError::Range { what, detail: "proof response longer than an honest one" });
+            return Err(DecodeError::Range {
+                what,
+                detail: "proof response longer than an honest one",
+            });
         }
         let z = int_from(r.take(z_len)?);
         r.finish()?;
-        Ok(PartialDecryption { index, values, proof: Proof { e, z } })
+        Ok(PartialDecryption {
+            index,
+            values,
+            proof: Proof { e, z },
+        })
     }
 }
 
 /// Combine verified partial decryptions (any `threshold` of them; further ones are ignored) into
 /// the plaintexts. Call [`VerificationKeys::verify`] on each first: combination cannot tell which
 /// partial is wrong.
-pub fn combine(pk: &PublicKey, vks: &VerificationKeys, partials: &[PartialDecryption]) -> Result<Vec<Plaintext>, CombineError> {
+pub fn combine(
+    pk: &PublicKey,
+    vks: &VerificationKeys,
+    partials: &[PartialDecryption],
+) -> Result<Vec<Plaintext>, CombineError> {
     let t = vks.threshold();
     if partials.len() < t {
-        return Err(CombineError::NotEnough { have: partials.len(), need: t });
+        return Err(CombineError::NotEnough {
+            have: partials.len(),
+            need: t,
+        });
     }
     for (i, p) in partials.iter().enumerate() {
         if vks.key(p.index).is_none() {
@@ -303,7 +399,11 @@ pub fn combine(pk: &PublicKey, vks: &VerificationKeys, partials: &[PartialDecryp
     let chosen = &partials[..t];
     let expected = chosen[0].values.len();
     if let Some(p) = chosen.iter().find(|p| p.values.len() != expected) {
-        return Err(CombineError::Length { index: p.index, found: p.values.len(), expected });
+        return Err(CombineError::Length {
+            index: p.index,
+            found: p.values.len(),
+            expected,
+        });
     }
     // 2λ_i with λ_i = Δ · Π_{j≠i} x_j / (x_j − x_i), an integer because Δ = parties!.
     let xs: Vec<i64> = chosen.iter().map(|p| p.index as i64 + 1).collect();
@@ -323,13 +423,18 @@ pub fn combine(pk: &PublicKey, vks: &VerificationKeys, partials: &[PartialDecryp
     let n2 = pk.n_squared();
     // (4Δ²)^(−1) mod n exists: n's prime factors are far larger than any factor of Δ.
     let four_delta_sq = Integer::from(vks.delta().square_ref()) * 4u32;
-    let inv = four_delta_sq.invert(n).map_err(|_| CombineError::Inconsistent { position: 0 })?;
+    let inv = four_delta_sq
+        .invert(n)
+        .map_err(|_| CombineError::Inconsistent { position: 0 })?;
     (0..expected)
         .into_par_iter()
         .map(|position| {
             let mut acc = Integer::from(1);
             for (p, e) in chosen.iter().zip(&exponents) {
-                let term = p.values[position].clone().pow_mod(e, n2).map_err(|_| CombineError::Inconsistent { position })?;
+                let term = p.values[position]
+                    .clone()
+                    .pow_mod(e, n2)
+                    .map_err(|_| CombineError::Inconsistent { position })?;
                 acc *= term;
                 acc %= n2;
             }

@@ -50,12 +50,19 @@ pub struct Keys {
 impl Keys {
     /// Parse the genesis file's hex fields.
     pub fn from_hex(public: &str, verification: &str) -> Result<Keys, DecodeError> {
-        let bad = |what| DecodeError::Range { what, detail: "not valid hex" };
+        let bad = |what| DecodeError::Range {
+            what,
+            detail: "not valid hex",
+        };
         let pk_bytes = hex::decode(public.trim()).map_err(|_| bad("Paillier public key"))?;
         let public = PublicKey::from_bytes(&pk_bytes)?;
-        let vk_bytes = hex::decode(verification.trim()).map_err(|_| bad("Paillier verification keys"))?;
+        let vk_bytes =
+            hex::decode(verification.trim()).map_err(|_| bad("Paillier verification keys"))?;
         let verification = VerificationKeys::from_bytes(&public, &vk_bytes)?;
-        Ok(Keys { public, verification })
+        Ok(Keys {
+            public,
+            verification,
+        })
     }
 }
 
@@ -91,11 +98,24 @@ impl<T: Body> Signed<T> {
     pub fn verify(&self, params: &RoundParams) -> Result<&T, PaillierError> {
         let culprit = self.body.sender();
         if self.body.round() != params.round {
-            return Err(PaillierError::WrongRound { culprit, found: self.body.round(), expected: params.round });
+            return Err(PaillierError::WrongRound {
+                culprit,
+                found: self.body.round(),
+                expected: params.round,
+            });
         }
-        let key = params.members.get(&culprit).ok_or(PaillierError::NotMember { culprit })?;
-        key.verify(signing_hash(params.genesis, &self.body).as_bytes(), &self.signature)
-            .map_err(|_| PaillierError::Signature { culprit, what: T::KIND })?;
+        let key = params
+            .members
+            .get(&culprit)
+            .ok_or(PaillierError::NotMember { culprit })?;
+        key.verify(
+            signing_hash(params.genesis, &self.body).as_bytes(),
+            &self.signature,
+        )
+        .map_err(|_| PaillierError::Signature {
+            culprit,
+            what: T::KIND,
+        })?;
         Ok(&self.body)
     }
 }
@@ -113,7 +133,13 @@ pub struct EncryptedUpdate {
 
 impl std::fmt::Debug for EncryptedUpdate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "EncryptedUpdate(round {}, member {}, {} bytes)", self.round, self.member, self.ciphertexts.len())
+        write!(
+            f,
+            "EncryptedUpdate(round {}, member {}, {} bytes)",
+            self.round,
+            self.member,
+            self.ciphertexts.len()
+        )
     }
 }
 
@@ -147,7 +173,13 @@ pub struct Partial {
 
 impl std::fmt::Debug for Partial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Partial(round {}, member {}, sum {})", self.round, self.member, self.sum_hash.short())
+        write!(
+            f,
+            "Partial(round {}, member {}, sum {})",
+            self.round,
+            self.member,
+            self.sum_hash.short()
+        )
     }
 }
 
@@ -168,19 +200,40 @@ pub enum PaillierError {
     #[error("member {culprit} is not a member of this round")]
     NotMember { culprit: u32 },
     #[error("message from member {culprit} is for round {found}, this is round {expected}")]
-    WrongRound { culprit: u32, found: u64, expected: u64 },
+    WrongRound {
+        culprit: u32,
+        found: u64,
+        expected: u64,
+    },
     #[error("{what} message from member {culprit} has an invalid signature")]
     Signature { culprit: u32, what: &'static str },
     #[error("member {culprit} sent a second {what}")]
     Duplicate { culprit: u32, what: &'static str },
-    #[error("member {culprit}'s update is {found} bytes; an update of this model is exactly {expected}")]
-    Size { culprit: u32, found: usize, expected: usize },
+    #[error(
+        "member {culprit}'s update is {found} bytes; an update of this model is exactly {expected}"
+    )]
+    Size {
+        culprit: u32,
+        found: usize,
+        expected: usize,
+    },
     #[error("member {culprit} sent a malformed {what}: {source}")]
-    Malformed { culprit: u32, what: &'static str, source: DecodeError },
+    Malformed {
+        culprit: u32,
+        what: &'static str,
+        source: DecodeError,
+    },
     #[error("member {culprit} decrypted a different sum ({found}, expected {expected})")]
-    WrongSum { culprit: u32, found: Hash, expected: Hash },
+    WrongSum {
+        culprit: u32,
+        found: Hash,
+        expected: Hash,
+    },
     #[error("member {culprit}'s partial decryption is wrong: {source}")]
-    BadPartial { culprit: u32, source: paillier::VerifyError },
+    BadPartial {
+        culprit: u32,
+        source: paillier::VerifyError,
+    },
     #[error("{have} updates, at least {need} needed to form a sum")]
     TooFewUpdates { have: usize, need: usize },
     #[error("{have} valid partial decryptions, {need} needed; nothing is decrypted")]
@@ -251,7 +304,12 @@ pub struct Collect<'a> {
 
 impl<'a> Collect<'a> {
     pub fn new(params: &'a RoundParams, keys: &'a Keys, packer: &'a Packer) -> Self {
-        Collect { params, keys, packer, updates: BTreeMap::new() }
+        Collect {
+            params,
+            keys,
+            packer,
+            updates: BTreeMap::new(),
+        }
     }
 
     /// Check and keep one update: signature, round, membership, exact size, every ciphertext in
@@ -260,19 +318,35 @@ impl<'a> Collect<'a> {
         let body = msg.verify(self.params)?;
         let culprit = body.member;
         if self.updates.contains_key(&culprit) {
-            return Err(PaillierError::Duplicate { culprit, what: "update" });
+            return Err(PaillierError::Duplicate {
+                culprit,
+                what: "update",
+            });
         }
         let expected = update_bytes(&self.keys.public, self.packer, self.params.len);
         if body.ciphertexts.len() != expected {
-            return Err(PaillierError::Size { culprit, found: body.ciphertexts.len(), expected });
+            return Err(PaillierError::Size {
+                culprit,
+                found: body.ciphertexts.len(),
+                expected,
+            });
         }
         let count = self.packer.plaintexts_for(self.params.len);
         let cts = paillier::decode_ciphertexts(&self.keys.public, &body.ciphertexts, count)
-            .map_err(|source| PaillierError::Malformed { culprit, what: "update", source })?;
+            .map_err(|source| PaillierError::Malformed {
+                culprit,
+                what: "update",
+                source,
+            })?;
         if cts.len() != count {
-            return Err(PaillierError::Size { culprit, found: body.ciphertexts.len(), expected });
+            return Err(PaillierError::Size {
+                culprit,
+                found: body.ciphertexts.len(),
+                expected,
+            });
         }
-        self.updates.insert(culprit, (body.hash(), body.clipped, cts));
+        self.updates
+            .insert(culprit, (body.hash(), body.clipped, cts));
         Ok(())
     }
 
@@ -285,9 +359,16 @@ impl<'a> Collect<'a> {
     pub fn close(self) -> Result<Decrypt<'a>, PaillierError> {
         let need = self.params.min_contributors.max(1);
         if self.updates.len() < need {
-            return Err(PaillierError::TooFewUpdates { have: self.updates.len(), need });
+            return Err(PaillierError::TooFewUpdates {
+                have: self.updates.len(),
+                need,
+            });
         }
-        let vectors: Vec<&[Ciphertext]> = self.updates.values().map(|(_, _, c)| c.as_slice()).collect();
+        let vectors: Vec<&[Ciphertext]> = self
+            .updates
+            .values()
+            .map(|(_, _, c)| c.as_slice())
+            .collect();
         let sum = paillier::sum(&self.keys.public, &vectors).expect("equal lengths were checked");
         let sum_bytes = paillier::encode_ciphertexts(&self.keys.public, &sum);
         let sum_hash = Hash::of("fedmesh paillier v1 sum ciphertexts", &sum_bytes);
@@ -345,8 +426,20 @@ impl Decrypt<'_> {
     }
 
     /// This member's partial decryption of the sum, with proof, signed.
-    pub fn partial<R: RngCore + CryptoRng>(&self, share: &KeyShare, member: u32, key: &identity::SecretKey, rng: &mut R) -> Result<Signed<Partial>, PaillierError> {
-        let p = share.decrypt_share(&self.keys.public, &self.keys.verification, &self.sum, &self.context, rng)?;
+    pub fn partial<R: RngCore + CryptoRng>(
+        &self,
+        share: &KeyShare,
+        member: u32,
+        key: &identity::SecretKey,
+        rng: &mut R,
+    ) -> Result<Signed<Partial>, PaillierError> {
+        let p = share.decrypt_share(
+            &self.keys.public,
+            &self.keys.verification,
+            &self.sum,
+            &self.context,
+            rng,
+        )?;
         let body = Partial {
             round: self.params.round,
             member,
@@ -363,14 +456,25 @@ impl Decrypt<'_> {
         let body = msg.verify(self.params)?;
         let culprit = body.member;
         if self.good.contains_key(&culprit) || self.rejected.contains(&culprit) {
-            return Err(PaillierError::Duplicate { culprit, what: "partial decryption" });
+            return Err(PaillierError::Duplicate {
+                culprit,
+                what: "partial decryption",
+            });
         }
         if body.sum_hash != self.sum_hash {
-            return Err(PaillierError::WrongSum { culprit, found: body.sum_hash, expected: self.sum_hash });
+            return Err(PaillierError::WrongSum {
+                culprit,
+                found: body.sum_hash,
+                expected: self.sum_hash,
+            });
         }
         let (pk, vks) = (&self.keys.public, &self.keys.verification);
         let partial = PartialDecryption::from_bytes(pk, vks, &body.partial, self.sum.len())
-            .map_err(|source| PaillierError::Malformed { culprit, what: "partial decryption", source })?;
+            .map_err(|source| PaillierError::Malformed {
+                culprit,
+                what: "partial decryption",
+                source,
+            })?;
         let outcome = if partial.index() != culprit {
             // A signed message carrying another member's share index: as bad as a wrong proof.
             Err(paillier::VerifyError::BadProof { culprit })
@@ -399,13 +503,18 @@ impl Decrypt<'_> {
     pub fn finish(self) -> Result<Outcome, PaillierError> {
         let need = self.keys.verification.threshold();
         if self.good.len() < need {
-            return Err(PaillierError::TooFewPartials { have: self.good.len(), need });
+            return Err(PaillierError::TooFewPartials {
+                have: self.good.len(),
+                need,
+            });
         }
         let chosen: Vec<PartialDecryption> = self.good.values().take(need).cloned().collect();
         let decryptors = chosen.iter().map(PartialDecryption::index).collect();
         let plain = paillier::combine(&self.keys.public, &self.keys.verification, &chosen)?;
         let contributors = self.update_hashes.len();
-        let sum = self.packer.unpack_sum(&plain, self.params.len, contributors)?;
+        let sum = self
+            .packer
+            .unpack_sum(&plain, self.params.len, contributors)?;
         Ok(Outcome {
             sum,
             summary: Summary {

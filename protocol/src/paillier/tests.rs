@@ -26,18 +26,27 @@ fn net() -> &'static Net {
     NET.get_or_init(|| {
         let mut rng = ChaCha20Rng::seed_from_u64(77);
         let dealing = paillier::deal(512, THRESHOLD, N as usize, &mut rng).unwrap();
-        let ids: Vec<_> = (0..N).map(|i| identity::SecretKey::from_seed([i as u8 + 9; 32])).collect();
+        let ids: Vec<_> = (0..N)
+            .map(|i| identity::SecretKey::from_seed([i as u8 + 9; 32]))
+            .collect();
         let params = RoundParams {
             genesis: Hash::of("test", b"paillier genesis"),
             round: 4,
-            members: ids.iter().enumerate().map(|(i, k)| (i as u32, k.public())).collect(),
+            members: ids
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (i as u32, k.public()))
+                .collect(),
             len: LEN,
             min_contributors: 2,
         };
         let packer = Packer::new(&dealing.public, 16, 0.5, N as usize).unwrap();
         Net {
             params,
-            keys: Keys { public: dealing.public, verification: dealing.verification },
+            keys: Keys {
+                public: dealing.public,
+                verification: dealing.verification,
+            },
             shares: dealing.shares,
             ids,
             packer,
@@ -49,12 +58,26 @@ fn net() -> &'static Net {
 /// quantized values.
 fn updates(net: &Net, rng: &mut ChaCha20Rng) -> (Vec<Signed<EncryptedUpdate>>, Vec<i64>) {
     let pool = Pool::new();
-    pool.fill(&net.keys.public, N as usize * net.packer.plaintexts_for(LEN), rng);
+    pool.fill(
+        &net.keys.public,
+        N as usize * net.packer.plaintexts_for(LEN),
+        rng,
+    );
     let mut expected = vec![0i64; LEN];
     let msgs = (0..N)
         .map(|m| {
             let values: Vec<f32> = (0..LEN).map(|_| rng.gen_range(-0.6f32..0.6)).collect();
-            let (msg, enc) = encrypt_update(&net.params, &net.keys, &net.packer, &pool, m, &net.ids[m as usize], &values, rng).unwrap();
+            let (msg, enc) = encrypt_update(
+                &net.params,
+                &net.keys,
+                &net.packer,
+                &pool,
+                m,
+                &net.ids[m as usize],
+                &values,
+                rng,
+            )
+            .unwrap();
             for (e, q) in expected.iter_mut().zip(&enc.quantized) {
                 *e += q;
             }
@@ -74,32 +97,65 @@ fn round_decrypts_the_plain_sum_despite_a_forged_partial() {
     for m in &msgs {
         collect.add_update(m).unwrap();
     }
-    assert!(matches!(collect.add_update(&msgs[2]), Err(PaillierError::Duplicate { culprit: 2, .. })));
+    assert!(matches!(
+        collect.add_update(&msgs[2]),
+        Err(PaillierError::Duplicate { culprit: 2, .. })
+    ));
     let mut decrypt = collect.close().unwrap();
 
     // Member 1 forges: it signs a partial made for another context (a replayed proof).
     let other = net.shares[1]
-        .decrypt_share(&net.keys.public, &net.keys.verification, decrypt.sum(), b"elsewhere", &mut rng)
+        .decrypt_share(
+            &net.keys.public,
+            &net.keys.verification,
+            decrypt.sum(),
+            b"elsewhere",
+            &mut rng,
+        )
         .unwrap();
     let forged = Signed::sign(
         net.params.genesis,
-        Partial { round: net.params.round, member: 1, sum_hash: decrypt.sum_hash(), partial: other.to_bytes(&net.keys.public) },
+        Partial {
+            round: net.params.round,
+            member: 1,
+            sum_hash: decrypt.sum_hash(),
+            partial: other.to_bytes(&net.keys.public),
+        },
         &net.ids[1],
     );
     let err = decrypt.add_partial(&forged).unwrap_err();
-    assert!(matches!(err, PaillierError::BadPartial { culprit: 1, .. }), "{err}");
+    assert!(
+        matches!(err, PaillierError::BadPartial { culprit: 1, .. }),
+        "{err}"
+    );
     assert_eq!(err.culprit(), Some(1));
 
     // Member 3 sends member 0's partial as its own (signed by 3).
-    let p0 = decrypt.partial(&net.shares[0], 0, &net.ids[0], &mut rng).unwrap();
-    let stolen = Signed::sign(net.params.genesis, Partial { member: 3, ..p0.body.clone() }, &net.ids[3]);
-    assert!(matches!(decrypt.add_partial(&stolen), Err(PaillierError::BadPartial { culprit: 3, .. })));
+    let p0 = decrypt
+        .partial(&net.shares[0], 0, &net.ids[0], &mut rng)
+        .unwrap();
+    let stolen = Signed::sign(
+        net.params.genesis,
+        Partial {
+            member: 3,
+            ..p0.body.clone()
+        },
+        &net.ids[3],
+    );
+    assert!(matches!(
+        decrypt.add_partial(&stolen),
+        Err(PaillierError::BadPartial { culprit: 3, .. })
+    ));
 
     assert_eq!(decrypt.add_partial(&p0).unwrap(), 1);
-    let p2 = decrypt.partial(&net.shares[2], 2, &net.ids[2], &mut rng).unwrap();
+    let p2 = decrypt
+        .partial(&net.shares[2], 2, &net.ids[2], &mut rng)
+        .unwrap();
     assert_eq!(decrypt.add_partial(&p2).unwrap(), 2);
     assert!(!decrypt.ready());
-    let p4 = decrypt.partial(&net.shares[4], 4, &net.ids[4], &mut rng).unwrap();
+    let p4 = decrypt
+        .partial(&net.shares[4], 4, &net.ids[4], &mut rng)
+        .unwrap();
     assert_eq!(decrypt.add_partial(&p4).unwrap(), 3);
     assert!(decrypt.ready());
     let sum_hash = decrypt.sum_hash();
@@ -109,7 +165,12 @@ fn round_decrypts_the_plain_sum_despite_a_forged_partial() {
     assert_eq!(s.decryptors, vec![0, 2, 4]);
     assert_eq!(s.rejected, vec![1, 3]);
     assert_eq!(s.sum_hash, sum_hash);
-    assert_eq!(s.update_hashes, msgs.iter().map(|m| (m.body.member, m.body.hash())).collect::<Vec<_>>());
+    assert_eq!(
+        s.update_hashes,
+        msgs.iter()
+            .map(|m| (m.body.member, m.body.hash()))
+            .collect::<Vec<_>>()
+    );
     let means = net.packer.dequantize(&out.sum);
     assert!(means.iter().all(|v| v.abs() <= 0.5 * N as f32 + 1e-3));
 }
@@ -126,10 +187,15 @@ fn fewer_than_threshold_partials_decrypt_nothing() {
     assert_eq!(collect.contributors(), vec![0, 1, 2]);
     let mut decrypt = collect.close().unwrap();
     for m in [0u32, 4] {
-        let p = decrypt.partial(&net.shares[m as usize], m, &net.ids[m as usize], &mut rng).unwrap();
+        let p = decrypt
+            .partial(&net.shares[m as usize], m, &net.ids[m as usize], &mut rng)
+            .unwrap();
         decrypt.add_partial(&p).unwrap();
     }
-    assert!(matches!(decrypt.finish(), Err(PaillierError::TooFewPartials { have: 2, need: 3 })));
+    assert!(matches!(
+        decrypt.finish(),
+        Err(PaillierError::TooFewPartials { have: 2, need: 3 })
+    ));
 }
 
 #[test]
@@ -142,25 +208,40 @@ fn bad_messages_are_refused_with_their_sender() {
     let mut long = msgs[0].body.clone();
     long.ciphertexts.extend_from_slice(&[0; 64]);
     let long = Signed::sign(net.params.genesis, long, &net.ids[0]);
-    assert!(matches!(collect.add_update(&long), Err(PaillierError::Size { culprit: 0, .. })));
+    assert!(matches!(
+        collect.add_update(&long),
+        Err(PaillierError::Size { culprit: 0, .. })
+    ));
 
     let mut garbage = msgs[1].body.clone();
     garbage.ciphertexts[10..20].fill(0xff);
     garbage.ciphertexts[6..6 + net.keys.public.ciphertext_len()].fill(0xff);
     let garbage = Signed::sign(net.params.genesis, garbage, &net.ids[1]);
-    assert!(matches!(collect.add_update(&garbage), Err(PaillierError::Malformed { culprit: 1, .. })));
+    assert!(matches!(
+        collect.add_update(&garbage),
+        Err(PaillierError::Malformed { culprit: 1, .. })
+    ));
 
     let mut unsigned = msgs[2].clone();
     unsigned.body.clipped += 1;
-    assert!(matches!(collect.add_update(&unsigned), Err(PaillierError::Signature { culprit: 2, .. })));
+    assert!(matches!(
+        collect.add_update(&unsigned),
+        Err(PaillierError::Signature { culprit: 2, .. })
+    ));
 
     let mut late = msgs[3].body.clone();
     late.round = 3;
     let late = Signed::sign(net.params.genesis, late, &net.ids[3]);
-    assert!(matches!(collect.add_update(&late), Err(PaillierError::WrongRound { culprit: 3, .. })));
+    assert!(matches!(
+        collect.add_update(&late),
+        Err(PaillierError::WrongRound { culprit: 3, .. })
+    ));
 
     collect.add_update(&msgs[4]).unwrap();
-    assert!(matches!(collect.close(), Err(PaillierError::TooFewUpdates { have: 1, need: 2 })));
+    assert!(matches!(
+        collect.close(),
+        Err(PaillierError::TooFewUpdates { have: 1, need: 2 })
+    ));
 
     // A partial over a different sum is refused, naming its sender.
     let mut collect = Collect::new(&net.params, &net.keys, &net.packer);
@@ -168,10 +249,16 @@ fn bad_messages_are_refused_with_their_sender() {
         collect.add_update(m).unwrap();
     }
     let mut decrypt = collect.close().unwrap();
-    let mut p = decrypt.partial(&net.shares[2], 2, &net.ids[2], &mut rng).unwrap().body;
+    let mut p = decrypt
+        .partial(&net.shares[2], 2, &net.ids[2], &mut rng)
+        .unwrap()
+        .body;
     p.sum_hash = Hash::of("test", b"another sum");
     let p = Signed::sign(net.params.genesis, p, &net.ids[2]);
-    assert!(matches!(decrypt.add_partial(&p), Err(PaillierError::WrongSum { culprit: 2, .. })));
+    assert!(matches!(
+        decrypt.add_partial(&p),
+        Err(PaillierError::WrongSum { culprit: 2, .. })
+    ));
 }
 
 #[test]
