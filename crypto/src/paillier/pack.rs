@@ -280,7 +280,7 @@ fn read_bits(limbs: &[u64], at: usize, bits: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
+    use rand::{Rng, SeedableRng};
 
     #[test]
     fn headroom_and_slots() {
@@ -334,5 +334,45 @@ mod tests {
             p.quantize(&[0.0, f32::INFINITY], &mut rng),
             Err(PackError::NotFinite { position: 1 })
         ));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Packing is linear: the sum of up to 100 members' packed plaintexts (as integers, which
+        /// is what decryption of the ciphertext product gives) unpacks to the per-value sums of
+        /// their quantized values, negatives included, with no carry between slots.
+        #[test]
+        fn packed_sums_unpack_exactly(
+            members in 1usize..=100,
+            len in 1usize..200,
+            value_bits in 2u32..=24,
+            key_bits in proptest::sample::select(vec![256u32, 512, 2048]),
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let p = Packer::for_key_bits(key_bits, value_bits, 1.0, members).unwrap();
+            let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+            let max = p.max_level();
+            let mut expected = vec![0i64; len];
+            let mut total: Vec<Integer> = vec![Integer::new(); p.plaintexts_for(len)];
+            for _ in 0..members {
+                // Extremes on purpose: the all-max and all-min vectors are the carry cases.
+                let qs: Vec<i64> = (0..len)
+                    .map(|_| match rng.gen_range(0..4) {
+                        0 => max,
+                        1 => -max,
+                        _ => rng.gen_range(-max..=max),
+                    })
+                    .collect();
+                for (e, q) in expected.iter_mut().zip(&qs) {
+                    *e += q;
+                }
+                for (t, m) in total.iter_mut().zip(p.pack(&qs).unwrap()) {
+                    *t += m.0;
+                }
+            }
+            let total: Vec<Plaintext> = total.into_iter().map(Plaintext).collect();
+            proptest::prop_assert_eq!(p.unpack_sum(&total, len, members).unwrap(), expected);
+        }
     }
 }
