@@ -234,6 +234,8 @@ pub enum PaillierError {
         culprit: u32,
         source: paillier::VerifyError,
     },
+    #[error("member {member}'s update is in the announced sum but not here; fetch it first")]
+    MissingUpdate { member: u32 },
     #[error("{have} updates, at least {need} needed to form a sum")]
     TooFewUpdates { have: usize, need: usize },
     #[error("{have} valid partial decryptions, {need} needed; nothing is decrypted")]
@@ -356,6 +358,18 @@ impl<'a> Collect<'a> {
     }
 
     /// Form the product of the collected updates (all cores): the encryption of their sum.
+    /// Form the product of exactly the updates of `contributors` (e.g. the set the coordinator
+    /// announced), so that every member decrypts the same sum; other updates are left out. A
+    /// listed member whose update this collector lacks is an error (fetch it, then retry).
+    pub fn close_for(mut self, contributors: &[u32]) -> Result<Decrypt<'a>, PaillierError> {
+        let wanted: std::collections::BTreeSet<u32> = contributors.iter().copied().collect();
+        if let Some(&member) = wanted.iter().find(|m| !self.updates.contains_key(m)) {
+            return Err(PaillierError::MissingUpdate { member });
+        }
+        self.updates.retain(|m, _| wanted.contains(m));
+        self.close()
+    }
+
     pub fn close(self) -> Result<Decrypt<'a>, PaillierError> {
         let need = self.params.min_contributors.max(1);
         if self.updates.len() < need {
