@@ -281,11 +281,19 @@ impl KeyShare {
     }
 }
 
-impl Drop for KeyShare {
-    fn drop(&mut self) {
+impl zeroize::Zeroize for KeyShare {
+    fn zeroize(&mut self) {
         wipe(&mut self.s);
     }
 }
+
+impl Drop for KeyShare {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(self);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for KeyShare {}
 
 impl fmt::Debug for KeyShare {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
