@@ -8,6 +8,8 @@
 //! - [`secagg`]: the building blocks of secure aggregation — X25519 key agreement, a blake3 KDF,
 //!   ChaCha20-Poly1305 for shares, Shamir sharing of 32-byte secrets, and ChaCha20 masks over
 //!   Z_(2^bits) expanded on all cores.
+//! - [`paillier`]: threshold Paillier on GMP (Shoup / Damgård–Jurik, a trusted dealer): safe-prime
+//!   keys, verifiable partial decryptions, packed fixed-point encoding, precomputed randomness.
 //!
 //! ```
 //! use fedmesh_crypto::{identity, hash::Hasher};
@@ -21,6 +23,7 @@
 pub mod bls;
 pub mod hash;
 pub mod identity;
+pub mod paillier;
 pub mod secagg;
 
 pub use hash::Hash;

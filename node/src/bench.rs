@@ -359,3 +359,415 @@ pub fn secagg(
     }
     Ok(())
 }
+
+/// What `fedmesh bench paillier` was asked to measure.
+#[derive(Debug, Clone)]
+pub struct PaillierBench {
+    /// Values per update.
+    pub params: usize,
+    /// Modulus size.
+    pub key_bits: u32,
+    /// Members the key is dealt to and whose updates are summed.
+    pub members: usize,
+    /// Partial decryptions needed (0 = majority).
+    pub threshold: usize,
+    /// Quantization bits and clip.
+    pub value_bits: u32,
+    pub clip: f32,
+    /// Textbook single-value encryptions to time (one value per ciphertext, fresh randomness).
+    pub single: usize,
+    /// Reuse (or create) a dealt key here instead of generating one (key generation is then
+    /// reported from the file).
+    pub key_cache: Option<std::path::PathBuf>,
+    /// Update values as little-endian f32 (e.g. written by bench/phe_bench.py); else seeded.
+    pub values: Option<std::path::PathBuf>,
+    pub json: bool,
+}
+
+fn secs_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64()
+}
+
+/// Wall time and this process's CPU time (user + system, all threads) since `start`.
+struct Clock {
+    wall: Instant,
+    cpu: f64,
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock {
+            wall: Instant::now(),
+            cpu: process_cpu_secs(),
+        }
+    }
+
+    fn wall(&self) -> f64 {
+        secs_since(self.wall)
+    }
+
+    fn cpu(&self) -> f64 {
+        process_cpu_secs() - self.cpu
+    }
+}
+
+/// User + system CPU seconds of this process from /proc/self/stat (Linux; 0 elsewhere). Clock
+/// ticks are taken as 100 per second, the value of every Linux configuration in practice.
+fn process_cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Load a dealt key (and the time its generation took) or deal and time a fresh one.
+fn bench_key(
+    opts: &PaillierBench,
+    threshold: usize,
+) -> anyhow::Result<(fedmesh_crypto::paillier::Dealing, f64, bool)> {
+    use anyhow::Context as _;
+    use fedmesh_crypto::paillier::{self, KeyShare, PublicKey, VerificationKeys};
+    if let Some(path) = opts.key_cache.as_ref().filter(|p| p.exists()) {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut lines = text.lines();
+        let mut next = || lines.next().context("key cache file is too short");
+        let keygen: f64 = next()?.parse().context("key cache: keygen seconds")?;
+        let public = PublicKey::from_bytes(&hex::decode(next()?)?)?;
+        let verification = VerificationKeys::from_bytes(&public, &hex::decode(next()?)?)?;
+        let shares = (0..verification.parties())
+            .map(|_| Ok(KeyShare::from_bytes(&hex::decode(next()?)?)?))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(
+            public.bits() == opts.key_bits
+                && verification.parties() == opts.members
+                && verification.threshold() == threshold,
+            "{}: cached key is for other --key-bits/--members/--threshold; delete it",
+            path.display()
+        );
+        return Ok((
+            paillier::Dealing {
+                public,
+                verification,
+                shares,
+            },
+            keygen,
+            true,
+        ));
+    }
+    let t = Instant::now();
+    let dealing = paillier::deal(
+        opts.key_bits,
+        threshold,
+        opts.members,
+        &mut rand::rngs::OsRng,
+    )?;
+    let keygen = secs_since(t);
+    if let Some(path) = &opts.key_cache {
+        let mut text = format!(
+            "{keygen}\n{}\n{}\n",
+            hex::encode(dealing.public.to_bytes()),
+            hex::encode(dealing.verification.to_bytes(&dealing.public))
+        );
+        for s in &dealing.shares {
+            text.push_str(&hex::encode(s.to_bytes()));
+            text.push('\n');
+        }
+        crate::keys::write_secret(path, text.trim_end())?;
+    }
+    Ok((dealing, keygen, false))
+}
+
+/// Threshold Paillier at `key_bits`: key generation, encryption (one value per ciphertext with
+/// fresh randomness, as python-paillier does; packed without and with a precomputed pool, and
+/// with the fixed-base short-exponent pool), ciphertext bytes per value, the homomorphic sum of
+/// `members` updates, one member's partial decryption of the sum, its verification, and the
+/// combination. Checks that the decrypted sum equals the sum of the quantized values.
+pub fn paillier(opts: &PaillierBench) -> anyhow::Result<()> {
+    use fedmesh_crypto::paillier::{self, pack::Packer, FixedBase, Plaintext, Pool};
+    use rand::{Rng, SeedableRng};
+    let threshold = if opts.threshold == 0 {
+        opts.members / 2 + 1
+    } else {
+        opts.threshold
+    };
+    let mut rows: Vec<(&str, String, f64, &str)> = Vec::new();
+    // Wall time and, for timed rows, the process's CPU time over the same span: on a machine
+    // shared with other work the CPU time shows what the code itself costs.
+    let mut row = |key: &'static str, what: String, value: f64, unit: &'static str| {
+        if !opts.json {
+            eprintln!("  {what:<62} {value:>12.3} {unit}");
+        }
+        rows.push((key, what, value, unit));
+    };
+    let mut cpu: Vec<(String, f64)> = Vec::new();
+    let mut rng = rand_chacha::ChaCha20Rng::from_rng(rand::rngs::OsRng)?;
+    let values: Vec<f32> = match &opts.values {
+        Some(p) => {
+            let bytes = std::fs::read(p)?;
+            anyhow::ensure!(bytes.len() % 4 == 0, "{}: not f32 values", p.display());
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect()
+        }
+        None => {
+            let mut seeded = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+            (0..opts.params)
+                .map(|_| seeded.gen_range(-0.6f32..0.6))
+                .collect()
+        }
+    };
+    let n_values = values.len();
+    let cores = rayon::current_num_threads();
+    if !opts.json {
+        eprintln!(
+            "threshold Paillier, {}-bit key, {n_values} values, {} members, threshold {threshold}, {cores} cores",
+            opts.key_bits, opts.members
+        );
+    }
+
+    let (dealing, keygen, cached) = bench_key(opts, threshold)?;
+    let (pk, vks) = (&dealing.public, &dealing.verification);
+    row(
+        "keygen_s",
+        format!(
+            "key generation + dealing to {} members{}",
+            opts.members,
+            if cached { " (from key cache)" } else { "" }
+        ),
+        keygen,
+        "s",
+    );
+
+    // Textbook: one value per ciphertext, fresh r^n, one core (what python-paillier does).
+    let t = Clock::start();
+    for i in 0..opts.single {
+        std::hint::black_box(pk.encrypt(
+            &Plaintext::from_be_bytes(&(i as u32 + 1).to_be_bytes()),
+            &mut rng,
+        )?);
+    }
+    let textbook = t.wall() / opts.single.max(1) as f64;
+    cpu.push((
+        "textbook_encrypt_s".into(),
+        t.cpu() / opts.single.max(1) as f64,
+    ));
+    row(
+        "textbook_values_per_s",
+        "one value per ciphertext, fresh r^n, 1 core: values/s".into(),
+        1.0 / textbook,
+        "values/s",
+    );
+
+    let packer = Packer::new(pk, opts.value_bits, opts.clip, opts.members)?;
+    let count = packer.plaintexts_for(n_values);
+    row(
+        "values_per_ciphertext",
+        format!(
+            "values per ciphertext ({}-bit values + {} bits headroom)",
+            opts.value_bits,
+            packer.slot_bits() - opts.value_bits
+        ),
+        packer.slots() as f64,
+        "",
+    );
+    let packed_bytes = (count * pk.ciphertext_len()) as f64 / n_values as f64;
+    row(
+        "bytes_per_value_packed",
+        "ciphertext bytes per value, packed".into(),
+        packed_bytes,
+        "B",
+    );
+    row(
+        "bytes_per_value_single",
+        "ciphertext bytes per value, one value per ciphertext".into(),
+        pk.ciphertext_len() as f64,
+        "B",
+    );
+
+    // Packed, no pool: r^n computed on the spot on all cores.
+    let empty = Pool::new();
+    let t = Clock::start();
+    let fresh = paillier::encrypt_packed(pk, &packer, &values, &empty, &mut rng)?;
+    let no_pool = t.wall();
+    cpu.push(("encrypt_no_pool_s".into(), t.cpu()));
+    row(
+        "encrypt_no_pool_s",
+        format!("encrypt {n_values} values, packed, r^n on the spot, {cores} cores"),
+        no_pool,
+        "s",
+    );
+
+    // Pool filled ahead of time (while training), then the update is encrypted.
+    let pool = Pool::new();
+    let t = Clock::start();
+    pool.fill(pk, count, &mut rng);
+    cpu.push(("pool_fill_s".into(), t.cpu()));
+    row(
+        "pool_fill_s",
+        format!("precompute {count} r^n (uniform r) into the pool, {cores} cores"),
+        t.wall(),
+        "s",
+    );
+    let t = Clock::start();
+    let enc = paillier::encrypt_packed(pk, &packer, &values, &pool, &mut rng)?;
+    let with_pool = t.wall();
+    cpu.push(("encrypt_pool_s".into(), t.cpu()));
+    anyhow::ensure!(enc.fresh == 0, "the pool ran short");
+    row(
+        "encrypt_pool_s",
+        format!("encrypt {n_values} values, packed, pool precomputed"),
+        with_pool,
+        "s",
+    );
+
+    let t = Clock::start();
+    let base = FixedBase::new(pk, &mut rng);
+    let table = t.wall();
+    let short = Pool::new();
+    let t = Clock::start();
+    short.fill_short(&base, count, &mut rng);
+    let short_fill = t.wall();
+    cpu.push(("pool_fill_short_s".into(), t.cpu()));
+    row(
+        "fixed_base_table_s",
+        "fixed-base table (short-exponent variant), once per key".into(),
+        table,
+        "s",
+    );
+    row(
+        "pool_fill_short_s",
+        format!("precompute {count} h^x (512-bit x) into the pool, {cores} cores"),
+        short_fill,
+        "s",
+    );
+    let t = Clock::start();
+    std::hint::black_box(paillier::encrypt_packed(
+        pk, &packer, &values, &short, &mut rng,
+    )?);
+    row(
+        "encrypt_short_total_s",
+        format!("encrypt {n_values} values, short-exponent randomness computed now"),
+        short_fill + t.wall(),
+        "s",
+    );
+    row(
+        "values_per_s_pool",
+        "packed + pool: values/s".into(),
+        n_values as f64 / with_pool,
+        "values/s",
+    );
+    row(
+        "values_per_s_no_pool",
+        "packed, no pool: values/s".into(),
+        n_values as f64 / no_pool,
+        "values/s",
+    );
+
+    // The sum of `members` updates (the same vector repeated: the cost is the same).
+    let vectors: Vec<&[paillier::Ciphertext]> = (0..opts.members)
+        .map(|i| {
+            if i % 2 == 0 {
+                enc.ciphertexts.as_slice()
+            } else {
+                fresh.ciphertexts.as_slice()
+            }
+        })
+        .collect();
+    let t = Clock::start();
+    let total = paillier::sum(pk, &vectors)?;
+    cpu.push(("sum_s".into(), t.cpu()));
+    row(
+        "sum_s",
+        format!("homomorphic sum of {} updates", opts.members),
+        t.wall(),
+        "s",
+    );
+    let context = b"fedmesh bench";
+    let t = Clock::start();
+    let partials: Vec<_> = dealing.shares[..threshold]
+        .iter()
+        .map(|s| s.decrypt_share(pk, vks, &total, context, &mut rng))
+        .collect::<Result<_, _>>()?;
+    cpu.push(("partial_decrypt_s".into(), t.cpu() / threshold as f64));
+    row(
+        "partial_decrypt_s",
+        format!("one member's partial decryption + proof of the {n_values}-value sum"),
+        t.wall() / threshold as f64,
+        "s",
+    );
+    let t = Clock::start();
+    vks.verify(pk, &total, &partials[0], context)?;
+    cpu.push(("verify_partial_s".into(), t.cpu()));
+    row(
+        "verify_partial_s",
+        "verify one partial decryption".into(),
+        t.wall(),
+        "s",
+    );
+    row(
+        "partial_bytes",
+        "bytes of one partial decryption".into(),
+        partials[0].to_bytes(pk).len() as f64,
+        "B",
+    );
+    let t = Clock::start();
+    let plain = paillier::combine(pk, vks, &partials)?;
+    let sums = packer.unpack_sum(&plain, n_values, opts.members)?;
+    cpu.push(("combine_s".into(), t.cpu()));
+    row(
+        "combine_s",
+        format!("combine {threshold} partials + unpack"),
+        t.wall(),
+        "s",
+    );
+    let expected: Vec<i64> = enc
+        .quantized
+        .iter()
+        .zip(&fresh.quantized)
+        .map(|(a, b)| {
+            let (ea, eb) = (opts.members.div_ceil(2) as i64, (opts.members / 2) as i64);
+            a * ea + b * eb
+        })
+        .collect();
+    anyhow::ensure!(sums == expected, "the decrypted sum is wrong");
+
+    let ratio_phe_free = textbook / (with_pool / n_values as f64);
+    if opts.json {
+        let mut obj = serde_json::Map::new();
+        obj.insert("bench".into(), "paillier".into());
+        obj.insert("key_bits".into(), opts.key_bits.into());
+        obj.insert("values".into(), n_values.into());
+        obj.insert("members".into(), opts.members.into());
+        obj.insert("threshold".into(), threshold.into());
+        obj.insert("cores".into(), cores.into());
+        obj.insert("keygen_cached".into(), cached.into());
+        for (key, _, value, _) in &rows {
+            obj.insert((*key).into(), (*value).into());
+        }
+        for (key, value) in &cpu {
+            obj.insert(format!("cpu_{key}"), (*value).into());
+        }
+        println!("{}", serde_json::Value::Object(obj));
+    } else {
+        eprintln!("process CPU time of the timed steps (all threads):");
+        for (key, value) in &cpu {
+            eprintln!("  {key:<62} {value:>12.3} s");
+        }
+        println!(
+            "packed + pool vs one value per ciphertext (this code, 1 core): {ratio_phe_free:.0}x per value; bytes per value {:.0}x fewer; decrypted sum checked",
+            pk.ciphertext_len() as f64 / packed_bytes
+        );
+    }
+    Ok(())
+}

@@ -37,7 +37,9 @@ enum Command {
         /// MNIST file written into each member's node.toml.
         #[arg(long)]
         data: Option<PathBuf>,
-        /// Aggregation mode (overrides the config's spec.mode): plain.
+        /// Aggregation mode (overrides the config's spec.mode): plain, secagg or paillier
+        /// (paillier deals the joint key and a key share per member; the node runtime does not run
+        /// paillier rounds yet).
         #[arg(long)]
         mode: Option<String>,
     },
@@ -251,6 +253,41 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// Threshold Paillier: key generation, encryption (one value per ciphertext vs packed, with and
+    /// without precomputed randomness), bytes per value, the homomorphic sum, a member's partial
+    /// decryption with proof, its verification and the combination; the decrypted sum is checked.
+    Paillier {
+        /// Values per update.
+        #[arg(long, default_value_t = 100_000)]
+        params: usize,
+        /// Modulus size in bits.
+        #[arg(long, default_value_t = 2048)]
+        key_bits: u32,
+        /// Members the key is dealt to and whose updates are summed.
+        #[arg(long, default_value_t = 4)]
+        members: usize,
+        /// Partial decryptions needed (0 = a majority).
+        #[arg(long, default_value_t = 0)]
+        threshold: usize,
+        /// Quantization bits per value.
+        #[arg(long, default_value_t = 16)]
+        value_bits: u32,
+        /// Values are clipped to ±clip.
+        #[arg(long, default_value_t = 0.5)]
+        clip: f32,
+        /// Textbook single-value encryptions to time.
+        #[arg(long, default_value_t = 50)]
+        single: usize,
+        /// Keep the dealt key in this file (secret shares included: a bench key only) and reuse it.
+        #[arg(long)]
+        key_cache: Option<PathBuf>,
+        /// Update values as little-endian f32 (e.g. from bench/phe_bench.py) instead of seeded ones.
+        #[arg(long)]
+        values: Option<PathBuf>,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Local training (SGD, Adam) and evaluation of the default MLP on member 0's MNIST shard.
     Train {
         /// The MNIST file.
@@ -376,6 +413,39 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 "--dropout: fractions in [0, 0.5)"
             );
             bench::secagg(&members, params, &dropout, degree, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Paillier {
+                    params,
+                    key_bits,
+                    members,
+                    threshold,
+                    value_bits,
+                    clip,
+                    single,
+                    key_cache,
+                    values,
+                    json,
+                },
+        } => {
+            anyhow::ensure!(
+                params > 0 && members > 0 && single > 0,
+                "--params, --members and --single must be at least 1"
+            );
+            bench::paillier(&bench::PaillierBench {
+                params,
+                key_bits,
+                members,
+                threshold,
+                value_bits,
+                clip,
+                single,
+                key_cache,
+                values,
+                json,
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -1,5 +1,5 @@
 //! `fedmesh genesis`: the founding ceremony. The dealer draws every member's ed25519 identity and
-//! BLS key share, writes the public genesis file and one private folder per member, and then
+//! BLS key share (and in mode `paillier` the joint Paillier key and one key share per member), writes the public genesis file and one private folder per member, and then
 //! forgets the secrets (they exist only in the member folders it wrote).
 
 use std::path::{Path, PathBuf};
@@ -9,8 +9,8 @@ use rand::rngs::OsRng;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use fedmesh_crypto::{bls, identity};
-use fedmesh_protocol::genesis::{Genesis, Member, Spec, VERSION};
+use fedmesh_crypto::{bls, identity, paillier};
+use fedmesh_protocol::genesis::{Genesis, Member, Mode, Spec, VERSION};
 
 use crate::{config, keys};
 
@@ -87,7 +87,9 @@ pub fn run(req: &Request) -> anyhow::Result<fedmesh_crypto::Hash> {
     }
     if let Some(m) = &req.mode {
         file.spec.mode = toml::Value::String(m.clone()).try_into().map_err(|_| {
-            anyhow::anyhow!("--mode {m:?} is not available in this build; available: plain, secagg")
+            anyhow::anyhow!(
+                "--mode {m:?} is not available in this build; available: plain, secagg, paillier"
+            )
         })?;
     }
     let layout = file
@@ -127,6 +129,27 @@ pub fn run(req: &Request) -> anyhow::Result<fedmesh_crypto::Hash> {
         .map(|_| identity::SecretKey::generate(&mut OsRng))
         .collect();
 
+    // Mode paillier: the joint key, its verification keys and one key share per member.
+    let paillier = if file.spec.mode == Mode::Paillier {
+        file.spec
+            .paillier
+            .validate(n)
+            .map_err(|e| anyhow::anyhow!("genesis config: {e}"))?;
+        let bits = file.spec.paillier.key_bits;
+        eprintln!(
+            "dealing a {bits}-bit threshold Paillier key ({} of {n}); safe-prime generation takes a while…",
+            file.spec.paillier.threshold_for(n)
+        );
+        let started = std::time::Instant::now();
+        let dealing = paillier::deal(bits, file.spec.paillier.threshold_for(n), n, &mut OsRng)?;
+        eprintln!(
+            "Paillier key dealt in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        Some(dealing)
+    } else {
+        None
+    };
     let members = identities
         .iter()
         .enumerate()
@@ -145,6 +168,10 @@ pub fn run(req: &Request) -> anyhow::Result<fedmesh_crypto::Hash> {
         version: VERSION,
         initial_model: layout.hash(&layout.init(file.spec.model.init_seed)),
         bls_public_set: key_set.public().to_hex(),
+        paillier_public_key: paillier.as_ref().map(|d| hex::encode(d.public.to_bytes())),
+        paillier_verification_keys: paillier
+            .as_ref()
+            .map(|d| hex::encode(d.verification.to_bytes(&d.public))),
         spec: file.spec.clone(),
         members,
     };
@@ -172,6 +199,10 @@ pub fn run(req: &Request) -> anyhow::Result<fedmesh_crypto::Hash> {
         }
         keys::write_secret(&dir.join(keys::IDENTITY_FILE), &k.to_hex())?;
         keys::write_secret(&dir.join(keys::BLS_FILE), &key_set.share(i as u32).to_hex())?;
+        if let Some(d) = &paillier {
+            let share = zeroize::Zeroizing::new(hex::encode(d.shares[i].to_bytes()));
+            keys::write_secret(&dir.join(keys::PAILLIER_FILE), &share)?;
+        }
         let node = config::File {
             genesis: PathBuf::from("../genesis.toml"),
             key_dir: PathBuf::from("."),
@@ -198,4 +229,76 @@ fn write_node_config(path: &Path, node: &config::File) -> anyhow::Result<()> {
         toml::to_string(node).context("node config to TOML")?
     );
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::MemberKeys;
+
+    /// Mode paillier: the genesis carries the public key and verification keys, each member's
+    /// folder a private key share that loads and matches its index; the node refuses to run the
+    /// mode with a clear error instead of running it as plain.
+    #[test]
+    fn paillier_genesis_deals_key_shares() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("dealer.toml");
+        // A 256-bit key keeps the test fast; real networks use the 2048-bit default.
+        std::fs::write(
+            &cfg,
+            "[spec.model]\nlayers = [4, 3, 2]\n[spec.paillier]\nkey_bits = 256\n",
+        )
+        .unwrap();
+        let out = dir.path().join("net");
+        run(&Request {
+            members: 3,
+            out: out.clone(),
+            config: Some(cfg),
+            base_port: Some(7300),
+            rounds: Some(1),
+            data_path: None,
+            mode: Some("paillier".into()),
+        })
+        .unwrap();
+        let bytes = std::fs::read(out.join("genesis.toml")).unwrap();
+        let (genesis, _) = Genesis::parse(&bytes).unwrap();
+        assert_eq!(genesis.spec.mode, Mode::Paillier);
+        let pk = genesis.paillier_keys().unwrap();
+        assert_eq!((pk.public.bits(), pk.verification.threshold()), (256, 2));
+        for i in 0..3u32 {
+            let member = out.join(format!("member-{i}"));
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(member.join(keys::PAILLIER_FILE))
+                    .unwrap()
+                    .permissions()
+                    .mode();
+                assert_eq!(mode & 0o077, 0, "key share readable by others");
+            }
+            let keys = MemberKeys::load(&member, &genesis).unwrap();
+            assert_eq!(keys.paillier.as_ref().map(|s| s.index()), Some(i));
+        }
+        // Member 1's share in member 0's folder is refused.
+        std::fs::remove_file(out.join("member-0").join(keys::PAILLIER_FILE)).unwrap();
+        std::fs::copy(
+            out.join("member-1").join(keys::PAILLIER_FILE),
+            out.join("member-0").join(keys::PAILLIER_FILE),
+        )
+        .unwrap();
+        let err = MemberKeys::load(&out.join("member-0"), &genesis).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("does not belong to member 0"),
+            "{err:#}"
+        );
+        let node =
+            crate::config::Node::load(&out.join("member-2/node.toml"), Default::default()).unwrap();
+        let err = crate::node::prepare(&node, false)
+            .err()
+            .expect("mode paillier must be refused");
+        assert!(
+            format!("{err:#}").contains("not yet supported by the node runtime"),
+            "{err:#}"
+        );
+    }
 }

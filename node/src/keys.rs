@@ -9,6 +9,9 @@ use fedmesh_protocol::genesis::Genesis;
 
 pub const IDENTITY_FILE: &str = "identity.key";
 pub const BLS_FILE: &str = "bls.share";
+/// Mode `paillier`: the member's share of the joint decryption key (hex of
+/// `paillier::KeyShare::to_bytes`).
+pub const PAILLIER_FILE: &str = "paillier.share";
 
 /// The secrets of one member, matched against the genesis file.
 #[derive(Debug)]
@@ -16,6 +19,8 @@ pub struct MemberKeys {
     pub index: u32,
     pub identity: identity::SecretKey,
     pub bls: bls::SecretShare,
+    /// Mode `paillier` only: the member's share of the joint decryption key.
+    pub paillier: Option<fedmesh_crypto::paillier::KeyShare>,
 }
 
 /// The libp2p keypair of an identity (same ed25519 key).
@@ -79,12 +84,45 @@ impl MemberKeys {
                 member.index
             );
         }
+        let paillier = if genesis.spec.mode == fedmesh_protocol::genesis::Mode::Paillier {
+            Some(load_paillier_share(dir, genesis, member.index)?)
+        } else {
+            None
+        };
         Ok(MemberKeys {
             index: member.index,
             identity,
             bls,
+            paillier,
         })
     }
+}
+
+/// Read the member's Paillier key share and check it against the genesis key.
+fn load_paillier_share(
+    dir: &Path,
+    genesis: &Genesis,
+    index: u32,
+) -> anyhow::Result<fedmesh_crypto::paillier::KeyShare> {
+    let path = dir.join(PAILLIER_FILE);
+    let bytes = zeroize::Zeroizing::new(
+        hex::decode(read_secret(dir, PAILLIER_FILE)?.trim())
+            .with_context(|| format!("{}: not hex", path.display()))?,
+    );
+    let share = fedmesh_crypto::paillier::KeyShare::from_bytes(&bytes)
+        .with_context(|| format!("{}: not a Paillier key share", path.display()))?;
+    let keys = genesis.paillier_keys().context("genesis Paillier keys")?;
+    if share.index() != index
+        || share.key_bits() != keys.public.bits()
+        || share.parties() != keys.verification.parties()
+        || share.threshold() != keys.verification.threshold()
+    {
+        anyhow::bail!(
+            "{} does not belong to member {index} of this genesis",
+            path.display()
+        );
+    }
+    Ok(share)
 }
 
 /// Write a secret file readable only by its owner.

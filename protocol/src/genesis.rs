@@ -25,6 +25,9 @@ pub enum Mode {
     /// Bonawitz et al. secure aggregation: only the sum of the members' masked, quantized updates
     /// is revealed (see [`SecaggSpec`]).
     Secagg,
+    /// Threshold Paillier: updates are quantized, packed and encrypted under a joint key dealt at
+    /// genesis; only `threshold` members together decrypt, and only the sum (see [`PaillierSpec`]).
+    Paillier,
 }
 
 impl std::fmt::Display for Mode {
@@ -32,6 +35,7 @@ impl std::fmt::Display for Mode {
         match self {
             Mode::Plain => f.write_str("plain"),
             Mode::Secagg => f.write_str("secagg"),
+            Mode::Paillier => f.write_str("paillier"),
         }
     }
 }
@@ -57,6 +61,93 @@ pub struct Spec {
     pub secagg: SecaggSpec,
     /// The robust aggregation rule, anomaly scores and eviction votes.
     pub robust: RobustSpec,
+    /// Mode `paillier`: key size, decryption threshold and quantization.
+    pub paillier: PaillierSpec,
+}
+
+/// Threshold Paillier settings (mode `paillier`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PaillierSpec {
+    /// Modulus size of the joint key in bits: 2048 (default) or 3072. Smaller keys (multiples of 16
+    /// from 256) are accepted only for tests and are not secure.
+    pub key_bits: u32,
+    /// Partial decryptions needed to decrypt a sum; 0 = a majority of members (n/2 + 1).
+    pub threshold: usize,
+    /// Quantization: values are clipped to ±clip (clipping is counted and logged)…
+    pub clip: f32,
+    /// …and rounded stochastically to 2^value_bits levels; each packed slot also carries
+    /// ⌈log₂ members⌉ bits of headroom for the sum.
+    pub value_bits: u32,
+    /// How long members wait for partial decryptions after the sum is formed (ms).
+    pub phase_timeout_ms: u64,
+}
+
+impl Default for PaillierSpec {
+    fn default() -> Self {
+        PaillierSpec {
+            key_bits: 2048,
+            threshold: 0,
+            clip: 0.5,
+            value_bits: 16,
+            phase_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl PaillierSpec {
+    /// The decryption threshold for `n` members.
+    pub fn threshold_for(&self, n: usize) -> usize {
+        if self.threshold == 0 {
+            n / 2 + 1
+        } else {
+            self.threshold
+        }
+    }
+
+    /// The packing for `n` members.
+    pub fn packer(
+        &self,
+        n: usize,
+    ) -> Result<crate::crypto::paillier::pack::Packer, crate::crypto::paillier::pack::PackError>
+    {
+        crate::crypto::paillier::pack::Packer::for_key_bits(
+            self.key_bits,
+            self.value_bits,
+            self.clip,
+            n,
+        )
+    }
+
+    /// Check what can be checked without the keys.
+    pub fn validate(&self, n: usize) -> Result<(), GenesisError> {
+        let bad = |m: String| Err(GenesisError::Paillier(m));
+        if !(crate::crypto::paillier::MIN_KEY_BITS..=crate::crypto::paillier::MAX_KEY_BITS)
+            .contains(&self.key_bits)
+            || !self.key_bits.is_multiple_of(16)
+        {
+            return bad(format!(
+                "key_bits {} must be a multiple of 16 between 256 and 4096 (2048 or 3072 for real networks)",
+                self.key_bits
+            ));
+        }
+        let t = self.threshold_for(n);
+        if t == 0 || t > n || n > crate::crypto::paillier::MAX_PARTIES {
+            return bad(format!(
+                "threshold {t} must be between 1 and the member count {n} (at most {})",
+                crate::crypto::paillier::MAX_PARTIES
+            ));
+        }
+        if let Err(e) = self.packer(n.max(1)) {
+            return bad(e.to_string());
+        }
+        if self.phase_timeout_ms == 0 {
+            return Err(GenesisError::Zero {
+                field: "spec.paillier.phase_timeout_ms",
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Which robust aggregation rule combines the updates (see [`crate::robust::Rule`]).
@@ -263,6 +354,7 @@ impl Default for Spec {
             train: TrainSpec::default(),
             data: DataSpec::default(),
             secagg: SecaggSpec::default(),
+            paillier: PaillierSpec::default(),
             robust: RobustSpec::default(),
         }
     }
@@ -433,6 +525,13 @@ pub struct Genesis {
     pub initial_model: Hash,
     /// The threshold BLS public key set (hex).
     pub bls_public_set: String,
+    /// Mode `paillier`: the joint public key (hex of `paillier::PublicKey::to_bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paillier_public_key: Option<String>,
+    /// Mode `paillier`: the verification keys of the members' key shares, by member index (hex of
+    /// `paillier::VerificationKeys::to_bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paillier_verification_keys: Option<String>,
     /// The agreed parameters.
     pub spec: Spec,
     /// The members, by index.
@@ -473,6 +572,8 @@ pub enum GenesisError {
     Alpha(f64),
     #[error("spec.secagg: {0}")]
     Secagg(String),
+    #[error("spec.paillier: {0}")]
+    Paillier(String),
     #[error("spec.robust.{field} {problem}")]
     Robust {
         field: &'static str,
@@ -590,6 +691,9 @@ impl Genesis {
                 });
             }
         }
+        if self.spec.mode == Mode::Paillier {
+            self.paillier_keys()?;
+        }
         let t = self.threshold();
         if t == 0 || t > n {
             return Err(GenesisError::Threshold {
@@ -623,6 +727,60 @@ impl Genesis {
         bls::PublicSet::from_hex(&self.bls_public_set)
     }
 
+    /// Mode `paillier`: the joint key, checked against `spec.paillier` and the member list.
+    pub fn paillier_keys(&self) -> Result<crate::paillier::Keys, GenesisError> {
+        let n = self.members.len();
+        let spec = &self.spec.paillier;
+        spec.validate(n)?;
+        let missing = |field| {
+            GenesisError::Paillier(format!(
+                "mode paillier needs {field}; deal the genesis with `fedmesh genesis --mode paillier`"
+            ))
+        };
+        let pk = self
+            .paillier_public_key
+            .as_deref()
+            .ok_or_else(|| missing("paillier_public_key"))?;
+        let vk = self
+            .paillier_verification_keys
+            .as_deref()
+            .ok_or_else(|| missing("paillier_verification_keys"))?;
+        let keys = crate::paillier::Keys::from_hex(pk, vk)
+            .map_err(|e| GenesisError::Paillier(e.to_string()))?;
+        if keys.public.bits() != spec.key_bits {
+            return Err(GenesisError::Paillier(format!(
+                "the public key has {} bits, spec.paillier.key_bits says {}",
+                keys.public.bits(),
+                spec.key_bits
+            )));
+        }
+        let v = &keys.verification;
+        if v.parties() != n || v.threshold() != spec.threshold_for(n) {
+            return Err(GenesisError::Paillier(format!(
+                "the verification keys are for {} of {} members; the genesis has {} of {n}",
+                v.threshold(),
+                v.parties(),
+                spec.threshold_for(n)
+            )));
+        }
+        let packer = spec
+            .packer(n)
+            .map_err(|e| GenesisError::Paillier(e.to_string()))?;
+        let needed =
+            crate::paillier::update_bytes(&keys.public, &packer, self.layout_unchecked()?) + 1024;
+        if self.spec.params.max_message_bytes < needed {
+            return Err(GenesisError::MessageLimit {
+                limit: self.spec.params.max_message_bytes,
+                needed,
+            });
+        }
+        Ok(keys)
+    }
+
+    fn layout_unchecked(&self) -> Result<usize, GenesisError> {
+        Ok(self.spec.model.layout()?.param_count())
+    }
+
     pub fn layout(&self) -> Layout {
         self.spec.model.layout().expect("validated at parse")
     }
@@ -654,6 +812,8 @@ pub(crate) mod tests {
             version: VERSION,
             initial_model: layout.hash(&layout.init(spec.model.init_seed)),
             bls_public_set: set.public().to_hex(),
+            paillier_public_key: None,
+            paillier_verification_keys: None,
             spec,
             members: keys
                 .iter()
@@ -747,5 +907,40 @@ pub(crate) mod tests {
             err.to_string().contains("bogus") || err.to_string().contains("missing"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn paillier_keys_travel_in_the_genesis_and_are_checked() {
+        use rand::SeedableRng;
+        let (mut g, _, _) = sample(4);
+        g.spec.mode = Mode::Paillier;
+        g.spec.paillier.key_bits = 256;
+        assert!(
+            matches!(g.validate(), Err(GenesisError::Paillier(m)) if m.contains("--mode paillier"))
+        );
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+        let t = g.spec.paillier.threshold_for(4);
+        let d = crate::crypto::paillier::deal(256, t, 4, &mut rng).unwrap();
+        g.paillier_public_key = Some(hex::encode(d.public.to_bytes()));
+        g.paillier_verification_keys = Some(hex::encode(d.verification.to_bytes(&d.public)));
+        let text = g.to_toml();
+        let (back, _) = Genesis::parse(text.as_bytes()).unwrap();
+        assert_eq!(back, g);
+        assert_eq!(back.paillier_keys().unwrap().public, d.public);
+
+        let mut bad = g.clone();
+        bad.spec.paillier.threshold = 4;
+        assert!(
+            matches!(bad.validate(), Err(GenesisError::Paillier(m)) if m.contains("verification keys"))
+        );
+        let mut bad = g.clone();
+        bad.spec.paillier.key_bits = 512;
+        assert!(matches!(bad.validate(), Err(GenesisError::Paillier(_))));
+        let mut bad = g.clone();
+        bad.spec.paillier.value_bits = 40;
+        assert!(matches!(bad.validate(), Err(GenesisError::Paillier(_))));
+        let mut bad = g;
+        bad.paillier_public_key = Some("00".into());
+        assert!(bad.validate().is_err());
     }
 }

@@ -14,6 +14,8 @@
 //! - [`votes`]: signed eviction votes, their tally with quorum and expiry, eviction records.
 //! - [`secagg`]: secure aggregation (Bonawitz et al. 2017 with SecAgg+ neighbourhoods): typed member
 //!   and coordinator phases, quantization into Z_(2^bits), neighbour graphs.
+//! - [`paillier`]: mode `paillier` — members' encrypted packed updates, their homomorphic sum,
+//!   verified partial decryptions (a bad one is rejected and its sender named) and the round summary.
 //! - [`dp`]: differential-privacy accounting — ε of noisy training steps, and the noise for a
 //!   target ε.
 //!
@@ -29,6 +31,7 @@ pub mod audit;
 pub mod dp;
 pub mod genesis;
 pub mod model;
+pub mod paillier;
 pub mod robust;
 pub mod round;
 pub mod secagg;
