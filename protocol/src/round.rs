@@ -253,6 +253,7 @@ impl Round {
                 metrics,
                 proposed_at_ms: now_ms,
                 secure: None,
+                privacy: None,
             },
         }
     }

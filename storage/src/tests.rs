@@ -21,6 +21,7 @@ fn record(round: u64) -> RoundRecord {
             test_samples: 100,
         },
         secure: None,
+        privacy: None,
         proposed_at_ms: 1_700_000_000_000 + round,
     }
 }
