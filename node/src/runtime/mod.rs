@@ -826,6 +826,7 @@ impl Runtime {
                             dropped_after_sharing: outcome.dropped_after_sharing.clone(),
                             dropped_while_unmasking: outcome.dropped_while_unmasking.clone(),
                         }),
+                        privacy: None,
                     },
                 };
                 tracing::info!(round, attempt, accuracy = metrics.accuracy, dropouts = ?p.record.dropouts, "proposing the round record (secure sum)");
