@@ -184,6 +184,7 @@ pub fn run(req: &Request) -> anyhow::Result<fedmesh_crypto::Hash> {
             rounds: file.dealer.rounds,
             data_path: data_path.clone(),
             threads: 1,
+            privacy: Default::default(),
             faults: Default::default(),
         };
         write_node_config(&dir.join("node.toml"), &node)?;

@@ -15,6 +15,7 @@
 //! 4. A member that sees a longer log (status announcements, the handshake) stops its round and
 //!    catches up: it fetches entries and checkpoints, verifies them, and appends them.
 
+mod privacy;
 mod secure;
 mod sync;
 #[cfg(test)]
@@ -63,6 +64,8 @@ pub struct Context {
     pub rounds: Option<u64>,
     /// What happened to peers' messages so far.
     pub counters: Arc<Counters>,
+    /// This member's own privacy budget.
+    pub budget: crate::config::Budget,
     /// Fault injection (tests and drills).
     pub faults: crate::config::Faults,
 }
@@ -512,20 +515,15 @@ impl Runtime {
                     }
                 }
             }
+            None if !self.within_budget(round) => {}
             None => {
                 let ctx = self.ctx.clone();
                 let global = self.global.clone();
                 let tx = self.work_tx.clone();
                 let seed = round_seed(&ctx, round);
                 tokio::task::spawn_blocking(move || {
-                    let result = train::train(
-                        &ctx.layout,
-                        &global,
-                        &ctx.data.train,
-                        &ctx.genesis.spec.train,
-                        seed,
-                    )
-                    .map_err(|e| e.to_string());
+                    let result =
+                        privacy::train(&ctx, &global, round, seed).map_err(|e| e.to_string());
                     let _ = tx.blocking_send(Work::Trained { round, result });
                 });
             }
@@ -536,6 +534,37 @@ impl Runtime {
         for (env, bytes) in early {
             if env.round == round {
                 self.on_envelope(env, bytes, None);
+            }
+        }
+    }
+
+    /// Whether this member's privacy budget allows it to contribute to `round`; says so in the
+    /// log when it does not.
+    fn within_budget(&self, round: u64) -> bool {
+        let genesis = &self.ctx.genesis;
+        let budget = self.ctx.budget.target(genesis.spec.dp.delta);
+        let decision = privacy::ledger(&self.store)
+            .and_then(|l| Ok(privacy::decide(genesis, &l, self.me(), budget)?));
+        match decision {
+            Ok(privacy::Decision::Unlimited) => true,
+            Ok(privacy::Decision::Within { next, target }) => {
+                tracing::info!(
+                    round,
+                    epsilon_after = next,
+                    budget = target,
+                    "privacy budget: contributing"
+                );
+                true
+            }
+            Ok(d) => {
+                let line =
+                    privacy::refusal(round, &d, genesis.spec.dp.mechanism).unwrap_or_default();
+                tracing::warn!("{line}");
+                false
+            }
+            Err(e) => {
+                tracing::error!(round, error = %e, "privacy budget: cannot account the log; not contributing");
+                false
             }
         }
     }
@@ -556,16 +585,23 @@ impl Runtime {
                 return Vec::new();
             }
         };
-        let delta: Vec<f32> = outcome
+        let mut delta: Vec<f32> = outcome
             .params
             .iter()
             .zip(self.global.iter())
             .map(|(n, o)| n - o)
             .collect();
+        let disclosed = privacy::protect(
+            &self.ctx.genesis,
+            privacy::secret(&self.ctx, round, "member-noise"),
+            &mut delta,
+            self.ctx.data.train.len() as u64,
+            outcome.mean_loss,
+        );
         if let Some(session) = cur.secure.as_mut() {
             // Mode secagg: the update never leaves this member unmasked.
             let q = secure::quantizer(&self.ctx.genesis);
-            let weight = (self.ctx.data.train.len() as u64).min(q.max_weight);
+            let weight = disclosed.weight.min(q.max_weight);
             return match q.encode(&delta, weight) {
                 Ok(encoded) => {
                     tracing::info!(
@@ -585,8 +621,8 @@ impl Runtime {
         }
         let update = wire::Update {
             base_model: cur.state.base_model,
-            num_samples: self.ctx.data.train.len() as u64,
-            train_loss: outcome.mean_loss,
+            num_samples: disclosed.weight,
+            train_loss: disclosed.train_loss,
             delta,
         };
         let env = Envelope::seal(
@@ -759,9 +795,13 @@ impl Runtime {
                 if cur.state.proposal().is_some() {
                     return; // someone else's proposal got here first
                 }
-                let p = cur
+                let mut p = cur
                     .state
                     .propose(attempt, me, &participants, hash, metrics, now_ms());
+                if let Err(e) = privacy::attach(&self.ctx.genesis, &self.store, &mut p.record) {
+                    tracing::error!(round, error = %e, "cannot account the round's privacy; not proposing");
+                    return;
+                }
                 tracing::info!(round, attempt, accuracy = metrics.accuracy, dropouts = ?p.record.dropouts, "proposing the round record");
                 self.propose(p, params).await;
             }
@@ -804,7 +844,7 @@ impl Runtime {
                     .collect();
                 dropouts.sort_unstable();
                 let unmaskers: Vec<u32> = session.unmask.keys().copied().collect();
-                let p = Proposal {
+                let mut p = Proposal {
                     height: cur.state.height,
                     prev_hash: cur.state.prev_hash,
                     record: RoundRecord {
@@ -829,6 +869,10 @@ impl Runtime {
                         privacy: None,
                     },
                 };
+                if let Err(e) = privacy::attach(&self.ctx.genesis, &self.store, &mut p.record) {
+                    tracing::error!(round, error = %e, "cannot account the round's privacy; not proposing");
+                    return;
+                }
                 tracing::info!(round, attempt, accuracy = metrics.accuracy, dropouts = ?p.record.dropouts, "proposing the round record (secure sum)");
                 self.propose(p, params).await;
             }
@@ -1277,6 +1321,10 @@ impl Runtime {
                 culprit = proposer,
                 "proposal's model does not follow from {from}; not approving"
             );
+            return;
+        }
+        if let Err(e) = privacy::check(&self.ctx.genesis, &self.store, &p.record) {
+            tracing::warn!(culprit = proposer, error = %e, "proposal's privacy accounting differs from this member's log; not approving");
             return;
         }
         let Some(cur) = self.current.as_mut() else {
