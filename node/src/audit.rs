@@ -131,6 +131,7 @@ fn summary(e: &Entry) -> serde_json::Value {
                 v["mode"] = json!(g.spec.mode.to_string());
                 v["members"] = json!(g.members.len());
                 v["threshold"] = json!(g.threshold());
+                v["dp"] = json!(g.spec.dp.level.to_string());
             }
         }
         Kind::Round => {
@@ -162,6 +163,21 @@ fn summary(e: &Entry) -> serde_json::Value {
                             "dropped_while_unmasking": s.dropped_while_unmasking,
                         });
                     }
+                    if let Some(p) = &r.privacy {
+                        v["privacy"] = json!({
+                            "level": p.level.to_string(),
+                            "mechanism": format!("{:?}", p.mechanism).to_lowercase(),
+                            "noise_multiplier": p.noise_multiplier,
+                            "sample_rate": p.sample_rate,
+                            "steps": p.steps,
+                            "delta": p.delta,
+                            "spent": p.spent.iter().map(|s| json!({
+                                "member": s.member,
+                                "rounds": s.rounds,
+                                "epsilon": s.epsilon,
+                            })).collect::<Vec<_>>(),
+                        });
+                    }
                 }
                 Err(err) => v["error"] = json!(err.to_string()),
             }
@@ -173,15 +189,46 @@ fn summary(e: &Entry) -> serde_json::Value {
 fn human(e: &Entry, v: &serde_json::Value) -> String {
     match e.kind {
         Kind::Genesis => format!(
-            "{:>5}  genesis  {}  network {} mode {} members {} threshold {}",
+            "{:>5}  genesis  {}  network {} mode {} members {} threshold {} dp {}",
             e.height,
             e.hash().short(),
             v["network"].as_str().unwrap_or("?"),
             v["mode"].as_str().unwrap_or("?"),
             v["members"],
-            v["threshold"]
+            v["threshold"],
+            v["dp"].as_str().unwrap_or("?")
         ),
-        Kind::Round => format!(
+        Kind::Round => {
+            let mut line = round_line(e, v);
+            line.push_str(&privacy_line(&v["privacy"]));
+            line
+        }
+    }
+}
+
+/// The privacy spent so far by every member, as a round record states it:
+/// `  ε(δ=1e-5) 0:1.23 1:1.23 2:0.98`.
+fn privacy_line(p: &serde_json::Value) -> String {
+    let Some(spent) = p["spent"].as_array() else {
+        return String::new();
+    };
+    let delta = p["delta"].as_f64().unwrap_or(f64::NAN);
+    let mut line = if delta > 0.0 {
+        format!("  ε(δ={delta:e})")
+    } else {
+        "  ε(pure)".to_string()
+    };
+    for s in spent {
+        let eps = s["epsilon"]
+            .as_f64()
+            .map_or("∞".to_string(), |e| format!("{e:.3}"));
+        line.push_str(&format!(" {}:{eps}", s["member"]));
+    }
+    line
+}
+
+fn round_line(e: &Entry, v: &serde_json::Value) -> String {
+    format!(
             "{:>5}  round {:<4} {}  accuracy {:.4} loss {:.4}  participants {} dropouts {} coordinator {} signers {}",
             e.height,
             v["round"],
@@ -192,8 +239,7 @@ fn human(e: &Entry, v: &serde_json::Value) -> String {
             v["dropouts"],
             v["coordinator"],
             v["signers"]
-        ),
-    }
+    )
 }
 
 /// Check the whole log: every entry decodes, links to its predecessor, carries valid member and

@@ -367,6 +367,8 @@ pub struct DpBench {
     pub data: std::path::PathBuf,
     /// Members (IID shards of the 4,000 training digits).
     pub members: u32,
+    /// MLP layer widths, input first.
+    pub layers: Vec<usize>,
     /// Federated rounds; every member takes part in every round.
     pub rounds: u64,
     /// Local epochs per round.
@@ -415,7 +417,7 @@ pub fn dp(b: &DpBench, json: bool) -> anyhow::Result<()> {
     let shards = (0..b.members)
         .map(|m| train::load(&spec, &b.data, m, b.members))
         .collect::<Result<Vec<_>, _>>()?;
-    let layout = Layout::new(vec![784, 128, 10])?;
+    let layout = Layout::new(b.layers.clone())?;
     let init = layout.init(b.seed);
     let dp_train = TrainSpec {
         optimizer: Optimizer::Sgd,
@@ -440,8 +442,9 @@ pub fn dp(b: &DpBench, json: bool) -> anyhow::Result<()> {
     let total_steps = b.rounds * base.steps_per_round(b.epochs);
     if !json {
         println!(
-            "record-level DP-SGD, {} members × {} rows, {} rounds × {} local epochs, q = {}, C = {}, \
-             lr = {}, δ = {}, seed {} ({} steps per member)",
+            "record-level DP-SGD, MLP {:?}, {} members × {} rows, {} rounds × {} local epochs, q = {}, \
+             C = {}, lr = {}, δ = {}, seed {} ({} steps per member)",
+            b.layers,
             b.members,
             shards[0].train.len(),
             b.rounds,

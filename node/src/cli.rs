@@ -160,6 +160,9 @@ enum BenchWhat {
         /// Members (IID shards of the 4,000 training digits).
         #[arg(long, default_value_t = 4)]
         members: u32,
+        /// MLP layer widths, input first, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "784,128,10")]
+        layers: Vec<usize>,
         /// Federated rounds (every member takes part in every round).
         #[arg(long, default_value_t = 10)]
         rounds: u64,
@@ -335,6 +338,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 BenchWhat::Dp {
                     data,
                     members,
+                    layers,
                     rounds,
                     epochs,
                     sample_rate,
@@ -357,6 +361,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
             let b = bench::DpBench {
                 data,
                 members,
+                layers,
                 rounds,
                 epochs,
                 sample_rate,

@@ -1666,6 +1666,7 @@ fn report_round(entry: &Entry, record: &RoundRecord) {
         "coordinator": record.coordinator,
         "attempt": record.attempt,
         "mode": record.mode.to_string(),
+        "epsilon": record.privacy.as_ref().map(|p| p.spent.iter().map(|s| s.epsilon).collect::<Vec<_>>()),
         "committed_at_ms": now_ms(),
     });
     use std::io::Write;

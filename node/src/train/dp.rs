@@ -182,6 +182,7 @@ pub fn train_dp(
     let mut xb: Vec<f32> = Vec::new();
     let mut yb: Vec<u32> = Vec::new();
     let (mut tail_loss, mut tail_rows) = (0.0f64, 0usize);
+    let (mut seen, mut clipped) = (0usize, 0usize);
     for step in 0..steps {
         rows.clear();
         match dp.sampling {
@@ -213,6 +214,8 @@ pub fn train_dp(
                     step,
                 });
             }
+            seen += s.norms.len();
+            clipped += s.norms.iter().filter(|n| f64::from(**n) > dp.clip).count();
             if step + steps_per_epoch >= steps {
                 tail_loss += s.loss_sum;
                 tail_rows += rows.len();
@@ -239,6 +242,13 @@ pub fn train_dp(
         }
     }
 
+    tracing::debug!(
+        steps,
+        examples = seen,
+        clipped,
+        "DP-SGD: share of per-example gradients clipped {:.3}",
+        clipped as f64 / seen.max(1) as f64
+    );
     let mut out = Vec::with_capacity(params.len());
     for l in &layers {
         out.extend(l.w.flatten_all()?.to_vec1::<f32>()?);
