@@ -708,7 +708,8 @@ pub(crate) mod tests {
         let (back, _) = Genesis::parse(text.as_bytes()).unwrap();
         assert_eq!(back.spec.dp, dp.spec.dp);
         assert_eq!(back.spec.dp.steps_per_round(2), 100);
-        let cases: [(&str, fn(&mut DpSpec)); 5] = [
+        type Edit = fn(&mut DpSpec);
+        let cases: [(&str, Edit); 5] = [
             ("noise_multiplier", |d| d.noise_multiplier = 0.0),
             ("clip", |d| d.clip = f64::NAN),
             ("delta", |d| d.delta = 1.0),

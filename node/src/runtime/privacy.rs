@@ -229,8 +229,10 @@ mod tests {
     use super::*;
 
     fn genesis(dp: DpSpec) -> Genesis {
-        let mut spec = fedmesh_protocol::genesis::Spec::default();
-        spec.dp = dp;
+        let mut spec = fedmesh_protocol::genesis::Spec {
+            dp,
+            ..Default::default()
+        };
         spec.train.epochs = 1;
         Genesis {
             version: fedmesh_protocol::genesis::VERSION,
@@ -290,7 +292,8 @@ mod tests {
         let delta = 1e-5;
         let three = dp::epsilon(2.0, 1.0, 3, delta).unwrap();
         let four = dp::epsilon(2.0, 1.0, 4, delta).unwrap();
-        let budget = Some(((three + four) / 2.0, delta));
+        let limit = (three + four) / 2.0;
+        let budget = Some((limit, delta));
         let mut ledger = Ledger::new();
         let mut contributed = 0;
         for round in 1..=6 {
@@ -304,7 +307,7 @@ mod tests {
                     contributed += 1;
                 }
                 Decision::Exceeded { spent, next, .. } => {
-                    assert!(*next > budget.unwrap().0 && *spent <= budget.unwrap().0);
+                    assert!(*next > limit && *spent <= limit);
                     let line = refusal(round, &d, DpMechanism::Gaussian).unwrap();
                     assert!(line.contains("not contributing to round") && line.contains("budget"));
                 }
@@ -315,7 +318,7 @@ mod tests {
         }
         assert_eq!(contributed, 3);
         let spent = ledger.member(1).epsilon(delta).unwrap();
-        assert!((spent - three).abs() < 1e-12 && spent <= budget.unwrap().0);
+        assert!((spent - three).abs() < 1e-12 && spent <= limit);
         assert_eq!(ledger.member(0).rounds(), 6);
         // No budget: always contribute. A budget without DP: never (ε = ∞).
         assert_eq!(decide(&g, &ledger, 1, None).unwrap(), Decision::Unlimited);

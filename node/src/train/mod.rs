@@ -15,7 +15,7 @@
 //! - [`load`]: one member's training shard and the shared test split, from MNIST or the synthetic
 //!   threat-detection generator.
 //! - [`train`]: minibatch SGD or Adam on a shard, flat parameters in and out.
-//! - [`train_dp`]: DP-SGD (per-example clipping, Gaussian noise, Poisson or fixed-size batches)
+//! - [`train_dp`]: DP-SGD with per-example clipping, Gaussian noise, Poisson or fixed-size batches,
 //!   for record-level differential privacy.
 //! - [`evaluate`]: accuracy and mean cross-entropy of flat parameters on a data set.
 

@@ -182,7 +182,7 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(5);
         for trial in 0..200 {
             let len = 1 + trial % 50;
-            let scale = 10f32.powi(trial as i32 % 7 - 3);
+            let scale = 10f32.powi(trial % 7 - 3);
             let v: Vec<f32> = (0..len).map(|_| rng.gen_range(-1.0..1.0) * scale).collect();
             for clip in [1e-3, 0.1, 1.0, 7.5] {
                 let mut a = v.clone();
