@@ -286,6 +286,54 @@ mod tests {
     }
 
     #[test]
+    fn distributed_noise_through_secagg_quantization_has_the_intended_total_variance() {
+        // What mode secagg reveals: the decoded mean of the members' quantized, noised updates
+        // (the masks cancel in the ring sum, as the secagg tests show). n · mean is the sum, whose
+        // noise must be N(0, σ²C²) plus the quantization error (tiny at 16 bits).
+        use crate::secagg::quant::Quantizer;
+        let (sigma, clip, n, d) = (1.2, 0.5, 5usize, 50_000);
+        let spec = member(DpMechanism::Gaussian, sigma, clip);
+        let q = Quantizer {
+            clip: 4.0, // ~15 shares' std: quantization never clips the noise
+            value_bits: 16,
+            max_weight: 1,
+            members: n,
+        };
+        let mask = (1u128 << q.ring_bits().unwrap()) - 1;
+        let mut sum = vec![0u64; d + 1];
+        let mut rng = ChaCha20Rng::seed_from_u64(77);
+        let signal: Vec<f32> = (0..d).map(|i| ((i % 13) as f32 - 6.0) * 1e-3).collect();
+        for _ in 0..n {
+            let mut u = signal.clone();
+            protect_update(&spec, &mut u, n, &mut rng).unwrap();
+            let e = q.encode(&u, 1).unwrap();
+            assert_eq!(e.clipped, 0);
+            for (s, v) in sum.iter_mut().zip(&e.values) {
+                *s = ((u128::from(*s) + u128::from(*v)) & mask) as u64;
+            }
+        }
+        let decoded = q.decode(&sum).unwrap();
+        assert_eq!(decoded.total_weight, n as u64);
+        // The noise in the sum: n · mean − n · signal (the signal is within the clip norm).
+        let noise: Vec<f32> = decoded
+            .mean
+            .iter()
+            .zip(&signal)
+            .map(|(m, s)| (m - s) * n as f32)
+            .collect();
+        let (mean, var) = moments(&noise);
+        let want = (sigma * clip).powi(2);
+        assert!(
+            mean.abs() < 5.0 * sigma * clip / (d as f64).sqrt(),
+            "{mean}"
+        );
+        assert!(
+            (var / want - 1.0).abs() < 0.03,
+            "total variance {var} vs σ²C² = {want}"
+        );
+    }
+
+    #[test]
     fn member_level_clips_the_whole_update() {
         let mut rng = ChaCha20Rng::seed_from_u64(3);
         // A tiny noise multiplier so that the clipped norm is visible through the noise.
