@@ -515,7 +515,7 @@ impl Runtime {
                     }
                 }
             }
-            None if !self.within_budget(round) => {}
+            None if !privacy::within_budget(&self.ctx, &self.store, round) => {}
             None => {
                 let ctx = self.ctx.clone();
                 let global = self.global.clone();
@@ -534,37 +534,6 @@ impl Runtime {
         for (env, bytes) in early {
             if env.round == round {
                 self.on_envelope(env, bytes, None);
-            }
-        }
-    }
-
-    /// Whether this member's privacy budget allows it to contribute to `round`; says so in the
-    /// log when it does not.
-    fn within_budget(&self, round: u64) -> bool {
-        let genesis = &self.ctx.genesis;
-        let budget = self.ctx.budget.target(genesis.spec.dp.delta);
-        let decision = privacy::ledger(&self.store)
-            .and_then(|l| Ok(privacy::decide(genesis, &l, self.me(), budget)?));
-        match decision {
-            Ok(privacy::Decision::Unlimited) => true,
-            Ok(privacy::Decision::Within { next, target }) => {
-                tracing::info!(
-                    round,
-                    epsilon_after = next,
-                    budget = target,
-                    "privacy budget: contributing"
-                );
-                true
-            }
-            Ok(d) => {
-                let line =
-                    privacy::refusal(round, &d, genesis.spec.dp.mechanism).unwrap_or_default();
-                tracing::warn!("{line}");
-                false
-            }
-            Err(e) => {
-                tracing::error!(round, error = %e, "privacy budget: cannot account the log; not contributing");
-                false
             }
         }
     }

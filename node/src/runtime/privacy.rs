@@ -164,6 +164,35 @@ pub(super) fn decide(
     }
 }
 
+/// Whether this member's budget (`ctx.budget`) allows it to contribute to `round`, from the spend
+/// its own log records; says so in the node's log either way.
+pub(super) fn within_budget(ctx: &Context, store: &Store, round: u64) -> bool {
+    let genesis = &ctx.genesis;
+    let budget = ctx.budget.target(genesis.spec.dp.delta);
+    let decision = ledger(store).and_then(|l| Ok(decide(genesis, &l, ctx.keys.index, budget)?));
+    match decision {
+        Ok(Decision::Unlimited) => true,
+        Ok(Decision::Within { next, target }) => {
+            tracing::info!(
+                round,
+                epsilon_after = next,
+                budget = target,
+                "privacy budget: contributing"
+            );
+            true
+        }
+        Ok(d) => {
+            let line = refusal(round, &d, genesis.spec.dp.mechanism).unwrap_or_default();
+            tracing::warn!("{line}");
+            false
+        }
+        Err(e) => {
+            tracing::error!(round, error = %e, "privacy budget: cannot account the log; not contributing");
+            false
+        }
+    }
+}
+
 /// The privacy summary of a round in which `participants` (sorted) contributed, on top of the
 /// spend recorded in `ledger`. `None` without DP.
 pub(super) fn summary(
