@@ -379,6 +379,8 @@ pub struct DpBench {
     pub clip: f64,
     /// DP-SGD learning rate.
     pub learning_rate: f64,
+    /// The optimizer the noisy gradients drive.
+    pub optimizer: Optimizer,
     /// Target ε values; +∞ trains without DP (plain minibatch SGD, lr 0.1, batches of 32).
     pub epsilons: Vec<f64>,
     /// δ of every target.
@@ -420,7 +422,7 @@ pub fn dp(b: &DpBench, json: bool) -> anyhow::Result<()> {
     let layout = Layout::new(b.layers.clone())?;
     let init = layout.init(b.seed);
     let dp_train = TrainSpec {
-        optimizer: Optimizer::Sgd,
+        optimizer: b.optimizer,
         learning_rate: b.learning_rate,
         epochs: b.epochs,
         batch_size: 1,
@@ -443,7 +445,7 @@ pub fn dp(b: &DpBench, json: bool) -> anyhow::Result<()> {
     if !json {
         println!(
             "record-level DP-SGD, MLP {:?}, {} members × {} rows, {} rounds × {} local epochs, q = {}, \
-             C = {}, lr = {}, δ = {}, seed {} ({} steps per member)",
+             C = {}, {:?} lr = {}, δ = {}, seed {} ({} steps per member)",
             b.layers,
             b.members,
             shards[0].train.len(),
@@ -451,6 +453,7 @@ pub fn dp(b: &DpBench, json: bool) -> anyhow::Result<()> {
             b.epochs,
             b.sample_rate,
             b.clip,
+            b.optimizer,
             b.learning_rate,
             b.delta,
             b.seed,

@@ -170,14 +170,17 @@ enum BenchWhat {
         #[arg(long, default_value_t = 1)]
         epochs: usize,
         /// DP-SGD sampling rate of a member's shard.
-        #[arg(long, default_value_t = 0.05)]
+        #[arg(long, default_value_t = 0.1)]
         sample_rate: f64,
         /// Per-example clipping norm.
         #[arg(long, default_value_t = 1.0)]
         clip: f64,
         /// DP-SGD learning rate.
-        #[arg(long, default_value_t = 0.5)]
+        #[arg(long, default_value_t = 1.0)]
         learning_rate: f64,
+        /// What the noisy gradients drive: sgd or adam.
+        #[arg(long, default_value = "sgd", value_parser = ["sgd", "adam"])]
+        optimizer: String,
         /// Target ε values, comma-separated; `inf` trains without DP.
         #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,inf")]
         epsilons: Vec<f64>,
@@ -344,6 +347,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
                     sample_rate,
                     clip,
                     learning_rate,
+                    optimizer,
                     epsilons,
                     delta,
                     seed,
@@ -367,6 +371,11 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 sample_rate,
                 clip,
                 learning_rate,
+                optimizer: if optimizer == "adam" {
+                    fedmesh_protocol::genesis::Optimizer::Adam
+                } else {
+                    fedmesh_protocol::genesis::Optimizer::Sgd
+                },
                 epsilons,
                 delta,
                 seed,

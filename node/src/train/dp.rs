@@ -18,13 +18,17 @@
 //! secret: DP holds only if nobody else can reproduce them.
 
 use candle_core::{DType, Device, Tensor, D};
-use fedmesh_protocol::genesis::{DpSpec, Sampling, TrainSpec};
+use fedmesh_protocol::genesis::{DpSpec, Optimizer, Sampling, TrainSpec};
 use fedmesh_protocol::model::Layout;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 
 use super::mlp::{check_data, check_model, spec_error};
 use super::{Dataset, TrainError, TrainOutcome};
+
+/// Adam's (β₁, β₂) and ε, as in candle's `ParamsAdamW::default()` used by non-private training.
+const ADAM_BETAS: (f64, f64) = (0.9, 0.999);
+const ADAM_EPS: f64 = 1e-8;
 
 /// One linear layer's parameters: weight `[out, in]` and bias `[out]`.
 struct Layer {
@@ -116,7 +120,8 @@ fn clipped_sum(
 /// Train the MLP with DP-SGD under `dp` (level `record`): `ceil(spec.epochs / dp.sample_rate)`
 /// steps at `spec.learning_rate`, each on a batch drawn as `dp.sampling` says, with per-example
 /// clipping to `dp.clip` and Gaussian noise of std `dp.noise_multiplier · dp.clip` on the summed
-/// gradient. `secret` seeds both the sampling and the noise: keep it secret.
+/// gradient. The noisy mean gradient then drives plain SGD or Adam (`spec.optimizer`; Adam's
+/// moments see only noisy gradients, so it is post-processing and costs no privacy). `secret` seeds both the sampling and the noise: keep it secret.
 ///
 /// `mean_loss` is the mean per-example loss over the last epoch's worth of steps (1/q steps);
 /// note that it is a statistic of the data *without* noise — do not publish it under DP.
@@ -178,6 +183,17 @@ pub fn train_dp(
     let normal = Normal::new(0.0f64, std)
         .map_err(|e| spec_error("spec.dp.noise_multiplier", &e.to_string()))?;
     let mut rng = rand_chacha::ChaCha20Rng::from_seed(secret);
+    // Adam's moments per tensor (weight, bias of each layer), when spec.train.optimizer is adam.
+    let mut adam = match spec.optimizer {
+        Optimizer::Sgd => None,
+        Optimizer::Adam => Some(
+            layers
+                .iter()
+                .flat_map(|l| [&l.w, &l.b])
+                .map(|t| Ok((t.zeros_like()?, t.zeros_like()?)))
+                .collect::<candle_core::Result<Vec<_>>>()?,
+        ),
+    };
     let mut rows: Vec<usize> = Vec::with_capacity(fixed * 2);
     let mut xb: Vec<f32> = Vec::new();
     let mut yb: Vec<u32> = Vec::new();
@@ -221,24 +237,39 @@ pub fn train_dp(
                 tail_rows += rows.len();
             }
         }
+        let t = step as i32 + 1;
         for (i, layer) in layers.iter_mut().enumerate() {
-            let mut step_one = |t: &Tensor, g: Option<&Tensor>| -> candle_core::Result<Tensor> {
-                let noise: Vec<f32> = (0..t.elem_count())
-                    .map(|_| normal.sample(&mut rng) as f32)
-                    .collect();
-                let noise = Tensor::from_vec(noise, t.shape(), &device)?;
-                let g = match g {
-                    Some(g) => (g + noise)?,
-                    None => noise,
-                };
-                t - (g * (lr / denominator))?
-            };
             let (gw, gb) = match &sum {
                 Some(s) => (Some(&s.grads[i].0), Some(&s.grads[i].1)),
                 None => (None, None),
             };
-            layer.w = step_one(&layer.w, gw)?;
-            layer.b = step_one(&layer.b, gb)?;
+            for (k, (param, g)) in [(&mut layer.w, gw), (&mut layer.b, gb)]
+                .into_iter()
+                .enumerate()
+            {
+                let noise: Vec<f32> = (0..param.elem_count())
+                    .map(|_| normal.sample(&mut rng) as f32)
+                    .collect();
+                let noise = Tensor::from_vec(noise, param.shape(), &device)?;
+                // The noisy mean gradient: everything after this line is post-processing.
+                let g = match g {
+                    Some(g) => (g + noise)?,
+                    None => noise,
+                };
+                let g = (g / denominator)?;
+                *param = match &mut adam {
+                    None => (&*param - (g * lr)?)?,
+                    Some(state) => {
+                        let (m, v) = &mut state[2 * i + k];
+                        *m = ((&*m * ADAM_BETAS.0)? + (&g * (1.0 - ADAM_BETAS.0))?)?;
+                        *v = ((&*v * ADAM_BETAS.1)? + (g.sqr()? * (1.0 - ADAM_BETAS.1))?)?;
+                        let m_hat = (&*m / (1.0 - ADAM_BETAS.0.powi(t)))?;
+                        let v_hat = (&*v / (1.0 - ADAM_BETAS.1.powi(t)))?;
+                        let step = (m_hat / (v_hat.sqrt()? + ADAM_EPS)?)?;
+                        (&*param - (step * lr)?)?
+                    }
+                };
+            }
         }
     }
 
@@ -271,7 +302,7 @@ pub fn train_dp(
 #[cfg(test)]
 mod tests {
     use candle_core::Var;
-    use fedmesh_protocol::genesis::{DataSpec, DpLevel, Optimizer, Partition};
+    use fedmesh_protocol::genesis::{DataSpec, DpLevel, Partition};
 
     use super::super::data::fixture::{mnist, mnist_path};
     use super::super::{data, evaluate, train};
@@ -517,6 +548,37 @@ mod tests {
         let b = train(&layout, &params, &data, &spec, 0).unwrap();
         assert_eq!(a.steps, 2);
         close(&a.params, &b.params, 1e-5);
+    }
+
+    #[test]
+    fn without_noise_and_clipping_dp_adam_is_adam() {
+        // The noisy gradients may drive Adam too (post-processing): in the limit it is exactly
+        // the non-private full-batch Adam of `train`.
+        let (layout, params, x, y) = batch(20);
+        let data = Dataset {
+            features: 6,
+            classes: 3,
+            x,
+            y,
+        };
+        let spec = TrainSpec {
+            optimizer: Optimizer::Adam,
+            learning_rate: 0.01,
+            epochs: 3,
+            batch_size: 20,
+        };
+        let mut d = dp(1e-30, 1.0);
+        d.clip = 1e6;
+        d.sampling = Sampling::Fixed;
+        let a = train_dp(&layout, &params, &data, &spec, &d, [1; 32]).unwrap();
+        let b = train(&layout, &params, &data, &spec, 0).unwrap();
+        assert_eq!(a.steps, 3);
+        close(&a.params, &b.params, 1e-4);
+        assert!(a
+            .params
+            .iter()
+            .zip(&params)
+            .any(|(p, q)| (p - q).abs() > 1e-3));
     }
 
     #[test]
