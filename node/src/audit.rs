@@ -243,8 +243,9 @@ fn round_line(e: &Entry, v: &serde_json::Value) -> String {
 }
 
 /// Check the whole log: every entry decodes, links to its predecessor, carries valid member and
-/// threshold signatures from the genesis keys, follows the previous round, and has a checkpoint
-/// whose hash is the recorded model.
+/// threshold signatures from the genesis keys, follows the previous round, states the privacy
+/// spent that follows from the genesis and the rounds before it, and has a checkpoint whose hash
+/// is the recorded model.
 pub fn verify(store: &Store, expected_genesis: Option<Hash>) -> Result<Verified, Failure> {
     let fail = |height: u64, reason: String| Failure { height, reason };
     let mut iter = store.entries();
@@ -276,6 +277,10 @@ pub fn verify(store: &Store, expected_genesis: Option<Hash>) -> Result<Verified,
     let mut prev = first;
     let mut last: Option<RoundRecord> = None;
     let mut count = 1;
+    // The privacy spent, recomputed round by round: every record must state what follows from
+    // the genesis and from who took part.
+    let mut ledger = fedmesh_protocol::dp::Ledger::new();
+    let members: Vec<u32> = genesis.members.iter().map(|m| m.index).collect();
     for next in iter {
         let entry = next.map_err(|e| {
             let h = corrupt_height(&e).unwrap_or(prev.height + 1);
@@ -289,6 +294,18 @@ pub fn verify(store: &Store, expected_genesis: Option<Hash>) -> Result<Verified,
         let record = entry.record().map_err(|e| fail(h, e.to_string()))?;
         audit::verify_succession(&genesis, last.as_ref(), &entry, &record)
             .map_err(|e| fail(h, e.to_string()))?;
+        let participants: Vec<u32> = record.participants.iter().map(|c| c.member).collect();
+        let expected = ledger
+            .summary(
+                &genesis.spec.dp,
+                genesis.spec.train.epochs,
+                &members,
+                &participants,
+            )
+            .map_err(|e| fail(h, format!("privacy accounting: {e}")))?;
+        fedmesh_protocol::dp::Ledger::check(expected.as_ref(), record.privacy.as_ref())
+            .map_err(|e| fail(h, e.to_string()))?;
+        ledger.add_record(&record);
         match store.checkpoint(&layout, &record.new_model) {
             Ok(Some(_)) => {}
             Ok(None) => {

@@ -184,6 +184,7 @@ enum BenchWhat {
         /// Target ε values, comma-separated; `inf` trains without DP.
         #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,inf")]
         epsilons: Vec<f64>,
+        /// δ of every target ε.
         #[arg(long, default_value_t = 1e-5)]
         delta: f64,
         /// Seed of the model, the split, the sampling and the noise.
