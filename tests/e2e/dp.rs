@@ -16,7 +16,10 @@ fn set_budget(net: &Testnet, i: usize, epsilon: f64) {
         "[privacy]\nepsilon = 0.0",
         &format!("[privacy]\nepsilon = {epsilon}"),
     );
-    assert_ne!(edited, text, "the dealer writes a [privacy] section: {text}");
+    assert_ne!(
+        edited, text,
+        "the dealer writes a [privacy] section: {text}"
+    );
     std::fs::write(&path, edited).unwrap();
 }
 
@@ -57,7 +60,10 @@ fn shown_rounds(net: &Testnet, i: usize) -> Vec<Value> {
 
 fn spent(round: &Value, member: usize) -> (u64, f64) {
     let s = &round["privacy"]["spent"][member];
-    (s["rounds"].as_u64().unwrap(), s["epsilon"].as_f64().unwrap())
+    (
+        s["rounds"].as_u64().unwrap(),
+        s["epsilon"].as_f64().unwrap(),
+    )
 }
 
 /// Record level (DP-SGD), mode plain: 10 steps per round at σ = 1, q = 0.1. Member 2's budget
@@ -85,9 +91,18 @@ fn record_level_dp_spends_what_the_planner_says_and_a_member_stops_at_its_budget
         let want = planned(1.0, 0.1, 10 * (k as u64 + 1));
         let (n, eps) = spent(r, 0);
         assert_eq!(n, k as u64 + 1);
-        assert!((eps - want).abs() <= 1e-9 * want, "round {}: {eps} vs {want}", k + 1);
+        assert!(
+            (eps - want).abs() <= 1e-9 * want,
+            "round {}: {eps} vs {want}",
+            k + 1
+        );
     }
-    assert_eq!(rounds[2]["dropouts"], serde_json::json!([2]), "{}", net.tail_logs());
+    assert_eq!(
+        rounds[2]["dropouts"],
+        serde_json::json!([2]),
+        "{}",
+        net.tail_logs()
+    );
     assert_eq!(spent(&rounds[2], 2), spent(&rounds[1], 2));
     assert!(spent(&rounds[2], 2).1 <= (two + three) / 2.0);
     let log = std::fs::read_to_string(net.log_path(2)).unwrap();
@@ -126,12 +141,44 @@ fn member_level_dp_under_secagg_records_its_cost() {
         assert_eq!(p["level"], "member", "{r}");
         assert_eq!(r["participants"].as_array().unwrap().len(), 4, "{r}");
         assert_eq!(p["noise_multiplier"].as_f64(), Some(0.8));
-        assert_eq!((p["sample_rate"].as_f64(), p["steps"].as_u64()), (Some(1.0), Some(1)));
+        assert_eq!(
+            (p["sample_rate"].as_f64(), p["steps"].as_u64()),
+            (Some(1.0), Some(1))
+        );
         let want = planned(0.8, 1.0, k as u64 + 1);
         let (_, eps) = spent(r, 0);
         assert!((eps - want).abs() <= 1e-9 * want, "{eps} vs {want}");
         // Member level: every member's weight is 1, so the revealed total weight is 4.
         assert_eq!(r["secure"]["total_weight"], 4, "{r}");
     }
+    net.assert_logs_agree();
+}
+
+/// Member level with Laplace noise (pure ε-DP), mode plain: every member sends its L1-clipped
+/// update with the full Laplace noise and weight 1, each round costs ε = 1/b, and the log's ε
+/// adds up to exactly k/b with δ = 0.
+#[test]
+fn member_level_laplace_in_plain_mode_adds_up_pure_epsilon() {
+    let mut net = Testnet::with_config(
+        3,
+        2,
+        20_000,
+        "[spec.dp]\nlevel = \"member\"\nmechanism = \"laplace\"\nnoise_multiplier = 4.0\nclip = 0.5\n",
+    );
+    net.start_all();
+    net.wait_all(RUN_TIMEOUT);
+    let rounds = shown_rounds(&net, 1);
+    assert_eq!(rounds.len(), 2, "{rounds:?}");
+    for (k, r) in rounds.iter().enumerate() {
+        assert_eq!(r["privacy"]["mechanism"], "laplace", "{r}");
+        assert_eq!(r["privacy"]["delta"].as_f64(), Some(0.0));
+        // Weight 1 per member: the record's samples are the participant count.
+        assert_eq!(r["samples"], 3, "{r}");
+        for m in 0..3 {
+            assert_eq!(spent(r, m), (k as u64 + 1, 0.25 * (k as f64 + 1.0)), "{r}");
+        }
+    }
+    let out = fedmesh(&["audit", "show", "--data-dir", path_str(&net.data_dir(0))]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ε(pure) 0:0.500"));
     net.assert_logs_agree();
 }
