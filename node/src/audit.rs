@@ -131,6 +131,7 @@ fn summary(e: &Entry) -> serde_json::Value {
                 v["mode"] = json!(g.spec.mode.to_string());
                 v["members"] = json!(g.members.len());
                 v["threshold"] = json!(g.threshold());
+                v["dp"] = json!(g.spec.dp.level.to_string());
             }
         }
         Kind::Round => {
@@ -177,6 +178,21 @@ fn summary(e: &Entry) -> serde_json::Value {
                             }))
                             .collect::<Vec<_>>());
                     }
+                    if let Some(p) = &r.privacy {
+                        v["privacy"] = json!({
+                            "level": p.level.to_string(),
+                            "mechanism": format!("{:?}", p.mechanism).to_lowercase(),
+                            "noise_multiplier": p.noise_multiplier,
+                            "sample_rate": p.sample_rate,
+                            "steps": p.steps,
+                            "delta": p.delta,
+                            "spent": p.spent.iter().map(|s| json!({
+                                "member": s.member,
+                                "rounds": s.rounds,
+                                "epsilon": s.epsilon,
+                            })).collect::<Vec<_>>(),
+                        });
+                    }
                 }
                 Err(err) => v["error"] = json!(err.to_string()),
             }
@@ -188,27 +204,18 @@ fn summary(e: &Entry) -> serde_json::Value {
 fn human(e: &Entry, v: &serde_json::Value) -> String {
     match e.kind {
         Kind::Genesis => format!(
-            "{:>5}  genesis  {}  network {} mode {} members {} threshold {}",
+            "{:>5}  genesis  {}  network {} mode {} members {} threshold {} dp {}",
             e.height,
             e.hash().short(),
             v["network"].as_str().unwrap_or("?"),
             v["mode"].as_str().unwrap_or("?"),
             v["members"],
-            v["threshold"]
+            v["threshold"],
+            v["dp"].as_str().unwrap_or("?")
         ),
         Kind::Round => {
-            let mut line = format!(
-                "{:>5}  round {:<4} {}  accuracy {:.4} loss {:.4}  participants {} dropouts {} coordinator {} signers {}",
-                e.height,
-                v["round"],
-                e.hash().short(),
-                v["accuracy"].as_f64().unwrap_or(f64::NAN),
-                v["loss"].as_f64().unwrap_or(f64::NAN),
-                v["participants"],
-                v["dropouts"],
-                v["coordinator"],
-                v["signers"]
-            );
+            let mut line = round_line(e, v);
+            line.push_str(&privacy_line(&v["privacy"]));
             for x in v["evictions"].as_array().into_iter().flatten() {
                 line.push_str(&format!(
                     "\n       evicted member {} (votes of {}, {} of {} needed), out from round {}",
@@ -220,10 +227,46 @@ fn human(e: &Entry, v: &serde_json::Value) -> String {
     }
 }
 
+/// The privacy spent so far by every member, as a round record states it:
+/// `  ε(δ=1e-5) 0:1.23 1:1.23 2:0.98`.
+fn privacy_line(p: &serde_json::Value) -> String {
+    let Some(spent) = p["spent"].as_array() else {
+        return String::new();
+    };
+    let delta = p["delta"].as_f64().unwrap_or(f64::NAN);
+    let mut line = if delta > 0.0 {
+        format!("  ε(δ={delta:e})")
+    } else {
+        "  ε(pure)".to_string()
+    };
+    for s in spent {
+        let eps = s["epsilon"]
+            .as_f64()
+            .map_or("∞".to_string(), |e| format!("{e:.3}"));
+        line.push_str(&format!(" {}:{eps}", s["member"]));
+    }
+    line
+}
+
+fn round_line(e: &Entry, v: &serde_json::Value) -> String {
+    format!(
+            "{:>5}  round {:<4} {}  accuracy {:.4} loss {:.4}  participants {} dropouts {} coordinator {} signers {}",
+            e.height,
+            v["round"],
+            e.hash().short(),
+            v["accuracy"].as_f64().unwrap_or(f64::NAN),
+            v["loss"].as_f64().unwrap_or(f64::NAN),
+            v["participants"],
+            v["dropouts"],
+            v["coordinator"],
+            v["signers"]
+    )
+}
+
 /// Check the whole log: every entry decodes, links to its predecessor, carries valid member and
 /// threshold signatures from the genesis keys, follows the previous round, keeps evicted members
-/// out (and evicts only with a quorum of valid votes), and has a checkpoint whose hash is the
-/// recorded model.
+/// out (and evicts only with a quorum of valid votes), states the privacy spent that follows from
+/// the genesis and the rounds before it, and has a checkpoint whose hash is the recorded model.
 pub fn verify(store: &Store, expected_genesis: Option<Hash>) -> Result<Verified, Failure> {
     let fail = |height: u64, reason: String| Failure { height, reason };
     let mut iter = store.entries();
@@ -256,6 +299,10 @@ pub fn verify(store: &Store, expected_genesis: Option<Hash>) -> Result<Verified,
     let mut last: Option<RoundRecord> = None;
     let mut evicted = std::collections::BTreeSet::new();
     let mut count = 1;
+    // The privacy spent, recomputed round by round: every record must state what follows from
+    // the genesis and from who took part.
+    let mut ledger = fedmesh_protocol::dp::Ledger::new();
+    let members: Vec<u32> = genesis.members.iter().map(|m| m.index).collect();
     for next in iter {
         let entry = next.map_err(|e| {
             let h = corrupt_height(&e).unwrap_or(prev.height + 1);
@@ -271,6 +318,18 @@ pub fn verify(store: &Store, expected_genesis: Option<Hash>) -> Result<Verified,
             .map_err(|e| fail(h, e.to_string()))?;
         audit::check_membership(&genesis, &mut evicted, h, &record)
             .map_err(|e| fail(h, e.to_string()))?;
+        let participants: Vec<u32> = record.participants.iter().map(|c| c.member).collect();
+        let expected = ledger
+            .summary(
+                &genesis.spec.dp,
+                genesis.spec.train.epochs,
+                &members,
+                &participants,
+            )
+            .map_err(|e| fail(h, format!("privacy accounting: {e}")))?;
+        fedmesh_protocol::dp::Ledger::check(expected.as_ref(), record.privacy.as_ref())
+            .map_err(|e| fail(h, e.to_string()))?;
+        ledger.add_record(&record);
         match store.checkpoint(&layout, &record.new_model) {
             Ok(Some(_)) => {}
             Ok(None) => {

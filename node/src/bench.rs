@@ -771,3 +771,182 @@ pub fn paillier(opts: &PaillierBench) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Settings of [`dp`]: the federation and its DP-SGD hyperparameters.
+#[derive(Debug, Clone)]
+pub struct DpBench {
+    /// The MNIST file.
+    pub data: std::path::PathBuf,
+    /// Members (IID shards of the 4,000 training digits).
+    pub members: u32,
+    /// MLP layer widths, input first.
+    pub layers: Vec<usize>,
+    /// Federated rounds; every member takes part in every round.
+    pub rounds: u64,
+    /// Local epochs per round.
+    pub epochs: usize,
+    /// DP-SGD sampling rate q (of a member's shard).
+    pub sample_rate: f64,
+    /// Per-example clipping norm C.
+    pub clip: f64,
+    /// DP-SGD learning rate.
+    pub learning_rate: f64,
+    /// The optimizer the noisy gradients drive.
+    pub optimizer: Optimizer,
+    /// Target ε values; +∞ trains without DP (plain minibatch SGD, lr 0.1, batches of 32).
+    pub epsilons: Vec<f64>,
+    /// δ of every target.
+    pub delta: f64,
+    /// Seed of the model, the data split and every member's sampling and noise.
+    pub seed: u64,
+}
+
+/// One line of the privacy–utility table.
+#[derive(Debug, Clone, serde::Serialize)]
+struct DpRow {
+    /// Target ε (null for no DP).
+    epsilon: Option<f64>,
+    /// ε the accountant gives for the σ used (≤ the target).
+    spent: Option<f64>,
+    sigma: Option<f64>,
+    /// Test accuracy after each round.
+    accuracy: Vec<f32>,
+    seconds: f64,
+}
+
+/// Federated rounds with record-level DP (DP-SGD on every member) in one process, for each
+/// target ε: σ is the smallest noise for which `rounds × ceil(epochs / q)` steps at rate q stay
+/// within (ε, δ) (`protocol::dp::noise_for`), members train in parallel from the global model,
+/// FedAvg weighted by rows, the global model is evaluated on the shared 1,000-digit test split.
+pub fn dp(b: &DpBench, json: bool) -> anyhow::Result<()> {
+    use fedmesh_protocol::dp;
+    use fedmesh_protocol::genesis::{DpLevel, DpSpec, Partition, Sampling};
+    use rayon::prelude::*;
+
+    let spec = DataSpec {
+        partition: Partition::Iid,
+        seed: b.seed,
+        ..DataSpec::default()
+    };
+    let shards = (0..b.members)
+        .map(|m| train::load(&spec, &b.data, m, b.members))
+        .collect::<Result<Vec<_>, _>>()?;
+    let layout = Layout::new(b.layers.clone())?;
+    let init = layout.init(b.seed);
+    let dp_train = TrainSpec {
+        optimizer: b.optimizer,
+        learning_rate: b.learning_rate,
+        epochs: b.epochs,
+        batch_size: 1,
+    };
+    let plain_train = TrainSpec {
+        optimizer: Optimizer::Sgd,
+        learning_rate: 0.1,
+        epochs: b.epochs,
+        batch_size: 32,
+    };
+    let base = DpSpec {
+        level: DpLevel::Record,
+        clip: b.clip,
+        sample_rate: b.sample_rate,
+        sampling: Sampling::Poisson,
+        delta: b.delta,
+        ..DpSpec::default()
+    };
+    let total_steps = b.rounds * base.steps_per_round(b.epochs);
+    if !json {
+        println!(
+            "record-level DP-SGD, MLP {:?}, {} members × {} rows, {} rounds × {} local epochs, q = {}, \
+             C = {}, {:?} lr = {}, δ = {}, seed {} ({} steps per member)",
+            b.layers,
+            b.members,
+            shards[0].train.len(),
+            b.rounds,
+            b.epochs,
+            b.sample_rate,
+            b.clip,
+            b.optimizer,
+            b.learning_rate,
+            b.delta,
+            b.seed,
+            total_steps
+        );
+        println!(
+            "{:>8} {:>8} {:>8} {:>10} {:>9}",
+            "ε", "σ", "spent", "accuracy", "seconds"
+        );
+    }
+    for &target in &b.epsilons {
+        let start = Instant::now();
+        let private = target.is_finite();
+        let sigma = if private {
+            Some(dp::noise_for(target, b.sample_rate, total_steps, b.delta)?)
+        } else {
+            None
+        };
+        let spent = sigma
+            .map(|s| dp::epsilon(s, b.sample_rate, total_steps, b.delta))
+            .transpose()?;
+        let dspec = DpSpec {
+            noise_multiplier: sigma.unwrap_or(1.0),
+            ..base.clone()
+        };
+        let mut global = init.clone();
+        let mut accuracy = Vec::new();
+        for round in 1..=b.rounds {
+            let updates = shards
+                .par_iter()
+                .enumerate()
+                .map(|(m, shard)| {
+                    let out = if private {
+                        let secret = *fedmesh_crypto::hash::Hasher::new("fedmesh bench dp v1")
+                            .chain(&b.seed.to_le_bytes())
+                            .chain(&round.to_le_bytes())
+                            .chain(&(m as u64).to_le_bytes())
+                            .finalize()
+                            .as_bytes();
+                        train::train_dp(&layout, &global, &shard.train, &dp_train, &dspec, secret)?
+                    } else {
+                        train::train(
+                            &layout,
+                            &global,
+                            &shard.train,
+                            &plain_train,
+                            b.seed ^ round ^ ((m as u64) << 32),
+                        )?
+                    };
+                    let delta: Vec<f32> =
+                        out.params.iter().zip(&global).map(|(n, o)| n - o).collect();
+                    Ok((delta, shard.train.len() as u64))
+                })
+                .collect::<Result<Vec<_>, train::TrainError>>()?;
+            let inputs: Vec<(&[f32], u64)> =
+                updates.iter().map(|(d, w)| (d.as_slice(), *w)).collect();
+            let avg = fedmesh_protocol::aggregate::fedavg(&inputs)?;
+            global = fedmesh_protocol::model::apply(&global, &avg);
+            accuracy.push(train::evaluate(&layout, &global, &shards[0].test)?.accuracy);
+        }
+        let row = DpRow {
+            epsilon: private.then_some(target),
+            spent,
+            sigma,
+            accuracy,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        let last = *row.accuracy.last().unwrap_or(&0.0);
+        if json {
+            println!("{}", serde_json::json!({"bench": "dp", "row": row}));
+        } else {
+            let f = |v: Option<f64>, p: usize| v.map_or("∞".to_string(), |x| format!("{x:.p$}"));
+            println!(
+                "{:>8} {:>8} {:>8} {:>10.4} {:>9.1}",
+                f(row.epsilon, 0),
+                sigma.map_or("-".into(), |s| format!("{s:.3}")),
+                f(row.spent, 3),
+                last,
+                row.seconds
+            );
+        }
+    }
+    Ok(())
+}

@@ -288,6 +288,49 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// Privacy–utility table: federated rounds with record-level DP (DP-SGD on every member) in
+    /// one process, for each target ε at δ; σ comes from the accountant (`fedmesh privacy noise`).
+    Dp {
+        /// The MNIST file.
+        #[arg(long, default_value = "data/mnist_5k.csv.gz")]
+        data: PathBuf,
+        /// Members (IID shards of the 4,000 training digits).
+        #[arg(long, default_value_t = 4)]
+        members: u32,
+        /// MLP layer widths, input first, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "784,128,10")]
+        layers: Vec<usize>,
+        /// Federated rounds (every member takes part in every round).
+        #[arg(long, default_value_t = 10)]
+        rounds: u64,
+        /// Local epochs per round.
+        #[arg(long, default_value_t = 1)]
+        epochs: usize,
+        /// DP-SGD sampling rate of a member's shard.
+        #[arg(long, default_value_t = 0.1)]
+        sample_rate: f64,
+        /// Per-example clipping norm.
+        #[arg(long, default_value_t = 1.0)]
+        clip: f64,
+        /// DP-SGD learning rate.
+        #[arg(long, default_value_t = 1.0)]
+        learning_rate: f64,
+        /// What the noisy gradients drive: sgd or adam.
+        #[arg(long, default_value = "sgd", value_parser = ["sgd", "adam"])]
+        optimizer: String,
+        /// Target ε values, comma-separated; `inf` trains without DP.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,inf")]
+        epsilons: Vec<f64>,
+        /// δ of every target ε.
+        #[arg(long, default_value_t = 1e-5)]
+        delta: f64,
+        /// Seed of the model, the split, the sampling and the noise.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Local training (SGD, Adam) and evaluation of the default MLP on member 0's MNIST shard.
     Train {
         /// The MNIST file.
@@ -541,6 +584,53 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 data: a.data,
                 threads: a.threads,
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Dp {
+                    data,
+                    members,
+                    layers,
+                    rounds,
+                    epochs,
+                    sample_rate,
+                    clip,
+                    learning_rate,
+                    optimizer,
+                    epsilons,
+                    delta,
+                    seed,
+                    json,
+                },
+        } => {
+            anyhow::ensure!(
+                members > 0 && rounds > 0 && epochs > 0,
+                "--members, --rounds and --epochs must be at least 1"
+            );
+            anyhow::ensure!(
+                epsilons.iter().all(|e| *e > 0.0),
+                "--epsilons: positive values (inf for no DP)"
+            );
+            let b = bench::DpBench {
+                data,
+                members,
+                layers,
+                rounds,
+                epochs,
+                sample_rate,
+                clip,
+                learning_rate,
+                optimizer: if optimizer == "adam" {
+                    fedmesh_protocol::genesis::Optimizer::Adam
+                } else {
+                    fedmesh_protocol::genesis::Optimizer::Sgd
+                },
+                epsilons,
+                delta,
+                seed,
+            };
+            bench::dp(&b, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { action } => {

@@ -30,6 +30,8 @@ pub struct File {
     /// `RAYON_NUM_THREADS` in the environment takes precedence.
     #[serde(default = "one")]
     pub threads: usize,
+    /// This member's own privacy budget (`[privacy]`); absent = no budget.
+    pub privacy: Budget,
     /// Fault injection for tests and drills; absent in production configs.
     pub faults: Faults,
     /// What one peer or address may cost this node (connections, gossip rates).
@@ -100,6 +102,51 @@ impl Limits {
     }
 }
 
+/// The privacy this member is willing to spend over the network's lifetime: once its next round
+/// would push its ε (at its own δ, from the audit log's record of what it has spent) above
+/// `epsilon`, it stops contributing updates and says so in its log. It still follows the rounds,
+/// checks and approves their records, and coordinates when its turn comes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Budget {
+    /// Target ε; 0 = no budget (contribute in every round).
+    pub epsilon: f64,
+    /// δ of the target; 0 = the genesis `spec.dp.delta`.
+    pub delta: f64,
+}
+
+impl Budget {
+    /// The budget, if one is set: `(epsilon, delta)` with δ = `genesis_delta` when not given.
+    pub fn target(&self, genesis_delta: f64) -> Option<(f64, f64)> {
+        (self.epsilon > 0.0).then(|| {
+            let delta = if self.delta > 0.0 {
+                self.delta
+            } else {
+                genesis_delta
+            };
+            (self.epsilon, delta)
+        })
+    }
+
+    fn validate(&self, file: &Path) -> anyhow::Result<()> {
+        if !(self.epsilon >= 0.0 && self.epsilon.is_finite()) {
+            anyhow::bail!(
+                "{}: field `privacy.epsilon`: {} must be a finite number ≥ 0 (0 = no budget)",
+                file.display(),
+                self.epsilon
+            );
+        }
+        if !(self.delta >= 0.0 && self.delta < 1.0) {
+            anyhow::bail!(
+                "{}: field `privacy.delta`: {} must be in [0, 1) (0 = the genesis spec.dp.delta)",
+                file.display(),
+                self.delta
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Make the node exit abruptly (as if killed with SIGKILL: exit status 137, nothing flushed beyond
 /// what is already durable) at one point of one round.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -142,6 +189,7 @@ impl Default for File {
             rounds: 0,
             data_path: PathBuf::new(),
             threads: 1,
+            privacy: Budget::default(),
             faults: Faults::default(),
             limits: Limits::default(),
             attack: crate::attack::Config::default(),
@@ -169,6 +217,7 @@ pub struct Node {
     pub rounds: Option<u64>,
     pub data_path: PathBuf,
     pub threads: usize,
+    pub privacy: Budget,
     pub faults: Faults,
     pub limits: Limits,
     pub attack: crate::attack::Config,
@@ -242,6 +291,10 @@ impl Node {
             rounds: (rounds > 0).then_some(rounds),
             data_path: resolve(base, &file.data_path),
             threads: file.threads,
+            privacy: {
+                file.privacy.validate(path)?;
+                file.privacy
+            },
             faults: {
                 file.faults.validate(path)?;
                 file.faults.clone()
@@ -292,6 +345,17 @@ mod tests {
         let err = Node::load(&p, Flags::default()).unwrap_err().to_string();
         assert!(err.contains("listen_on"), "{err}");
 
+        std::fs::write(
+            &p,
+            "genesis = 'g.toml'\nkey_dir = 'k'\ndata_dir = 'd'\n[privacy]\nepsilon = -1\n",
+        )
+        .unwrap();
+        let err = Node::load(&p, Flags::default()).unwrap_err().to_string();
+        assert!(
+            err.contains("node.toml") && err.contains("privacy.epsilon"),
+            "{err}"
+        );
+
         std::fs::write(&p, "key_dir = 'k'\ndata_dir = 'd'\n").unwrap();
         let err = Node::load(&p, Flags::default()).unwrap_err().to_string();
         assert!(err.contains("genesis") && err.contains("required"), "{err}");
@@ -340,6 +404,7 @@ mod tests {
         assert_eq!(n.rounds, None);
         assert_eq!(n.peers.len(), 1);
         assert_eq!(n.attack.kind, crate::attack::Kind::None);
+        assert_eq!(n.privacy.target(1e-5), None);
     }
 
     #[test]
@@ -361,5 +426,19 @@ mod tests {
         .unwrap();
         let err = Node::load(&p, Flags::default()).unwrap_err().to_string();
         assert!(err.contains("node.toml") && err.contains("attack.scale"), "{err}");
+    }
+
+    #[test]
+    fn budget_defaults_to_the_genesis_delta() {
+        let b = Budget {
+            epsilon: 4.0,
+            delta: 0.0,
+        };
+        assert_eq!(b.target(1e-5), Some((4.0, 1e-5)));
+        let b = Budget {
+            epsilon: 4.0,
+            delta: 1e-6,
+        };
+        assert_eq!(b.target(1e-5), Some((4.0, 1e-6)));
     }
 }

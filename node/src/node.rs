@@ -169,6 +169,7 @@ pub fn prepare(cfg: &config::Node, init_logging: bool) -> anyhow::Result<Prepare
         peers,
         rounds: cfg.rounds,
         counters: Default::default(),
+        budget: cfg.privacy,
         faults: cfg.faults.clone(),
         attack: cfg.attack.clone(),
         poisoned,

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{bls, hash::Hasher, identity, Hash};
-use crate::genesis::{Genesis, Mode};
+use crate::genesis::{DpLevel, DpMechanism, Genesis, Mode};
 pub use crate::votes::EvictionRecord;
 
 /// What an entry records.
@@ -101,6 +101,40 @@ pub struct RoundRecord {
     /// Members voted out in this round (each with the quorum's signed votes), sorted by target:
     /// from the next round on they are not members. See [`check_membership`].
     pub evictions: Vec<EvictionRecord>,
+    /// With differential privacy (`spec.dp`): what the round cost and what every member has
+    /// spent so far. `None` when the genesis asks for no DP.
+    pub privacy: Option<PrivacySummary>,
+}
+
+/// The privacy cost of a round and the running total of every member, recomputed and checked by
+/// every member before it approves (see [`crate::dp::Ledger`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrivacySummary {
+    /// `record` or `member`.
+    pub level: DpLevel,
+    /// `gaussian` or `laplace`.
+    pub mechanism: DpMechanism,
+    /// The noise multiplier this round is accounted with. At member level with Gaussian shares it
+    /// is σ·√(k/n) when k of the n expected members contributed: the noise actually in the sum.
+    pub noise_multiplier: f64,
+    /// Sampling rate of each noisy step (1 at member level: every member's update is used).
+    pub sample_rate: f64,
+    /// Noisy steps each participant took in this round.
+    pub steps: u64,
+    /// The δ of the ε values below (0 for pure ε-DP, Laplace).
+    pub delta: f64,
+    /// Every member's cumulative spend after this round, sorted by member.
+    pub spent: Vec<Spend>,
+}
+
+/// One member's privacy spent so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Spend {
+    pub member: u32,
+    /// Rounds in which its data was used.
+    pub rounds: u64,
+    /// ε at the summary's δ, over all those rounds.
+    pub epsilon: f64,
 }
 
 /// What a secure-aggregation round revealed and who dropped where. In mode `secagg` the record's
@@ -512,6 +546,7 @@ mod tests {
             proposed_at_ms: 0,
             secure: None,
             evictions: Vec::new(),
+            privacy: None,
         }
     }
 

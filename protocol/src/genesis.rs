@@ -63,6 +63,152 @@ pub struct Spec {
     pub robust: RobustSpec,
     /// Mode `paillier`: key size, decryption threshold and quantization.
     pub paillier: PaillierSpec,
+    /// Differential privacy: which level, which mechanism, how much noise. Default: none. Left
+    /// out of the genesis file when the level is `none`, so files without DP are unchanged.
+    #[serde(skip_serializing_if = "DpSpec::is_none")]
+    pub dp: DpSpec,
+}
+
+/// Whose privacy the noise protects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DpLevel {
+    /// No differential privacy: updates are exact.
+    #[default]
+    None,
+    /// Each member's records: DP-SGD on the member's own data (per-example clipping, Gaussian
+    /// noise on every step, Poisson or fixed-size batches). The guarantee is for one record of
+    /// one member's shard.
+    Record,
+    /// Each member as a whole: the member clips its whole update and the aggregate carries noise
+    /// (DP-FedAvg, McMahan et al. 2018), added in shares by the members themselves. The guarantee
+    /// is for everything one member contributes.
+    Member,
+}
+
+impl std::fmt::Display for DpLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DpLevel::None => "none",
+            DpLevel::Record => "record",
+            DpLevel::Member => "member",
+        })
+    }
+}
+
+/// The noise distribution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DpMechanism {
+    /// Gaussian noise, L2 clipping, (ε, δ)-DP through the Rényi accountant.
+    #[default]
+    Gaussian,
+    /// Laplace noise, L1 clipping, pure ε-DP (δ = 0) composed by adding up. Member level only.
+    Laplace,
+}
+
+/// How DP-SGD draws each step's batch (level `record`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Sampling {
+    /// Every record joins each step's batch independently with probability `sample_rate`: the
+    /// sampling the accountant's amplification bound assumes.
+    #[default]
+    Poisson,
+    /// Batches of exactly round(sample_rate × shard rows) records drawn without replacement,
+    /// accounted as Poisson sampling at the same rate (the common practice, not a proof).
+    Fixed,
+}
+
+/// Differential privacy (`[spec.dp]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DpSpec {
+    /// `none`, `record` or `member`.
+    pub level: DpLevel,
+    /// `gaussian` or `laplace` (member level only).
+    pub mechanism: DpMechanism,
+    /// Noise per unit of clipping norm: the Gaussian σ (std = σ·clip) or the Laplace scale b
+    /// (scale = b·clip, so each round costs ε = 1/b).
+    pub noise_multiplier: f64,
+    /// Clipping norm C: of each example's gradient (record level, L2) or of each member's whole
+    /// update (member level; L2 for Gaussian, L1 for Laplace).
+    pub clip: f64,
+    /// Record level: the fraction of a member's rows in each DP-SGD step (q). A round is
+    /// ceil(spec.train.epochs / q) steps; spec.train.batch_size is not used.
+    pub sample_rate: f64,
+    /// Record level: `poisson` or `fixed` batches.
+    pub sampling: Sampling,
+    /// δ of the (ε, δ) spent that the audit log records (Gaussian).
+    pub delta: f64,
+}
+
+impl Default for DpSpec {
+    fn default() -> Self {
+        DpSpec {
+            level: DpLevel::None,
+            mechanism: DpMechanism::Gaussian,
+            noise_multiplier: 1.0,
+            clip: 1.0,
+            sample_rate: 0.032,
+            sampling: Sampling::Poisson,
+            delta: 1e-5,
+        }
+    }
+}
+
+impl DpSpec {
+    /// True when no differential privacy is asked for.
+    pub fn is_none(&self) -> bool {
+        self.level == DpLevel::None
+    }
+
+    /// Record level: DP-SGD steps a participating member takes per round.
+    pub fn steps_per_round(&self, epochs: usize) -> u64 {
+        (epochs as f64 / self.sample_rate).ceil().max(1.0) as u64
+    }
+
+    /// Check the section.
+    pub fn validate(&self) -> Result<(), GenesisError> {
+        if self.is_none() {
+            return Ok(());
+        }
+        let bad = |field: &'static str, problem: String| Err(GenesisError::Dp { field, problem });
+        if !(self.noise_multiplier > 0.0 && self.noise_multiplier.is_finite()) {
+            return bad(
+                "noise_multiplier",
+                format!(
+                    "must be positive and finite, found {} (plan it with `fedmesh privacy noise`)",
+                    self.noise_multiplier
+                ),
+            );
+        }
+        if !(self.clip > 0.0 && self.clip.is_finite()) {
+            return bad(
+                "clip",
+                format!("must be positive and finite, found {}", self.clip),
+            );
+        }
+        if self.mechanism == DpMechanism::Gaussian && !(self.delta > 0.0 && self.delta < 1.0) {
+            return bad("delta", format!("must be in (0, 1), found {}", self.delta));
+        }
+        if self.level == DpLevel::Record {
+            if self.mechanism != DpMechanism::Gaussian {
+                return bad(
+                    "mechanism",
+                    "laplace applies only at level member (DP-SGD is accounted for Gaussian noise)"
+                        .into(),
+                );
+            }
+            if !(self.sample_rate > 0.0 && self.sample_rate <= 1.0) {
+                return bad(
+                    "sample_rate",
+                    format!("must be in (0, 1], found {}", self.sample_rate),
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Threshold Paillier settings (mode `paillier`).
@@ -356,6 +502,7 @@ impl Default for Spec {
             secagg: SecaggSpec::default(),
             paillier: PaillierSpec::default(),
             robust: RobustSpec::default(),
+            dp: DpSpec::default(),
         }
     }
 }
@@ -574,6 +721,11 @@ pub enum GenesisError {
     Secagg(String),
     #[error("spec.paillier: {0}")]
     Paillier(String),
+    #[error("spec.dp.{field} {problem}")]
+    Dp {
+        field: &'static str,
+        problem: String,
+    },
     #[error("spec.robust.{field} {problem}")]
     Robust {
         field: &'static str,
@@ -620,6 +772,7 @@ impl Spec {
                 return Err(GenesisError::Alpha(alpha));
             }
         }
+        self.dp.validate()?;
         // An update message carries 4 bytes per parameter plus a small header.
         let needed = layout.param_count() * 4 + 1024;
         if p.max_message_bytes < needed {
@@ -866,6 +1019,55 @@ pub(crate) mod tests {
         );
         let err = toml::from_str::<Spec>("[robust]\nrule = 'bogus'\n").unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn dp_section_defaults_to_none_and_is_validated() {
+        // Without DP the file is what it was before [spec.dp] existed.
+        let (g, _, _) = sample(4);
+        assert!(!g.to_toml().contains("[spec.dp]"));
+        let mut dp = g.clone();
+        dp.spec.dp = DpSpec {
+            level: DpLevel::Record,
+            noise_multiplier: 1.2,
+            sample_rate: 0.02,
+            sampling: Sampling::Fixed,
+            ..DpSpec::default()
+        };
+        let text = dp.to_toml();
+        assert!(text.contains("[spec.dp]") && text.contains("level = \"record\""));
+        let (back, _) = Genesis::parse(text.as_bytes()).unwrap();
+        assert_eq!(back.spec.dp, dp.spec.dp);
+        assert_eq!(back.spec.dp.steps_per_round(2), 100);
+        type Edit = fn(&mut DpSpec);
+        let cases: [(&str, Edit); 5] = [
+            ("noise_multiplier", |d| d.noise_multiplier = 0.0),
+            ("clip", |d| d.clip = f64::NAN),
+            ("delta", |d| d.delta = 1.0),
+            ("sample_rate", |d| d.sample_rate = 1.5),
+            ("mechanism", |d| d.mechanism = DpMechanism::Laplace),
+        ];
+        for (field, edit) in cases {
+            let mut bad = dp.clone();
+            edit(&mut bad.spec.dp);
+            let err = bad.validate().unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("spec.dp.{field}")),
+                "{err}"
+            );
+        }
+        // The noisy gradients may drive Adam as well as SGD.
+        let mut adam = dp.clone();
+        adam.spec.train.optimizer = Optimizer::Adam;
+        adam.validate().unwrap();
+        // Laplace is fine at member level, whatever the sample rate.
+        let mut lap = dp;
+        lap.spec.dp.level = DpLevel::Member;
+        lap.spec.dp.mechanism = DpMechanism::Laplace;
+        lap.spec.dp.sample_rate = 7.0;
+        lap.validate().unwrap();
+        let err = Genesis::parse(b"version = 1\n[spec.dp]\nlevel = \"everything\"\n").unwrap_err();
+        assert!(err.to_string().contains("everything"), "{err}");
     }
 
     #[test]

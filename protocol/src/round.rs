@@ -283,6 +283,7 @@ impl Round {
                 proposed_at_ms: now_ms,
                 secure: None,
                 evictions,
+                privacy: None,
             },
         }
     }

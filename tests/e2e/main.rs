@@ -2,5 +2,6 @@
 //! the shipped MNIST data, each with its own sled audit log.
 
 mod cli;
+mod dp;
 mod harness;
 mod network;

@@ -16,6 +16,7 @@
 //!    catches up: it fetches entries and checkpoints, verifies them, and appends them.
 
 mod defence;
+mod privacy;
 mod secure;
 mod sync;
 #[cfg(test)]
@@ -64,6 +65,8 @@ pub struct Context {
     pub rounds: Option<u64>,
     /// What happened to peers' messages so far.
     pub counters: Arc<Counters>,
+    /// This member's own privacy budget.
+    pub budget: crate::config::Budget,
     /// Fault injection (tests and drills).
     pub faults: crate::config::Faults,
     /// An attacker's plan (drills); honest by default.
@@ -551,6 +554,7 @@ impl Runtime {
                     }
                 }
             }
+            None if !privacy::within_budget(&self.ctx, &self.store, round) => {}
             None => {
                 let ctx = self.ctx.clone();
                 let global = self.global.clone();
@@ -561,14 +565,8 @@ impl Runtime {
                         Some(p) if ctx.attack.active_in(round) => p,
                         _ => &ctx.data.train,
                     };
-                    let result = train::train(
-                        &ctx.layout,
-                        &global,
-                        rows,
-                        &ctx.genesis.spec.train,
-                        seed,
-                    )
-                    .map_err(|e| e.to_string());
+                    let result = privacy::train(&ctx, &global, rows, round, seed)
+                        .map_err(|e| e.to_string());
                     let _ = tx.blocking_send(Work::Trained { round, result });
                 });
             }
@@ -605,6 +603,13 @@ impl Runtime {
             .zip(self.global.iter())
             .map(|(n, o)| n - o)
             .collect();
+        let disclosed = privacy::protect(
+            &self.ctx.genesis,
+            privacy::secret(&self.ctx, round, "member-noise"),
+            &mut delta,
+            self.ctx.data.train.len() as u64,
+            outcome.mean_loss,
+        );
         let attack = &self.ctx.attack;
         if attack.active_in(round) {
             // An attacker (drills): what it sends instead of its honest update. Omniscient
@@ -622,7 +627,7 @@ impl Runtime {
         if let Some(session) = cur.secure.as_mut() {
             // Mode secagg: the update never leaves this member unmasked.
             let q = secure::quantizer(&self.ctx.genesis);
-            let weight = (self.ctx.data.train.len() as u64).min(q.max_weight);
+            let weight = disclosed.weight.min(q.max_weight);
             return match q.encode(&delta, weight) {
                 Ok(encoded) => {
                     tracing::info!(
@@ -642,8 +647,8 @@ impl Runtime {
         }
         let update = wire::Update {
             base_model: cur.state.base_model,
-            num_samples: self.ctx.data.train.len() as u64,
-            train_loss: outcome.mean_loss,
+            num_samples: disclosed.weight,
+            train_loss: disclosed.train_loss,
             delta,
         };
         let env = Envelope::seal(
@@ -820,7 +825,7 @@ impl Runtime {
                 for e in &evictions {
                     tracing::info!(round, target = e.target, votes = e.votes.len(), "proposing an eviction");
                 }
-                let p = cur.state.propose(
+                let mut p = cur.state.propose(
                     attempt,
                     me,
                     &participants,
@@ -829,6 +834,10 @@ impl Runtime {
                     now_ms(),
                     evictions,
                 );
+                if let Err(e) = privacy::attach(&self.ctx.genesis, &self.store, &mut p.record) {
+                    tracing::error!(round, error = %e, "cannot account the round's privacy; not proposing");
+                    return;
+                }
                 tracing::info!(round, attempt, accuracy = metrics.accuracy, dropouts = ?p.record.dropouts, "proposing the round record");
                 self.propose(p, params).await;
             }
@@ -871,7 +880,7 @@ impl Runtime {
                     .collect();
                 dropouts.sort_unstable();
                 let unmaskers: Vec<u32> = session.unmask.keys().copied().collect();
-                let p = Proposal {
+                let mut p = Proposal {
                     height: cur.state.height,
                     prev_hash: cur.state.prev_hash,
                     record: RoundRecord {
@@ -894,8 +903,13 @@ impl Runtime {
                             dropped_while_unmasking: outcome.dropped_while_unmasking.clone(),
                         }),
                         evictions: Vec::new(),
+                        privacy: None,
                     },
                 };
+                if let Err(e) = privacy::attach(&self.ctx.genesis, &self.store, &mut p.record) {
+                    tracing::error!(round, error = %e, "cannot account the round's privacy; not proposing");
+                    return;
+                }
                 tracing::info!(round, attempt, accuracy = metrics.accuracy, dropouts = ?p.record.dropouts, "proposing the round record (secure sum)");
                 self.propose(p, params).await;
             }
@@ -1455,6 +1469,10 @@ impl Runtime {
             );
             return;
         }
+        if let Err(e) = privacy::check(&self.ctx.genesis, &self.store, &p.record) {
+            tracing::warn!(culprit = proposer, error = %e, "proposal's privacy accounting differs from this member's log; not approving");
+            return;
+        }
         let Some(cur) = self.current.as_mut() else {
             return;
         };
@@ -1804,6 +1822,7 @@ fn report_round(entry: &Entry, record: &RoundRecord) {
         "coordinator": record.coordinator,
         "attempt": record.attempt,
         "mode": record.mode.to_string(),
+        "epsilon": record.privacy.as_ref().map(|p| p.spent.iter().map(|s| s.epsilon).collect::<Vec<_>>()),
         "committed_at_ms": now_ms(),
     });
     use std::io::Write;

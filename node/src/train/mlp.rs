@@ -223,7 +223,7 @@ fn forward(layers: &[Linear], x: &Tensor) -> candle_core::Result<Tensor> {
     Ok(h)
 }
 
-fn spec_error(field: &'static str, problem: &str) -> TrainError {
+pub(super) fn spec_error(field: &'static str, problem: &str) -> TrainError {
     TrainError::Spec {
         field,
         problem: problem.into(),
@@ -231,7 +231,7 @@ fn spec_error(field: &'static str, problem: &str) -> TrainError {
 }
 
 /// The layout is valid and `params` fits it with finite values.
-fn check_model(layout: &Layout, params: &[f32]) -> Result<(), TrainError> {
+pub(super) fn check_model(layout: &Layout, params: &[f32]) -> Result<(), TrainError> {
     layout.validate()?;
     let expected = layout.param_count();
     if params.len() != expected {
@@ -258,7 +258,11 @@ fn check_model(layout: &Layout, params: &[f32]) -> Result<(), TrainError> {
 }
 
 /// `data` is consistent, non-empty, finite and fits the layout's input and output widths.
-fn check_data(layout: &Layout, data: &Dataset, what: &'static str) -> Result<(), TrainError> {
+pub(super) fn check_data(
+    layout: &Layout,
+    data: &Dataset,
+    what: &'static str,
+) -> Result<(), TrainError> {
     if data.x.len() != data.len().saturating_mul(data.features) {
         return Err(TrainError::Shape {
             rows: data.len(),

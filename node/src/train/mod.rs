@@ -15,9 +15,12 @@
 //! - [`load`]: one member's training shard and the shared test split, from MNIST or the synthetic
 //!   threat-detection generator.
 //! - [`train`]: minibatch SGD or Adam on a shard, flat parameters in and out.
+//! - [`train_dp`]: DP-SGD with per-example clipping, Gaussian noise, Poisson or fixed-size batches,
+//!   for record-level differential privacy.
 //! - [`evaluate`]: accuracy and mean cross-entropy of flat parameters on a data set.
 
 mod data;
+mod dp;
 mod mlp;
 mod synthetic;
 
@@ -27,6 +30,7 @@ use fedmesh_protocol::genesis::{DataSource, DataSpec};
 use fedmesh_protocol::model::LayoutError;
 
 pub use data::DataError;
+pub use dp::train_dp;
 pub use mlp::{evaluate, train};
 pub use synthetic::SYNTHETIC_FEATURES;
 

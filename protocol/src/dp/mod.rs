@@ -12,6 +12,9 @@
 //! - [`noise_for`]: the smallest σ that keeps ε at or below a target.
 //! - [`Accountant`]: the running ledger a node keeps (and persists) while it trains.
 //! - [`gaussian_sigma_classic`], [`laplace_scale`]: one-shot calibrations for a single release.
+//! - [`noise`]: clipping and Gaussian / Laplace noise, with the distributed (per-member share)
+//!   noise of member-level DP.
+//! - [`Ledger`]: every member's spend as the audit log records it, round after round.
 //!
 //! ```
 //! use fedmesh_protocol::dp;
@@ -30,10 +33,13 @@
 //! add the noise to the sum, and account one step per round with q = members sampled / members.
 
 mod accountant;
+mod ledger;
+pub mod noise;
 pub mod rdp;
 mod special;
 
 pub use accountant::{Accountant, Conversion};
+pub use ledger::{Cost, Ledger, MemberLedger, SummaryMismatch};
 
 /// The usual grid of Rényi orders: 1.1, 1.2, …, 10.9 and 12, 13, …, 63 (Opacus'
 /// `DEFAULT_ALPHAS`, also TensorFlow Privacy's tutorials), plus 128, 256 and 512 for the large
