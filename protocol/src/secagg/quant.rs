@@ -254,23 +254,10 @@ pub fn pack(values: &[u64], bits: u32) -> Vec<u8> {
 /// `ceil(bits / 8)` bytes, and every value below `2^bits`. A value above would not be an element
 /// of the ring, and summing it could carry into the next coordinate's worth of bits.
 pub fn unpack(bytes: &[u8], bits: u32, count: usize) -> Result<Vec<u64>, QuantError> {
-    if bits == 0 || bits > 64 {
-        return Err(QuantError::PackBits { bits });
-    }
-    let width = width(bits);
-    if count.checked_mul(width) != Some(bytes.len()) {
-        return Err(QuantError::PackLength {
-            len: bytes.len(),
-            count,
-            width,
-        });
-    }
-    let top = u64::MAX >> (64 - bits);
+    let (width, top) = frame(bytes, bits, count)?;
     let mut out = Vec::with_capacity(count);
     for (index, chunk) in bytes.chunks_exact(width).enumerate() {
-        let mut word = [0u8; 8];
-        word[..width].copy_from_slice(chunk);
-        let v = u64::from_le_bytes(word);
+        let v = read_le(chunk);
         if v > top {
             return Err(QuantError::PackValue { index, bits });
         }
@@ -279,15 +266,13 @@ pub fn unpack(bytes: &[u8], bits: u32, count: usize) -> Result<Vec<u64>, QuantEr
     Ok(out)
 }
 
-/// `sum ← (sum + unpack(bytes)) mod 2^bits` without materialising the unpacked vector: the
-/// coordinator's running sum of masked inputs. Checks everything [`unpack`] checks, with
-/// `count = sum.len()`; on an error `sum` is as it was.
-pub fn add_packed(sum: &mut [u64], bytes: &[u8], bits: u32) -> Result<(), QuantError> {
+/// Check `bits` and that `bytes` holds exactly `count` packed values; returns the width of one
+/// value in bytes and the largest value of the ring.
+fn frame(bytes: &[u8], bits: u32, count: usize) -> Result<(usize, u64), QuantError> {
     if bits == 0 || bits > 64 {
         return Err(QuantError::PackBits { bits });
     }
     let width = width(bits);
-    let count = sum.len();
     if count.checked_mul(width) != Some(bytes.len()) {
         return Err(QuantError::PackLength {
             len: bytes.len(),
@@ -295,10 +280,25 @@ pub fn add_packed(sum: &mut [u64], bytes: &[u8], bits: u32) -> Result<(), QuantE
             width,
         });
     }
-    let top = u64::MAX >> (64 - bits);
+    Ok((width, u64::MAX >> (64 - bits)))
+}
+
+/// A little-endian value of up to 8 bytes.
+#[inline(always)]
+fn read_le(chunk: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    word[..chunk.len()].copy_from_slice(chunk);
+    u64::from_le_bytes(word)
+}
+
+/// `sum ← (sum + unpack(bytes)) mod 2^bits` without materialising the unpacked vector: the
+/// coordinator's running sum of masked inputs. Checks everything [`unpack`] checks, with
+/// `count = sum.len()`; on an error `sum` is as it was.
+pub fn add_packed(sum: &mut [u64], bytes: &[u8], bits: u32) -> Result<(), QuantError> {
+    let (width, top) = frame(bytes, bits, sum.len())?;
     // One pass with the width known at compile time: adds every value and notes whether any was
     // out of range; if one was, the same pass subtracting (mod 2^bits, subtraction undoes the
-    // masked addition exactly) restores `sum`, and a scan names the first bad index.
+    // masked addition exactly) restores `sum`, and `unpack` names the first bad index.
     let ok = match width {
         1 => add_width::<1, false>(sum, bytes, top),
         2 => add_width::<2, false>(sum, bytes, top),
@@ -322,15 +322,11 @@ pub fn add_packed(sum: &mut [u64], bytes: &[u8], bits: u32) -> Result<(), QuantE
         7 => add_width::<7, true>(sum, bytes, top),
         _ => add_width::<8, true>(sum, bytes, top),
     };
-    let index = bytes
-        .chunks_exact(width)
-        .position(|chunk| {
-            let mut word = [0u8; 8];
-            word[..width].copy_from_slice(chunk);
-            u64::from_le_bytes(word) > top
-        })
-        .unwrap_or(0);
-    Err(QuantError::PackValue { index, bits })
+    match unpack(bytes, bits, sum.len()) {
+        Err(e) => Err(e),
+        // Unreachable: add_width saw a value above the ring, which unpack refuses.
+        Ok(_) => Err(QuantError::PackValue { index: 0, bits }),
+    }
 }
 
 /// `sum ± values` mod `top + 1` for `W`-byte packed values; false if any value exceeds `top`.
@@ -338,6 +334,7 @@ pub fn add_packed(sum: &mut [u64], bytes: &[u8], bits: u32) -> Result<(), QuantE
 fn add_width<const W: usize, const UNDO: bool>(sum: &mut [u64], bytes: &[u8], top: u64) -> bool {
     let mut high = 0u64;
     for (s, chunk) in sum.iter_mut().zip(bytes.chunks_exact(W)) {
+        // `W` known here: the copy compiles to one load.
         let mut word = [0u8; 8];
         word[..W].copy_from_slice(chunk);
         let v = u64::from_le_bytes(word);
