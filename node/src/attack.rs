@@ -359,8 +359,9 @@ fn min_max(honest: &[&[f32]], sum: bool) -> Vec<f32> {
             .map(|(m, s)| (m - gamma * s) as f32)
             .collect()
     };
+    use rayon::prelude::*;
     let pair: Vec<Vec<f64>> = honest
-        .iter()
+        .par_iter()
         .map(|a| honest.iter().map(|b| dist2(a, b)).collect())
         .collect();
     let bound = if sum {
@@ -371,11 +372,11 @@ fn min_max(honest: &[&[f32]], sum: bool) -> Vec<f32> {
         pair.iter().flatten().copied().fold(0.0, f64::max)
     };
     let within = |m: &[f32]| {
-        let d = honest.iter().map(|h| dist2(m, h));
+        let d: Vec<f64> = honest.par_iter().map(|h| dist2(m, h)).collect();
         if sum {
-            d.sum::<f64>() <= bound
+            d.iter().sum::<f64>() <= bound
         } else {
-            d.fold(0.0, f64::max) <= bound
+            d.iter().copied().fold(0.0, f64::max) <= bound
         }
     };
     let (mut gamma, mut step, mut best) = (10.0f64, 5.0f64, 0.0f64);

@@ -362,3 +362,81 @@ fn corrupt_height(e: &fedmesh_storage::StoreError) -> Option<u64> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedmesh_protocol::audit::Metrics;
+    use fedmesh_protocol::genesis::Mode;
+    use fedmesh_protocol::votes::{EvictionRecord, SignedVote, Vote};
+
+    fn round(r: u64) -> RoundRecord {
+        RoundRecord {
+            round: r,
+            mode: Mode::Plain,
+            attempt: 0,
+            coordinator: 0,
+            base_model: Hash::ZERO,
+            new_model: Hash::ZERO,
+            participants: vec![],
+            dropouts: vec![],
+            metrics: Metrics {
+                accuracy: 0.5,
+                loss: 1.0,
+                test_samples: 1,
+            },
+            proposed_at_ms: 0,
+            secure: None,
+        }
+    }
+
+    fn eviction(target: u32, round: u64, active: u32, voters: &[u32]) -> EvictionRecord {
+        let key = fedmesh_crypto::identity::SecretKey::from_seed([1; 32]);
+        EvictionRecord {
+            target,
+            round,
+            effective_round: round + 1,
+            active,
+            needed: fedmesh_protocol::votes::needed(active as usize, 2.0 / 3.0) as u32,
+            votes: voters
+                .iter()
+                .map(|&voter| {
+                    SignedVote::sign(
+                        Hash::ZERO,
+                        Vote {
+                            round,
+                            voter,
+                            target,
+                            score: 5.0,
+                            evidence: Hash::ZERO,
+                        },
+                        &key,
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn evictions_must_follow_the_log() {
+        let none = std::collections::BTreeSet::new();
+        let last = round(4);
+        check_eviction(&eviction(3, 4, 6, &[0, 1, 2, 4]), Some(&last), &none, 6).unwrap();
+        // For another round than the last one in the log.
+        let err = check_eviction(&eviction(3, 2, 6, &[0, 1, 2, 4]), Some(&last), &none, 6)
+            .unwrap_err();
+        assert!(err.contains("last round in the log is 4"), "{err}");
+        // Counting evicted members as active.
+        let gone: std::collections::BTreeSet<u32> = [5].into();
+        let err = check_eviction(&eviction(3, 4, 6, &[0, 1, 2, 4]), Some(&last), &gone, 6)
+            .unwrap_err();
+        assert!(err.contains("log says 5"), "{err}");
+        // An evicted member voting, or being evicted again.
+        let err = check_eviction(&eviction(3, 4, 5, &[0, 1, 5, 4]), Some(&last), &gone, 6)
+            .unwrap_err();
+        assert!(err.contains("member 5 votes after its own eviction"), "{err}");
+        let err =
+            check_eviction(&eviction(5, 4, 5, &[0, 1, 2, 4]), Some(&last), &gone, 6).unwrap_err();
+        assert!(err.contains("evicted twice"), "{err}");
+    }
+}

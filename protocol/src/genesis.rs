@@ -130,7 +130,7 @@ impl Default for RobustSpec {
             foolsgold_confidence: 1.0,
             votes: false,
             score_decay: 0.5,
-            score_threshold: 4.0,
+            score_threshold: 3.0,
             patience: 2,
             warmup_rounds: 1,
             quorum: 2.0 / 3.0,

@@ -82,10 +82,13 @@ pub const DEFENCES: &[&str] = &[
 /// The attacks the issue calls naive: their detection must be near perfect.
 const NAIVE: &[&str] = &["label-flip", "sign-flip", "gaussian", "scaling"];
 
-/// The defence fedmesh recommends (and the drill measures as `fedmesh`): Multi-Krum with votes.
+/// The defence fedmesh recommends (and the drill measures as `fedmesh`): centered clipping
+/// (automatic radius, 3 iterations) with eviction votes. On non-IID MNIST it matches FedAvg's
+/// clean accuracy where Multi-Krum and the trimmed mean lose a point or more, and the votes
+/// remove what clipping only dampens.
 pub fn recommended() -> RobustSpec {
     RobustSpec {
-        rule: RuleKind::MultiKrum,
+        rule: RuleKind::CenteredClipping,
         votes: true,
         ..RobustSpec::default()
     }
@@ -589,12 +592,12 @@ fn single_markdown(p: &Poisoning, s: &Summary, run: &Run, clean: &Run, fedavg: &
     );
     let _ = writeln!(
         m,
-        "| round | accuracy | clean | attack success | active | attacking | TPR | FPR | evicted |\n|---|---|---|---|---|---|---|---|---|"
+        "| round | accuracy | clean | attack success | active | attacking | TPR | FPR | evicted | max honest score | min attacker score |\n|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for (r, c) in run.rounds.iter().zip(&clean.rounds) {
         let _ = writeln!(
             m,
-            "| {} | {} | {} | {} | {} | {} | {} | {:.3} | {:?} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.3} | {:?} | {:.2} | {} |",
             r.round,
             pct(r.accuracy),
             pct(c.accuracy),
@@ -603,7 +606,9 @@ fn single_markdown(p: &Poisoning, s: &Summary, run: &Run, clean: &Run, fedavg: &
             r.attacking,
             opt(r.tpr.map(|t| format!("{t:.3}"))),
             r.fpr,
-            r.evicted
+            r.evicted,
+            r.max_honest_score,
+            opt(r.min_attacker_score.map(|v| format!("{v:.2}")))
         );
     }
     m

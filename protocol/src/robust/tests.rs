@@ -298,11 +298,11 @@ fn twenty_members_of_100k_values() {
 fn scores_single_out_flips_clones_and_scaling() {
     let len = 500;
     let mut xs = population(len, |b| b.iter().map(|v| -v).collect());
-    // Member 19: scaled honest-looking update instead of a flip.
+    // Member 19: the honest mean scaled twentyfold instead of a flip.
     let honest: Vec<&[f32]> = xs[..16].iter().map(|x| &x[..]).collect();
     xs[19] = linalg::weighted_mean(&honest, &[1.0; 16])
         .iter()
-        .map(|v| v * 8.0)
+        .map(|v| v * 20.0)
         .collect();
     let agg = run(Rule::Median, &xs).update;
     let s = score::round_scores(&inputs(&xs), &agg);
