@@ -171,6 +171,8 @@ impl Config {
     }
 
     /// True if the member attacks in `round` (on-off schedule).
+    // `u64::is_multiple_of` needs Rust 1.87; the workspace supports 1.85.
+    #[allow(clippy::manual_is_multiple_of)]
     pub fn active_in(&self, round: u64) -> bool {
         self.kind != Kind::None && (self.every <= 1 || round % self.every == 0)
     }

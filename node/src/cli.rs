@@ -359,6 +359,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Drill {
             what: DrillWhat::Poisoning(a),
         } => {
+            drill::single_threaded_kernels();
             drill::poisoning(&drill::Poisoning {
                 attack: a.attack,
                 fraction: a.fraction,

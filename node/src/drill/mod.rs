@@ -206,18 +206,21 @@ impl Poisoning {
     }
 }
 
+/// Make each member train on one thread (small matrices train fastest that way) while members
+/// train in parallel on the drill's pool: candle and the gemm kernels size their own parallelism
+/// from these variables. Call before anything starts threads (the process environment is not
+/// safe to change while other threads read it).
+pub fn single_threaded_kernels() {
+    for var in ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
+        if std::env::var_os(var).is_none() {
+            std::env::set_var(var, "1");
+        }
+    }
+}
+
 /// Run the drill: one scenario, or the matrix.
 pub fn poisoning(p: &Poisoning) -> anyhow::Result<()> {
     p.check()?;
-    // Each member trains on one thread (small matrices train fastest that way) and members train
-    // in parallel on a pool of `threads`; candle and the gemm kernels size their own parallelism
-    // from these variables, so set them before either starts.
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        std::env::set_var("RAYON_NUM_THREADS", "1");
-    }
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
     let threads = if p.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
