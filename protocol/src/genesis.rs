@@ -70,6 +70,8 @@ pub enum RuleKind {
     Median,
     /// Coordinate-wise trimmed mean (`trim`).
     TrimmedMean,
+    /// Coordinate-wise winsorized, sample-weighted mean (`trim`).
+    WinsorizedMean,
     /// Krum: the most central single update (`attackers`).
     Krum,
     /// Multi-Krum: FedAvg of the `multi_krum` most central updates (`attackers`).
@@ -85,9 +87,11 @@ pub enum RuleKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RobustSpec {
-    /// `mean`, `median`, `trimmed_mean`, `krum`, `multi_krum`, `centered_clipping`, `foolsgold`.
+    /// `mean`, `median`, `trimmed_mean`, `winsorized_mean`, `krum`, `multi_krum`,
+    /// `centered_clipping`, `foolsgold`.
     pub rule: RuleKind,
-    /// Trimmed mean: fraction β of values cut at each end of every coordinate, in [0, 0.5).
+    /// Trimmed and winsorized mean: fraction β of values cut (or clamped) at each end of every
+    /// coordinate, in [0, 0.5).
     pub trim: f64,
     /// Krum and Multi-Krum: attackers f assumed among the round's updates; absent = a fifth of
     /// them (Krum needs at least f + 3 updates).
@@ -147,6 +151,7 @@ impl RobustSpec {
             RuleKind::Mean => Rule::Mean,
             RuleKind::Median => Rule::Median,
             RuleKind::TrimmedMean => Rule::TrimmedMean { beta: self.trim },
+            RuleKind::WinsorizedMean => Rule::WinsorizedMean { beta: self.trim },
             RuleKind::Krum => Rule::Krum { f: self.attackers },
             RuleKind::MultiKrum => Rule::MultiKrum {
                 f: self.attackers,

@@ -72,6 +72,7 @@ pub const DEFENCES: &[&str] = &[
     "mean",
     "median",
     "trimmed-mean",
+    "winsorized-mean",
     "krum",
     "multi-krum",
     "centered-clipping",
@@ -82,13 +83,14 @@ pub const DEFENCES: &[&str] = &[
 /// The attacks the issue calls naive: their detection must be near perfect.
 const NAIVE: &[&str] = &["label-flip", "sign-flip", "gaussian", "scaling"];
 
-/// The defence fedmesh recommends (and the drill measures as `fedmesh`): centered clipping
-/// (automatic radius, 3 iterations) with eviction votes. On non-IID MNIST it matches FedAvg's
-/// clean accuracy where Multi-Krum and the trimmed mean lose a point or more, and the votes
-/// remove what clipping only dampens.
+/// The defence fedmesh recommends (and the drill measures as `fedmesh`): the coordinate-wise
+/// winsorized mean (β = 0.2) with eviction votes. On non-IID MNIST it stays within a few tenths
+/// of FedAvg's clean accuracy where Multi-Krum, the median and the trimmed mean lose a point or
+/// more, it keeps a backdoor's trigger weights where honest members leave them (centered
+/// clipping lets the backdoor through), and the votes remove what winsorizing only dampens.
 pub fn recommended() -> RobustSpec {
     RobustSpec {
-        rule: RuleKind::CenteredClipping,
+        rule: RuleKind::WinsorizedMean,
         votes: true,
         ..RobustSpec::default()
     }
@@ -174,6 +176,7 @@ pub fn defence_spec(name: &str) -> anyhow::Result<RobustSpec> {
         "mean" => with(RuleKind::Mean),
         "median" => with(RuleKind::Median),
         "trimmed-mean" => with(RuleKind::TrimmedMean),
+        "winsorized-mean" => with(RuleKind::WinsorizedMean),
         "krum" => with(RuleKind::Krum),
         "multi-krum" => with(RuleKind::MultiKrum),
         "centered-clipping" => with(RuleKind::CenteredClipping),

@@ -62,6 +62,35 @@ fn trimmed_mean_drops_both_tails() {
 }
 
 #[test]
+fn winsorized_mean_clamps_the_tails_and_keeps_weights() {
+    // β = 0.2 of 5: values clamped to [2nd smallest, 2nd largest] = [1, 3].
+    let xs = scalars(&[1.0, 2.0, 3.0, -1000.0, 1000.0]);
+    assert_eq!(
+        run(Rule::WinsorizedMean { beta: 0.2 }, &xs).update,
+        [(1.0 + 2.0 + 3.0 + 1.0 + 3.0) / 5.0]
+    );
+    // Sample weights count: 3 rows at 0, 1 row at 4 → 1.
+    let (a, b, c, d, e) = ([0.0f32], [4.0f32], [0.0f32], [0.0f32], [4.0f32]);
+    let inputs = [
+        Input::new(0, &a, 3),
+        Input::new(1, &b, 1),
+        Input::new(2, &c, 0),
+        Input::new(3, &d, 0),
+        Input::new(4, &e, 0),
+    ];
+    let out = aggregate(
+        &Rule::WinsorizedMean { beta: 0.2 },
+        &inputs,
+        &mut State::default(),
+    )
+    .unwrap();
+    assert_eq!(out.update, [1.0]);
+    // A coordinate that every honest member leaves at 0 stays at 0 whatever a minority sends.
+    let xs = scalars(&[0.0, 0.0, 0.0, 9.0, 9.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    assert_eq!(run(Rule::WinsorizedMean { beta: 0.2 }, &xs).update, [0.0]);
+}
+
+#[test]
 fn krum_picks_the_most_central_update() {
     // f = 1, n = 5: score = sum of the 2 smallest squared distances. Point 1.0 scores 1 + 1 = 2.
     let xs = scalars(&[0.0, 1.0, 2.0, 100.0, -100.0]);
@@ -258,6 +287,7 @@ fn robust_rules_resist_sign_flips_where_the_mean_does_not() {
     for rule in [
         Rule::Median,
         Rule::TrimmedMean { beta: 0.25 },
+        Rule::WinsorizedMean { beta: 0.25 },
         Rule::Krum { f: None },
         Rule::MultiKrum { f: None, m: None },
         Rule::CenteredClipping {
@@ -279,6 +309,7 @@ fn twenty_members_of_100k_values() {
         Rule::Mean,
         Rule::Median,
         Rule::TrimmedMean { beta: 0.2 },
+        Rule::WinsorizedMean { beta: 0.2 },
         Rule::Krum { f: None },
         Rule::MultiKrum { f: None, m: None },
         Rule::CenteredClipping {
@@ -370,7 +401,7 @@ proptest! {
     ) {
         let lo: Vec<f32> = (0..3).map(|k| cols.iter().map(|x| x[k]).fold(f32::INFINITY, f32::min)).collect();
         let hi: Vec<f32> = (0..3).map(|k| cols.iter().map(|x| x[k]).fold(f32::NEG_INFINITY, f32::max)).collect();
-        for rule in [Rule::Median, Rule::TrimmedMean { beta: 0.2 }, Rule::CenteredClipping { radius: 0.0, iterations: 2 }] {
+        for rule in [Rule::Median, Rule::TrimmedMean { beta: 0.2 }, Rule::WinsorizedMean { beta: 0.2 }, Rule::CenteredClipping { radius: 0.0, iterations: 2 }] {
             let out = run(rule, &cols).update;
             for k in 0..3 {
                 prop_assert!(out[k] >= lo[k] - 1e-3 && out[k] <= hi[k] + 1e-3);
