@@ -175,8 +175,7 @@ fn summary(e: &Entry) -> serde_json::Value {
                     v["effective_round"] = json!(r.effective_round);
                     v["active"] = json!(r.active);
                     v["needed"] = json!(r.needed);
-                    v["voters"] =
-                        json!(r.votes.iter().map(|s| s.vote.voter).collect::<Vec<_>>());
+                    v["voters"] = json!(r.votes.iter().map(|s| s.vote.voter).collect::<Vec<_>>());
                     v["scores"] = json!(r.votes.iter().map(|s| s.vote.score).collect::<Vec<_>>());
                     v["signers"] = json!(e.signatures.iter().map(|s| s.member).collect::<Vec<_>>());
                 }
@@ -423,18 +422,21 @@ mod tests {
         let last = round(4);
         check_eviction(&eviction(3, 4, 6, &[0, 1, 2, 4]), Some(&last), &none, 6).unwrap();
         // For another round than the last one in the log.
-        let err = check_eviction(&eviction(3, 2, 6, &[0, 1, 2, 4]), Some(&last), &none, 6)
-            .unwrap_err();
+        let err =
+            check_eviction(&eviction(3, 2, 6, &[0, 1, 2, 4]), Some(&last), &none, 6).unwrap_err();
         assert!(err.contains("last round in the log is 4"), "{err}");
         // Counting evicted members as active.
         let gone: std::collections::BTreeSet<u32> = [5].into();
-        let err = check_eviction(&eviction(3, 4, 6, &[0, 1, 2, 4]), Some(&last), &gone, 6)
-            .unwrap_err();
+        let err =
+            check_eviction(&eviction(3, 4, 6, &[0, 1, 2, 4]), Some(&last), &gone, 6).unwrap_err();
         assert!(err.contains("log says 5"), "{err}");
         // An evicted member voting, or being evicted again.
-        let err = check_eviction(&eviction(3, 4, 5, &[0, 1, 5, 4]), Some(&last), &gone, 6)
-            .unwrap_err();
-        assert!(err.contains("member 5 votes after its own eviction"), "{err}");
+        let err =
+            check_eviction(&eviction(3, 4, 5, &[0, 1, 5, 4]), Some(&last), &gone, 6).unwrap_err();
+        assert!(
+            err.contains("member 5 votes after its own eviction"),
+            "{err}"
+        );
         let err =
             check_eviction(&eviction(5, 4, 5, &[0, 1, 2, 4]), Some(&last), &gone, 6).unwrap_err();
         assert!(err.contains("evicted twice"), "{err}");

@@ -122,10 +122,18 @@ struct PoisoningArgs {
     #[arg(long)]
     matrix: bool,
     /// Matrix: attacks, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "label-flip,sign-flip,gaussian,scaling,alie,ipm,min-max,min-sum,backdoor,free-rider,on-off")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "label-flip,sign-flip,gaussian,scaling,alie,ipm,min-max,min-sum,backdoor,free-rider,on-off"
+    )]
     attacks: Vec<String>,
     /// Matrix: defences, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "none,median,krum,foolsgold,fedmesh")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "none,median,krum,foolsgold,fedmesh"
+    )]
     defences: Vec<String>,
     /// Matrix: attacker fractions, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0.2")]

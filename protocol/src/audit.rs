@@ -349,7 +349,9 @@ impl Entry {
                     return Err(VerifyError::Eviction {
                         height,
                         target: rec.target,
-                        source: crate::votes::VoteError::Record("the target is not a member".into()),
+                        source: crate::votes::VoteError::Record(
+                            "the target is not a member".into(),
+                        ),
                     });
                 }
                 self.verify_signatures(genesis, bls_set)
@@ -362,7 +364,11 @@ impl Entry {
 impl Entry {
     /// Member signatures (distinct genesis members, each valid, at least the threshold) and the
     /// threshold BLS signature over the signing hash.
-    fn verify_signatures(&self, genesis: &Genesis, bls_set: &bls::PublicSet) -> Result<(), VerifyError> {
+    fn verify_signatures(
+        &self,
+        genesis: &Genesis,
+        bls_set: &bls::PublicSet,
+    ) -> Result<(), VerifyError> {
         let height = self.height;
         let msg = self.signing_hash();
         let mut seen = std::collections::BTreeSet::new();

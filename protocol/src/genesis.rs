@@ -169,12 +169,16 @@ impl RobustSpec {
 
     /// Check the ranges of every field.
     pub fn validate(&self) -> Result<(), GenesisError> {
-        let bad = |field: &'static str, problem: String| Err(GenesisError::Robust { field, problem });
+        let bad =
+            |field: &'static str, problem: String| Err(GenesisError::Robust { field, problem });
         if !(0.0..0.5).contains(&self.trim) {
             return bad("trim", format!("must be in [0, 0.5), found {}", self.trim));
         }
         if !(self.clip_radius.is_finite() && self.clip_radius >= 0.0) {
-            return bad("clip_radius", format!("must be ≥ 0, found {}", self.clip_radius));
+            return bad(
+                "clip_radius",
+                format!("must be ≥ 0, found {}", self.clip_radius),
+            );
         }
         if self.clip_iterations == 0 {
             return bad("clip_iterations", "must be at least 1".into());
@@ -186,7 +190,10 @@ impl RobustSpec {
             );
         }
         if !(self.score_decay > 0.0 && self.score_decay <= 1.0) {
-            return bad("score_decay", format!("must be in (0, 1], found {}", self.score_decay));
+            return bad(
+                "score_decay",
+                format!("must be in (0, 1], found {}", self.score_decay),
+            );
         }
         if !(self.score_threshold.is_finite() && self.score_threshold > 0.0) {
             return bad(
@@ -195,7 +202,10 @@ impl RobustSpec {
             );
         }
         if !(self.quorum > 0.0 && self.quorum <= 1.0) {
-            return bad("quorum", format!("must be in (0, 1], found {}", self.quorum));
+            return bad(
+                "quorum",
+                format!("must be in (0, 1], found {}", self.quorum),
+            );
         }
         if self.vote_expiry_rounds == 0 {
             return bad("vote_expiry_rounds", "must be at least 1".into());
@@ -694,7 +704,10 @@ pub(crate) mod tests {
         let text = g.to_toml();
         let start = text.find("[spec.robust]").expect("section written");
         let rest = &text[start + 1..];
-        let end = rest.find("\n[").map(|e| start + 1 + e + 1).unwrap_or(text.len());
+        let end = rest
+            .find("\n[")
+            .map(|e| start + 1 + e + 1)
+            .unwrap_or(text.len());
         let old = format!("{}{}", &text[..start], &text[end..]);
         let (back, _) = Genesis::parse(old.as_bytes()).unwrap();
         assert_eq!(back.spec.robust, RobustSpec::default());

@@ -188,7 +188,8 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
     let poisoned: Vec<Option<Dataset>> = (0..n as u32)
         .map(|m| match attack {
             Some(a) if a.poisons_data() && attackers.contains(&m) => {
-                let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(derive(spec.seed, "poison", 0, m));
+                let mut rng =
+                    rand_chacha::ChaCha20Rng::seed_from_u64(derive(spec.seed, "poison", 0, m));
                 Some(a.poison_data(&world.shards[m as usize], &mut rng))
             }
             _ => None,
@@ -263,12 +264,17 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
                 }
                 if a.omniscient() {
                     if shared.is_none() {
-                        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(derive(spec.seed, "attack", round, 0));
-                        shared = Some(a.poison_update(delta, &honest_refs, members.len(), f, &mut rng));
+                        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(derive(
+                            spec.seed, "attack", round, 0,
+                        ));
+                        shared =
+                            Some(a.poison_update(delta, &honest_refs, members.len(), f, &mut rng));
                     }
                     *delta = shared.clone().expect("set above");
                 } else {
-                    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(derive(spec.seed, "attack", round, *m));
+                    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(derive(
+                        spec.seed, "attack", round, *m,
+                    ));
                     *delta = a.poison_update(delta, &honest_refs, members.len(), f, &mut rng);
                 }
             }
@@ -342,7 +348,10 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
                     .collect();
                 for (target, ewma) in suspects {
                     // Attackers do not vote (they cannot reach a quorum without honest votes).
-                    for &voter in members.iter().filter(|m| !attackers.contains(m) || attack.is_none()) {
+                    for &voter in members
+                        .iter()
+                        .filter(|m| !attackers.contains(m) || attack.is_none())
+                    {
                         if voter == target
                             || !tally.is_active(voter)
                             || !tally.is_active(target)
@@ -357,7 +366,8 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
                             score: ewma as f32,
                             evidence: evidence.get(&target).copied().unwrap_or(Hash::ZERO),
                         };
-                        let signed = SignedVote::sign(world.network, vote, &world.keys[voter as usize]);
+                        let signed =
+                            SignedVote::sign(world.network, vote, &world.keys[voter as usize]);
                         if let Outcome::Evicted(rec) = tally.add(&signed, round)? {
                             evicted_now.push(rec.target);
                             out.evictions.push(Eviction {

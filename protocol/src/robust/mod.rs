@@ -140,7 +140,9 @@ pub enum AggregateError {
     Duplicate { culprit: u32 },
     #[error("total sample weight is zero")]
     ZeroWeight,
-    #[error("{rule} with {attackers} assumed attackers needs at least {need} updates, found {have}")]
+    #[error(
+        "{rule} with {attackers} assumed attackers needs at least {need} updates, found {have}"
+    )]
     TooFew {
         rule: &'static str,
         attackers: usize,
@@ -148,10 +150,7 @@ pub enum AggregateError {
         have: usize,
     },
     #[error("{rule}: {problem}")]
-    Parameter {
-        rule: &'static str,
-        problem: String,
-    },
+    Parameter { rule: &'static str, problem: String },
 }
 
 /// Check the inputs: non-empty, equal lengths, finite values, distinct members.

@@ -167,9 +167,9 @@ pub fn round_scores(inputs: &[Input], aggregate: &[f32]) -> Vec<PeerScore> {
                 similarity: zs[i],
             };
             let score = [deviations.cosine, deviations.norm, deviations.similarity]
-            .into_iter()
-            .fold(0.0, f64::max)
-            .min(CAP);
+                .into_iter()
+                .fold(0.0, f64::max)
+                .min(CAP);
             PeerScore {
                 member: inp.member,
                 features: features[i],

@@ -32,7 +32,10 @@ fn mean_weights_by_samples() {
 
 #[test]
 fn median_odd_and_even() {
-    assert_eq!(run(Rule::Median, &scalars(&[5.0, -1.0, 100.0])).update, [5.0]);
+    assert_eq!(
+        run(Rule::Median, &scalars(&[5.0, -1.0, 100.0])).update,
+        [5.0]
+    );
     assert_eq!(
         run(Rule::Median, &scalars(&[5.0, -1.0, 100.0, 1.0])).update,
         [3.0]
@@ -275,7 +278,10 @@ fn population(len: usize, attack: impl Fn(&[f32]) -> Vec<f32>) -> Vec<Vec<f32>> 
 fn robust_rules_resist_sign_flips_where_the_mean_does_not() {
     let len = 1000;
     let xs = population(len, |b| b.iter().map(|v| -10.0 * v).collect());
-    let honest = linalg::weighted_mean(&xs[..16].iter().map(|x| &x[..]).collect::<Vec<_>>(), &[1.0; 16]);
+    let honest = linalg::weighted_mean(
+        &xs[..16].iter().map(|x| &x[..]).collect::<Vec<_>>(),
+        &[1.0; 16],
+    );
     let cos = |v: &[f32]| {
         linalg::cosine(
             linalg::dot(v, &honest),
@@ -342,9 +348,16 @@ fn scores_single_out_flips_clones_and_scaling() {
     }
     for p in &s[16..19] {
         // Sign flipped clones: low cosine and identical to each other.
-        assert!(p.deviations.cosine > 5.0 && p.deviations.similarity > 5.0, "{p:?}");
+        assert!(
+            p.deviations.cosine > 5.0 && p.deviations.similarity > 5.0,
+            "{p:?}"
+        );
     }
-    assert!(s[19].deviations.norm > 5.0 && s[19].score > 5.0, "{:?}", s[19]);
+    assert!(
+        s[19].deviations.norm > 5.0 && s[19].score > 5.0,
+        "{:?}",
+        s[19]
+    );
     assert_ne!(s[0].evidence(3), s[0].evidence(4));
 }
 
