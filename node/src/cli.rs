@@ -99,8 +99,9 @@ struct PoisoningArgs {
     /// Share of the members that attack, in [0, 0.5).
     #[arg(long, default_value_t = 0.2)]
     fraction: f64,
-    /// none (FedAvg, no votes), mean, median, trimmed-mean, krum, multi-krum,
-    /// centered-clipping, foolsgold (each with votes), or fedmesh (the recommended setting).
+    /// none (FedAvg, no votes), mean, median, trimmed-mean, winsorized-mean, krum, multi-krum,
+    /// centered-clipping, foolsgold (each with votes), or fedmesh (the recommended setting:
+    /// winsorized mean with votes).
     #[arg(long, default_value = "fedmesh")]
     defence: String,
     /// Members, each with its own MNIST shard.
