@@ -171,6 +171,8 @@ impl Config {
     }
 
     /// True if the member attacks in `round` (on-off schedule).
+    // `u64::is_multiple_of` needs Rust 1.87; the workspace supports 1.85.
+    #[allow(clippy::manual_is_multiple_of)]
     pub fn active_in(&self, round: u64) -> bool {
         self.kind != Kind::None && (self.every <= 1 || round % self.every == 0)
     }
@@ -182,7 +184,10 @@ impl Config {
 
     /// True if the attack needs the honest members' updates of the round.
     pub fn omniscient(&self) -> bool {
-        matches!(self.kind, Kind::Alie | Kind::Ipm | Kind::MinMax | Kind::MinSum)
+        matches!(
+            self.kind,
+            Kind::Alie | Kind::Ipm | Kind::MinMax | Kind::MinSum
+        )
     }
 
     /// True if the member trains at all when attacking (free riders and omniscient attackers
@@ -239,13 +244,18 @@ impl Config {
         rng: &mut R,
     ) -> Vec<f32> {
         let own_only = [own];
-        let honest = if honest.is_empty() { &own_only[..] } else { honest };
+        let honest = if honest.is_empty() {
+            &own_only[..]
+        } else {
+            honest
+        };
         match self.kind {
             Kind::None | Kind::LabelFlip => own.to_vec(),
             Kind::SignFlip => own.iter().map(|v| -self.scale * v).collect(),
             Kind::Scaling | Kind::Backdoor => own.iter().map(|v| self.scale * v).collect(),
             Kind::Gaussian | Kind::FreeRider => {
-                let normal = Normal::new(0.0f32, self.sigma).unwrap_or(Normal::new(0.0, 0.0).expect("σ = 0 is valid"));
+                let normal = Normal::new(0.0f32, self.sigma)
+                    .unwrap_or(Normal::new(0.0, 0.0).expect("σ = 0 is valid"));
                 (0..own.len()).map(|_| normal.sample(rng)).collect()
             }
             Kind::Ipm => {
@@ -311,7 +321,8 @@ fn normal_cdf(x: f64) -> f64 {
     let k = 1.0 / (1.0 + 0.327_591_1 * t);
     let poly = k
         * (0.254_829_592
-            + k * (-0.284_496_736 + k * (1.421_413_741 + k * (-1.453_152_027 + k * 1.061_405_429))));
+            + k * (-0.284_496_736
+                + k * (1.421_413_741 + k * (-1.453_152_027 + k * 1.061_405_429))));
     let erf = 1.0 - poly * (-t * t).exp();
     if x >= 0.0 {
         0.5 * (1.0 + erf)
@@ -359,8 +370,9 @@ fn min_max(honest: &[&[f32]], sum: bool) -> Vec<f32> {
             .map(|(m, s)| (m - gamma * s) as f32)
             .collect()
     };
+    use rayon::prelude::*;
     let pair: Vec<Vec<f64>> = honest
-        .iter()
+        .par_iter()
         .map(|a| honest.iter().map(|b| dist2(a, b)).collect())
         .collect();
     let bound = if sum {
@@ -371,11 +383,11 @@ fn min_max(honest: &[&[f32]], sum: bool) -> Vec<f32> {
         pair.iter().flatten().copied().fold(0.0, f64::max)
     };
     let within = |m: &[f32]| {
-        let d = honest.iter().map(|h| dist2(m, h));
+        let d: Vec<f64> = honest.par_iter().map(|h| dist2(m, h)).collect();
         if sum {
-            d.sum::<f64>() <= bound
+            d.iter().sum::<f64>() <= bound
         } else {
-            d.fold(0.0, f64::max) <= bound
+            d.iter().copied().fold(0.0, f64::max) <= bound
         }
     };
     let (mut gamma, mut step, mut best) = (10.0f64, 5.0f64, 0.0f64);
@@ -455,7 +467,10 @@ mod tests {
             scale: 10.0,
             ..Config::default()
         };
-        assert_eq!(sc.poison_update(&own, &[], 10, 2, &mut rng()), [10.0, -20.0]);
+        assert_eq!(
+            sc.poison_update(&own, &[], 10, 2, &mut rng()),
+            [10.0, -20.0]
+        );
         let (a, b) = ([1.0f32, 0.0], [3.0f32, 2.0]);
         let honest = [&a[..], &b[..]];
         let ipm = Config {
@@ -463,14 +478,20 @@ mod tests {
             epsilon: 0.5,
             ..Config::default()
         };
-        assert_eq!(ipm.poison_update(&own, &honest, 4, 1, &mut rng()), [-1.0, -0.5]);
+        assert_eq!(
+            ipm.poison_update(&own, &honest, 4, 1, &mut rng()),
+            [-1.0, -0.5]
+        );
         // Mean (2, 1), std (1, 1): z = 1.5 gives (0.5, −0.5).
         let alie = Config {
             kind: Kind::Alie,
             z: Some(1.5),
             ..Config::default()
         };
-        assert_eq!(alie.poison_update(&own, &honest, 4, 1, &mut rng()), [0.5, -0.5]);
+        assert_eq!(
+            alie.poison_update(&own, &honest, 4, 1, &mut rng()),
+            [0.5, -0.5]
+        );
         let noise = Config {
             kind: Kind::Gaussian,
             sigma: 2.0,
@@ -507,7 +528,11 @@ mod tests {
         // And it is pushed well away from the mean (γ > 0).
         let (mean, _) = mean_std(&honest);
         let mean: Vec<f32> = mean.iter().map(|m| *m as f32).collect();
-        assert!(dist2(&mm, &mean) > 0.1 * max_pair, "{} vs {max_pair}", dist2(&mm, &mean));
+        assert!(
+            dist2(&mm, &mean) > 0.1 * max_pair,
+            "{} vs {max_pair}",
+            dist2(&mm, &mean)
+        );
         let ms = min_max(&honest, true);
         let sum: f64 = honest.iter().map(|h| dist2(&ms, h)).sum();
         let bound = honest

@@ -139,8 +139,9 @@ struct PoisoningArgs {
     /// Share of the members that attack, in [0, 0.5).
     #[arg(long, default_value_t = 0.2)]
     fraction: f64,
-    /// none (FedAvg, no votes), mean, median, trimmed-mean, krum, multi-krum,
-    /// centered-clipping, foolsgold (each with votes), or fedmesh (the recommended setting).
+    /// none (FedAvg, no votes), mean, median, trimmed-mean, winsorized-mean, krum, multi-krum,
+    /// centered-clipping, foolsgold (each with votes), or fedmesh (the recommended setting:
+    /// winsorized mean with votes).
     #[arg(long, default_value = "fedmesh")]
     defence: String,
     /// Members, each with its own MNIST shard.
@@ -162,10 +163,18 @@ struct PoisoningArgs {
     #[arg(long)]
     matrix: bool,
     /// Matrix: attacks, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "label-flip,sign-flip,gaussian,scaling,alie,ipm,min-max,min-sum,backdoor,free-rider,on-off")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "label-flip,sign-flip,gaussian,scaling,alie,ipm,min-max,min-sum,backdoor,free-rider,on-off"
+    )]
     attacks: Vec<String>,
     /// Matrix: defences, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "none,median,trimmed-mean,krum,multi-krum,centered-clipping,foolsgold,fedmesh")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "none,median,krum,foolsgold,fedmesh"
+    )]
     defences: Vec<String>,
     /// Matrix: attacker fractions, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0.2")]
@@ -568,6 +577,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Drill {
             what: DrillWhat::Poisoning(a),
         } => {
+            drill::single_threaded_kernels();
             drill::poisoning(&drill::Poisoning {
                 attack: a.attack,
                 fraction: a.fraction,

@@ -425,7 +425,10 @@ mod tests {
         )
         .unwrap();
         let err = Node::load(&p, Flags::default()).unwrap_err().to_string();
-        assert!(err.contains("node.toml") && err.contains("attack.scale"), "{err}");
+        assert!(
+            err.contains("node.toml") && err.contains("attack.scale"),
+            "{err}"
+        );
     }
 
     #[test]

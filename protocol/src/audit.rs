@@ -360,7 +360,11 @@ impl Entry {
 impl Entry {
     /// Member signatures (distinct genesis members, each valid, at least the threshold) and the
     /// threshold BLS signature over the signing hash.
-    fn verify_signatures(&self, genesis: &Genesis, bls_set: &bls::PublicSet) -> Result<(), VerifyError> {
+    fn verify_signatures(
+        &self,
+        genesis: &Genesis,
+        bls_set: &bls::PublicSet,
+    ) -> Result<(), VerifyError> {
         let height = self.height;
         let msg = self.signing_hash();
         let mut seen = std::collections::BTreeSet::new();

@@ -307,6 +307,8 @@ pub enum RuleKind {
     Median,
     /// Coordinate-wise trimmed mean (`trim`).
     TrimmedMean,
+    /// Coordinate-wise winsorized, sample-weighted mean (`trim`).
+    WinsorizedMean,
     /// Krum: the most central single update (`attackers`).
     Krum,
     /// Multi-Krum: FedAvg of the `multi_krum` most central updates (`attackers`).
@@ -322,9 +324,11 @@ pub enum RuleKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RobustSpec {
-    /// `mean`, `median`, `trimmed_mean`, `krum`, `multi_krum`, `centered_clipping`, `foolsgold`.
+    /// `mean`, `median`, `trimmed_mean`, `winsorized_mean`, `krum`, `multi_krum`,
+    /// `centered_clipping`, `foolsgold`.
     pub rule: RuleKind,
-    /// Trimmed mean: fraction β of values cut at each end of every coordinate, in [0, 0.5).
+    /// Trimmed and winsorized mean: fraction β of values cut (or clamped) at each end of every
+    /// coordinate, in [0, 0.5).
     pub trim: f64,
     /// Krum and Multi-Krum: attackers f assumed among the round's updates; absent = a fifth of
     /// them (Krum needs at least f + 3 updates).
@@ -367,7 +371,7 @@ impl Default for RobustSpec {
             foolsgold_confidence: 1.0,
             votes: false,
             score_decay: 0.5,
-            score_threshold: 4.0,
+            score_threshold: 3.0,
             patience: 2,
             warmup_rounds: 1,
             quorum: 2.0 / 3.0,
@@ -384,6 +388,7 @@ impl RobustSpec {
             RuleKind::Mean => Rule::Mean,
             RuleKind::Median => Rule::Median,
             RuleKind::TrimmedMean => Rule::TrimmedMean { beta: self.trim },
+            RuleKind::WinsorizedMean => Rule::WinsorizedMean { beta: self.trim },
             RuleKind::Krum => Rule::Krum { f: self.attackers },
             RuleKind::MultiKrum => Rule::MultiKrum {
                 f: self.attackers,
@@ -401,12 +406,16 @@ impl RobustSpec {
 
     /// Check the ranges of every field.
     pub fn validate(&self) -> Result<(), GenesisError> {
-        let bad = |field: &'static str, problem: String| Err(GenesisError::Robust { field, problem });
+        let bad =
+            |field: &'static str, problem: String| Err(GenesisError::Robust { field, problem });
         if !(0.0..0.5).contains(&self.trim) {
             return bad("trim", format!("must be in [0, 0.5), found {}", self.trim));
         }
         if !(self.clip_radius.is_finite() && self.clip_radius >= 0.0) {
-            return bad("clip_radius", format!("must be ≥ 0, found {}", self.clip_radius));
+            return bad(
+                "clip_radius",
+                format!("must be ≥ 0, found {}", self.clip_radius),
+            );
         }
         if self.clip_iterations == 0 {
             return bad("clip_iterations", "must be at least 1".into());
@@ -418,7 +427,10 @@ impl RobustSpec {
             );
         }
         if !(self.score_decay > 0.0 && self.score_decay <= 1.0) {
-            return bad("score_decay", format!("must be in (0, 1], found {}", self.score_decay));
+            return bad(
+                "score_decay",
+                format!("must be in (0, 1], found {}", self.score_decay),
+            );
         }
         if !(self.score_threshold.is_finite() && self.score_threshold > 0.0) {
             return bad(
@@ -427,7 +439,10 @@ impl RobustSpec {
             );
         }
         if !(self.quorum > 0.0 && self.quorum <= 1.0) {
-            return bad("quorum", format!("must be in (0, 1], found {}", self.quorum));
+            return bad(
+                "quorum",
+                format!("must be in (0, 1], found {}", self.quorum),
+            );
         }
         if self.vote_expiry_rounds == 0 {
             return bad("vote_expiry_rounds", "must be at least 1".into());
@@ -1002,7 +1017,10 @@ pub(crate) mod tests {
         let text = g.to_toml();
         let start = text.find("[spec.robust]").expect("section written");
         let rest = &text[start + 1..];
-        let end = rest.find("\n[").map(|e| start + 1 + e + 1).unwrap_or(text.len());
+        let end = rest
+            .find("\n[")
+            .map(|e| start + 1 + e + 1)
+            .unwrap_or(text.len());
         let old = format!("{}{}", &text[..start], &text[end..]);
         let (back, _) = Genesis::parse(old.as_bytes()).unwrap();
         assert_eq!(back.spec.robust, RobustSpec::default());

@@ -69,10 +69,13 @@ impl SignedVote {
 
     /// Check the signature against the voter's key.
     pub fn verify(&self, genesis: Hash, key: &identity::PublicKey) -> Result<(), VoteError> {
-        key.verify(signing_hash(genesis, &self.vote).as_bytes(), &self.signature)
-            .map_err(|_| VoteError::Signature {
-                culprit: self.vote.voter,
-            })
+        key.verify(
+            signing_hash(genesis, &self.vote).as_bytes(),
+            &self.signature,
+        )
+        .map_err(|_| VoteError::Signature {
+            culprit: self.vote.voter,
+        })
     }
 }
 
@@ -168,7 +171,9 @@ pub enum VoteError {
     Duplicate { culprit: u32, target: u32 },
     #[error("vote of member {culprit} targets {target}, who is not an active member")]
     Target { culprit: u32, target: u32 },
-    #[error("vote of member {culprit} is from round {round}, expired or from the future at round {now}")]
+    #[error(
+        "vote of member {culprit} is from round {round}, expired or from the future at round {now}"
+    )]
     Stale { culprit: u32, round: u64, now: u64 },
     #[error("eviction record: {0}")]
     Record(String),
@@ -262,9 +267,10 @@ impl Tally {
     /// the target are in and how many are needed.
     pub fn count(&mut self, vote: &SignedVote, now: u64) -> Result<Outcome, VoteError> {
         let v = vote.vote;
-        let key = self.active.get(&v.voter).ok_or(VoteError::NotMember {
-            culprit: v.voter,
-        })?;
+        let key = self
+            .active
+            .get(&v.voter)
+            .ok_or(VoteError::NotMember { culprit: v.voter })?;
         vote.verify(self.genesis, key)?;
         if v.round > now || v.round + self.expiry <= now {
             return Err(VoteError::Stale {
@@ -365,7 +371,9 @@ mod tests {
     use super::*;
 
     fn keys(n: u8) -> Vec<identity::SecretKey> {
-        (1..=n).map(|i| identity::SecretKey::from_seed([i; 32])).collect()
+        (1..=n)
+            .map(|i| identity::SecretKey::from_seed([i; 32]))
+            .collect()
     }
 
     fn net() -> Hash {

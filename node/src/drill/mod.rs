@@ -26,7 +26,9 @@ use rand::SeedableRng;
 use serde::Serialize;
 
 use fedmesh_crypto::{identity, Hash};
-use fedmesh_protocol::genesis::{DataSource, DataSpec, ModelSpec, Partition, RobustSpec, RuleKind, TrainSpec};
+use fedmesh_protocol::genesis::{
+    DataSource, DataSpec, ModelSpec, Partition, RobustSpec, RuleKind, TrainSpec,
+};
 
 use crate::attack;
 use sim::{Run, RunSpec, World};
@@ -72,6 +74,7 @@ pub const DEFENCES: &[&str] = &[
     "mean",
     "median",
     "trimmed-mean",
+    "winsorized-mean",
     "krum",
     "multi-krum",
     "centered-clipping",
@@ -82,10 +85,14 @@ pub const DEFENCES: &[&str] = &[
 /// The attacks the issue calls naive: their detection must be near perfect.
 const NAIVE: &[&str] = &["label-flip", "sign-flip", "gaussian", "scaling"];
 
-/// The defence fedmesh recommends (and the drill measures as `fedmesh`): Multi-Krum with votes.
+/// The defence fedmesh recommends (and the drill measures as `fedmesh`): the coordinate-wise
+/// winsorized mean (β = 0.2) with eviction votes. On non-IID MNIST it stays within a few tenths
+/// of FedAvg's clean accuracy where Multi-Krum, the median and the trimmed mean lose a point or
+/// more, it keeps a backdoor's trigger weights where honest members leave them (centered
+/// clipping lets the backdoor through), and the votes remove what winsorizing only dampens.
 pub fn recommended() -> RobustSpec {
     RobustSpec {
-        rule: RuleKind::MultiKrum,
+        rule: RuleKind::WinsorizedMean,
         votes: true,
         ..RobustSpec::default()
     }
@@ -171,24 +178,28 @@ pub fn defence_spec(name: &str) -> anyhow::Result<RobustSpec> {
         "mean" => with(RuleKind::Mean),
         "median" => with(RuleKind::Median),
         "trimmed-mean" => with(RuleKind::TrimmedMean),
+        "winsorized-mean" => with(RuleKind::WinsorizedMean),
         "krum" => with(RuleKind::Krum),
         "multi-krum" => with(RuleKind::MultiKrum),
         "centered-clipping" => with(RuleKind::CenteredClipping),
         "foolsgold" => with(RuleKind::Foolsgold),
         "fedmesh" | "default" => recommended(),
-        other => anyhow::bail!(
-            "--defence {other:?} is not one of: {}",
-            DEFENCES.join(", ")
-        ),
+        other => anyhow::bail!("--defence {other:?} is not one of: {}", DEFENCES.join(", ")),
     })
 }
 
 impl Poisoning {
     fn check(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.members >= 4, "--members: at least 4 (scores compare a member with the others)");
+        anyhow::ensure!(
+            self.members >= 4,
+            "--members: at least 4 (scores compare a member with the others)"
+        );
         anyhow::ensure!(self.rounds >= 1, "--rounds: at least 1");
         for f in std::iter::once(&self.fraction).chain(&self.fractions) {
-            anyhow::ensure!((0.0..0.5).contains(f), "--fraction {f}: must be in [0, 0.5)");
+            anyhow::ensure!(
+                (0.0..0.5).contains(f),
+                "--fraction {f}: must be in [0, 0.5)"
+            );
         }
         if let Some(a) = self.non_iid {
             anyhow::ensure!(a > 0.0 && a.is_finite(), "--non-iid {a}: alpha must be > 0");
@@ -203,18 +214,21 @@ impl Poisoning {
     }
 }
 
+/// Make each member train on one thread (small matrices train fastest that way) while members
+/// train in parallel on the drill's pool: candle and the gemm kernels size their own parallelism
+/// from these variables. Call before anything starts threads (the process environment is not
+/// safe to change while other threads read it).
+pub fn single_threaded_kernels() {
+    for var in ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
+        if std::env::var_os(var).is_none() {
+            std::env::set_var(var, "1");
+        }
+    }
+}
+
 /// Run the drill: one scenario, or the matrix.
 pub fn poisoning(p: &Poisoning) -> anyhow::Result<()> {
     p.check()?;
-    // Each member trains on one thread (small matrices train fastest that way) and members train
-    // in parallel on a pool of `threads`; candle and the gemm kernels size their own parallelism
-    // from these variables, so set them before either starts.
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        std::env::set_var("RAYON_NUM_THREADS", "1");
-    }
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
     let threads = if p.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
@@ -253,7 +267,10 @@ fn build_world(p: &Poisoning) -> anyhow::Result<World> {
         .with_context(|| format!("loading {} for {} members", p.data.display(), p.members))?;
     let keys = (0..p.members)
         .map(|i| {
-            let seed = Hash::of("fedmesh drill key", &[p.seed.to_le_bytes(), u64::from(i).to_le_bytes()].concat());
+            let seed = Hash::of(
+                "fedmesh drill key",
+                &[p.seed.to_le_bytes(), u64::from(i).to_le_bytes()].concat(),
+            );
             identity::SecretKey::from_seed(seed.0)
         })
         .collect();
@@ -332,7 +349,11 @@ fn summarize(
         rounds_to_evict_all: if attackers.is_empty() {
             Some(0)
         } else {
-            evicted.iter().copied().collect::<Option<Vec<u64>>>().and_then(|v| v.into_iter().max())
+            evicted
+                .iter()
+                .copied()
+                .collect::<Option<Vec<u64>>>()
+                .and_then(|v| v.into_iter().max())
         },
         honest_evicted: run.honest_evicted(),
         clean_honest_evicted: clean.honest_evicted(),
@@ -394,7 +415,9 @@ fn single(p: &Poisoning, world: &World) -> anyhow::Result<()> {
         p.defence
     );
     let run = run_one(p, world, &attack, &robust, &attackers, false)?;
-    let summary = summarize(&p.attack, &p.defence, p.fraction, &attackers, &run, &clean, &fedavg);
+    let summary = summarize(
+        &p.attack, &p.defence, p.fraction, &attackers, &run, &clean, &fedavg,
+    );
     let report = SingleReport {
         attack: &p.attack,
         attack_config: &attack,
@@ -409,10 +432,19 @@ fn single(p: &Poisoning, world: &World) -> anyhow::Result<()> {
         clean: &clean,
         fedavg_clean: &fedavg,
     };
-    write(&p.out.join("report.json"), &serde_json::to_string_pretty(&report)?)?;
-    write(&p.out.join("accuracy.svg"), &accuracy_svg(p, &run, &clean, Some(&fedavg)))?;
+    write(
+        &p.out.join("report.json"),
+        &serde_json::to_string_pretty(&report)?,
+    )?;
+    write(
+        &p.out.join("accuracy.svg"),
+        &accuracy_svg(p, &run, &clean, Some(&fedavg)),
+    )?;
     write(&p.out.join("detection.svg"), &detection_svg(p, &run))?;
-    write(&p.out.join("report.md"), &single_markdown(p, &summary, &run, &clean, &fedavg))?;
+    write(
+        &p.out.join("report.md"),
+        &single_markdown(p, &summary, &run, &clean, &fedavg),
+    )?;
     eprintln!(
         "final accuracy {:.4} (clean {:.4}, FedAvg clean {:.4}); attackers evicted {}/{}; {:.1} s; report in {}",
         summary.final_accuracy,
@@ -472,7 +504,12 @@ fn accuracy_svg(p: &Poisoning, run: &Run, clean: &Run, fedavg: Option<&Run>) -> 
         });
     }
     svg::line_chart(
-        &format!("{} ({:.0} %), defence {}", p.attack, p.fraction * 100.0, p.defence),
+        &format!(
+            "{} ({:.0} %), defence {}",
+            p.attack,
+            p.fraction * 100.0,
+            p.defence
+        ),
         "round",
         "test accuracy",
         (1.0, p.rounds as f64),
@@ -483,7 +520,12 @@ fn accuracy_svg(p: &Poisoning, run: &Run, clean: &Run, fedavg: Option<&Run>) -> 
 
 fn detection_svg(p: &Poisoning, run: &Run) -> String {
     svg::line_chart(
-        &format!("detection: {} ({:.0} %), defence {}", p.attack, p.fraction * 100.0, p.defence),
+        &format!(
+            "detection: {} ({:.0} %), defence {}",
+            p.attack,
+            p.fraction * 100.0,
+            p.defence
+        ),
         "round",
         "rate",
         (1.0, p.rounds as f64),
@@ -544,7 +586,10 @@ fn single_markdown(p: &Poisoning, s: &Summary, run: &Run, clean: &Run, fedavg: &
         p.seed,
         command_line(p)
     );
-    let _ = writeln!(m, "| | attacked | clean (same defence) | clean FedAvg |\n|---|---|---|---|");
+    let _ = writeln!(
+        m,
+        "| | attacked | clean (same defence) | clean FedAvg |\n|---|---|---|---|"
+    );
     let _ = writeln!(
         m,
         "| final accuracy (%) | {} | {} | {} |",
@@ -589,12 +634,12 @@ fn single_markdown(p: &Poisoning, s: &Summary, run: &Run, clean: &Run, fedavg: &
     );
     let _ = writeln!(
         m,
-        "| round | accuracy | clean | attack success | active | attacking | TPR | FPR | evicted |\n|---|---|---|---|---|---|---|---|---|"
+        "| round | accuracy | clean | attack success | active | attacking | TPR | FPR | evicted | max honest score | min attacker score |\n|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for (r, c) in run.rounds.iter().zip(&clean.rounds) {
         let _ = writeln!(
             m,
-            "| {} | {} | {} | {} | {} | {} | {} | {:.3} | {:?} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.3} | {:?} | {:.2} | {} |",
             r.round,
             pct(r.accuracy),
             pct(c.accuracy),
@@ -603,7 +648,9 @@ fn single_markdown(p: &Poisoning, s: &Summary, run: &Run, clean: &Run, fedavg: &
             r.attacking,
             opt(r.tpr.map(|t| format!("{t:.3}"))),
             r.fpr,
-            r.evicted
+            r.evicted,
+            r.max_honest_score,
+            opt(r.min_attacker_score.map(|v| format!("{v:.2}")))
         );
     }
     m
@@ -723,28 +770,35 @@ fn matrix(p: &Poisoning, world: &World) -> anyhow::Result<()> {
                     matrix: false,
                     ..p.clone()
                 };
-                write(&dir.join("accuracy.svg"), &accuracy_svg(&sub, &run, clean, Some(&fedavg)))?;
+                write(
+                    &dir.join("accuracy.svg"),
+                    &accuracy_svg(&sub, &run, clean, Some(&fedavg)),
+                )?;
                 write(&dir.join("detection.svg"), &detection_svg(&sub, &run))?;
-                write(&dir.join("report.md"), &single_markdown(&sub, &s, &run, clean, &fedavg))?;
+                write(
+                    &dir.join("report.md"),
+                    &single_markdown(&sub, &s, &run, clean, &fedavg),
+                )?;
                 rows.push(s);
             }
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    let clean_summaries: BTreeMap<String, CleanSummary> = std::iter::once(("fedavg (none)".to_string(), &fedavg))
-        .chain(cleans.iter().map(|(k, v)| (k.clone(), v)))
-        .map(|(k, r)| {
-            (
-                k,
-                CleanSummary {
-                    final_accuracy: r.final_accuracy(),
-                    worst_last5: r.worst_of_last(5),
-                    honest_evicted: r.evictions.iter().map(|e| e.member).collect(),
-                    max_fpr: r.detection_after(3).1,
-                },
-            )
-        })
-        .collect();
+    let clean_summaries: BTreeMap<String, CleanSummary> =
+        std::iter::once(("fedavg (none)".to_string(), &fedavg))
+            .chain(cleans.iter().map(|(k, v)| (k.clone(), v)))
+            .map(|(k, r)| {
+                (
+                    k,
+                    CleanSummary {
+                        final_accuracy: r.final_accuracy(),
+                        worst_last5: r.worst_of_last(5),
+                        honest_evicted: r.evictions.iter().map(|e| e.member).collect(),
+                        max_fpr: r.detection_after(3).1,
+                    },
+                )
+            })
+            .collect();
     let report = MatrixReport {
         members: p.members,
         rounds: p.rounds,
@@ -754,11 +808,17 @@ fn matrix(p: &Poisoning, world: &World) -> anyhow::Result<()> {
         clean: clean_summaries.clone(),
         scenarios: &rows,
     };
-    write(&p.out.join("matrix.json"), &serde_json::to_string_pretty(&report)?)?;
+    write(
+        &p.out.join("matrix.json"),
+        &serde_json::to_string_pretty(&report)?,
+    )?;
     let md = matrix_markdown(p, &rows, &clean_summaries, seconds);
     write(&p.out.join("matrix.md"), &md)?;
     write(&p.out.join("report.md"), &md)?;
-    eprintln!("matrix done in {seconds:.0} s; summary in {}", p.out.join("matrix.md").display());
+    eprintln!(
+        "matrix done in {seconds:.0} s; summary in {}",
+        p.out.join("matrix.md").display()
+    );
     Ok(())
 }
 
@@ -832,7 +892,10 @@ fn targets(rows: &[Summary], cleans: &BTreeMap<String, CleanSummary>) -> String 
     };
     line(
         clean.honest_evicted.is_empty(),
-        format!("clean run: honest members evicted {:?}", clean.honest_evicted),
+        format!(
+            "clean run: honest members evicted {:?}",
+            clean.honest_evicted
+        ),
     );
     let gap = (clean.final_accuracy - fedavg.final_accuracy) * 100.0;
     line(
@@ -846,7 +909,10 @@ fn targets(rows: &[Summary], cleans: &BTreeMap<String, CleanSummary>) -> String 
     for a in NAIVE {
         if let Some(s) = ours(a) {
             let d = (s.final_accuracy - s.clean_accuracy) * 100.0;
-            line(d >= -2.0, format!("{a}: final accuracy ≥ clean − 2: {d:+.2} points"));
+            line(
+                d >= -2.0,
+                format!("{a}: final accuracy ≥ clean − 2: {d:+.2} points"),
+            );
             line(
                 s.rounds_to_evict_all.is_some_and(|r| r <= 10),
                 format!(
@@ -869,12 +935,18 @@ fn targets(rows: &[Summary], cleans: &BTreeMap<String, CleanSummary>) -> String 
     for a in ["alie", "ipm"] {
         if let Some(s) = ours(a) {
             let d = (s.final_accuracy - s.clean_accuracy) * 100.0;
-            line(d >= -5.0, format!("{a}: final accuracy ≥ clean − 5: {d:+.2} points"));
+            line(
+                d >= -5.0,
+                format!("{a}: final accuracy ≥ clean − 5: {d:+.2} points"),
+            );
         }
     }
     if let Some(s) = ours("backdoor") {
         let asr = s.attack_success.unwrap_or(1.0) * 100.0;
-        line(asr <= 5.0, format!("backdoor: attack success ≤ 5 %: {asr:.2} %"));
+        line(
+            asr <= 5.0,
+            format!("backdoor: attack success ≤ 5 %: {asr:.2} %"),
+        );
     }
     m
 }

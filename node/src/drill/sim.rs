@@ -68,6 +68,10 @@ pub struct RoundStat {
     pub fpr: f64,
     /// Members evicted by the votes of this round (out from the next round).
     pub evicted: Vec<u32>,
+    /// Highest EWMA score of an honest member this round.
+    pub max_honest_score: f64,
+    /// Lowest EWMA score of an active attacker this round (None if none is active).
+    pub min_attacker_score: Option<f64>,
 }
 
 /// An eviction.
@@ -184,7 +188,8 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
     let poisoned: Vec<Option<Dataset>> = (0..n as u32)
         .map(|m| match attack {
             Some(a) if a.poisons_data() && attackers.contains(&m) => {
-                let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(derive(spec.seed, "poison", 0, m));
+                let mut rng =
+                    rand_chacha::ChaCha20Rng::seed_from_u64(derive(spec.seed, "poison", 0, m));
                 Some(a.poison_data(&world.shards[m as usize], &mut rng))
             }
             _ => None,
@@ -259,12 +264,17 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
                 }
                 if a.omniscient() {
                     if shared.is_none() {
-                        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(derive(spec.seed, "attack", round, 0));
-                        shared = Some(a.poison_update(delta, &honest_refs, members.len(), f, &mut rng));
+                        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(derive(
+                            spec.seed, "attack", round, 0,
+                        ));
+                        shared =
+                            Some(a.poison_update(delta, &honest_refs, members.len(), f, &mut rng));
                     }
                     *delta = shared.clone().expect("set above");
                 } else {
-                    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(derive(spec.seed, "attack", round, *m));
+                    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(derive(
+                        spec.seed, "attack", round, *m,
+                    ));
                     *delta = a.poison_update(delta, &honest_refs, members.len(), f, &mut rng);
                 }
             }
@@ -287,12 +297,42 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
         // 4. Score everyone against the aggregate; honest members vote on persistent outliers.
         let scores = score::round_scores(&inputs, &agg.update);
         history.record(round, &scores, robust.score_decay, robust.score_threshold);
+        if std::env::var_os("FEDMESH_DRILL_TRACE").is_some() {
+            for sc in &scores {
+                let d = sc.deviations;
+                eprintln!(
+                    "trace round {round} member {} {} rows {} dist {:.1} cos {:.1} norm {:.1} sim {:.1} score {:.1} ewma {:.1}",
+                    sc.member,
+                    if is_attacker(sc.member) { "ATTACKER" } else { "honest" },
+                    world.shards[sc.member as usize].len(),
+                    d.distance,
+                    d.cosine,
+                    d.norm,
+                    d.similarity,
+                    sc.score,
+                    history.peers[&sc.member].ewma
+                );
+            }
+        }
         let flagged: BTreeSet<u32> = history
             .peers
             .iter()
             .filter(|(m, p)| active.contains(m) && p.ewma > robust.score_threshold)
             .map(|(m, _)| *m)
             .collect();
+        let is_bad = |m: &u32| attack.is_some() && attackers.contains(m);
+        let max_honest_score = history
+            .peers
+            .iter()
+            .filter(|(m, _)| !is_bad(m))
+            .map(|(_, p)| p.ewma)
+            .fold(0.0, f64::max);
+        let min_attacker_score = history
+            .peers
+            .iter()
+            .filter(|(m, _)| is_bad(m))
+            .map(|(_, p)| p.ewma)
+            .reduce(f64::min);
         let mut evicted_now = Vec::new();
         if robust.votes {
             tally.expire(round);
@@ -308,8 +348,15 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
                     .collect();
                 for (target, ewma) in suspects {
                     // Attackers do not vote (they cannot reach a quorum without honest votes).
-                    for &voter in members.iter().filter(|m| !attackers.contains(m) || attack.is_none()) {
-                        if voter == target || tally.has_voted(voter, target) || !tally.is_active(target) {
+                    for &voter in members
+                        .iter()
+                        .filter(|m| !attackers.contains(m) || attack.is_none())
+                    {
+                        if voter == target
+                            || !tally.is_active(voter)
+                            || !tally.is_active(target)
+                            || tally.has_voted(voter, target)
+                        {
                             continue;
                         }
                         let vote = Vote {
@@ -319,7 +366,8 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
                             score: ewma as f32,
                             evidence: evidence.get(&target).copied().unwrap_or(Hash::ZERO),
                         };
-                        let signed = SignedVote::sign(world.network, vote, &world.keys[voter as usize]);
+                        let signed =
+                            SignedVote::sign(world.network, vote, &world.keys[voter as usize]);
                         if let Outcome::Evicted(rec) = tally.add(&signed, round)? {
                             evicted_now.push(rec.target);
                             out.evictions.push(Eviction {
@@ -358,6 +406,8 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
             tpr,
             fpr: honest_caught as f64 / honest_den.max(1) as f64,
             evicted: evicted_now,
+            max_honest_score,
+            min_attacker_score,
         });
     }
     out.seconds = started.elapsed().as_secs_f64();

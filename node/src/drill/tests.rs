@@ -1,7 +1,10 @@
 use super::*;
 
 fn mnist() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/mnist_5k.csv.gz"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/mnist_5k.csv.gz"
+    ))
 }
 
 fn small(out: &Path) -> Poisoning {
@@ -36,7 +39,10 @@ fn sign_flipper_is_evicted_under_krum_and_the_report_is_written() {
     assert_eq!(s["attackers"].as_array().unwrap().len(), 1);
     assert_eq!(s["evicted_attackers"], 1, "{s}");
     assert!(s["honest_evicted"].as_array().unwrap().is_empty(), "{s}");
-    assert!(s["clean_honest_evicted"].as_array().unwrap().is_empty(), "{s}");
+    assert!(
+        s["clean_honest_evicted"].as_array().unwrap().is_empty(),
+        "{s}"
+    );
     // Evicted members leave the member set: the last round aggregated 5 members.
     let rounds = json["attacked"]["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 4);
@@ -72,7 +78,10 @@ fn matrix_writes_one_table() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("matrix.json")).unwrap())
             .unwrap();
     assert_eq!(json["scenarios"].as_array().unwrap().len(), 4);
-    assert!(dir.path().join("runs/alie-fedmesh-20/accuracy.svg").exists());
+    assert!(dir
+        .path()
+        .join("runs/alie-fedmesh-20/accuracy.svg")
+        .exists());
 }
 
 #[test]
@@ -81,10 +90,16 @@ fn bad_flags_are_refused_with_the_flag_named() {
     let mut p = small(dir.path());
     p.attack = "nuke".into();
     let err = poisoning(&p).unwrap_err().to_string();
-    assert!(err.contains("--attack") && err.contains("sign-flip"), "{err}");
+    assert!(
+        err.contains("--attack") && err.contains("sign-flip"),
+        "{err}"
+    );
     let mut p = small(dir.path());
     p.fraction = 0.7;
-    assert!(poisoning(&p).unwrap_err().to_string().contains("--fraction"));
+    assert!(poisoning(&p)
+        .unwrap_err()
+        .to_string()
+        .contains("--fraction"));
     let mut p = small(dir.path());
     p.defence = "wall".into();
     assert!(poisoning(&p).unwrap_err().to_string().contains("--defence"));

@@ -2,17 +2,20 @@
 //! the other members, and a per-member EWMA history of that.
 //!
 //! Four features per member and round ([`Features`]):
-//! - `distance`: ‖xᵢ − agg‖, large for noise, scaling and sign flips;
-//! - `cosine`: cos(xᵢ, agg), low or negative for sign flips, IPM, label flips and free riders;
-//! - `norm`: ‖xᵢ‖, large for scaling and boosted backdoors;
-//! - `max_similarity`: maxⱼ cos(xᵢ, xⱼ), close to 1 for colluding clones (ALIE, IPM, min-max all
-//!   send one vector), where honest non-IID members differ.
+//! - `distance`: ‖xᵢ − agg‖ (reported, not scored: on non-IID data it mostly tracks shard size);
+//! - `cosine`: cos(xᵢ, agg), low or negative for sign flips, IPM, label flips, noise and free
+//!   riders;
+//! - `norm`: ‖xᵢ‖, far off for scaling, boosted backdoors and free riders;
+//! - `max_similarity`: maxⱼ cos(xᵢ, xⱼ), 1 for colluding clones (ALIE, IPM, min-max all send
+//!   one vector), where honest non-IID members differ.
 //!
-//! Each feature becomes a robust z-score over the round's members (median and MAD, pointing the
-//! way that is suspicious; the norm counts only upward so that a small honest shard is not
-//! flagged), and the round score is the largest of the four, capped at [`CAP`]. [`History`] keeps
-//! an EWMA of the round scores per member; a node votes against a member whose EWMA stays over
-//! the genesis threshold.
+//! Each feature becomes a robust z-score over the round's members (median and 1.4826·MAD, with a
+//! floor on the spread), pointing the way that is suspicious: the cosine downwards; the norm on a
+//! log scale and both ways (a tenfold update and an empty one are both odd, while shard sizes
+//! only move honest norms by small factors); the similarity as −ln(1 − maxcos), so that exact
+//! clones stand out by orders of magnitude. The round score is the largest of those three,
+//! capped at [`CAP`]. [`History`] keeps an EWMA of the round scores per member; a node votes
+//! against a member whose EWMA stays over the genesis threshold.
 
 use std::collections::BTreeMap;
 
@@ -24,6 +27,20 @@ use crate::crypto::{hash::Hasher, Hash};
 
 /// Largest round score: one wild round must not keep a member's EWMA high forever.
 pub const CAP: f64 = 50.0;
+
+/// 1 − cos below this counts as an exact clone (f32 updates that are equal up to rounding).
+pub const CLONE_GAP: f64 = 1e-6;
+
+/// Smallest spread of the cosines: members agreeing to within a few hundredths are not outliers.
+pub const FLOOR_COSINE: f64 = 0.05;
+
+/// Smallest spread of ln ‖xᵢ‖: a z of 1 is at least a factor e^0.5 ≈ 1.65 in norm, so a member
+/// whose shard makes its update twice the usual size scores under 1.5 while a tenfold update
+/// scores over 4.5.
+pub const FLOOR_LOG_NORM: f64 = 0.5;
+
+/// Smallest spread of −ln(1 − maxcos): a z of 1 is at least a factor e in 1 − maxcos.
+pub const FLOOR_SIMILARITY: f64 = 1.0;
 
 /// Fewest inputs for which scores mean anything (median and MAD of fewer say nothing).
 pub const MIN_INPUTS: usize = 4;
@@ -41,7 +58,8 @@ pub struct Features {
     pub max_similarity: f64,
 }
 
-/// Robust z-scores of the features, each signed so that larger is more suspicious.
+/// Robust z-scores of the features, each signed so that larger is more suspicious (the norm's is
+/// of its logarithm and absolute; the similarity's is of −ln(1 − maxcos)).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Deviations {
     pub distance: f64,
@@ -56,7 +74,7 @@ pub struct PeerScore {
     pub member: u32,
     pub features: Features,
     pub deviations: Deviations,
-    /// max(0, deviations…), capped at [`CAP`].
+    /// max(0, cosine, norm, similarity deviations), capped at [`CAP`].
     pub score: f64,
 }
 
@@ -79,14 +97,12 @@ impl PeerScore {
     }
 }
 
-/// Robust z-scores of `v` (median, 1.4826·MAD), with a floor on the spread so that near-identical
-/// values do not turn rounding noise into huge scores.
-fn robust_z(v: &[f64], relative_floor: f64) -> Vec<f64> {
+/// Robust z-scores of `v` (median, 1.4826·MAD), with a floor on the spread so that members that
+/// happen to agree closely in one round do not turn small honest differences into huge scores.
+fn robust_z(v: &[f64], floor: f64) -> Vec<f64> {
     let med = linalg::median_f64(v);
     let dev: Vec<f64> = v.iter().map(|x| (x - med).abs()).collect();
-    let spread = (1.4826 * linalg::median_f64(&dev))
-        .max(relative_floor * med.abs())
-        .max(1e-12);
+    let spread = (1.4826 * linalg::median_f64(&dev)).max(floor).max(1e-12);
     v.iter().map(|x| (x - med) / spread).collect()
 }
 
@@ -132,10 +148,14 @@ pub fn round_scores(inputs: &[Input], aggregate: &[f32]) -> Vec<PeerScore> {
             .collect();
     }
     let col = |f: fn(&Features) -> f64| features.iter().map(f).collect::<Vec<_>>();
-    let zd = robust_z(&col(|f| f.distance), 0.05);
-    let zc = robust_z(&col(|f| f.cosine), 0.02);
-    let zn = robust_z(&col(|f| f.norm), 0.05);
-    let zs = robust_z(&col(|f| f.max_similarity), 0.02);
+    let distances = col(|f| f.distance);
+    let zd = robust_z(&distances, 0.05 * linalg::median_f64(&distances));
+    let zc = robust_z(&col(|f| f.cosine), FLOOR_COSINE);
+    let zn = robust_z(&col(|f| f.norm.max(1e-12).ln()), FLOOR_LOG_NORM);
+    let zs = robust_z(
+        &col(|f| -(1.0 - f.max_similarity).max(CLONE_GAP).ln()),
+        FLOOR_SIMILARITY,
+    );
     inputs
         .iter()
         .enumerate()
@@ -143,18 +163,13 @@ pub fn round_scores(inputs: &[Input], aggregate: &[f32]) -> Vec<PeerScore> {
             let deviations = Deviations {
                 distance: zd[i],
                 cosine: -zc[i],
-                norm: zn[i],
+                norm: zn[i].abs(),
                 similarity: zs[i],
             };
-            let score = [
-                deviations.distance,
-                deviations.cosine,
-                deviations.norm,
-                deviations.similarity,
-            ]
-            .into_iter()
-            .fold(0.0, f64::max)
-            .min(CAP);
+            let score = [deviations.cosine, deviations.norm, deviations.similarity]
+                .into_iter()
+                .fold(0.0, f64::max)
+                .min(CAP);
             PeerScore {
                 member: inp.member,
                 features: features[i],

@@ -32,7 +32,10 @@ fn mean_weights_by_samples() {
 
 #[test]
 fn median_odd_and_even() {
-    assert_eq!(run(Rule::Median, &scalars(&[5.0, -1.0, 100.0])).update, [5.0]);
+    assert_eq!(
+        run(Rule::Median, &scalars(&[5.0, -1.0, 100.0])).update,
+        [5.0]
+    );
     assert_eq!(
         run(Rule::Median, &scalars(&[5.0, -1.0, 100.0, 1.0])).update,
         [3.0]
@@ -59,6 +62,35 @@ fn trimmed_mean_drops_both_tails() {
     )
     .unwrap_err();
     assert!(matches!(err, AggregateError::Parameter { .. }), "{err}");
+}
+
+#[test]
+fn winsorized_mean_clamps_the_tails_and_keeps_weights() {
+    // β = 0.2 of 5: values clamped to [2nd smallest, 2nd largest] = [1, 3].
+    let xs = scalars(&[1.0, 2.0, 3.0, -1000.0, 1000.0]);
+    assert_eq!(
+        run(Rule::WinsorizedMean { beta: 0.2 }, &xs).update,
+        [(1.0 + 2.0 + 3.0 + 1.0 + 3.0) / 5.0]
+    );
+    // Sample weights count: 3 rows at 0, 1 row at 4 → 1.
+    let (a, b, c, d, e) = ([0.0f32], [4.0f32], [0.0f32], [0.0f32], [4.0f32]);
+    let inputs = [
+        Input::new(0, &a, 3),
+        Input::new(1, &b, 1),
+        Input::new(2, &c, 0),
+        Input::new(3, &d, 0),
+        Input::new(4, &e, 0),
+    ];
+    let out = aggregate(
+        &Rule::WinsorizedMean { beta: 0.2 },
+        &inputs,
+        &mut State::default(),
+    )
+    .unwrap();
+    assert_eq!(out.update, [1.0]);
+    // A coordinate that every honest member leaves at 0 stays at 0 whatever a minority sends.
+    let xs = scalars(&[0.0, 0.0, 0.0, 9.0, 9.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    assert_eq!(run(Rule::WinsorizedMean { beta: 0.2 }, &xs).update, [0.0]);
 }
 
 #[test]
@@ -246,7 +278,10 @@ fn population(len: usize, attack: impl Fn(&[f32]) -> Vec<f32>) -> Vec<Vec<f32>> 
 fn robust_rules_resist_sign_flips_where_the_mean_does_not() {
     let len = 1000;
     let xs = population(len, |b| b.iter().map(|v| -10.0 * v).collect());
-    let honest = linalg::weighted_mean(&xs[..16].iter().map(|x| &x[..]).collect::<Vec<_>>(), &[1.0; 16]);
+    let honest = linalg::weighted_mean(
+        &xs[..16].iter().map(|x| &x[..]).collect::<Vec<_>>(),
+        &[1.0; 16],
+    );
     let cos = |v: &[f32]| {
         linalg::cosine(
             linalg::dot(v, &honest),
@@ -258,6 +293,7 @@ fn robust_rules_resist_sign_flips_where_the_mean_does_not() {
     for rule in [
         Rule::Median,
         Rule::TrimmedMean { beta: 0.25 },
+        Rule::WinsorizedMean { beta: 0.25 },
         Rule::Krum { f: None },
         Rule::MultiKrum { f: None, m: None },
         Rule::CenteredClipping {
@@ -279,6 +315,7 @@ fn twenty_members_of_100k_values() {
         Rule::Mean,
         Rule::Median,
         Rule::TrimmedMean { beta: 0.2 },
+        Rule::WinsorizedMean { beta: 0.2 },
         Rule::Krum { f: None },
         Rule::MultiKrum { f: None, m: None },
         Rule::CenteredClipping {
@@ -298,11 +335,11 @@ fn twenty_members_of_100k_values() {
 fn scores_single_out_flips_clones_and_scaling() {
     let len = 500;
     let mut xs = population(len, |b| b.iter().map(|v| -v).collect());
-    // Member 19: scaled honest-looking update instead of a flip.
+    // Member 19: the honest mean scaled twentyfold instead of a flip.
     let honest: Vec<&[f32]> = xs[..16].iter().map(|x| &x[..]).collect();
     xs[19] = linalg::weighted_mean(&honest, &[1.0; 16])
         .iter()
-        .map(|v| v * 8.0)
+        .map(|v| v * 20.0)
         .collect();
     let agg = run(Rule::Median, &xs).update;
     let s = score::round_scores(&inputs(&xs), &agg);
@@ -311,9 +348,16 @@ fn scores_single_out_flips_clones_and_scaling() {
     }
     for p in &s[16..19] {
         // Sign flipped clones: low cosine and identical to each other.
-        assert!(p.deviations.cosine > 5.0 && p.deviations.similarity > 5.0, "{p:?}");
+        assert!(
+            p.deviations.cosine > 5.0 && p.deviations.similarity > 5.0,
+            "{p:?}"
+        );
     }
-    assert!(s[19].deviations.norm > 5.0 && s[19].score > 5.0, "{:?}", s[19]);
+    assert!(
+        s[19].deviations.norm > 5.0 && s[19].score > 5.0,
+        "{:?}",
+        s[19]
+    );
     assert_ne!(s[0].evidence(3), s[0].evidence(4));
 }
 
@@ -370,7 +414,7 @@ proptest! {
     ) {
         let lo: Vec<f32> = (0..3).map(|k| cols.iter().map(|x| x[k]).fold(f32::INFINITY, f32::min)).collect();
         let hi: Vec<f32> = (0..3).map(|k| cols.iter().map(|x| x[k]).fold(f32::NEG_INFINITY, f32::max)).collect();
-        for rule in [Rule::Median, Rule::TrimmedMean { beta: 0.2 }, Rule::CenteredClipping { radius: 0.0, iterations: 2 }] {
+        for rule in [Rule::Median, Rule::TrimmedMean { beta: 0.2 }, Rule::WinsorizedMean { beta: 0.2 }, Rule::CenteredClipping { radius: 0.0, iterations: 2 }] {
             let out = run(rule, &cols).update;
             for k in 0..3 {
                 prop_assert!(out[k] >= lo[k] - 1e-3 && out[k] <= hi[k] + 1e-3);
