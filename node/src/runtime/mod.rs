@@ -1122,7 +1122,7 @@ impl Runtime {
         let votes = self.score_round(&record, &params);
         let evicted = self
             .defence
-            .committed(&self.ctx.genesis, entry.height, &record);
+            .committed(&self.ctx.genesis, &self.store, entry.height, &record);
         self.head = entry;
         self.last = Some(record);
         self.global = params;
@@ -1165,7 +1165,7 @@ impl Runtime {
         let signed =
             fedmesh_protocol::votes::SignedVote::sign(self.ctx.genesis_hash, vote, &self.ctx.keys.identity);
         let round = self.next_round();
-        if let Err(e) = self.defence.count(&signed, round) {
+        if let Err(e) = self.defence.count(&self.store, &signed, round) {
             tracing::warn!(error = %e, "own vote not counted");
             return;
         }
@@ -1415,7 +1415,7 @@ impl Runtime {
             tracing::warn!(sender, "refused a vote (votes are off here, or it is not the sender's own)");
             return Verdict::Reject;
         }
-        match self.defence.count(v, round) {
+        match self.defence.count(&self.store, v, round) {
             Ok(Outcome::Counted { votes, needed }) => {
                 tracing::info!(voter = sender, target = v.vote.target, votes, needed, "eviction vote counted");
                 Verdict::Accept
