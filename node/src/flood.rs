@@ -89,7 +89,7 @@ fn sybil(
             .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
     gossip.subscribe(topic)?;
     let rpc = request_response::Behaviour::with_codec(
-        Codec::default(),
+        Codec,
         [(StreamProtocol::new("/fedmesh/rpc/1"), ProtocolSupport::Full)],
         request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
     );
@@ -174,7 +174,7 @@ pub async fn run(opts: Options<'_>) -> anyhow::Result<Report> {
                 for (i, s) in sybils.iter_mut().enumerate() {
                     // Claim a member's index (a forged signature) or one past the members.
                     let sender = if i % 2 == 0 { (i as u32) % members } else { members + i as u32 };
-                    let payload = if round % 2 == 0 {
+                    let payload = if round.is_multiple_of(2) {
                         Payload::Update(Update {
                             base_model: genesis.initial_model,
                             num_samples: 1000,

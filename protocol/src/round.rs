@@ -240,6 +240,8 @@ impl Round {
     }
 
     /// The record a coordinator proposes for the updates it holds.
+    // Each argument is one field of the record; a builder would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub fn propose(
         &self,
         attempt: u32,
