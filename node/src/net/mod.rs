@@ -217,7 +217,7 @@ pub fn start(
         .context("subscribing to the network topic")?;
 
     let rpc = request_response::Behaviour::with_codec(
-        Codec::default(),
+        Codec,
         [(StreamProtocol::new("/fedmesh/rpc/1"), ProtocolSupport::Full)],
         request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
     );
