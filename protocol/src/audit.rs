@@ -585,6 +585,39 @@ mod tests {
         }
     }
 
+    /// A mode-paillier record must carry a summary with exactly `threshold` distinct decryptors,
+    /// none of them rejected; other modes must carry none.
+    #[test]
+    fn paillier_summary_is_checked_on_its_own() {
+        let (mut g, _, _) = sample(4);
+        g.spec.mode = Mode::Paillier;
+        let mut r = record(1, g.initial_model);
+        r.mode = Mode::Paillier;
+        assert!(check_paillier(&g, &r).unwrap_err().contains("has none"));
+        let good = PaillierSummary {
+            sum_hash: Hash::of("sum", b""),
+            decryptors: vec![0, 1, 3],
+            rejected: vec![2],
+            clipped: 0,
+        };
+        r.paillier = Some(good.clone());
+        check_paillier(&g, &r).unwrap();
+        let bad = |f: &dyn Fn(&mut PaillierSummary)| {
+            let mut r = r.clone();
+            f(r.paillier.as_mut().unwrap());
+            check_paillier(&g, &r).unwrap_err()
+        };
+        assert!(bad(&|s| s.decryptors = vec![0, 1]).contains("exactly 3"));
+        assert!(bad(&|s| s.decryptors = vec![0, 1, 1]).contains("exactly 3"));
+        assert!(bad(&|s| s.decryptors = vec![3, 1, 0]).contains("sorted"));
+        assert!(bad(&|s| s.decryptors = vec![0, 1, 9]).contains("not in the genesis"));
+        assert!(bad(&|s| s.rejected = vec![1]).contains("both"));
+        assert!(bad(&|s| s.rejected = vec![2, 2]).contains("distinct"));
+        let mut plain = record(1, g.initial_model);
+        plain.paillier = Some(good);
+        assert!(check_paillier(&g, &plain).unwrap_err().contains("mode-plain"));
+    }
+
     #[test]
     fn signed_entry_verifies_and_tampering_is_caught() {
         let (g, keys, shares) = sample(4);

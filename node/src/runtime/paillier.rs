@@ -616,6 +616,10 @@ impl Runtime {
             Done::Encrypted { result, .. } => match result {
                 Ok(msg) => {
                     pr.on_update(msg.clone());
+                    // Refill for the next round while this one waits for the others.
+                    if let Some(setup) = self.ctx.paillier.as_ref() {
+                        setup.fill_pool(setup.packer.plaintexts_for(pr.params.len));
+                    }
                     self.publish_paillier(PaillierMsg::Update(msg)).await;
                 }
                 Err(e) => tracing::error!(round, error = %e, "paillier: cannot encrypt the update; this member sits the round out"),
