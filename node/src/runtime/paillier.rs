@@ -501,6 +501,15 @@ pub fn encrypt(ctx: &Arc<Context>, round: &Round, delta: Vec<f32>, work: mpsc::S
     let (ctx, params, r) = (ctx.clone(), round.params.clone(), round.round);
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
+        // A fill still running computes the same values the encryption would: wait for it rather
+        // than compute them twice (bounded: the fill makes progress on all cores).
+        let need = setup.packer.plaintexts_for(params.len);
+        while setup.filling.load(Ordering::Acquire)
+            && setup.pool.len() < need
+            && started.elapsed() < Duration::from_secs(600)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let values = weighted(
             &delta,
             ctx.data.train.len() as u64,
@@ -813,7 +822,17 @@ impl Runtime {
             return;
         };
         let Some(formed) = pr.formed.as_ref() else {
-            return; // not formed here yet
+            // Not formed here yet. If the coordinator's announcement never arrived, the proposal
+            // (from the same coordinator) names the same sum: form it from that.
+            if pr.wanted.is_none() {
+                pr.wanted = Some(Close {
+                    round: pr.round,
+                    contributors: p.record.participants.iter().map(|c| c.member).collect(),
+                    sum_hash: s.sum_hash,
+                });
+                pr.try_form();
+            }
+            return;
         };
         let participants: Vec<u32> = p.record.participants.iter().map(|c| c.member).collect();
         let refuse = |why: &str| {
