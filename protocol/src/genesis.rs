@@ -92,7 +92,7 @@ impl Default for PaillierSpec {
             threshold: 0,
             clip: 0.5,
             value_bits: 16,
-            phase_timeout_ms: 60_000,
+            phase_timeout_ms: 120_000,
         }
     }
 }

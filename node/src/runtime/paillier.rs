@@ -824,13 +824,13 @@ impl Runtime {
         let Some(formed) = pr.formed.as_ref() else {
             // Not formed here yet. If the coordinator's announcement never arrived, the proposal
             // (from the same coordinator) names the same sum: form it from that.
-            if pr.wanted.is_none() {
-                pr.wanted = Some(Close {
+            if pr.wanted.is_none() && !pr.forming {
+                let close = Close {
                     round: pr.round,
                     contributors: p.record.participants.iter().map(|c| c.member).collect(),
                     sum_hash: s.sum_hash,
-                });
-                pr.try_form();
+                };
+                pr.on_close(proposer, close);
             }
             return;
         };
