@@ -555,7 +555,9 @@ fn paillier_matches_plain_accuracy_on_the_same_seed() {
 /// (threshold 3 of 4) and its record names member 2 as rejected, not as a decryptor.
 #[test]
 fn paillier_bad_partial_is_rejected_and_named() {
-    let mut net = Testnet::with_config(4, 3, 30_000, PAILLIER_TEST);
+    // A smaller model (25k parameters) keeps this test quick; the accuracy test uses the default.
+    let cfg = format!("{PAILLIER_TEST}[spec.model]\nlayers = [784, 32, 10]\n");
+    let mut net = Testnet::with_config(4, 3, 30_000, &cfg);
     net.set_fault(2, 2, "bad_partial");
     net.start_all();
     net.wait_all(RUN_TIMEOUT);
