@@ -480,7 +480,7 @@ fn mean(packer: &Packer, clip: f32, sum: &[i64], len: usize) -> Result<Vec<f32>,
         return Err("the sum is empty".into());
     };
     let total = f64::from(*last) / f64::from(clip);
-    if coords.len() != len || !(total > 0.0) {
+    if coords.len() != len || total.is_nan() || total <= 0.0 {
         return Err(format!(
             "the sum has {} values and total weight {total}; expected {len} values and a positive weight",
             coords.len()
