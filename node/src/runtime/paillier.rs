@@ -175,6 +175,9 @@ pub struct Round {
     decrypting: bool,
     /// As this attempt's coordinator: when the sum was announced.
     announced: Option<(u32, Instant)>,
+    /// When this member heard (or made) this attempt's announcement: the attempt's deadline
+    /// counts from it.
+    heard: Option<Instant>,
     /// As coordinator: this attempt gave up waiting for partials.
     gave_up: bool,
     /// Partials received (the first per member), and which went to the worker.
@@ -225,6 +228,7 @@ impl Round {
             wanted: None,
             decrypting: false,
             announced: None,
+            heard: None,
             gave_up: false,
             partials: BTreeMap::new(),
             forwarded: BTreeSet::new(),
@@ -248,7 +252,25 @@ impl Round {
         self.attempt = attempt;
         self.attempt_started = Instant::now();
         self.announced = None;
+        self.heard = None;
         self.gave_up = false;
+    }
+
+    /// The attempt has failed if no record came within the phase timeout and the failover timeout
+    /// after its announcement; without an announcement, after the update timeout (first attempt:
+    /// the members train meanwhile) plus those two.
+    fn expired(&self, update_timeout: Duration, phase: Duration, failover: Duration) -> bool {
+        match self.heard {
+            Some(at) => at.elapsed() >= phase + failover,
+            None => {
+                let wait = if self.attempt == 0 {
+                    update_timeout
+                } else {
+                    Duration::ZERO
+                };
+                self.attempt_started.elapsed() >= wait + phase + failover
+            }
+        }
     }
 
     fn on_update(&mut self, msg: Signed<EncryptedUpdate>) {
@@ -294,6 +316,7 @@ impl Round {
             tracing::warn!(culprit = from, round = self.round, contributors = ?set, "paillier: refused an announced sum (too few, unsorted or unknown contributors)");
             return;
         }
+        self.heard.get_or_insert_with(Instant::now);
         match &self.formed {
             Some(mine) if mine.contributors != close.contributors => {
                 tracing::warn!(culprit = from, round = self.round, announced = ?close.contributors, decrypting = ?mine.contributors, "paillier: refusing to decrypt a second, different sum in this round");
@@ -654,6 +677,7 @@ impl Runtime {
                         }
                         if coordinating && pr.announced.is_none() {
                             pr.announced = Some((pr.attempt, Instant::now()));
+                            pr.heard = Some(Instant::now());
                             pr.request_decrypt();
                             tracing::info!(round, attempt = pr.attempt, contributors = ?close.contributors, "paillier: announcing the encrypted sum");
                             self.publish_paillier(PaillierMsg::Close(close)).await;
@@ -907,10 +931,8 @@ impl Runtime {
             return;
         };
         let active = cur.state.order().len();
-        // Failover: training and updates (first attempt only), forming and decrypting, proposal.
-        let limit = if pr.attempt == 0 { update_timeout } else { Duration::ZERO } + 2 * phase + failover;
         let next = pr.attempt + 1;
-        if pr.attempt_started.elapsed() >= limit
+        if pr.expired(update_timeout, phase, failover)
             && cur.state.proposal().is_none()
             && !cur.evaluating
             && (next as usize) < active
@@ -928,6 +950,7 @@ impl Runtime {
                 // A sum formed in an earlier attempt: announce the same one.
                 Some(close) => {
                     pr.announced = Some((pr.attempt, Instant::now()));
+                    pr.heard = Some(Instant::now());
                     announce = Some(close.clone());
                     pr.request_decrypt();
                 }
