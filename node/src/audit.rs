@@ -163,6 +163,19 @@ fn summary(e: &Entry) -> serde_json::Value {
                             "dropped_while_unmasking": s.dropped_while_unmasking,
                         });
                     }
+                    if let Some(s) = &r.paillier {
+                        v["paillier"] = json!({
+                            "sum_hash": s.sum_hash.to_string(),
+                            "update_hashes": r
+                                .participants
+                                .iter()
+                                .map(|c| json!({"member": c.member, "hash": c.update_hash.to_string()}))
+                                .collect::<Vec<_>>(),
+                            "decryptors": s.decryptors,
+                            "rejected": s.rejected,
+                            "clipped": s.clipped,
+                        });
+                    }
                     v["evicted"] = json!(r.evictions.iter().map(|x| x.target).collect::<Vec<_>>());
                     if !r.evictions.is_empty() {
                         v["evictions"] = json!(r

@@ -148,24 +148,26 @@ impl Budget {
 }
 
 /// Make the node exit abruptly (as if killed with SIGKILL: exit status 137, nothing flushed beyond
-/// what is already durable) at one point of one round.
+/// what is already durable) at one point of one round, or (`bad_partial`) misbehave in it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
     /// The round in which to fail; 0 = never.
     pub round: u64,
     /// Where: `coordinating` (at the start of the round, if this node is its first coordinator),
-    /// `shares` (mode secagg: right after sending its key shares) or `masked_input` (mode secagg:
-    /// right after sending its masked input).
+    /// `shares` (mode secagg: right after sending its key shares), `masked_input` (mode secagg:
+    /// right after sending its masked input) or `bad_partial` (mode paillier: send a partial
+    /// decryption that is wrong in one value, with its proof, and keep running — the others must
+    /// reject it, name this member and finish without it).
     pub at: String,
 }
 
 impl Faults {
     pub fn validate(&self, file: &Path) -> anyhow::Result<()> {
-        if self.round > 0 && !["coordinating", "shares", "masked_input"].contains(&self.at.as_str())
-        {
+        const POINTS: [&str; 4] = ["coordinating", "shares", "masked_input", "bad_partial"];
+        if self.round > 0 && !POINTS.contains(&self.at.as_str()) {
             anyhow::bail!(
-                "{}: field `faults.at`: {:?} is not one of coordinating, shares, masked_input",
+                "{}: field `faults.at`: {:?} is not one of coordinating, shares, masked_input, bad_partial",
                 file.display(),
                 self.at
             );

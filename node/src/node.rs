@@ -64,15 +64,9 @@ pub fn prepare(cfg: &config::Node, init_logging: bool) -> anyhow::Result<Prepare
     }
     let keys = MemberKeys::load(&cfg.key_dir, &genesis)?;
     if genesis.spec.mode == fedmesh_protocol::genesis::Mode::Paillier {
-        // The key share is loaded and checked above; the round loop for this mode is still to come.
         anyhow::ensure!(
             keys.paillier.is_some(),
             "mode paillier: no key share loaded"
-        );
-        anyhow::bail!(
-            "{}: mode paillier is not yet supported by the node runtime (the genesis and the members' \
-             key shares are dealt, but rounds cannot run yet); deal a genesis with --mode plain or secagg",
-            cfg.genesis.display()
         );
     }
     let me = keys.index;
@@ -159,6 +153,12 @@ pub fn prepare(cfg: &config::Node, init_logging: bool) -> anyhow::Result<Prepare
         max_message_bytes: genesis.spec.params.max_message_bytes,
         limits: cfg.limits.clone(),
     };
+    let paillier = match genesis.spec.mode {
+        fedmesh_protocol::genesis::Mode::Paillier => {
+            Some(std::sync::Arc::new(crate::runtime::PaillierSetup::new(&genesis)?))
+        }
+        _ => None,
+    };
     let ctx = Context {
         bls: genesis.bls()?,
         layout,
@@ -173,6 +173,7 @@ pub fn prepare(cfg: &config::Node, init_logging: bool) -> anyhow::Result<Prepare
         faults: cfg.faults.clone(),
         attack: cfg.attack.clone(),
         poisoned,
+        paillier,
     };
     Ok(Prepared {
         ctx,

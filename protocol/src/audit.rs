@@ -104,6 +104,8 @@ pub struct RoundRecord {
     /// With differential privacy (`spec.dp`): what the round cost and what every member has
     /// spent so far. `None` when the genesis asks for no DP.
     pub privacy: Option<PrivacySummary>,
+    /// Mode `paillier`: how the encrypted sum was formed and decrypted.
+    pub paillier: Option<PaillierSummary>,
 }
 
 /// The privacy cost of a round and the running total of every member, recomputed and checked by
@@ -135,6 +137,23 @@ pub struct Spend {
     pub rounds: u64,
     /// ε at the summary's δ, over all those rounds.
     pub epsilon: f64,
+}
+
+/// What a threshold-Paillier round revealed and who decrypted it. In mode `paillier` the record's
+/// participants are the members whose encrypted update is in the sum; their `num_samples` is 0
+/// (the weights travel encrypted inside the updates) and their `update_hash` is the hash of their
+/// signed update's ciphertexts ([`crate::paillier::EncryptedUpdate::hash`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaillierSummary {
+    /// Hash of the encrypted sum (the product of the participants' ciphertexts).
+    pub sum_hash: Hash,
+    /// The members whose partial decryptions decrypted the sum: exactly the key's threshold,
+    /// sorted.
+    pub decryptors: Vec<u32>,
+    /// Members whose partial decryption was rejected (its proof did not verify), sorted.
+    pub rejected: Vec<u32>,
+    /// Values the participants clipped, together (self-reported).
+    pub clipped: u64,
 }
 
 /// What a secure-aggregation round revealed and who dropped where. In mode `secagg` the record's
@@ -224,6 +243,8 @@ pub enum VerifyError {
     },
     #[error("height {height}: {reason}")]
     Membership { height: u64, reason: String },
+    #[error("height {height}: paillier summary: {reason}")]
+    Paillier { height: u64, reason: String },
 }
 
 impl VerifyError {
@@ -243,7 +264,8 @@ impl VerifyError {
             | VerifyError::TooFewSignatures { height, .. }
             | VerifyError::ThresholdSignature { height }
             | VerifyError::Eviction { height, .. }
-            | VerifyError::Membership { height, .. } => *height,
+            | VerifyError::Membership { height, .. }
+            | VerifyError::Paillier { height, .. } => *height,
         }
     }
 }
@@ -350,11 +372,58 @@ impl Entry {
                         source,
                     })?;
                 }
+                check_paillier(genesis, &record).map_err(|reason| VerifyError::Paillier {
+                    height,
+                    reason,
+                })?;
                 self.verify_signatures(genesis, bls_set)
             }
             (_, kind) => Err(VerifyError::Kind { height, kind }),
         }
     }
+}
+
+/// What a record's paillier summary must satisfy on its own: present exactly in mode `paillier`;
+/// exactly `threshold` distinct decryptors, all genesis members, none of them rejected; rejected
+/// members distinct. (That the decryptors' partials decrypt the sum to the recorded model is
+/// checked by the members that sign the record, by decrypting it themselves.)
+pub fn check_paillier(genesis: &Genesis, record: &RoundRecord) -> Result<(), String> {
+    let summary = match (&record.paillier, record.mode) {
+        (None, Mode::Paillier) => return Err("a mode-paillier record has none".into()),
+        (Some(_), mode) if mode != Mode::Paillier => {
+            return Err(format!("a mode-{mode} record has one"))
+        }
+        (None, _) => return Ok(()),
+        (Some(s), _) => s,
+    };
+    let t = genesis.spec.paillier.threshold_for(genesis.members.len());
+    let sorted = |v: &[u32]| v.windows(2).all(|w| w[0] < w[1]);
+    if summary.decryptors.len() != t || !sorted(&summary.decryptors) {
+        return Err(format!(
+            "{} decryptors {:?}; exactly {t} distinct members, sorted, decrypt a sum",
+            summary.decryptors.len(),
+            summary.decryptors
+        ));
+    }
+    if !sorted(&summary.rejected) {
+        return Err("rejected members are not distinct and sorted".into());
+    }
+    if let Some(m) = summary
+        .decryptors
+        .iter()
+        .chain(&summary.rejected)
+        .find(|m| genesis.member(**m).is_none())
+    {
+        return Err(format!("member {m} is not in the genesis"));
+    }
+    if let Some(m) = summary
+        .decryptors
+        .iter()
+        .find(|m| summary.rejected.contains(m))
+    {
+        return Err(format!("member {m} is both a decryptor and rejected"));
+    }
+    Ok(())
 }
 
 impl Entry {
@@ -551,7 +620,41 @@ mod tests {
             secure: None,
             evictions: Vec::new(),
             privacy: None,
+            paillier: None,
         }
+    }
+
+    /// A mode-paillier record must carry a summary with exactly `threshold` distinct decryptors,
+    /// none of them rejected; other modes must carry none.
+    #[test]
+    fn paillier_summary_is_checked_on_its_own() {
+        let (mut g, _, _) = sample(4);
+        g.spec.mode = Mode::Paillier;
+        let mut r = record(1, g.initial_model);
+        r.mode = Mode::Paillier;
+        assert!(check_paillier(&g, &r).unwrap_err().contains("has none"));
+        let good = PaillierSummary {
+            sum_hash: Hash::of("sum", b""),
+            decryptors: vec![0, 1, 3],
+            rejected: vec![2],
+            clipped: 0,
+        };
+        r.paillier = Some(good.clone());
+        check_paillier(&g, &r).unwrap();
+        let bad = |f: &dyn Fn(&mut PaillierSummary)| {
+            let mut r = r.clone();
+            f(r.paillier.as_mut().unwrap());
+            check_paillier(&g, &r).unwrap_err()
+        };
+        assert!(bad(&|s| s.decryptors = vec![0, 1]).contains("exactly 3"));
+        assert!(bad(&|s| s.decryptors = vec![0, 1, 1]).contains("exactly 3"));
+        assert!(bad(&|s| s.decryptors = vec![3, 1, 0]).contains("sorted"));
+        assert!(bad(&|s| s.decryptors = vec![0, 1, 9]).contains("not in the genesis"));
+        assert!(bad(&|s| s.rejected = vec![1]).contains("both"));
+        assert!(bad(&|s| s.rejected = vec![2, 2]).contains("distinct"));
+        let mut plain = record(1, g.initial_model);
+        plain.paillier = Some(good);
+        assert!(check_paillier(&g, &plain).unwrap_err().contains("mode-plain"));
     }
 
     #[test]

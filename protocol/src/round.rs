@@ -286,6 +286,7 @@ impl Round {
                 secure: None,
                 evictions,
                 privacy: None,
+                paillier: None,
             },
         }
     }
@@ -331,6 +332,24 @@ impl Round {
             });
         }
         self.check_frame(sender, p, crate::genesis::Mode::Secagg)
+    }
+
+    /// Check a mode-`paillier` proposal's frame (as [`check_secure_proposal`](Self::check_secure_proposal))
+    /// and its summary on its own ([`crate::audit::check_paillier`]). That the summary's sum and
+    /// decryptors give the proposed model is checked by decrypting it ([`crate::paillier`]).
+    pub fn check_paillier_proposal(
+        &self,
+        genesis: &crate::genesis::Genesis,
+        sender: u32,
+        p: &Proposal,
+    ) -> Result<(), RoundError> {
+        self.check_frame(sender, p, crate::genesis::Mode::Paillier)?;
+        crate::audit::check_paillier(genesis, &p.record).map_err(|reason| {
+            RoundError::BadProposal {
+                culprit: sender,
+                reason,
+            }
+        })
     }
 
     /// What every proposal must satisfy: this height, round and model, sent by the coordinator of

@@ -113,6 +113,27 @@ pub enum Payload {
     /// A member's signed vote to evict another (see [`crate::votes`]); the envelope's sender is
     /// the voter.
     Vote(crate::votes::SignedVote),
+    /// Mode `paillier`: a message of this round's threshold-Paillier aggregation. Updates and
+    /// partial decryptions belong to the round (every attempt uses them); a [`PaillierMsg::Close`]
+    /// belongs to `attempt` and must come from its coordinator. (Last variant: bincode numbers
+    /// variants in order.)
+    Paillier {
+        attempt: u32,
+        msg: Box<PaillierMsg>,
+    },
+}
+
+/// A threshold-Paillier message ([`crate::paillier`]). Members' messages carry their own
+/// signature inside ([`crate::paillier::Signed`]); the coordinator's [`Close`](crate::paillier::Close)
+/// is signed by its envelope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PaillierMsg {
+    /// A member's encrypted, packed update.
+    Update(crate::paillier::Signed<crate::paillier::EncryptedUpdate>),
+    /// The coordinator's choice of the updates that make the round's encrypted sum.
+    Close(crate::paillier::Close),
+    /// A member's partial decryption of that sum, with its proof.
+    Partial(crate::paillier::Signed<crate::paillier::Partial>),
 }
 
 impl Payload {
@@ -124,6 +145,7 @@ impl Payload {
             Payload::Status(_) => "status",
             Payload::Secagg { .. } => "secagg",
             Payload::Vote(_) => "vote",
+            Payload::Paillier { .. } => "paillier",
         }
     }
 }

@@ -23,6 +23,7 @@ fn record(round: u64) -> RoundRecord {
         secure: None,
         evictions: Vec::new(),
         privacy: None,
+        paillier: None,
         proposed_at_ms: 1_700_000_000_000 + round,
     }
 }

@@ -17,6 +17,7 @@
 
 mod defence;
 mod privacy;
+mod paillier;
 mod secure;
 mod sync;
 #[cfg(test)]
@@ -41,6 +42,8 @@ use fedmesh_storage::Store;
 use crate::keys::MemberKeys;
 use crate::net::{self, Event, Verdict};
 use crate::train::{self, MemberData};
+
+pub use paillier::Setup as PaillierSetup;
 
 /// State key: the approval this member gave (height, signing hash), kept across restarts.
 const APPROVAL_KEY: &str = "approval";
@@ -73,6 +76,8 @@ pub struct Context {
     pub attack: crate::attack::Config,
     /// An attacker's poisoned training rows (label flip, backdoor), used in its attack rounds.
     pub poisoned: Option<train::Dataset>,
+    /// Mode `paillier`: the joint key, packing and this member's randomness pool.
+    pub paillier: Option<Arc<PaillierSetup>>,
 }
 
 /// Settings the networked node cannot honour, refused before it starts (and by the dealer).
@@ -164,6 +169,8 @@ enum Work {
         peer: PeerId,
         response: Result<Response, String>,
     },
+    /// Mode `paillier`: heavy work of the round's aggregation, done.
+    Paillier(paillier::Done),
 }
 
 /// Why a model was evaluated.
@@ -177,6 +184,11 @@ enum Purpose {
     ProposeSecure {
         attempt: u32,
         outcome: Box<fedmesh_protocol::secagg::Outcome>,
+    },
+    /// The coordinator's proposal from a decrypted threshold-Paillier sum.
+    ProposePaillier {
+        attempt: u32,
+        outcome: Box<fedmesh_protocol::paillier::Outcome>,
     },
     /// Checking `proposal` from `proposer`.
     Verify {
@@ -209,6 +221,8 @@ struct Current {
     secure: Option<secure::Session>,
     /// Mode `secagg`: this member's quantized input, once trained.
     secure_input: Option<Vec<u64>>,
+    /// Mode `paillier`: this round's aggregation.
+    paillier: Option<paillier::Round>,
 }
 
 /// The running node.
@@ -525,13 +539,17 @@ impl Runtime {
             commit_waiting: None,
             secure: None,
             secure_input: None,
+            paillier: None,
         };
         if self.secure_mode() {
             cur.secure = Self::new_session(&self.ctx, &cur.state, 0);
         }
+        if self.paillier_mode() {
+            cur.paillier = paillier::Round::start(&self.ctx, &cur.state, self.work_tx.clone());
+        }
         // After a restart mid-round, resend the update already trained instead of retraining
         // (mode secagg retrains: a restarted member joins the next session with fresh keys).
-        let saved = (!self.secure_mode())
+        let saved = (!self.secure_mode() && !self.paillier_mode())
             .then(|| self.store.get_state(UPDATE_KEY).ok().flatten())
             .flatten()
             .and_then(|b| {
@@ -624,6 +642,12 @@ impl Runtime {
             delta = attack.poison_update(&delta, &honest, n, f, &mut rng);
             tracing::warn!(round, attack = attack.kind.name(), "attacking: sending a poisoned update");
         }
+        if let Some(pr) = cur.paillier.as_ref() {
+            // Mode paillier: the update leaves this member only encrypted.
+            tracing::info!(round, loss = outcome.mean_loss, "trained; encrypting the update");
+            paillier::encrypt(&self.ctx, pr, delta, self.work_tx.clone());
+            return Vec::new();
+        }
         if let Some(session) = cur.secure.as_mut() {
             // Mode secagg: the update never leaves this member unmasked.
             let q = secure::quantizer(&self.ctx.genesis);
@@ -714,6 +738,7 @@ impl Runtime {
         self.maybe_propose();
         self.maybe_fetch_missing();
         self.secure_tick().await;
+        self.paillier_tick().await;
         if let Some(at) = self.finished_at {
             // Stay a little so that peers still finishing the last round can fetch from us.
             let peers_behind = self.peer_heights.values().any(|h| *h < self.head.height);
@@ -904,6 +929,7 @@ impl Runtime {
                         }),
                         evictions: Vec::new(),
                         privacy: None,
+                        paillier: None,
                     },
                 };
                 if let Err(e) = privacy::attach(&self.ctx.genesis, &self.store, &mut p.record) {
@@ -912,6 +938,10 @@ impl Runtime {
                 }
                 tracing::info!(round, attempt, accuracy = metrics.accuracy, dropouts = ?p.record.dropouts, "proposing the round record (secure sum)");
                 self.propose(p, params).await;
+            }
+            Purpose::ProposePaillier { attempt, outcome } => {
+                self.propose_paillier(attempt, *outcome, metrics, hash, params)
+                    .await;
             }
             Purpose::Verify { proposer, proposal } => {
                 let r = &proposal.record;
@@ -1302,6 +1332,7 @@ impl Runtime {
             return Verdict::Ignore;
         }
         let secure_mode = self.secure_mode();
+        let paillier_mode = self.paillier_mode();
         let ctx = self.ctx.clone();
         let Some(cur) = self.current.as_mut() else {
             return Verdict::Ignore;
@@ -1339,13 +1370,23 @@ impl Runtime {
                 }
                 Ok(())
             }
-            Payload::Secagg { .. } => Err(RoundError::BadProposal {
+            Payload::Paillier { attempt, msg } if paillier_mode => {
+                return self.on_paillier_msg(sender, attempt, *msg);
+            }
+            Payload::Secagg { .. } | Payload::Paillier { .. } => Err(RoundError::BadProposal {
                 culprit: sender,
-                reason: "secure-aggregation message in a network of mode plain".into(),
+                reason: format!(
+                    "{} message in a network of mode {}",
+                    env.payload.name(),
+                    ctx.genesis.spec.mode
+                ),
             }),
-            Payload::Update(_) if secure_mode => Err(RoundError::BadProposal {
+            Payload::Update(_) if secure_mode || paillier_mode => Err(RoundError::BadProposal {
                 culprit: sender,
-                reason: "an update in the clear in a network of mode secagg".into(),
+                reason: format!(
+                    "an update in the clear in a network of mode {}",
+                    ctx.genesis.spec.mode
+                ),
             }),
             Payload::Update(u) => cur.state.add_update(sender, u).map(|added| {
                 if added == Added::New {
@@ -1362,8 +1403,13 @@ impl Runtime {
                     tracing::warn!(round, culprit = sender, %reason, "refused a proposal");
                     return Verdict::Reject;
                 }
-                if secure_mode {
-                    return match cur.state.check_secure_proposal(sender, &p) {
+                if secure_mode || paillier_mode {
+                    let checked = if paillier_mode {
+                        cur.state.check_paillier_proposal(&ctx.genesis, sender, &p)
+                    } else {
+                        cur.state.check_secure_proposal(sender, &p)
+                    };
+                    return match checked {
                         Ok(()) => {
                             if cur.waiting.is_none() && cur.state.proposal().is_none() {
                                 cur.waiting = Some((sender, p));
@@ -1433,6 +1479,9 @@ impl Runtime {
     fn maybe_verify(&mut self) {
         if self.secure_mode() {
             return self.maybe_verify_secure();
+        }
+        if self.paillier_mode() {
+            return self.maybe_verify_paillier();
         }
         let Some(cur) = self.current.as_mut() else {
             return;
@@ -1586,7 +1635,7 @@ impl Runtime {
 
     /// Ask the proposer for updates that gossip has not delivered.
     fn maybe_fetch_missing(&mut self) {
-        if self.secure_mode() {
+        if self.secure_mode() || self.paillier_mode() {
             return;
         }
         let Some(cur) = self.current.as_mut() else {
@@ -1795,6 +1844,10 @@ impl Runtime {
                 }
                 self.start_round();
             }
+            Work::Paillier(done) => {
+                self.on_paillier_done(done).await;
+                self.try_commit().await;
+            }
             Work::Hello { peer, response } => match response {
                 Ok(Response::Hello { status }) => self.note_height(peer, status.height),
                 Ok(Response::WrongNetwork { genesis }) => {
@@ -1823,6 +1876,12 @@ fn report_round(entry: &Entry, record: &RoundRecord) {
         "attempt": record.attempt,
         "mode": record.mode.to_string(),
         "epsilon": record.privacy.as_ref().map(|p| p.spent.iter().map(|s| s.epsilon).collect::<Vec<_>>()),
+        "paillier": record.paillier.as_ref().map(|s| serde_json::json!({
+            "sum_hash": s.sum_hash.to_string(),
+            "decryptors": s.decryptors,
+            "rejected": s.rejected,
+            "clipped": s.clipped,
+        })),
         "committed_at_ms": now_ms(),
     });
     use std::io::Write;

@@ -193,6 +193,19 @@ impl Body for Partial {
     }
 }
 
+/// The coordinator's announcement of which updates make the round's encrypted sum. Every member
+/// forms that product itself ([`Collect::close_for`]) and checks its hash before it decrypts: no
+/// member decrypts a ciphertext it has not seen to be a sum of at least
+/// [`RoundParams::min_contributors`] signed updates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Close {
+    pub round: u64,
+    /// Members whose updates are in the sum, sorted.
+    pub contributors: Vec<u32>,
+    /// [`Decrypt::sum_hash`] of that sum.
+    pub sum_hash: Hash,
+}
+
 /// Why a message or a phase failed. Where a member is to blame, `culprit` names it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -413,8 +426,9 @@ fn proof_context(params: &RoundParams, sum_hash: Hash) -> Vec<u8> {
     out
 }
 
-/// Phases 3–4: the encrypted sum, awaiting partial decryptions.
-#[derive(Debug)]
+/// Phases 3–4: the encrypted sum, awaiting partial decryptions. Cloning it lets a member decrypt
+/// ([`Decrypt::finish`]) and still check partials that arrive later.
+#[derive(Debug, Clone)]
 pub struct Decrypt<'a> {
     params: &'a RoundParams,
     keys: &'a Keys,

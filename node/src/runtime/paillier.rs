@@ -1,0 +1,1019 @@
+//! Mode `paillier` in the node: one threshold-Paillier aggregation per round, driven by gossip.
+//!
+//! 1. While the member trains, its randomness pool is filled (`r^n mod n²` with uniform `r`: the
+//!    plain DCR assumption; see [`fedmesh_crypto::paillier::Pool`]). After training it quantizes,
+//!    packs and encrypts its weighted update (the weight is the vector's last element, as in mode
+//!    `secagg`) and gossips it signed ([`PaillierMsg::Update`]).
+//! 2. The coordinator of the attempt announces which updates make the sum, with the sum's hash
+//!    ([`PaillierMsg::Close`]), once every active member's update is in or the update timeout
+//!    expired; members whose update is not in are the round's dropouts.
+//! 3. **Every member forms that product itself** from the updates it received and checks the
+//!    announced hash before it decrypts. Forming the sum costs a fraction of a second, and it means
+//!    no member ever decrypts a ciphertext it has not seen to be a sum of at least `threshold`
+//!    signed updates: a coordinator cannot get one member's update decrypted by announcing it as
+//!    "the sum". A member decrypts at most one sum per round; a later attempt's coordinator
+//!    announces the same set again, so partials already made keep counting.
+//! 4. Every member publishes its partial decryption with its proof ([`PaillierMsg::Partial`]) and
+//!    checks everyone's. A partial with a bad proof is rejected and its sender named in the log
+//!    and in the round record. The coordinator decrypts when every member answered, or when the
+//!    phase timeout passed and `threshold` good partials are in; with fewer, the attempt fails and
+//!    the next coordinator retries with the partials gossip already delivered.
+//! 5. The coordinator proposes the record (ciphertext hashes per participant, the sum's hash, the
+//!    decryptors, the rejected). Every member checks it by decrypting the same sum from partials it
+//!    verified itself and approves if that gives the proposed model.
+//!
+//! The heavy steps (pool fill, encryption, checking updates, forming the sum, partial decryption,
+//! checking partials) run on one blocking worker per round, off the runtime task, each using all
+//! cores through rayon.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+
+use fedmesh_crypto::paillier::{pack::Packer, Pool};
+use fedmesh_crypto::Hash;
+use fedmesh_protocol::audit::{Contribution, Metrics, PaillierSummary, RoundRecord};
+use fedmesh_protocol::genesis::{Genesis, Mode};
+use fedmesh_protocol::model;
+use fedmesh_protocol::paillier::{
+    self as pl, Close, Collect, Decrypt, EncryptedUpdate, Keys, Outcome, Partial, RoundParams,
+    Signed,
+};
+use fedmesh_protocol::round::Round as RoundState;
+use fedmesh_protocol::wire::{Envelope, PaillierMsg, Payload, Proposal};
+
+use super::{now_ms, Context, Purpose, Runtime, Work};
+use crate::net::Verdict;
+
+/// FedAvg weights travel as fractions of this many samples: a member with `w` samples sends its
+/// update multiplied by `min(w, WEIGHT_UNIT) / WEIGHT_UNIT` and that fraction (times `clip`) as the
+/// vector's last element, so the decrypted sum holds `Σ sᵢ·xᵢ` and `Σ sᵢ` and only the total weight
+/// is revealed. Members with more samples count as `WEIGHT_UNIT`; members with far fewer lose
+/// quantization precision (their scaled values use fewer of the `value_bits` levels).
+pub const WEIGHT_UNIT: u64 = 4096;
+
+/// The network's joint key, its packing and this member's randomness pool: fixed for the node's
+/// life.
+pub struct Setup {
+    pub keys: Keys,
+    pub packer: Packer,
+    pool: Pool,
+    filling: AtomicBool,
+}
+
+impl Setup {
+    /// Read the joint key from the genesis (mode `paillier`).
+    pub fn new(genesis: &Genesis) -> anyhow::Result<Setup> {
+        let keys = genesis.paillier_keys().context("mode paillier")?;
+        let packer = genesis
+            .spec
+            .paillier
+            .packer(genesis.members.len())
+            .map_err(|e| anyhow::anyhow!("[spec.paillier]: {e}"))?;
+        Ok(Setup {
+            keys,
+            packer,
+            pool: Pool::new(),
+            filling: AtomicBool::new(false),
+        })
+    }
+
+    /// Top the pool up to `need` values on the blocking pool (at most one fill at a time), so
+    /// that encrypting after training costs only the multiplications.
+    fn fill_pool(self: &Arc<Self>, need: usize) {
+        if self.filling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let setup = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let before = setup.pool.len();
+            // In chunks, so that an encryption that starts before the fill ends uses what is ready.
+            while setup.pool.len() < need {
+                let chunk = (need - setup.pool.len()).min(32);
+                setup
+                    .pool
+                    .fill(&setup.keys.public, chunk, &mut rand::rngs::OsRng);
+            }
+            tracing::debug!(
+                added = setup.pool.len().saturating_sub(before),
+                ms = started.elapsed().as_millis() as u64,
+                "paillier: randomness pool filled"
+            );
+            setup.filling.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// Work for a round's worker.
+enum Cmd {
+    Update(Box<Signed<EncryptedUpdate>>),
+    /// Form the product of these members' updates.
+    Form(Vec<u32>),
+    /// Make this member's partial decryption of the formed sum.
+    Decrypt,
+    Partial(Box<Signed<Partial>>),
+    /// Decrypt the sum with the good partials so far.
+    Finish,
+}
+
+/// What a round's worker (or an encryption) reports back to the runtime.
+pub enum Done {
+    Encrypted {
+        round: u64,
+        result: Result<Signed<EncryptedUpdate>, String>,
+    },
+    Update {
+        round: u64,
+        member: u32,
+        result: Result<Hash, String>,
+    },
+    Formed {
+        round: u64,
+        result: Result<Close, String>,
+    },
+    OwnPartial {
+        round: u64,
+        result: Result<Signed<Partial>, String>,
+    },
+    Partial {
+        round: u64,
+        member: u32,
+        /// `Err((rejected, why))`: `rejected` when the proof is bad (recorded in the summary).
+        result: Result<(), (bool, String)>,
+    },
+    Finished {
+        round: u64,
+        result: Result<Outcome, String>,
+    },
+}
+
+/// One round of mode `paillier` at one member.
+pub struct Round {
+    round: u64,
+    params: Arc<RoundParams>,
+    /// The attempt whose coordinator this member follows.
+    pub attempt: u32,
+    attempt_started: Instant,
+    round_started: Instant,
+    worker: mpsc::Sender<Cmd>,
+    /// Updates the worker accepted, with the hash of their ciphertexts.
+    updates: BTreeMap<u32, Hash>,
+    /// Members whose update went to the worker (the first one only).
+    sent_updates: BTreeSet<u32>,
+    /// A Form command is at the worker.
+    forming: bool,
+    /// The one sum this member formed in this round: its members and hash.
+    formed: Option<Close>,
+    /// The coordinator's announcement this member follows, until its sum is formed.
+    wanted: Option<Close>,
+    /// This member asked the worker for its partial decryption.
+    decrypting: bool,
+    /// As this attempt's coordinator: when the sum was announced.
+    announced: Option<(u32, Instant)>,
+    /// When this member heard (or made) this attempt's announcement: the attempt's deadline
+    /// counts from it.
+    heard: Option<Instant>,
+    /// As coordinator: this attempt gave up waiting for partials.
+    gave_up: bool,
+    /// Partials received (the first per member), and which went to the worker.
+    partials: BTreeMap<u32, Signed<Partial>>,
+    forwarded: BTreeSet<u32>,
+    good: BTreeSet<u32>,
+    rejected: BTreeSet<u32>,
+    finishing: bool,
+    /// The sum as this member decrypted it.
+    outcome: Option<Outcome>,
+}
+
+impl Round {
+    /// Start the round: its worker, and the pool fill (runs while the model trains).
+    pub fn start(ctx: &Arc<Context>, state: &RoundState, work: mpsc::Sender<Work>) -> Option<Round> {
+        let setup = ctx.paillier.clone()?;
+        let genesis = &ctx.genesis;
+        let n = genesis.members.len();
+        let params = Arc::new(RoundParams {
+            genesis: ctx.genesis_hash,
+            round: state.round,
+            members: state
+                .order()
+                .iter()
+                .filter_map(|m| genesis.member(*m))
+                .map(|m| (m.index, m.public_key))
+                .collect(),
+            len: ctx.layout.param_count() + 1,
+            min_contributors: genesis.spec.paillier.threshold_for(n),
+        });
+        setup.fill_pool(setup.packer.plaintexts_for(params.len));
+        let (tx, rx) = mpsc::channel(4 * n + 16);
+        {
+            let (ctx, params) = (ctx.clone(), params.clone());
+            tokio::task::spawn_blocking(move || worker(ctx, setup, params, rx, work));
+        }
+        Some(Round {
+            round: state.round,
+            params,
+            attempt: 0,
+            attempt_started: Instant::now(),
+            round_started: Instant::now(),
+            worker: tx,
+            updates: BTreeMap::new(),
+            sent_updates: BTreeSet::new(),
+            forming: false,
+            formed: None,
+            wanted: None,
+            decrypting: false,
+            announced: None,
+            heard: None,
+            gave_up: false,
+            partials: BTreeMap::new(),
+            forwarded: BTreeSet::new(),
+            good: BTreeSet::new(),
+            rejected: BTreeSet::new(),
+            finishing: false,
+            outcome: None,
+        })
+    }
+
+    fn send(&self, cmd: Cmd) {
+        // The queue holds more than a round can legitimately need (one update and one partial
+        // per member, a few announcements): full means something is wrong, and the command is
+        // dropped rather than blocking the runtime.
+        if let Err(e) = self.worker.try_send(cmd) {
+            tracing::error!(round = self.round, error = %e, "paillier: worker queue full or gone; command dropped");
+        }
+    }
+
+    fn follow(&mut self, attempt: u32) {
+        self.attempt = attempt;
+        self.attempt_started = Instant::now();
+        self.announced = None;
+        self.heard = None;
+        self.gave_up = false;
+    }
+
+    /// The attempt has failed if no record came within the phase timeout and the failover timeout
+    /// after its announcement; without an announcement, after the update timeout (first attempt:
+    /// the members train meanwhile) plus those two.
+    fn expired(&self, update_timeout: Duration, phase: Duration, failover: Duration) -> bool {
+        match self.heard {
+            Some(at) => at.elapsed() >= phase + failover,
+            None => {
+                let wait = if self.attempt == 0 {
+                    update_timeout
+                } else {
+                    Duration::ZERO
+                };
+                self.attempt_started.elapsed() >= wait + phase + failover
+            }
+        }
+    }
+
+    fn on_update(&mut self, msg: Signed<EncryptedUpdate>) {
+        if self.sent_updates.insert(msg.body.member) {
+            self.send(Cmd::Update(Box::new(msg)));
+        }
+    }
+
+    fn on_partial(&mut self, msg: Signed<Partial>) {
+        let member = msg.body.member;
+        if self.partials.contains_key(&member) {
+            return;
+        }
+        self.partials.insert(member, msg);
+        self.forward_partials();
+    }
+
+    fn forward_partials(&mut self) {
+        if self.formed.is_none() {
+            return;
+        }
+        let new: Vec<u32> = self
+            .partials
+            .keys()
+            .filter(|m| !self.forwarded.contains(m))
+            .copied()
+            .collect();
+        for m in new {
+            self.forwarded.insert(m);
+            let msg = self.partials[&m].clone();
+            self.send(Cmd::Partial(Box::new(msg)));
+        }
+    }
+
+    /// An announcement from the coordinator of the attempt this member follows.
+    fn on_close(&mut self, from: u32, close: Close) {
+        let set = &close.contributors;
+        if close.round != self.round
+            || set.len() < self.params.min_contributors
+            || set.windows(2).any(|w| w[0] >= w[1])
+            || set.iter().any(|m| !self.params.members.contains_key(m))
+        {
+            tracing::warn!(culprit = from, round = self.round, contributors = ?set, "paillier: refused an announced sum (too few, unsorted or unknown contributors)");
+            return;
+        }
+        self.heard.get_or_insert_with(Instant::now);
+        match &self.formed {
+            Some(mine) if mine.contributors != close.contributors => {
+                tracing::warn!(culprit = from, round = self.round, announced = ?close.contributors, decrypting = ?mine.contributors, "paillier: refusing to decrypt a second, different sum in this round");
+            }
+            Some(mine) if mine.sum_hash != close.sum_hash => {
+                tracing::warn!(culprit = from, round = self.round, "paillier: the announced sum's hash is not the product of its updates here; not decrypting");
+            }
+            Some(_) => self.request_decrypt(),
+            None => {
+                self.wanted = Some(close);
+                self.try_form();
+            }
+        }
+    }
+
+    /// Form the wanted sum once every update in it is here.
+    fn try_form(&mut self) {
+        if self.forming || self.formed.is_some() {
+            return;
+        }
+        let Some(w) = &self.wanted else {
+            return;
+        };
+        if w.contributors.iter().all(|m| self.updates.contains_key(m)) {
+            self.forming = true;
+            self.send(Cmd::Form(w.contributors.clone()));
+        }
+    }
+
+    fn request_decrypt(&mut self) {
+        if !self.decrypting {
+            self.decrypting = true;
+            self.send(Cmd::Decrypt);
+        }
+    }
+
+    fn ready_to_finish(&self, active: usize, threshold: usize, phase: Duration) -> bool {
+        let Some((_, at)) = self.announced else {
+            return false;
+        };
+        let answered = self.good.len() + self.rejected.len();
+        self.good.len() >= threshold && (answered >= active || at.elapsed() >= phase)
+    }
+}
+
+/// The worker of one round: owns the protocol's phase values and does the heavy work in order.
+fn worker(
+    ctx: Arc<Context>,
+    setup: Arc<Setup>,
+    params: Arc<RoundParams>,
+    mut rx: mpsc::Receiver<Cmd>,
+    tx: mpsc::Sender<Work>,
+) {
+    let round = params.round;
+    let me = ctx.keys.index;
+    let reply = |d: Done| {
+        let _ = tx.blocking_send(Work::Paillier(d));
+    };
+    let mut collect = Some(Collect::new(&params, &setup.keys, &setup.packer));
+    let mut decrypt: Option<Decrypt<'_>> = None;
+    while let Some(cmd) = rx.blocking_recv() {
+        match cmd {
+            Cmd::Update(msg) => {
+                let member = msg.body.member;
+                let result = match collect.as_mut() {
+                    Some(c) => c
+                        .add_update(&msg)
+                        .map(|()| msg.body.hash())
+                        .map_err(|e| e.to_string()),
+                    None => Err("arrived after the sum was formed".into()),
+                };
+                reply(Done::Update {
+                    round,
+                    member,
+                    result,
+                });
+            }
+            Cmd::Form(contributors) => {
+                let result = match collect.take() {
+                    None => Err("the sum of this round is already formed".into()),
+                    Some(c) => {
+                        let have = c.contributors();
+                        if let Some(m) = contributors.iter().find(|m| !have.contains(m)) {
+                            collect = Some(c);
+                            Err(format!("member {m}'s update is not here"))
+                        } else {
+                            let started = Instant::now();
+                            c.close_for(&contributors)
+                                .map(|d| {
+                                    tracing::info!(round, contributors = ?contributors, ms = started.elapsed().as_millis() as u64, "paillier: formed the encrypted sum");
+                                    let close = Close {
+                                        round,
+                                        contributors: contributors.clone(),
+                                        sum_hash: d.sum_hash(),
+                                    };
+                                    decrypt = Some(d);
+                                    close
+                                })
+                                .map_err(|e| e.to_string())
+                        }
+                    }
+                };
+                reply(Done::Formed { round, result });
+            }
+            Cmd::Decrypt => {
+                let result = match (&decrypt, ctx.keys.paillier.as_ref()) {
+                    (Some(d), Some(share)) => {
+                        let started = Instant::now();
+                        d.partial(share, me, &ctx.keys.identity, &mut rand::rngs::OsRng)
+                            .map(|p| {
+                                tracing::info!(round, ms = started.elapsed().as_millis() as u64, "paillier: partial decryption made");
+                                if ctx.faults.round == round && ctx.faults.at == "bad_partial" {
+                                    tamper(&setup, &params, &ctx, p)
+                                } else {
+                                    p
+                                }
+                            })
+                            .map_err(|e| e.to_string())
+                    }
+                    (None, _) => Err("no sum formed yet".into()),
+                    (_, None) => Err("this member has no key share".into()),
+                };
+                reply(Done::OwnPartial { round, result });
+            }
+            Cmd::Partial(msg) => {
+                let member = msg.body.member;
+                let result = match decrypt.as_mut() {
+                    Some(d) => d.add_partial(&msg).map(|_| ()).map_err(|e| {
+                        let rejected = matches!(e, pl::PaillierError::BadPartial { .. });
+                        (rejected, e.to_string())
+                    }),
+                    None => Err((false, "no sum formed yet".into())),
+                };
+                reply(Done::Partial {
+                    round,
+                    member,
+                    result,
+                });
+            }
+            Cmd::Finish => {
+                let result = match &decrypt {
+                    Some(d) => d.clone().finish().map_err(|e| e.to_string()),
+                    None => Err("no sum formed yet".into()),
+                };
+                reply(Done::Finished { round, result });
+            }
+        }
+    }
+}
+
+/// Fault injection (`[faults] at = "bad_partial"`): change one decrypted value by one bit, keep
+/// the proof, and sign the result as this member's own.
+fn tamper(
+    setup: &Setup,
+    params: &RoundParams,
+    ctx: &Context,
+    honest: Signed<Partial>,
+) -> Signed<Partial> {
+    let mut body = honest.body;
+    // Version, kind, index (u32), count (u32), then the values: the last byte of the first one.
+    let at = 10 + setup.keys.public.ciphertext_len() - 1;
+    if let Some(b) = body.partial.get_mut(at) {
+        *b ^= 1;
+    }
+    tracing::warn!(
+        round = params.round,
+        "fault injection: sending a wrong partial decryption"
+    );
+    Signed::sign(params.genesis, body, &ctx.keys.identity)
+}
+
+/// Weight the update and append the weight (see [`WEIGHT_UNIT`]).
+fn weighted(delta: &[f32], samples: u64, clip: f32) -> Vec<f32> {
+    let s = samples.min(WEIGHT_UNIT) as f32 / WEIGHT_UNIT as f32;
+    let mut v: Vec<f32> = delta.iter().map(|d| d * s).collect();
+    v.push(s * clip);
+    v
+}
+
+/// The FedAvg mean from a decrypted sum of [`weighted`] vectors.
+fn mean(packer: &Packer, clip: f32, sum: &[i64], len: usize) -> Result<Vec<f32>, String> {
+    let values = packer.dequantize(sum);
+    let Some((last, coords)) = values.split_last() else {
+        return Err("the sum is empty".into());
+    };
+    let total = f64::from(*last) / f64::from(clip);
+    if coords.len() != len || total.is_nan() || total <= 0.0 {
+        return Err(format!(
+            "the sum has {} values and total weight {total}; expected {len} values and a positive weight",
+            coords.len()
+        ));
+    }
+    Ok(coords
+        .iter()
+        .map(|x| (f64::from(*x) / total) as f32)
+        .collect())
+}
+
+/// After training: weight, quantize, pack and encrypt the update (randomness from the pool), sign
+/// it, off the runtime task.
+pub fn encrypt(ctx: &Arc<Context>, round: &Round, delta: Vec<f32>, work: mpsc::Sender<Work>) {
+    let Some(setup) = ctx.paillier.clone() else {
+        return;
+    };
+    let (ctx, params, r) = (ctx.clone(), round.params.clone(), round.round);
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        // A fill still running computes the same values the encryption would: wait for it rather
+        // than compute them twice (bounded: the fill makes progress on all cores).
+        let need = setup.packer.plaintexts_for(params.len);
+        while setup.filling.load(Ordering::Acquire)
+            && setup.pool.len() < need
+            && started.elapsed() < Duration::from_secs(600)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let values = weighted(
+            &delta,
+            ctx.data.train.len() as u64,
+            ctx.genesis.spec.paillier.clip,
+        );
+        let result = pl::encrypt_update(
+            &params,
+            &setup.keys,
+            &setup.packer,
+            &setup.pool,
+            ctx.keys.index,
+            &ctx.keys.identity,
+            &values,
+            &mut rand::rngs::OsRng,
+        )
+        .map(|(msg, enc)| {
+            tracing::info!(
+                round = r,
+                ciphertexts = enc.ciphertexts.len(),
+                from_pool = enc.ciphertexts.len() - enc.fresh,
+                clipped = enc.clipped,
+                ms = started.elapsed().as_millis() as u64,
+                "paillier: update encrypted"
+            );
+            msg
+        })
+        .map_err(|e| e.to_string());
+        let _ = work.blocking_send(Work::Paillier(Done::Encrypted { round: r, result }));
+    });
+}
+
+impl Runtime {
+    pub(super) fn paillier_mode(&self) -> bool {
+        self.ctx.genesis.spec.mode == Mode::Paillier
+    }
+
+    /// Seal and gossip a paillier message of the current attempt (kept for retries if gossip has
+    /// no subscribed peer yet).
+    async fn publish_paillier(&mut self, msg: PaillierMsg) {
+        let Some(cur) = self.current.as_ref() else {
+            return;
+        };
+        let Some(pr) = cur.paillier.as_ref() else {
+            return;
+        };
+        let round = cur.state.round;
+        let env = Envelope::seal(
+            self.ctx.genesis_hash,
+            self.me(),
+            round,
+            Payload::Paillier {
+                attempt: pr.attempt,
+                msg: Box::new(msg),
+            },
+            &self.ctx.keys.identity,
+        );
+        if let Err(e) = self.publish_or_keep(round, env.encode()).await {
+            tracing::debug!(error = %e, "paillier: not published yet; retrying");
+        }
+    }
+
+    /// A paillier message of the current round (envelope verified).
+    pub(super) fn on_paillier_msg(&mut self, sender: u32, attempt: u32, msg: PaillierMsg) -> Verdict {
+        let Some(cur) = self.current.as_mut() else {
+            return Verdict::Ignore;
+        };
+        let Some(pr) = cur.paillier.as_mut() else {
+            return Verdict::Ignore;
+        };
+        if attempt as usize >= cur.state.order().len() {
+            return Verdict::Reject;
+        }
+        match msg {
+            PaillierMsg::Update(u) if u.body.member == sender => pr.on_update(u),
+            PaillierMsg::Partial(p) if p.body.member == sender => pr.on_partial(p),
+            PaillierMsg::Close(c) if cur.state.coordinator(attempt) == sender => {
+                if attempt < pr.attempt {
+                    return Verdict::Ignore;
+                }
+                if attempt > pr.attempt {
+                    tracing::info!(round = pr.round, attempt, "paillier: following a later attempt's coordinator");
+                    pr.follow(attempt);
+                }
+                pr.on_close(sender, c);
+            }
+            _ => {
+                tracing::warn!(culprit = sender, "paillier: message not from its claimed member or coordinator");
+                return Verdict::Reject;
+            }
+        }
+        Verdict::Accept
+    }
+
+    /// Results of the round's heavy work.
+    pub(super) async fn on_paillier_done(&mut self, done: Done) {
+        let me = self.me();
+        let round = match &done {
+            Done::Encrypted { round, .. }
+            | Done::Update { round, .. }
+            | Done::Formed { round, .. }
+            | Done::OwnPartial { round, .. }
+            | Done::Partial { round, .. }
+            | Done::Finished { round, .. } => *round,
+        };
+        let Some(cur) = self.current.as_mut().filter(|c| c.state.round == round) else {
+            return;
+        };
+        let Some(pr) = cur.paillier.as_mut() else {
+            return;
+        };
+        let coordinating = cur.state.coordinator(pr.attempt) == me;
+        match done {
+            Done::Encrypted { result, .. } => match result {
+                Ok(msg) => {
+                    pr.on_update(msg.clone());
+                    // Refill for the next round while this one waits for the others.
+                    if let Some(setup) = self.ctx.paillier.as_ref() {
+                        setup.fill_pool(setup.packer.plaintexts_for(pr.params.len));
+                    }
+                    self.publish_paillier(PaillierMsg::Update(msg)).await;
+                }
+                Err(e) => tracing::error!(round, error = %e, "paillier: cannot encrypt the update; this member sits the round out"),
+            },
+            Done::Update { member, result, .. } => match result {
+                Ok(h) => {
+                    tracing::debug!(round, member, "paillier: update accepted");
+                    pr.updates.insert(member, h);
+                    pr.try_form();
+                }
+                Err(e) => tracing::warn!(round, culprit = member, error = %e, "paillier: update refused"),
+            },
+            Done::Formed { result, .. } => {
+                pr.forming = false;
+                match result {
+                    Ok(close) => {
+                        let wanted = pr.wanted.take();
+                        pr.formed = Some(close.clone());
+                        pr.forward_partials();
+                        let follows = wanted.as_ref().is_some_and(|w| w.sum_hash == close.sum_hash);
+                        if let Some(w) = wanted.filter(|_| !follows) {
+                            tracing::warn!(round, culprit = cur.state.coordinator(pr.attempt), announced = %w.sum_hash, formed = %close.sum_hash, "paillier: the announced sum's hash is not the product of its updates here; not decrypting");
+                        }
+                        if coordinating && pr.announced.is_none() {
+                            pr.announced = Some((pr.attempt, Instant::now()));
+                            pr.heard = Some(Instant::now());
+                            pr.request_decrypt();
+                            tracing::info!(round, attempt = pr.attempt, contributors = ?close.contributors, "paillier: announcing the encrypted sum");
+                            self.publish_paillier(PaillierMsg::Close(close)).await;
+                        } else if follows {
+                            pr.request_decrypt();
+                        }
+                    }
+                    Err(e) => tracing::warn!(round, error = %e, "paillier: cannot form the sum"),
+                }
+            }
+            Done::OwnPartial { result, .. } => match result {
+                Ok(p) => {
+                    pr.on_partial(p.clone());
+                    self.publish_paillier(PaillierMsg::Partial(p)).await;
+                }
+                Err(e) => tracing::error!(round, error = %e, "paillier: cannot decrypt the sum"),
+            },
+            Done::Partial { member, result, .. } => match result {
+                Ok(()) => {
+                    tracing::debug!(round, member, "paillier: partial decryption verified");
+                    pr.good.insert(member);
+                }
+                Err((true, e)) => {
+                    tracing::warn!(round, culprit = member, error = %e, "paillier: partial decryption REJECTED (bad proof); its sender is named in the round record");
+                    pr.rejected.insert(member);
+                }
+                Err((false, e)) => tracing::warn!(round, culprit = member, error = %e, "paillier: partial decryption refused"),
+            },
+            Done::Finished { result, .. } => {
+                pr.finishing = false;
+                match result {
+                    Ok(outcome) => {
+                        pr.outcome = Some(outcome.clone());
+                        if coordinating && !cur.evaluating && cur.state.proposal().is_none() && cur.waiting.is_none() {
+                            self.evaluate_paillier(outcome);
+                        }
+                    }
+                    Err(e) => tracing::warn!(round, error = %e, "paillier: cannot decrypt the sum yet"),
+                }
+            }
+        }
+        self.maybe_verify();
+    }
+
+    /// Coordinator: the decrypted sum gives the next model; evaluate it, then propose.
+    fn evaluate_paillier(&mut self, outcome: Outcome) {
+        let Some(setup) = self.ctx.paillier.clone() else {
+            return;
+        };
+        let clip = self.ctx.genesis.spec.paillier.clip;
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        let Some(attempt) = cur.paillier.as_ref().map(|p| p.attempt) else {
+            return;
+        };
+        if cur.proposed.is_some_and(|a| a >= attempt) {
+            return;
+        }
+        match mean(&setup.packer, clip, &outcome.sum, self.global.len()) {
+            Ok(m) => {
+                tracing::info!(round = cur.state.round, attempt, decryptors = ?outcome.summary.decryptors, rejected = ?outcome.summary.rejected, "paillier: sum decrypted; evaluating");
+                let params = Arc::new(model::apply(&self.global, &m));
+                cur.evaluating = true;
+                cur.proposed = Some(attempt);
+                let round = cur.state.round;
+                self.evaluate(
+                    round,
+                    Purpose::ProposePaillier {
+                        attempt,
+                        outcome: Box::new(outcome),
+                    },
+                    params,
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "paillier: the decrypted sum does not decode"),
+        }
+    }
+
+    /// Coordinator: propose the record of an evaluated paillier round.
+    pub(super) async fn propose_paillier(
+        &mut self,
+        attempt: u32,
+        outcome: Outcome,
+        metrics: Metrics,
+        new_model: Hash,
+        params: Arc<Vec<f32>>,
+    ) {
+        let me = self.me();
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        if cur.state.proposal().is_some() {
+            return;
+        }
+        let s = outcome.summary;
+        let participants: Vec<Contribution> = s
+            .update_hashes
+            .iter()
+            .map(|(m, h)| Contribution {
+                member: *m,
+                num_samples: 0,
+                update_hash: *h,
+                train_loss: 0.0,
+            })
+            .collect();
+        let mut dropouts: Vec<u32> = cur
+            .state
+            .order()
+            .iter()
+            .copied()
+            .filter(|m| !s.update_hashes.iter().any(|(c, _)| c == m))
+            .collect();
+        dropouts.sort_unstable();
+        let mut rejected = s.rejected;
+        rejected.sort_unstable();
+        rejected.dedup();
+        let mut p = Proposal {
+            height: cur.state.height,
+            prev_hash: cur.state.prev_hash,
+            record: RoundRecord {
+                round: cur.state.round,
+                mode: Mode::Paillier,
+                attempt,
+                coordinator: me,
+                base_model: cur.state.base_model,
+                new_model,
+                participants,
+                dropouts,
+                metrics,
+                proposed_at_ms: now_ms(),
+                secure: None,
+                evictions: Vec::new(),
+                paillier: Some(PaillierSummary {
+                    sum_hash: s.sum_hash,
+                    decryptors: s.decryptors,
+                    rejected,
+                    clipped: s.clipped,
+                }),
+                privacy: None,
+            },
+        };
+        if let Err(e) = super::privacy::attach(&self.ctx.genesis, &self.store, &mut p.record) {
+            tracing::error!(round = p.record.round, error = %e, "cannot account the round's privacy; not proposing");
+            return;
+        }
+        tracing::info!(round = p.record.round, attempt, accuracy = metrics.accuracy, dropouts = ?p.record.dropouts, "proposing the round record (threshold Paillier)");
+        self.propose(p, params).await;
+    }
+
+    /// Check a waiting proposal against this member's own view: the same sum of the same updates,
+    /// decryptors whose partials it verified, rejected members whose partials it rejected; then
+    /// decrypt the sum itself and check the proposed model.
+    pub(super) fn maybe_verify_paillier(&mut self) {
+        let Some(setup) = self.ctx.paillier.clone() else {
+            return;
+        };
+        let clip = self.ctx.genesis.spec.paillier.clip;
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        if cur.evaluating || cur.state.proposal().is_some() {
+            return;
+        }
+        let (Some((proposer, p)), Some(pr)) = (cur.waiting.as_ref(), cur.paillier.as_mut()) else {
+            return;
+        };
+        let proposer = *proposer;
+        let Some(s) = p.record.paillier.as_ref() else {
+            cur.waiting = None;
+            return;
+        };
+        let Some(formed) = pr.formed.as_ref() else {
+            // Not formed here yet. If the coordinator's announcement never arrived, the proposal
+            // (from the same coordinator) names the same sum: form it from that.
+            if pr.wanted.is_none() && !pr.forming {
+                let close = Close {
+                    round: pr.round,
+                    contributors: p.record.participants.iter().map(|c| c.member).collect(),
+                    sum_hash: s.sum_hash,
+                };
+                pr.on_close(proposer, close);
+            }
+            return;
+        };
+        let participants: Vec<u32> = p.record.participants.iter().map(|c| c.member).collect();
+        let refuse = |why: &str| {
+            tracing::warn!(culprit = proposer, why, "paillier: the proposal does not match this member's view; not approving");
+        };
+        if formed.contributors != participants || formed.sum_hash != s.sum_hash {
+            refuse("a different sum");
+            cur.waiting = None;
+            return;
+        }
+        if p.record
+            .participants
+            .iter()
+            .any(|c| pr.updates.get(&c.member) != Some(&c.update_hash))
+        {
+            refuse("a participant's update hash differs");
+            cur.waiting = None;
+            return;
+        }
+        if s.decryptors.iter().any(|m| pr.rejected.contains(m))
+            || s.rejected.iter().any(|m| pr.good.contains(m))
+        {
+            refuse("a decryptor's partial is bad here, or a rejected one is good here");
+            cur.waiting = None;
+            return;
+        }
+        let checked = |m: &u32| pr.good.contains(m) || pr.rejected.contains(m);
+        if !s.decryptors.iter().chain(&s.rejected).all(checked) {
+            return; // partials still to arrive or to be checked
+        }
+        let Some(outcome) = pr.outcome.as_ref() else {
+            if !pr.finishing {
+                pr.finishing = true;
+                pr.send(Cmd::Finish);
+            }
+            return;
+        };
+        let m = match mean(&setup.packer, clip, &outcome.sum, self.global.len()) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "paillier: the decrypted sum does not decode; not approving");
+                cur.waiting = None;
+                return;
+            }
+        };
+        let (proposer, p) = cur.waiting.take().expect("checked");
+        let params = Arc::new(model::apply(&self.global, &m));
+        self.verify_model(proposer, p, params, "the decrypted sum");
+    }
+
+    /// On the timer: the coordinator announces the sum and decrypts it when enough partials are
+    /// in; every member follows the next coordinator when this attempt made no record in time.
+    pub(super) async fn paillier_tick(&mut self) {
+        if !self.paillier_mode() {
+            return;
+        }
+        let me = self.me();
+        let p = self.params().clone();
+        let phase = Duration::from_millis(self.ctx.genesis.spec.paillier.phase_timeout_ms);
+        let update_timeout = Duration::from_millis(p.update_timeout_ms);
+        let failover = Duration::from_millis(p.failover_timeout_ms);
+        let threshold = self
+            .ctx
+            .genesis
+            .spec
+            .paillier
+            .threshold_for(self.ctx.genesis.members.len());
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        let Some(pr) = cur.paillier.as_mut() else {
+            return;
+        };
+        let active = cur.state.order().len();
+        let next = pr.attempt + 1;
+        if pr.expired(update_timeout, phase, failover)
+            && cur.state.proposal().is_none()
+            && !cur.evaluating
+            && (next as usize) < active
+        {
+            tracing::warn!(round = pr.round, attempt = next, coordinator = cur.state.coordinator(next), "paillier: no record in time; failing over to the next coordinator");
+            pr.follow(next);
+            cur.waiting = None;
+        }
+        if cur.state.coordinator(pr.attempt) != me || cur.state.proposal().is_some() {
+            return;
+        }
+        let mut announce = None;
+        if pr.announced.is_none() {
+            match &pr.formed {
+                // A sum formed in an earlier attempt: announce the same one.
+                Some(close) => {
+                    pr.announced = Some((pr.attempt, Instant::now()));
+                    pr.heard = Some(Instant::now());
+                    announce = Some(close.clone());
+                    pr.request_decrypt();
+                }
+                None if !pr.forming => {
+                    let all = pr.updates.len() >= active;
+                    let late = pr.round_started.elapsed() >= update_timeout;
+                    if (all || late) && pr.updates.len() >= pr.params.min_contributors {
+                        // The worker forms it; the announcement follows (`Done::Formed`).
+                        pr.wanted = None;
+                        pr.forming = true;
+                        let set: Vec<u32> = pr.updates.keys().copied().collect();
+                        pr.send(Cmd::Form(set));
+                    }
+                }
+                None => {}
+            }
+        } else if pr.outcome.is_none() && !pr.finishing && !pr.gave_up {
+            if pr.ready_to_finish(active, threshold, phase) {
+                pr.finishing = true;
+                pr.send(Cmd::Finish);
+            } else if pr.announced.is_some_and(|(_, at)| at.elapsed() >= phase) {
+                tracing::warn!(round = pr.round, attempt = pr.attempt, good = pr.good.len(), threshold, rejected = ?pr.rejected, "paillier: fewer than threshold good partial decryptions in time; this attempt fails");
+                pr.gave_up = true;
+            }
+        } else if let Some(outcome) = pr.outcome.clone() {
+            // Decrypted in an earlier attempt (or before this member coordinated): propose it.
+            if !cur.evaluating && cur.proposed.is_none_or(|a| a < pr.attempt) {
+                self.evaluate_paillier(outcome);
+            }
+        }
+        if let Some(close) = announce {
+            tracing::info!(round = close.round, contributors = ?close.contributors, "paillier: announcing the encrypted sum (formed in an earlier attempt)");
+            self.publish_paillier(PaillierMsg::Close(close)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The weight travels in the vector: the decrypted sum of weighted vectors gives the FedAvg
+    /// mean (up to quantization).
+    #[test]
+    fn weighted_vectors_sum_to_the_fedavg_mean() {
+        let packer = Packer::for_key_bits(512, 16, 0.5, 4).unwrap();
+        let mut rng = rand::rngs::OsRng;
+        let a = weighted(&[0.2, -0.1], 1000, 0.5);
+        let b = weighted(&[-0.2, 0.3], 3000, 0.5);
+        let qa = packer.quantize(&a, &mut rng).unwrap().values;
+        let qb = packer.quantize(&b, &mut rng).unwrap().values;
+        let sum: Vec<i64> = qa.iter().zip(&qb).map(|(x, y)| x + y).collect();
+        let m = mean(&packer, 0.5, &sum, 2).unwrap();
+        let expect = [(0.2 * 1000.0 - 0.2 * 3000.0) / 4000.0, (-0.1 * 1000.0 + 0.3 * 3000.0) / 4000.0];
+        for (x, e) in m.iter().zip(expect) {
+            assert!((x - e).abs() < 1e-3, "{m:?} vs {expect:?}");
+        }
+        assert!(mean(&packer, 0.5, &sum, 3).is_err(), "wrong length is refused");
+        assert!(mean(&packer, 0.5, &[0, 0, 0], 2).is_err(), "zero weight is refused");
+    }
+}
