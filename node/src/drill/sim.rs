@@ -415,7 +415,10 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
             let i = [d.cosine, d.norm, d.similarity]
                 .iter()
                 .enumerate()
-                .fold((0, f64::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                .fold(
+                    (0, f64::NEG_INFINITY),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                )
                 .0;
             dominant.entry(sc.member).or_default()[i] += 1;
         }

@@ -238,29 +238,23 @@ fn world(s: &Sybil, members: u32) -> anyhow::Result<World> {
         .with_context(|| format!("loading {} for {members} members", s.data.display()))
 }
 
-fn run(
+/// An attacked run of `s.rounds` rounds with the drill's seed; callers override the rest.
+fn spec<'a>(
     s: &Sybil,
-    world: &World,
-    robust: &RobustSpec,
-    attack: &attack::Config,
-    attackers: &[u32],
-    clean: bool,
-    clones: Option<CloneData>,
-    stuffing: Option<&Stuffing>,
-) -> anyhow::Result<Run> {
-    sim::run(
-        world,
-        &RunSpec {
-            robust,
-            attack,
-            clean,
-            attackers,
-            rounds: s.rounds,
-            seed: s.seed,
-            clones,
-            stuffing,
-        },
-    )
+    robust: &'a RobustSpec,
+    attack: &'a attack::Config,
+    attackers: &'a [u32],
+) -> RunSpec<'a> {
+    RunSpec {
+        robust,
+        attack,
+        clean: false,
+        attackers,
+        rounds: s.rounds,
+        seed: s.seed,
+        clones: None,
+        stuffing: None,
+    }
 }
 
 /// `clones` with `k` clones, or `single` (`k` = 1): `--members` honest members plus `k`
@@ -288,19 +282,30 @@ fn attack_case(s: &Sybil, scenario: &'static str, k: u32) -> anyhow::Result<(Cas
         "[{name}] clean run, the {} honest members alone, defence fedmesh",
         s.members
     );
-    let clean = run(s, &honest_world, &robust, &attack, &[], true, data, None)?;
+    let clean = sim::run(
+        &honest_world,
+        &RunSpec {
+            clean: true,
+            clones: data,
+            ..spec(s, &robust, &attack, &[])
+        },
+    )?;
     eprintln!("[{name}] attacked, defence fedmesh");
-    let attacked = run(s, &world, &robust, &attack, &attackers, false, data, None)?;
-    eprintln!("[{name}] attacked, plain FedAvg without votes");
-    let fedavg = run(
-        s,
+    let attacked = sim::run(
         &world,
-        &RobustSpec::default(),
-        &attack,
-        &attackers,
-        false,
-        data,
-        None,
+        &RunSpec {
+            clones: data,
+            ..spec(s, &robust, &attack, &attackers)
+        },
+    )?;
+    eprintln!("[{name}] attacked, plain FedAvg without votes");
+    let plain = RobustSpec::default();
+    let fedavg = sim::run(
+        &world,
+        &RunSpec {
+            clones: data,
+            ..spec(s, &plain, &attack, &attackers)
+        },
     )?;
     let evicted: Vec<Option<u64>> = attackers.iter().map(|m| attacked.evicted_in(*m)).collect();
     let caught_by: Vec<(u32, Option<&'static str>)> = attacked
@@ -420,7 +425,13 @@ fn stuffing_cases(s: &Sybil) -> anyhow::Result<Vec<Case>> {
     let robust = recommended();
     let none = attack::Config::default();
     eprintln!("[vote-stuffing] clean run, {n} members, defence fedmesh");
-    let clean = run(s, &world, &robust, &none, &[], true, None, None)?;
+    let clean = sim::run(
+        &world,
+        &RunSpec {
+            clean: true,
+            ..spec(s, &robust, &none, &[])
+        },
+    )?;
     let needed = votes::needed(n as usize, robust.quorum);
     let target = n - 1;
     let mut cases = Vec::new();
@@ -432,15 +443,12 @@ fn stuffing_cases(s: &Sybil) -> anyhow::Result<Vec<Case>> {
         let stuffing = Stuffing { voters, target };
         let t = std::time::Instant::now();
         eprintln!("[{name}] {c} colluders ({label}) vote against member {target}; {needed} of {n} votes evict");
-        let attacked = run(
-            s,
+        let attacked = sim::run(
             &world,
-            &robust,
-            &none,
-            &stuffing.voters,
-            false,
-            None,
-            Some(&stuffing),
+            &RunSpec {
+                stuffing: Some(&stuffing),
+                ..spec(s, &robust, &none, &stuffing.voters)
+            },
         )?;
         let honest_evicted: Vec<u32> = attacked
             .evictions
@@ -491,7 +499,11 @@ fn stuffing_cases(s: &Sybil) -> anyhow::Result<Vec<Case>> {
         eprintln!(
             "[{name}] honest evicted {:?}; {}",
             case.honest_evicted,
-            if met { "as required" } else { "NOT as required" }
+            if met {
+                "as required"
+            } else {
+                "NOT as required"
+            }
         );
         write_case(s, &case, &attacked, &clean, None, "vote stuffing")?;
         cases.push(case);
@@ -585,13 +597,30 @@ fn case_markdown(s: &Sybil, c: &Case, run: &Run, clean: &Run, fedavg: Option<&Ru
     let _ = writeln!(
         m,
         "{}: {}\n",
-        if c.met { "As required" } else { "NOT as required" },
+        if c.met {
+            "As required"
+        } else {
+            "NOT as required"
+        },
         c.expectation
     );
-    let _ = writeln!(m, "| | attacked | clean |{}\n|---|---|---|{}", 
-        if fedavg.is_some() { " attacked, plain FedAvg |" } else { "" },
-        if fedavg.is_some() { "---|" } else { "" });
-    let f = |v: String| if fedavg.is_some() { format!(" {v} |") } else { String::new() };
+    let _ = writeln!(
+        m,
+        "| | attacked | clean |{}\n|---|---|---|{}",
+        if fedavg.is_some() {
+            " attacked, plain FedAvg |"
+        } else {
+            ""
+        },
+        if fedavg.is_some() { "---|" } else { "" }
+    );
+    let f = |v: String| {
+        if fedavg.is_some() {
+            format!(" {v} |")
+        } else {
+            String::new()
+        }
+    };
     let _ = writeln!(
         m,
         "| final accuracy (%) | {} | {} |{}",
@@ -682,9 +711,13 @@ fn summary_markdown(s: &Sybil, cases: &[Case], seconds: f64) -> String {
         s.seed,
         command_line(s)
     );
-    let attacks: Vec<&Case> = cases.iter().filter(|c| c.scenario != "vote-stuffing").collect();
+    let attacks: Vec<&Case> = cases
+        .iter()
+        .filter(|c| c.scenario != "vote-stuffing")
+        .collect();
     if !attacks.is_empty() {
-        let _ = writeln!(
+        let _ =
+            writeln!(
             m,
             "## Label flip 1 → 7\n\nAttack success: share of the test set's 1s classified as 7 \
              (final round; peak = highest of any round). {}\n",
@@ -705,7 +738,8 @@ fn summary_markdown(s: &Sybil, cases: &[Case], seconds: f64) -> String {
         for c in attacks {
             let mut by: Vec<&str> = c.caught_by.iter().map(|(_, f)| f.unwrap_or("–")).collect();
             by.dedup();
-            let _ = writeln!(
+            let _ =
+                writeln!(
                 m,
                 "| {} | {} | {} | {} | {} | {} | {} | {:+.2} | {}/{} | {} | {} | {} | {:?} | {} |",
                 c.name,
@@ -731,7 +765,10 @@ fn summary_markdown(s: &Sybil, cases: &[Case], seconds: f64) -> String {
             );
         }
     }
-    let stuffing: Vec<&Case> = cases.iter().filter(|c| c.scenario == "vote-stuffing").collect();
+    let stuffing: Vec<&Case> = cases
+        .iter()
+        .filter(|c| c.scenario == "vote-stuffing")
+        .collect();
     if !stuffing.is_empty() {
         let _ = writeln!(
             m,
@@ -792,7 +829,9 @@ fn success_chart_note(cases: &[Case]) -> String {
 
 /// DIR/attack_success.svg: attack success per round of every label-flip case.
 fn write_success_chart(s: &Sybil, runs: &[(String, Run)]) -> anyhow::Result<()> {
-    const COLORS: &[&str] = &["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
+    const COLORS: &[&str] = &[
+        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+    ];
     let series: Vec<svg::Series> = runs
         .iter()
         .enumerate()

@@ -10,7 +10,7 @@ fn mnist() -> PathBuf {
 fn small(out: &std::path::Path, scenario: Scenario) -> Sybil {
     Sybil {
         scenario,
-        members: 8,
+        members: 6,
         clones: vec![3],
         clone_data: CloneData::Focused,
         rounds: 4,
@@ -43,14 +43,16 @@ fn clones_are_evicted_and_flagged_by_their_similarity() {
     let dir = tempfile::tempdir().unwrap();
     sybil(&small(dir.path(), Scenario::Clones)).unwrap();
     assert_files(dir.path(), "clones-3");
-    assert!(std::fs::read_to_string(dir.path().join("attack_success.svg"))
-        .unwrap()
-        .contains("clones-3"));
+    assert!(
+        std::fs::read_to_string(dir.path().join("attack_success.svg"))
+            .unwrap()
+            .contains("clones-3")
+    );
     let json = report(dir.path());
     let c = &json["cases"][0];
     assert_eq!(c["name"], "clones-3");
-    assert_eq!(c["members"], 11);
-    assert_eq!(c["attackers"], serde_json::json!([8, 9, 10]));
+    assert_eq!(c["members"], 9);
+    assert_eq!(c["attackers"], serde_json::json!([6, 7, 8]));
     assert_eq!(c["evicted_attackers"], 3, "{c}");
     assert!(c["honest_evicted"].as_array().unwrap().is_empty(), "{c}");
     // Every clone's similarity deviation alone was over the threshold before its eviction.
@@ -64,7 +66,7 @@ fn clones_are_evicted_and_flagged_by_their_similarity() {
     let fedavg = c["fedavg_attack_success"].as_f64().unwrap();
     assert!(asr <= 0.05 && asr < fedavg, "{asr} vs FedAvg {fedavg}");
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
-    assert!(md.contains("| clones-3 | 11 |"), "{md}");
+    assert!(md.contains("| clones-3 | 9 |"), "{md}");
 }
 
 #[test]
@@ -73,7 +75,7 @@ fn single_attacker_is_held_and_the_report_is_written() {
     sybil(&small(dir.path(), Scenario::Single)).unwrap();
     assert_files(dir.path(), "single");
     let c = &report(dir.path())["cases"][0];
-    assert_eq!(c["attackers"], serde_json::json!([8]));
+    assert_eq!(c["attackers"], serde_json::json!([6]));
     assert!(c["honest_evicted"].as_array().unwrap().is_empty(), "{c}");
     assert!(c["attack_success"].as_f64().unwrap() <= 0.10, "{c}");
     assert_eq!(c["met"], true, "{c}");
@@ -82,9 +84,7 @@ fn single_attacker_is_held_and_the_report_is_written() {
 #[test]
 fn vote_stuffing_evicts_nobody_below_the_quorum_and_the_target_at_it() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = small(dir.path(), Scenario::VoteStuffing);
-    s.members = 6;
-    sybil(&s).unwrap();
+    sybil(&small(dir.path(), Scenario::VoteStuffing)).unwrap();
     let json = report(dir.path());
     let cases = json["cases"].as_array().unwrap();
     // 6 members, quorum 2/3 = 4 votes: coalitions of 1 (a third minus one), 3, 4.
@@ -104,7 +104,10 @@ fn vote_stuffing_evicts_nobody_below_the_quorum_and_the_target_at_it() {
     )
     .unwrap();
     let e = &attacked["attacked"]["evictions"][0];
-    assert_eq!((e["member"].as_u64(), e["votes"].as_u64()), (Some(5), Some(4)));
+    assert_eq!(
+        (e["member"].as_u64(), e["votes"].as_u64()),
+        (Some(5), Some(4))
+    );
     assert_files(dir.path(), "vote-stuffing-3");
 }
 
