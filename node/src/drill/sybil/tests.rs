@@ -8,6 +8,9 @@ fn mnist() -> PathBuf {
 }
 
 fn small(out: &std::path::Path, scenario: Scenario) -> Sybil {
+    // One kernel thread per member, as the CLI does (nextest runs each test in its own process;
+    // without it candle's kernels oversubscribe the cores several times over).
+    crate::drill::single_threaded_kernels();
     Sybil {
         scenario,
         members: 6,
