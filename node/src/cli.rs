@@ -117,6 +117,12 @@ enum DrillWhat {
     /// DIR/report.json, DIR/accuracy.svg and DIR/detection.svg (with --matrix: DIR/matrix.md,
     /// DIR/matrix.json and one folder per scenario under DIR/runs).
     Poisoning(PoisoningArgs),
+    /// Sybil: colluding clones flip labels 1 → 7, a single attacker does the same, colluders stuff
+    /// the ballot against an honest member. Writes DIR/report.md (summary table and targets),
+    /// DIR/report.json, DIR/attack_success.svg and DIR/runs/<case>/ (report.md, report.json,
+    /// accuracy.svg, detection.svg); with --matrix also DIR/matrix.md and DIR/matrix.json.
+    /// The flood scenario runs against a live testnet (`testnet/drill.sh sybil --scenario flood`).
+    Sybil(SybilArgs),
     /// Print the TOML a live testnet drill needs (`testnet/drill.sh poisoning`): the
     /// `[spec.robust]` table of a defence and the `[attack]` table of an attack, as the in-process
     /// drill defines them.
@@ -179,6 +185,47 @@ struct PoisoningArgs {
     /// Matrix: attacker fractions, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0.2")]
     fractions: Vec<f64>,
+    /// The MNIST file.
+    #[arg(long, default_value = "data/mnist_5k.csv.gz")]
+    data: PathBuf,
+    /// Worker threads (members train in parallel); 0 = all cores.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+#[derive(clap::Args, Debug)]
+struct SybilArgs {
+    /// clones (2, 5 and 9 clones flip 1 → 7), single (one attacker flips 1 → 7), vote-stuffing
+    /// (colluders vote against an honest member), majority (refused: admission by quorum is not
+    /// built), all (clones, single and vote-stuffing).
+    #[arg(long, default_value = "all")]
+    scenario: String,
+    /// Same as --scenario all.
+    #[arg(long)]
+    matrix: bool,
+    /// Honest members; clones and the single attacker come on top, vote stuffers are among them.
+    #[arg(long, default_value_t = 20)]
+    members: u32,
+    /// Clone counts of the clones scenario, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "2,5,9")]
+    clones: Vec<u32>,
+    /// What clones and the single attacker train on: focused (only the 1s of their shards,
+    /// labelled 7, as FoolsGold's sybils) or shard (a whole shard with its 1s labelled 7:
+    /// stealthier and weaker).
+    #[arg(long, default_value = "focused")]
+    clone_data: String,
+    /// Rounds per run.
+    #[arg(long, default_value_t = 30)]
+    rounds: u64,
+    /// Split the data non-IID: per class, member shares from Dirichlet(alpha). Default: IID.
+    #[arg(long, value_name = "ALPHA")]
+    non_iid: Option<f64>,
+    /// Seed of the data split, training and keys.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output directory.
+    #[arg(long, default_value = "drill-out")]
+    out: PathBuf,
     /// The MNIST file.
     #[arg(long, default_value = "data/mnist_5k.csv.gz")]
     data: PathBuf,
@@ -591,6 +638,33 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 attacks: a.attacks,
                 defences: a.defences,
                 fractions: a.fractions,
+                data: a.data,
+                threads: a.threads,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Drill {
+            what: DrillWhat::Sybil(a),
+        } => {
+            let scenario = if a.matrix {
+                drill::Scenario::All
+            } else {
+                a.scenario.parse()?
+            };
+            drill::single_threaded_kernels();
+            drill::sybil(&drill::Sybil {
+                scenario,
+                members: a.members,
+                clones: a.clones,
+                clone_data: match a.clone_data.as_str() {
+                    "focused" => drill::CloneData::Focused,
+                    "shard" => drill::CloneData::Shard,
+                    other => anyhow::bail!("--clone-data {other:?} is not one of: focused, shard"),
+                },
+                rounds: a.rounds,
+                non_iid: a.non_iid,
+                seed: a.seed,
+                out: a.out,
                 data: a.data,
                 threads: a.threads,
             })?;

@@ -15,6 +15,10 @@
 
 mod sim;
 mod svg;
+mod sybil;
+
+pub use sim::CloneData;
+pub use sybil::{sybil, Scenario, Sybil};
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -251,6 +255,28 @@ pub fn poisoning(p: &Poisoning) -> anyhow::Result<()> {
 }
 
 fn build_world(p: &Poisoning) -> anyhow::Result<World> {
+    world(p.members, p.non_iid, p.seed, &p.data)
+}
+
+/// The drill's world: `members` MNIST shards from `data` (IID, or Dirichlet(α) non-IID), 1000
+/// test rows, the default model and training, and one seeded identity key per member.
+fn world(members: u32, non_iid: Option<f64>, seed: u64, data_file: &Path) -> anyhow::Result<World> {
+    let p = Poisoning {
+        attack: String::new(),
+        fraction: 0.0,
+        defence: String::new(),
+        members,
+        rounds: 0,
+        non_iid,
+        seed,
+        out: PathBuf::new(),
+        matrix: false,
+        attacks: Vec::new(),
+        defences: Vec::new(),
+        fractions: Vec::new(),
+        data: data_file.to_path_buf(),
+        threads: 0,
+    };
     let model = ModelSpec::default();
     let layout = model.layout()?;
     let data = DataSpec {
@@ -378,6 +404,8 @@ fn run_one(
             attackers,
             rounds: p.rounds,
             seed: p.seed,
+            clones: None,
+            stuffing: None,
         },
     )
 }

@@ -47,6 +47,34 @@ pub struct RunSpec<'a> {
     pub attackers: &'a [u32],
     pub rounds: u64,
     pub seed: u64,
+    /// Some: the attackers are clones of one attacker (FoolsGold's sybils): they train on one
+    /// shared poisoned set ([`clone_set`]), every one with its own seed, so their updates are
+    /// nearly alike.
+    pub clones: Option<CloneData>,
+    /// Colluding voters (the sybil drill's vote stuffing); None in poisoning drills.
+    pub stuffing: Option<&'a Stuffing>,
+}
+
+/// What clones train on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CloneData {
+    /// Only the rows a targeted label flip relabels (FoolsGold's sybils hold only the mislabelled
+    /// class), pooled from every clone's shard and repeated up to one shard's size.
+    Focused,
+    /// The first clone's whole shard, poisoned (for 1 → 7: a tenth of its rows relabelled): a
+    /// stealthier, weaker attack whose updates look honest except for being alike.
+    Shard,
+}
+
+/// Vote stuffing: `voters` sign a vote against the honest member `target` every round (a new one
+/// as soon as their earlier vote has expired); the votes go through the same [`Tally`] as every
+/// other vote. The voters otherwise behave honestly (they train on their own data and vote on
+/// suspects like everyone else).
+#[derive(Debug, Clone, Serialize)]
+pub struct Stuffing {
+    pub voters: Vec<u32>,
+    pub target: u32,
 }
 
 /// Per-round figures.
@@ -83,6 +111,14 @@ pub struct Eviction {
     pub attacker: bool,
     pub votes: usize,
     pub needed: usize,
+    /// The score feature (cosine, norm or similarity) that was the largest deviation in most of
+    /// the member's rounds over the score threshold; None if it never was over the threshold.
+    pub caught_by: Option<&'static str>,
+    /// Rounds in which each feature's deviation alone was over the score threshold: cosine,
+    /// norm, similarity.
+    pub over_threshold: [u64; 3],
+    /// Rounds the member was scored in.
+    pub scored_rounds: u64,
 }
 
 /// The outcome of one run.
@@ -176,6 +212,62 @@ fn success_set(attack: &attack::Config, test: &Dataset) -> Option<Dataset> {
     (!out.is_empty()).then_some(out)
 }
 
+/// The one poisoned set clones train on. Focused targeted label flip (a `source` label): only the rows
+/// it relabels, from every clone's shard, relabelled and repeated up to the clones' mean shard
+/// size (so they take as many steps as an honest member; FoolsGold's sybils hold only the
+/// mislabelled class). Otherwise: the first clone's shard, poisoned once. None without
+/// attackers or without a row to relabel.
+fn clone_set(
+    world: &World,
+    a: &attack::Config,
+    spec: &RunSpec,
+    data: CloneData,
+) -> Option<Dataset> {
+    let first = *spec.attackers.first()?;
+    let source = match (a.kind, a.source, data) {
+        (attack::Kind::LabelFlip, Some(s), CloneData::Focused) => s,
+        _ => {
+            let mut rng =
+                rand_chacha::ChaCha20Rng::seed_from_u64(derive(spec.seed, "poison", 0, first));
+            return Some(a.poison_data(&world.shards[first as usize], &mut rng));
+        }
+    };
+    let f = world.test.features;
+    let mut rows = Dataset {
+        features: f,
+        classes: world.test.classes,
+        x: Vec::new(),
+        y: Vec::new(),
+    };
+    let mut size = 0;
+    for &m in spec.attackers {
+        let shard = world.shards.get(m as usize)?;
+        size += shard.len();
+        for (i, &y) in shard.y.iter().enumerate() {
+            if y == source {
+                rows.x.extend_from_slice(&shard.x[i * f..(i + 1) * f]);
+                rows.y.push(a.flip(y, shard.classes));
+            }
+        }
+    }
+    if rows.is_empty() {
+        return None;
+    }
+    let want = (size / spec.attackers.len()).max(rows.len());
+    let mut out = Dataset {
+        features: f,
+        classes: rows.classes,
+        x: Vec::with_capacity(want * f),
+        y: Vec::with_capacity(want),
+    };
+    for i in 0..want {
+        let j = i % rows.len();
+        out.x.extend_from_slice(&rows.x[j * f..(j + 1) * f]);
+        out.y.push(rows.y[j]);
+    }
+    Some(out)
+}
+
 /// Run `spec.rounds` rounds.
 pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
     let started = std::time::Instant::now();
@@ -185,8 +277,13 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
     let robust = spec.robust;
     let rule = robust.rule();
     // Poisoned rows are drawn once per attacker, as a real attacker would prepare them.
+    let shared = match attack {
+        Some(a) if a.poisons_data() => spec.clones.and_then(|c| clone_set(world, a, spec, c)),
+        _ => None,
+    };
     let poisoned: Vec<Option<Dataset>> = (0..n as u32)
         .map(|m| match attack {
+            Some(_) if shared.is_some() && attackers.contains(&m) => shared.clone(),
             Some(a) if a.poisons_data() && attackers.contains(&m) => {
                 let mut rng =
                     rand_chacha::ChaCha20Rng::seed_from_u64(derive(spec.seed, "poison", 0, m));
@@ -212,6 +309,12 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
         robust.vote_expiry_rounds,
     );
     let mut evicted: BTreeSet<u32> = BTreeSet::new();
+    // Per member: rounds over the threshold in which cosine, norm, similarity was the largest.
+    let mut dominant: std::collections::BTreeMap<u32, [u64; 3]> = Default::default();
+    // Per member: rounds in which each feature alone was over the threshold, and rounds scored.
+    let mut over: std::collections::BTreeMap<u32, ([u64; 3], u64)> = Default::default();
+    let stuffing = spec.stuffing.filter(|_| !spec.clean);
+    let bad = |m: &u32| (attack.is_some() || stuffing.is_some()) && attackers.contains(m);
     let mut out = Run {
         rounds: Vec::new(),
         evictions: Vec::new(),
@@ -297,6 +400,28 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
         // 4. Score everyone against the aggregate; honest members vote on persistent outliers.
         let scores = score::round_scores(&inputs, &agg.update);
         history.record(round, &scores, robust.score_decay, robust.score_threshold);
+        for sc in &scores {
+            let d = sc.deviations;
+            let e = over.entry(sc.member).or_default();
+            e.1 += 1;
+            for (i, v) in [d.cosine, d.norm, d.similarity].into_iter().enumerate() {
+                if v > robust.score_threshold {
+                    e.0[i] += 1;
+                }
+            }
+        }
+        for sc in scores.iter().filter(|s| s.score > robust.score_threshold) {
+            let d = sc.deviations;
+            let i = [d.cosine, d.norm, d.similarity]
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f64::NEG_INFINITY),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                )
+                .0;
+            dominant.entry(sc.member).or_default()[i] += 1;
+        }
         if std::env::var_os("FEDMESH_DRILL_TRACE").is_some() {
             for sc in &scores {
                 let d = sc.deviations;
@@ -346,12 +471,30 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
                     .iter()
                     .map(|s| (s.member, s.evidence(round)))
                     .collect();
-                for (target, ewma) in suspects {
-                    // Attackers do not vote (they cannot reach a quorum without honest votes).
-                    for &voter in members
+                // Colluders stuff the ballot first: a fresh signed vote against their target
+                // whenever their earlier one has expired.
+                let stuffed: Vec<(u32, Vec<u32>, f64)> = stuffing
+                    .map(|st| {
+                        let voters = st
+                            .voters
+                            .iter()
+                            .copied()
+                            .filter(|v| active.contains(v))
+                            .collect();
+                        vec![(st.target, voters, robust.score_threshold * 2.0)]
+                    })
+                    .unwrap_or_default();
+                let honest_votes = suspects.into_iter().map(|(target, ewma)| {
+                    let voters = members
                         .iter()
+                        .copied()
                         .filter(|m| !attackers.contains(m) || attack.is_none())
-                    {
+                        .collect();
+                    (target, voters, ewma)
+                });
+                for (target, voters, ewma) in stuffed.into_iter().chain(honest_votes) {
+                    // Attackers do not vote (they cannot reach a quorum without honest votes).
+                    for voter in voters {
                         if voter == target
                             || !tally.is_active(voter)
                             || !tally.is_active(target)
@@ -373,9 +516,15 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
                             out.evictions.push(Eviction {
                                 member: rec.target,
                                 round,
-                                attacker: attack.is_some() && attackers.contains(&rec.target),
+                                attacker: bad(&rec.target),
                                 votes: rec.votes.len(),
                                 needed: rec.needed as usize,
+                                caught_by: dominant.get(&rec.target).and_then(|c| {
+                                    let best = (0..3).max_by_key(|&i| (c[i], 3 - i))?;
+                                    (c[best] > 0).then_some(["cosine", "norm", "similarity"][best])
+                                }),
+                                over_threshold: over.get(&rec.target).map_or([0; 3], |o| o.0),
+                                scored_rounds: over.get(&rec.target).map_or(0, |o| o.1),
                             });
                         }
                     }

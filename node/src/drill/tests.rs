@@ -8,6 +8,8 @@ fn mnist() -> PathBuf {
 }
 
 fn small(out: &Path) -> Poisoning {
+    // One kernel thread per member, as the CLI does (nextest runs each test in its own process).
+    single_threaded_kernels();
     Poisoning {
         attack: "sign-flip".into(),
         fraction: 0.2,
