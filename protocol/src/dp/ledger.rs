@@ -288,6 +288,7 @@ mod tests {
             proposed_at_ms: 0,
             secure: None,
             evictions: Vec::new(),
+            paillier: None,
             privacy,
         }
     }
