@@ -365,7 +365,10 @@ mod tests {
         let base = "genesis = 'g.toml'\nkey_dir = 'k'\ndata_dir = 'd'\n";
         std::fs::write(&p, format!("{base}[limits]\nmib_per_s = -1.0\n")).unwrap();
         let err = Node::load(&p, Flags::default()).unwrap_err().to_string();
-        assert!(err.contains("limits.mib_per_s") && err.contains("-1"), "{err}");
+        assert!(
+            err.contains("limits.mib_per_s") && err.contains("-1"),
+            "{err}"
+        );
         std::fs::write(&p, format!("{base}[limits]\nhandshakes_per_ip = 0\n")).unwrap();
         let err = Node::load(&p, Flags::default()).unwrap_err().to_string();
         assert!(err.contains("limits.handshakes_per_ip"), "{err}");

@@ -70,11 +70,7 @@ struct Sybil {
     opened: HashMap<libp2p::swarm::ConnectionId, Instant>,
 }
 
-fn sybil(
-    genesis: &Genesis,
-    topic: &IdentTopic,
-    seed: [u8; 32],
-) -> anyhow::Result<Sybil> {
+fn sybil(genesis: &Genesis, topic: &IdentTopic, seed: [u8; 32]) -> anyhow::Result<Sybil> {
     let key = member_identity::SecretKey::from_seed(seed);
     let keypair = identity::Keypair::ed25519_from_bytes(seed)
         .map_err(|e| anyhow::anyhow!("sybil key: {e}"))?;
@@ -84,9 +80,11 @@ fn sybil(
         .heartbeat_interval(Duration::from_millis(500))
         .build()
         .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;
-    let mut gossip =
-        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(keypair.clone()), config)
-            .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
+    let mut gossip = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(keypair.clone()),
+        config,
+    )
+    .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
     gossip.subscribe(topic)?;
     let rpc = request_response::Behaviour::with_codec(
         Codec,
@@ -124,8 +122,8 @@ pub async fn run(opts: Options<'_>) -> anyhow::Result<Report> {
     tokio::pin!(stop);
     let bytes = std::fs::read(opts.genesis)
         .with_context(|| format!("cannot read {}", opts.genesis.display()))?;
-    let (genesis, genesis_hash) = Genesis::parse(&bytes)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", opts.genesis.display()))?;
+    let (genesis, genesis_hash) =
+        Genesis::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", opts.genesis.display()))?;
     let topic = IdentTopic::new(format!("fedmesh/{genesis_hash}"));
     let layout = genesis.layout();
     let targets: Vec<Multiaddr> = genesis
@@ -133,7 +131,10 @@ pub async fn run(opts: Options<'_>) -> anyhow::Result<Report> {
         .iter()
         .flat_map(|m| m.addrs.iter().filter_map(|a| a.parse().ok()))
         .collect();
-    anyhow::ensure!(!targets.is_empty(), "the genesis file lists no member addresses");
+    anyhow::ensure!(
+        !targets.is_empty(),
+        "the genesis file lists no member addresses"
+    );
 
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(opts.seed);
     let mut sybils = (0..opts.identities)
@@ -143,7 +144,9 @@ pub async fn run(opts: Options<'_>) -> anyhow::Result<Report> {
         identities: opts.identities,
         ..Report::default()
     };
-    let delta: Vec<f32> = (0..layout.param_count()).map(|_| rng.gen_range(-0.01..0.01)).collect();
+    let delta: Vec<f32> = (0..layout.param_count())
+        .map(|_| rng.gen_range(-0.01..0.01))
+        .collect();
     let members = genesis.members.len() as u32;
 
     let start = Instant::now();

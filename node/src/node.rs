@@ -110,7 +110,8 @@ pub fn prepare(cfg: &config::Node, init_logging: bool) -> anyhow::Result<Prepare
         .map_err(|e| anyhow::anyhow!("[attack]: {e}"))?;
     let poisoned = (cfg.attack.poisons_data()).then(|| {
         use rand::SeedableRng;
-        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(genesis.spec.data.seed ^ u64::from(me));
+        let mut rng =
+            rand_chacha::ChaCha20Rng::seed_from_u64(genesis.spec.data.seed ^ u64::from(me));
         cfg.attack.poison_data(&data.train, &mut rng)
     });
     if !cfg.attack.is_honest() {
@@ -154,9 +155,9 @@ pub fn prepare(cfg: &config::Node, init_logging: bool) -> anyhow::Result<Prepare
         limits: cfg.limits.clone(),
     };
     let paillier = match genesis.spec.mode {
-        fedmesh_protocol::genesis::Mode::Paillier => {
-            Some(std::sync::Arc::new(crate::runtime::PaillierSetup::new(&genesis)?))
-        }
+        fedmesh_protocol::genesis::Mode::Paillier => Some(std::sync::Arc::new(
+            crate::runtime::PaillierSetup::new(&genesis)?,
+        )),
         _ => None,
     };
     let ctx = Context {

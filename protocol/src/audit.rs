@@ -372,10 +372,8 @@ impl Entry {
                         source,
                     })?;
                 }
-                check_paillier(genesis, &record).map_err(|reason| VerifyError::Paillier {
-                    height,
-                    reason,
-                })?;
+                check_paillier(genesis, &record)
+                    .map_err(|reason| VerifyError::Paillier { height, reason })?;
                 self.verify_signatures(genesis, bls_set)
             }
             (_, kind) => Err(VerifyError::Kind { height, kind }),
@@ -654,7 +652,9 @@ mod tests {
         assert!(bad(&|s| s.rejected = vec![2, 2]).contains("distinct"));
         let mut plain = record(1, g.initial_model);
         plain.paillier = Some(good);
-        assert!(check_paillier(&g, &plain).unwrap_err().contains("mode-plain"));
+        assert!(check_paillier(&g, &plain)
+            .unwrap_err()
+            .contains("mode-plain"));
     }
 
     #[test]

@@ -344,11 +344,9 @@ impl Round {
         p: &Proposal,
     ) -> Result<(), RoundError> {
         self.check_frame(sender, p, crate::genesis::Mode::Paillier)?;
-        crate::audit::check_paillier(genesis, &p.record).map_err(|reason| {
-            RoundError::BadProposal {
-                culprit: sender,
-                reason,
-            }
+        crate::audit::check_paillier(genesis, &p.record).map_err(|reason| RoundError::BadProposal {
+            culprit: sender,
+            reason,
         })
     }
 
@@ -615,7 +613,15 @@ mod tests {
             loss: 0.3,
             test_samples: 10,
         };
-        let p = rounds[coord as usize].propose(0, coord, &participants, new_model, metrics, 0, Vec::new());
+        let p = rounds[coord as usize].propose(
+            0,
+            coord,
+            &participants,
+            new_model,
+            metrics,
+            0,
+            Vec::new(),
+        );
         assert_eq!(p.record.dropouts, vec![3]);
         let mut approvals = Vec::new();
         for (i, r) in rounds.iter_mut().enumerate().take(3) {

@@ -411,17 +411,37 @@ fn sybil_flood_gets_nothing_and_rounds_go_on() {
         "--seconds",
         "6",
     ]);
-    assert!(out.status.success(), "flood failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "flood failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(report["dials"].as_u64().unwrap() > 100, "the flood dialled: {report}");
+    assert!(
+        report["dials"].as_u64().unwrap() > 100,
+        "the flood dialled: {report}"
+    );
     assert!(report["publish_attempts"].as_u64().unwrap() > 0, "{report}");
-    assert_eq!(report["published"], 0, "an outsider's message reached a member: {report}");
-    assert_eq!(report["responses"], 0, "a member answered an outsider: {report}");
-    assert_eq!(report["gossip_received"], 0, "a member gossiped to an outsider: {report}");
+    assert_eq!(
+        report["published"], 0,
+        "an outsider's message reached a member: {report}"
+    );
+    assert_eq!(
+        report["responses"], 0,
+        "a member answered an outsider: {report}"
+    );
+    assert_eq!(
+        report["gossip_received"], 0,
+        "a member gossiped to an outsider: {report}"
+    );
     net.wait_all(RUN_TIMEOUT);
     for r in net.rounds(0) {
         assert!(
-            r["participants"].as_array().unwrap().iter().all(|p| p.as_u64().unwrap() < 3),
+            r["participants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p.as_u64().unwrap() < 3),
             "only members take part: {r}"
         );
     }
@@ -432,7 +452,11 @@ fn sybil_flood_gets_nothing_and_rounds_go_on() {
                 .contains("refused a connection")
         })
         .count();
-    assert!(refused > 0, "no member logged refused connections:\n{}", net.tail_logs());
+    assert!(
+        refused > 0,
+        "no member logged refused connections:\n{}",
+        net.tail_logs()
+    );
     net.assert_logs_agree();
 }
 
@@ -472,20 +496,37 @@ fn votes_evict_a_poisoning_member_over_the_network() {
     let at = eviction["round"].as_u64().unwrap();
     assert!(at <= 6, "evicted only in round {at}");
     let voters = eviction["evictions"][0]["voters"].as_array().unwrap();
-    assert!(voters.len() >= 3 && !voters.iter().any(|v| v == 4), "{eviction}");
+    assert!(
+        voters.len() >= 3 && !voters.iter().any(|v| v == 4),
+        "{eviction}"
+    );
     for r in rounds.iter().filter(|r| r["round"].as_u64().unwrap() > at) {
-        let listed = r["participants"].as_array().unwrap().iter().chain(r["dropouts"].as_array().unwrap());
-        assert!(!listed.into_iter().any(|p| p == 4), "member 4 in round after eviction: {r}");
+        let listed = r["participants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(r["dropouts"].as_array().unwrap());
+        assert!(
+            !listed.into_iter().any(|p| p == 4),
+            "member 4 in round after eviction: {r}"
+        );
     }
     let log4 = std::fs::read_to_string(net.log_path(4)).unwrap();
-    assert!(log4.contains("this member was evicted"), "member 4 did not notice:\n{}", net.tail_logs());
+    assert!(
+        log4.contains("this member was evicted"),
+        "member 4 did not notice:\n{}",
+        net.tail_logs()
+    );
     let mut heads = Vec::new();
     for i in 0..4 {
         let (ok, v) = net.verify(i);
         assert!(ok, "node {i}'s log does not verify: {v}");
         heads.push(v["head"].clone());
     }
-    assert!(heads.windows(2).all(|w| w[0] == w[1]), "honest heads differ: {heads:?}");
+    assert!(
+        heads.windows(2).all(|w| w[0] == w[1]),
+        "honest heads differ: {heads:?}"
+    );
     let last = rounds.last().unwrap()["accuracy"].as_f64().unwrap();
     assert!(last >= 0.8, "accuracy after the eviction: {last}");
 }
@@ -584,7 +625,8 @@ fn paillier_bad_partial_is_rejected_and_named() {
     for i in [0, 1, 3] {
         let log = std::fs::read_to_string(net.log_path(i)).unwrap();
         assert!(
-            log.lines().any(|l| l.contains("REJECTED") && l.contains("culprit=2")),
+            log.lines()
+                .any(|l| l.contains("REJECTED") && l.contains("culprit=2")),
             "node {i} names member 2 in its log"
         );
     }

@@ -227,31 +227,33 @@ fn apply<W: Word, const SUBTRACT: bool>(
     let low = W::low_bits(bits);
     let nonce = stream.nonce();
     let chunk_bytes = CHUNK_ELEMENTS * width;
-    acc.par_chunks_mut(CHUNK_ELEMENTS).enumerate().for_each_init(
-        // One keystream buffer per rayon job, reused across its chunks and wiped once when the
-        // job ends: wiping per chunk (volatile byte writes) cost about a sixth of the run time.
-        // `W::BYTES` spare bytes at the end let every element load a whole word.
-        || Zeroizing::new(vec![0u8; chunk_bytes + W::BYTES]),
-        |buffer, (index, chunk)| {
-            let mut cipher = ChaCha20::new(&seed.0.into(), &nonce.into());
-            cipher.seek(index as u64 * chunk_bytes as u64);
-            let keystream = &mut buffer[..chunk.len() * width];
-            // apply_keystream XORs, so the buffer must start at zero.
-            keystream.fill(0);
-            cipher.apply_keystream(keystream);
-            // The word loaded at element i's offset has the element's `width` bytes as its low
-            // bytes; the bytes above belong to the next elements and `low` (bits ≤ 8·width)
-            // drops them.
-            for (i, a) in chunk.iter_mut().enumerate() {
-                let m = W::load(&buffer[i * width..]);
-                *a = if SUBTRACT {
-                    a.sub_masked(m, low)
-                } else {
-                    a.add_masked(m, low)
-                };
-            }
-        },
-    );
+    acc.par_chunks_mut(CHUNK_ELEMENTS)
+        .enumerate()
+        .for_each_init(
+            // One keystream buffer per rayon job, reused across its chunks and wiped once when the
+            // job ends: wiping per chunk (volatile byte writes) cost about a sixth of the run time.
+            // `W::BYTES` spare bytes at the end let every element load a whole word.
+            || Zeroizing::new(vec![0u8; chunk_bytes + W::BYTES]),
+            |buffer, (index, chunk)| {
+                let mut cipher = ChaCha20::new(&seed.0.into(), &nonce.into());
+                cipher.seek(index as u64 * chunk_bytes as u64);
+                let keystream = &mut buffer[..chunk.len() * width];
+                // apply_keystream XORs, so the buffer must start at zero.
+                keystream.fill(0);
+                cipher.apply_keystream(keystream);
+                // The word loaded at element i's offset has the element's `width` bytes as its low
+                // bytes; the bytes above belong to the next elements and `low` (bits ≤ 8·width)
+                // drops them.
+                for (i, a) in chunk.iter_mut().enumerate() {
+                    let m = W::load(&buffer[i * width..]);
+                    *a = if SUBTRACT {
+                        a.sub_masked(m, low)
+                    } else {
+                        a.add_masked(m, low)
+                    };
+                }
+            },
+        );
     Ok(())
 }
 

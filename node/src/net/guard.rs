@@ -17,8 +17,8 @@ use libp2p::core::transport::PortUse;
 use libp2p::core::Endpoint;
 use libp2p::swarm::behaviour::{ConnectionEstablished, ListenFailure};
 use libp2p::swarm::{
-    dummy, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler,
-    THandlerInEvent, THandlerOutEvent, ToSwarm,
+    dummy, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+    THandlerOutEvent, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId};
 
@@ -246,7 +246,10 @@ mod tests {
         for i in 0..20 {
             assert!(r.allow(p, 50, t0), "message {i}");
         }
-        assert!(!r.allow(p, 1, t0), "the 21st message of the burst is refused");
+        assert!(
+            !r.allow(p, 1, t0),
+            "the 21st message of the burst is refused"
+        );
         assert!(r.allow(q, 50, t0), "other peers have their own budget");
         // Half a second later, 5 more messages fit.
         let t1 = t0 + Duration::from_millis(500);

@@ -64,8 +64,10 @@ impl Defence {
         d.evicted = evicted;
         // Votes this member had counted before it stopped, as far as they are still valid.
         let stored: Vec<SignedVote> = match store.get_state(VOTES_KEY)? {
-            Some(bytes) => fedmesh_protocol::codec::decode(&bytes, fedmesh_protocol::codec::HARD_LIMIT)
-                .unwrap_or_default(),
+            Some(bytes) => {
+                fedmesh_protocol::codec::decode(&bytes, fedmesh_protocol::codec::HARD_LIMIT)
+                    .unwrap_or_default()
+            }
             None => Vec::new(),
         };
         for v in stored {
@@ -96,7 +98,8 @@ impl Defence {
         for m in evicted.difference(&self.evicted) {
             self.history.remove(*m);
             self.tally.evict(*m);
-            self.votes.retain(|v| v.vote.voter != *m && v.vote.target != *m);
+            self.votes
+                .retain(|v| v.vote.voter != *m && v.vote.target != *m);
         }
         self.evicted = evicted;
     }
@@ -108,7 +111,12 @@ impl Defence {
     }
 
     /// A record this member is about to approve or append: valid against the log's member set.
-    pub fn check(&self, genesis: &Genesis, height: u64, record: &RoundRecord) -> Result<(), String> {
+    pub fn check(
+        &self,
+        genesis: &Genesis,
+        height: u64,
+        record: &RoundRecord,
+    ) -> Result<(), String> {
         let mut evicted = self.evicted.clone();
         audit::check_membership(genesis, &mut evicted, height, record).map_err(|e| e.to_string())
     }
@@ -317,6 +325,8 @@ mod tests {
         assert_eq!(ready.len(), 1);
         assert_eq!((ready[0].target, ready[0].votes.len()), (3, 3));
         // Expired votes are dropped rather than carried forever.
-        assert!(d.evictions(1 + genesis.spec.robust.vote_expiry_rounds).is_empty());
+        assert!(d
+            .evictions(1 + genesis.spec.robust.vote_expiry_rounds)
+            .is_empty());
     }
 }

@@ -16,8 +16,8 @@
 //!    catches up: it fetches entries and checkpoints, verifies them, and appends them.
 
 mod defence;
-mod privacy;
 mod paillier;
+mod privacy;
 mod secure;
 mod sync;
 #[cfg(test)]
@@ -583,8 +583,8 @@ impl Runtime {
                         Some(p) if ctx.attack.active_in(round) => p,
                         _ => &ctx.data.train,
                     };
-                    let result = privacy::train(&ctx, &global, rows, round, seed)
-                        .map_err(|e| e.to_string());
+                    let result =
+                        privacy::train(&ctx, &global, rows, round, seed).map_err(|e| e.to_string());
                     let _ = tx.blocking_send(Work::Trained { round, result });
                 });
             }
@@ -633,18 +633,32 @@ impl Runtime {
             // An attacker (drills): what it sends instead of its honest update. Omniscient
             // attacks see the updates that reached it so far (none in mode secagg).
             use rand::SeedableRng;
-            let others: Vec<u32> = cur.state.contributors().into_iter().filter(|m| *m != me).collect();
+            let others: Vec<u32> = cur
+                .state
+                .contributors()
+                .into_iter()
+                .filter(|m| *m != me)
+                .collect();
             let inputs = cur.state.inputs(&others);
             let honest: Vec<&[f32]> = inputs.iter().map(|i| i.values).collect();
             let n = cur.state.order().len();
             let f = fedmesh_protocol::robust::default_attackers(n).max(1);
-            let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(round_seed(&self.ctx, round) ^ 0xa77ac);
+            let mut rng =
+                rand_chacha::ChaCha20Rng::seed_from_u64(round_seed(&self.ctx, round) ^ 0xa77ac);
             delta = attack.poison_update(&delta, &honest, n, f, &mut rng);
-            tracing::warn!(round, attack = attack.kind.name(), "attacking: sending a poisoned update");
+            tracing::warn!(
+                round,
+                attack = attack.kind.name(),
+                "attacking: sending a poisoned update"
+            );
         }
         if let Some(pr) = cur.paillier.as_ref() {
             // Mode paillier: the update leaves this member only encrypted.
-            tracing::info!(round, loss = outcome.mean_loss, "trained; encrypting the update");
+            tracing::info!(
+                round,
+                loss = outcome.mean_loss,
+                "trained; encrypting the update"
+            );
             paillier::encrypt(&self.ctx, pr, delta, self.work_tx.clone());
             return Vec::new();
         }
@@ -848,7 +862,12 @@ impl Runtime {
                 }
                 let evictions = self.defence.evictions(round);
                 for e in &evictions {
-                    tracing::info!(round, target = e.target, votes = e.votes.len(), "proposing an eviction");
+                    tracing::info!(
+                        round,
+                        target = e.target,
+                        votes = e.votes.len(),
+                        "proposing an eviction"
+                    );
                 }
                 let mut p = cur.state.propose(
                     attempt,
@@ -1167,11 +1186,19 @@ impl Runtime {
 
     /// Mode plain with votes on: score the participants of the round just committed (against
     /// the update the record applied) and return the votes this member casts.
-    fn score_round(&mut self, record: &RoundRecord, params: &[f32]) -> Vec<fedmesh_protocol::votes::Vote> {
+    fn score_round(
+        &mut self,
+        record: &RoundRecord,
+        params: &[f32],
+    ) -> Vec<fedmesh_protocol::votes::Vote> {
         if !self.defence.votes_on(self.ctx.genesis.spec.mode) {
             return Vec::new();
         }
-        let Some(cur) = self.current.as_ref().filter(|c| c.state.round == record.round) else {
+        let Some(cur) = self
+            .current
+            .as_ref()
+            .filter(|c| c.state.round == record.round)
+        else {
             return Vec::new();
         };
         let participants: Vec<u32> = record.participants.iter().map(|c| c.member).collect();
@@ -1179,21 +1206,33 @@ impl Runtime {
         if inputs.len() != participants.len() {
             return Vec::new();
         }
-        let applied: Vec<f32> = params.iter().zip(self.global.iter()).map(|(n, o)| n - o).collect();
+        let applied: Vec<f32> = params
+            .iter()
+            .zip(self.global.iter())
+            .map(|(n, o)| n - o)
+            .collect();
         let me = self.me();
         let votes = self
             .defence
             .score_round(&self.store, me, record.round, &inputs, &applied);
         for v in &votes {
-            tracing::warn!(round = record.round, target = v.target, score = v.score, "voting to evict a member whose updates stay anomalous");
+            tracing::warn!(
+                round = record.round,
+                target = v.target,
+                score = v.score,
+                "voting to evict a member whose updates stay anomalous"
+            );
         }
         votes
     }
 
     /// Sign, count and gossip this member's vote (retried until gossip takes it).
     fn cast_vote(&mut self, vote: fedmesh_protocol::votes::Vote) {
-        let signed =
-            fedmesh_protocol::votes::SignedVote::sign(self.ctx.genesis_hash, vote, &self.ctx.keys.identity);
+        let signed = fedmesh_protocol::votes::SignedVote::sign(
+            self.ctx.genesis_hash,
+            vote,
+            &self.ctx.keys.identity,
+        );
         let round = self.next_round();
         if let Err(e) = self.defence.count(&self.store, &signed, round) {
             tracing::warn!(error = %e, "own vote not counted");
@@ -1213,7 +1252,10 @@ impl Runtime {
     /// Returns true if this member was evicted.
     fn on_evicted(&mut self, evicted: &[u32]) -> bool {
         for m in evicted {
-            tracing::warn!(member = m, "member evicted by its peers' votes; refusing it from now on");
+            tracing::warn!(
+                member = m,
+                "member evicted by its peers' votes; refusing it from now on"
+            );
             if let Some(peer) = self.ctx.member_peer(*m) {
                 let net = self.net.clone();
                 tokio::spawn(async move { net.block(peer).await });
@@ -1301,7 +1343,10 @@ impl Runtime {
     fn on_envelope(&mut self, env: Envelope, bytes: Vec<u8>, peer: Option<PeerId>) -> Verdict {
         let round = self.next_round();
         if self.defence.evicted().contains(&env.sender) {
-            tracing::debug!(sender = env.sender, "refused a message from an evicted member");
+            tracing::debug!(
+                sender = env.sender,
+                "refused a message from an evicted member"
+            );
             return Verdict::Reject;
         }
         if let Payload::Vote(v) = &env.payload {
@@ -1455,15 +1500,29 @@ impl Runtime {
 
     /// A peer's eviction vote: counted if its voter sent it, is active, signed it, and it is
     /// still valid; a vote from a later round than ours is ignored (it is still ahead of us).
-    fn on_vote(&mut self, sender: u32, v: &fedmesh_protocol::votes::SignedVote, round: u64) -> Verdict {
+    fn on_vote(
+        &mut self,
+        sender: u32,
+        v: &fedmesh_protocol::votes::SignedVote,
+        round: u64,
+    ) -> Verdict {
         use fedmesh_protocol::votes::{Outcome, VoteError};
         if !self.defence.votes_on(self.ctx.genesis.spec.mode) || v.vote.voter != sender {
-            tracing::warn!(sender, "refused a vote (votes are off here, or it is not the sender's own)");
+            tracing::warn!(
+                sender,
+                "refused a vote (votes are off here, or it is not the sender's own)"
+            );
             return Verdict::Reject;
         }
         match self.defence.count(&self.store, v, round) {
             Ok(Outcome::Counted { votes, needed }) => {
-                tracing::info!(voter = sender, target = v.vote.target, votes, needed, "eviction vote counted");
+                tracing::info!(
+                    voter = sender,
+                    target = v.vote.target,
+                    votes,
+                    needed,
+                    "eviction vote counted"
+                );
                 Verdict::Accept
             }
             Ok(_) => Verdict::Accept,
@@ -1840,7 +1899,9 @@ impl Runtime {
                             return;
                         }
                     }
-                    Err(e) => tracing::error!(error = %e, "cannot replay the member set from the log"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot replay the member set from the log")
+                    }
                 }
                 self.start_round();
             }

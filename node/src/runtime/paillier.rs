@@ -192,7 +192,11 @@ pub struct Round {
 
 impl Round {
     /// Start the round: its worker, and the pool fill (runs while the model trains).
-    pub fn start(ctx: &Arc<Context>, state: &RoundState, work: mpsc::Sender<Work>) -> Option<Round> {
+    pub fn start(
+        ctx: &Arc<Context>,
+        state: &RoundState,
+        work: mpsc::Sender<Work>,
+    ) -> Option<Round> {
         let setup = ctx.paillier.clone()?;
         let genesis = &ctx.genesis;
         let n = genesis.members.len();
@@ -427,7 +431,11 @@ fn worker(
                         let started = Instant::now();
                         d.partial(share, me, &ctx.keys.identity, &mut rand::rngs::OsRng)
                             .map(|p| {
-                                tracing::info!(round, ms = started.elapsed().as_millis() as u64, "paillier: partial decryption made");
+                                tracing::info!(
+                                    round,
+                                    ms = started.elapsed().as_millis() as u64,
+                                    "paillier: partial decryption made"
+                                );
                                 if ctx.faults.round == round && ctx.faults.at == "bad_partial" {
                                     tamper(&setup, &params, &ctx, p)
                                 } else {
@@ -595,7 +603,12 @@ impl Runtime {
     }
 
     /// A paillier message of the current round (envelope verified).
-    pub(super) fn on_paillier_msg(&mut self, sender: u32, attempt: u32, msg: PaillierMsg) -> Verdict {
+    pub(super) fn on_paillier_msg(
+        &mut self,
+        sender: u32,
+        attempt: u32,
+        msg: PaillierMsg,
+    ) -> Verdict {
         let Some(cur) = self.current.as_mut() else {
             return Verdict::Ignore;
         };
@@ -613,13 +626,20 @@ impl Runtime {
                     return Verdict::Ignore;
                 }
                 if attempt > pr.attempt {
-                    tracing::info!(round = pr.round, attempt, "paillier: following a later attempt's coordinator");
+                    tracing::info!(
+                        round = pr.round,
+                        attempt,
+                        "paillier: following a later attempt's coordinator"
+                    );
                     pr.follow(attempt);
                 }
                 pr.on_close(sender, c);
             }
             _ => {
-                tracing::warn!(culprit = sender, "paillier: message not from its claimed member or coordinator");
+                tracing::warn!(
+                    culprit = sender,
+                    "paillier: message not from its claimed member or coordinator"
+                );
                 return Verdict::Reject;
             }
         }
@@ -654,7 +674,9 @@ impl Runtime {
                     }
                     self.publish_paillier(PaillierMsg::Update(msg)).await;
                 }
-                Err(e) => tracing::error!(round, error = %e, "paillier: cannot encrypt the update; this member sits the round out"),
+                Err(e) => {
+                    tracing::error!(round, error = %e, "paillier: cannot encrypt the update; this member sits the round out")
+                }
             },
             Done::Update { member, result, .. } => match result {
                 Ok(h) => {
@@ -662,7 +684,9 @@ impl Runtime {
                     pr.updates.insert(member, h);
                     pr.try_form();
                 }
-                Err(e) => tracing::warn!(round, culprit = member, error = %e, "paillier: update refused"),
+                Err(e) => {
+                    tracing::warn!(round, culprit = member, error = %e, "paillier: update refused")
+                }
             },
             Done::Formed { result, .. } => {
                 pr.forming = false;
@@ -671,7 +695,9 @@ impl Runtime {
                         let wanted = pr.wanted.take();
                         pr.formed = Some(close.clone());
                         pr.forward_partials();
-                        let follows = wanted.as_ref().is_some_and(|w| w.sum_hash == close.sum_hash);
+                        let follows = wanted
+                            .as_ref()
+                            .is_some_and(|w| w.sum_hash == close.sum_hash);
                         if let Some(w) = wanted.filter(|_| !follows) {
                             tracing::warn!(round, culprit = cur.state.coordinator(pr.attempt), announced = %w.sum_hash, formed = %close.sum_hash, "paillier: the announced sum's hash is not the product of its updates here; not decrypting");
                         }
@@ -704,18 +730,26 @@ impl Runtime {
                     tracing::warn!(round, culprit = member, error = %e, "paillier: partial decryption REJECTED (bad proof); its sender is named in the round record");
                     pr.rejected.insert(member);
                 }
-                Err((false, e)) => tracing::warn!(round, culprit = member, error = %e, "paillier: partial decryption refused"),
+                Err((false, e)) => {
+                    tracing::warn!(round, culprit = member, error = %e, "paillier: partial decryption refused")
+                }
             },
             Done::Finished { result, .. } => {
                 pr.finishing = false;
                 match result {
                     Ok(outcome) => {
                         pr.outcome = Some(outcome.clone());
-                        if coordinating && !cur.evaluating && cur.state.proposal().is_none() && cur.waiting.is_none() {
+                        if coordinating
+                            && !cur.evaluating
+                            && cur.state.proposal().is_none()
+                            && cur.waiting.is_none()
+                        {
                             self.evaluate_paillier(outcome);
                         }
                     }
-                    Err(e) => tracing::warn!(round, error = %e, "paillier: cannot decrypt the sum yet"),
+                    Err(e) => {
+                        tracing::warn!(round, error = %e, "paillier: cannot decrypt the sum yet")
+                    }
                 }
             }
         }
@@ -865,7 +899,11 @@ impl Runtime {
         };
         let participants: Vec<u32> = p.record.participants.iter().map(|c| c.member).collect();
         let refuse = |why: &str| {
-            tracing::warn!(culprit = proposer, why, "paillier: the proposal does not match this member's view; not approving");
+            tracing::warn!(
+                culprit = proposer,
+                why,
+                "paillier: the proposal does not match this member's view; not approving"
+            );
         };
         if formed.contributors != participants || formed.sum_hash != s.sum_hash {
             refuse("a different sum");
@@ -942,7 +980,12 @@ impl Runtime {
             && !cur.evaluating
             && (next as usize) < active
         {
-            tracing::warn!(round = pr.round, attempt = next, coordinator = cur.state.coordinator(next), "paillier: no record in time; failing over to the next coordinator");
+            tracing::warn!(
+                round = pr.round,
+                attempt = next,
+                coordinator = cur.state.coordinator(next),
+                "paillier: no record in time; failing over to the next coordinator"
+            );
             pr.follow(next);
             cur.waiting = None;
         }
@@ -1009,11 +1052,20 @@ mod tests {
         let qb = packer.quantize(&b, &mut rng).unwrap().values;
         let sum: Vec<i64> = qa.iter().zip(&qb).map(|(x, y)| x + y).collect();
         let m = mean(&packer, 0.5, &sum, 2).unwrap();
-        let expect = [(0.2 * 1000.0 - 0.2 * 3000.0) / 4000.0, (-0.1 * 1000.0 + 0.3 * 3000.0) / 4000.0];
+        let expect = [
+            (0.2 * 1000.0 - 0.2 * 3000.0) / 4000.0,
+            (-0.1 * 1000.0 + 0.3 * 3000.0) / 4000.0,
+        ];
         for (x, e) in m.iter().zip(expect) {
             assert!((x - e).abs() < 1e-3, "{m:?} vs {expect:?}");
         }
-        assert!(mean(&packer, 0.5, &sum, 3).is_err(), "wrong length is refused");
-        assert!(mean(&packer, 0.5, &[0, 0, 0], 2).is_err(), "zero weight is refused");
+        assert!(
+            mean(&packer, 0.5, &sum, 3).is_err(),
+            "wrong length is refused"
+        );
+        assert!(
+            mean(&packer, 0.5, &[0, 0, 0], 2).is_err(),
+            "zero weight is refused"
+        );
     }
 }
