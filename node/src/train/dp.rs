@@ -524,9 +524,13 @@ mod tests {
         assert_ne!(other.params, out.params);
     }
 
-    #[test]
-    fn without_noise_and_clipping_it_is_plain_sgd() {
-        // σ → 0, C → ∞, q = 1 with fixed batches: DP-SGD is full-batch SGD on the mean loss.
+    /// DP-SGD with σ → 0, C → ∞ and q = 1 in fixed batches, next to `train` on the same data:
+    /// (DP result, non-private result, the starting parameters).
+    fn noiseless_next_to_plain(
+        optimizer: Optimizer,
+        learning_rate: f64,
+        epochs: usize,
+    ) -> (TrainOutcome, TrainOutcome, Vec<f32>) {
         let (layout, params, x, y) = batch(20);
         let data = Dataset {
             features: 6,
@@ -535,9 +539,9 @@ mod tests {
             y,
         };
         let spec = TrainSpec {
-            optimizer: Optimizer::Sgd,
-            learning_rate: 0.3,
-            epochs: 2,
+            optimizer,
+            learning_rate,
+            epochs,
             batch_size: 20,
         };
         // Noise std σ·C = 1e-24.
@@ -546,7 +550,14 @@ mod tests {
         d.sampling = Sampling::Fixed;
         let a = train_dp(&layout, &params, &data, &spec, &d, [1; 32]).unwrap();
         let b = train(&layout, &params, &data, &spec, 0).unwrap();
-        assert_eq!(a.steps, 2);
+        assert_eq!(a.steps, epochs);
+        (a, b, params)
+    }
+
+    #[test]
+    fn without_noise_and_clipping_it_is_plain_sgd() {
+        // In the limit DP-SGD is full-batch SGD on the mean loss.
+        let (a, b, _) = noiseless_next_to_plain(Optimizer::Sgd, 0.3, 2);
         close(&a.params, &b.params, 1e-5);
     }
 
@@ -554,25 +565,7 @@ mod tests {
     fn without_noise_and_clipping_dp_adam_is_adam() {
         // The noisy gradients may drive Adam too (post-processing): in the limit it is exactly
         // the non-private full-batch Adam of `train`.
-        let (layout, params, x, y) = batch(20);
-        let data = Dataset {
-            features: 6,
-            classes: 3,
-            x,
-            y,
-        };
-        let spec = TrainSpec {
-            optimizer: Optimizer::Adam,
-            learning_rate: 0.01,
-            epochs: 3,
-            batch_size: 20,
-        };
-        let mut d = dp(1e-30, 1.0);
-        d.clip = 1e6;
-        d.sampling = Sampling::Fixed;
-        let a = train_dp(&layout, &params, &data, &spec, &d, [1; 32]).unwrap();
-        let b = train(&layout, &params, &data, &spec, 0).unwrap();
-        assert_eq!(a.steps, 3);
+        let (a, b, params) = noiseless_next_to_plain(Optimizer::Adam, 0.01, 3);
         close(&a.params, &b.params, 1e-4);
         assert!(a
             .params
