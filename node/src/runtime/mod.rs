@@ -1343,11 +1343,13 @@ impl Runtime {
     fn on_envelope(&mut self, env: Envelope, bytes: Vec<u8>, peer: Option<PeerId>) -> Verdict {
         let round = self.next_round();
         if self.defence.evicted().contains(&env.sender) {
+            // Dropped without penalty: a member that has not committed the eviction yet may
+            // still forward the evicted member's messages; the evicted peer itself is blocked.
             tracing::debug!(
                 sender = env.sender,
-                "refused a message from an evicted member"
+                "dropped a message from an evicted member"
             );
-            return Verdict::Reject;
+            return Verdict::Ignore;
         }
         if let Payload::Vote(v) = &env.payload {
             return self.on_vote(env.sender, v, round);
