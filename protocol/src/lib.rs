@@ -35,6 +35,7 @@ pub mod paillier;
 pub mod robust;
 pub mod round;
 pub mod secagg;
+pub mod signed;
 pub mod votes;
 pub mod wire;
 

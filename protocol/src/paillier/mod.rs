@@ -18,13 +18,13 @@
 use std::collections::BTreeMap;
 
 use rand::{CryptoRng, RngCore};
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize};
 
 use crate::crypto::paillier::{
     self, pack::Packer, Ciphertext, DecodeError, KeyShare, PartialDecryption, Pool, PublicKey,
     VerificationKeys,
 };
-use crate::crypto::{hash::Hasher, identity, Hash};
+use crate::crypto::{identity, Hash};
 
 /// Everything the members of one round agree on before it starts.
 #[derive(Debug, Clone)]
@@ -66,57 +66,39 @@ impl Keys {
     }
 }
 
-/// A message with its sender's ed25519 signature, bound to the network and the message kind.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Signed<T> {
-    pub body: T,
-    pub signature: identity::Signature,
-}
+pub use crate::signed::{Body, Signed};
+use crate::signed::{Refused, RoundKeys};
 
-/// Messages that can be signed.
-pub trait Body: Serialize + DeserializeOwned + Clone {
-    const KIND: &'static str;
-    fn sender(&self) -> u32;
-    fn round(&self) -> u64;
-}
+/// The signing context of this protocol's messages.
+pub(crate) const DOMAIN: &str = "fedmesh paillier v1 message";
 
-fn signing_hash<T: Body>(genesis: Hash, body: &T) -> Hash {
-    let mut h = Hasher::new("fedmesh paillier v1 message");
-    h.update_field(T::KIND.as_bytes());
-    h.update(genesis.as_bytes());
-    h.update_field(&crate::codec::encode(body));
-    h.finalize()
-}
-
-impl<T: Body> Signed<T> {
-    pub fn sign(genesis: Hash, body: T, key: &identity::SecretKey) -> Signed<T> {
-        let signature = key.sign(signing_hash(genesis, &body).as_bytes());
-        Signed { body, signature }
+impl RoundKeys for RoundParams {
+    fn genesis(&self) -> Hash {
+        self.genesis
     }
+    fn round(&self) -> u64 {
+        self.round
+    }
+    fn key(&self, member: u32) -> Option<&identity::PublicKey> {
+        self.members.get(&member)
+    }
+}
 
-    /// Check round, membership and signature; returns the body.
-    pub fn verify(&self, params: &RoundParams) -> Result<&T, PaillierError> {
-        let culprit = self.body.sender();
-        if self.body.round() != params.round {
-            return Err(PaillierError::WrongRound {
+impl From<Refused> for PaillierError {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::WrongRound {
                 culprit,
-                found: self.body.round(),
-                expected: params.round,
-            });
+                found,
+                expected,
+            } => PaillierError::WrongRound {
+                culprit,
+                found,
+                expected,
+            },
+            Refused::NotMember { culprit } => PaillierError::NotMember { culprit },
+            Refused::Signature { culprit, what } => PaillierError::Signature { culprit, what },
         }
-        let key = params
-            .members
-            .get(&culprit)
-            .ok_or(PaillierError::NotMember { culprit })?;
-        key.verify(
-            signing_hash(params.genesis, &self.body).as_bytes(),
-            &self.signature,
-        )
-        .map_err(|_| PaillierError::Signature {
-            culprit,
-            what: T::KIND,
-        })?;
-        Ok(&self.body)
     }
 }
 
@@ -144,7 +126,10 @@ impl std::fmt::Debug for EncryptedUpdate {
 }
 
 impl Body for EncryptedUpdate {
+    const DOMAIN: &'static str = DOMAIN;
     const KIND: &'static str = "paillier update";
+    type Params = RoundParams;
+    type Error = PaillierError;
     fn sender(&self) -> u32 {
         self.member
     }
@@ -184,7 +169,10 @@ impl std::fmt::Debug for Partial {
 }
 
 impl Body for Partial {
+    const DOMAIN: &'static str = DOMAIN;
     const KIND: &'static str = "paillier partial decryption";
+    type Params = RoundParams;
+    type Error = PaillierError;
     fn sender(&self) -> u32 {
         self.member
     }

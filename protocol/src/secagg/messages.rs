@@ -117,7 +117,10 @@ pub struct Unmask {
 macro_rules! body {
     ($t:ty, $kind:literal) => {
         impl Body for $t {
+            const DOMAIN: &'static str = super::DOMAIN;
             const KIND: &'static str = $kind;
+            type Params = super::RoundParams;
+            type Error = super::SecaggError;
             fn sender(&self) -> u32 {
                 self.member
             }

@@ -32,10 +32,10 @@ mod tests;
 
 use std::collections::BTreeMap;
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize};
 
 use crate::crypto::secagg::{aead, agree, mask, shamir};
-use crate::crypto::{hash::Hasher, identity, Hash};
+use crate::crypto::{identity, Hash};
 
 pub use messages::{
     Advertise, Consistency, ConsistencyList, KeyList, MaskedInput, SealedShare, Shares, SharesFor,
@@ -105,55 +105,39 @@ impl RoundParams {
     }
 }
 
-/// A message with its sender's ed25519 signature, bound to the network and the message kind.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Signed<T> {
-    pub body: T,
-    pub signature: identity::Signature,
-}
+pub use crate::signed::{Body, Signed};
+use crate::signed::{Refused, RoundKeys};
 
-/// Messages that can be signed: they say who sent them, for which round, and under which name.
-pub trait Body: Serialize + DeserializeOwned + Clone {
-    const KIND: &'static str;
-    fn sender(&self) -> u32;
-    fn round(&self) -> u64;
-}
+/// The signing context of this protocol's messages.
+pub(crate) const DOMAIN: &str = "fedmesh secagg v1 message";
 
-fn signing_hash<T: Body>(genesis: Hash, body: &T) -> Hash {
-    let mut h = Hasher::new("fedmesh secagg v1 message");
-    h.update_field(T::KIND.as_bytes());
-    h.update(genesis.as_bytes());
-    h.update_field(&crate::codec::encode(body));
-    h.finalize()
-}
-
-impl<T: Body> Signed<T> {
-    pub fn sign(genesis: Hash, body: T, key: &identity::SecretKey) -> Signed<T> {
-        let signature = key.sign(signing_hash(genesis, &body).as_bytes());
-        Signed { body, signature }
+impl RoundKeys for RoundParams {
+    fn genesis(&self) -> Hash {
+        self.genesis
     }
+    fn round(&self) -> u64 {
+        self.round
+    }
+    fn key(&self, member: u32) -> Option<&identity::PublicKey> {
+        self.members.get(&member)
+    }
+}
 
-    /// Check round, membership and signature; returns the body.
-    pub fn verify(&self, params: &RoundParams) -> Result<&T, SecaggError> {
-        let sender = self.body.sender();
-        if self.body.round() != params.round {
-            return Err(SecaggError::WrongRound {
-                culprit: sender,
-                found: self.body.round(),
-                expected: params.round,
-            });
+impl From<Refused> for SecaggError {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::WrongRound {
+                culprit,
+                found,
+                expected,
+            } => SecaggError::WrongRound {
+                culprit,
+                found,
+                expected,
+            },
+            Refused::NotMember { culprit } => SecaggError::NotMember { culprit },
+            Refused::Signature { culprit, what } => SecaggError::Signature { culprit, what },
         }
-        params
-            .key(sender)?
-            .verify(
-                signing_hash(params.genesis, &self.body).as_bytes(),
-                &self.signature,
-            )
-            .map_err(|_| SecaggError::Signature {
-                culprit: sender,
-                what: T::KIND,
-            })?;
-        Ok(&self.body)
     }
 }
 
