@@ -285,18 +285,12 @@ pub fn train_dp(
         out.extend(l.w.flatten_all()?.to_vec1::<f32>()?);
         out.extend(l.b.to_vec1::<f32>()?);
     }
-    if let Some(index) = out.iter().position(|v| !v.is_finite()) {
-        return Err(TrainError::Diverged {
-            what: format!("parameter {index} became {}", out[index]),
-            epoch: spec.epochs - 1,
-            step: steps,
-        });
-    }
-    Ok(TrainOutcome {
-        params: out,
-        mean_loss: (tail_loss / tail_rows.max(1) as f64) as f32,
+    super::mlp::outcome(
+        out,
+        (tail_loss / tail_rows.max(1) as f64) as f32,
+        spec.epochs,
         steps,
-    })
+    )
 }
 
 #[cfg(test)]

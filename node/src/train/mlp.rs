@@ -133,16 +133,26 @@ pub fn train(
     for v in &vars {
         out.extend(v.as_tensor().flatten_all()?.to_vec1::<f32>()?);
     }
-    if let Some(index) = out.iter().position(|v| !v.is_finite()) {
+    outcome(out, mean_loss as f32, spec.epochs, steps)
+}
+
+/// The trained parameters as an outcome, or `Diverged` naming the first non-finite one.
+pub(super) fn outcome(
+    params: Vec<f32>,
+    mean_loss: f32,
+    epochs: usize,
+    steps: usize,
+) -> Result<TrainOutcome, TrainError> {
+    if let Some(index) = params.iter().position(|v| !v.is_finite()) {
         return Err(TrainError::Diverged {
-            what: format!("parameter {index} became {}", out[index]),
-            epoch: spec.epochs - 1,
+            what: format!("parameter {index} became {}", params[index]),
+            epoch: epochs - 1,
             step: steps,
         });
     }
     Ok(TrainOutcome {
-        params: out,
-        mean_loss: mean_loss as f32,
+        params,
+        mean_loss,
         steps,
     })
 }
