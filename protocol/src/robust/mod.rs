@@ -19,6 +19,7 @@
 //! assert_eq!(out.update, vec![1.0, 1.0]);
 //! ```
 
+pub mod groups;
 mod linalg;
 pub mod score;
 
