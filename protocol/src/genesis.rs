@@ -359,6 +359,19 @@ pub struct RobustSpec {
     pub quorum: f64,
     /// Rounds after which a vote that has not reached a quorum expires.
     pub vote_expiry_rounds: u64,
+    /// Secure modes: split each round's members into random groups of at least this many, reveal
+    /// only group sums, apply the rule and scores to group means, and find attackers by group
+    /// testing ([`crate::robust::suspicion`]). 0 = no groups (one sum of everyone in secure modes,
+    /// individual updates in plain mode).
+    pub group_size: usize,
+    /// Group testing: assumed share of attackers, in (0, 1).
+    pub group_prior: f64,
+    /// Group testing: how often a group holding an attacker is flagged, in (0, 1).
+    pub group_detection: f64,
+    /// Group testing: how often an all-honest group is flagged, in [0, `group_detection`).
+    pub group_false_alarm: f64,
+    /// Group testing: posterior probability of "attacker" at which members vote, in (0, 1).
+    pub group_confidence: f64,
 }
 
 impl Default for RobustSpec {
@@ -378,6 +391,11 @@ impl Default for RobustSpec {
             warmup_rounds: 1,
             quorum: 2.0 / 3.0,
             vote_expiry_rounds: 3,
+            group_size: 0,
+            group_prior: 0.2,
+            group_detection: 0.9,
+            group_false_alarm: 0.05,
+            group_confidence: 0.99,
         }
     }
 }
@@ -449,7 +467,42 @@ impl RobustSpec {
         if self.vote_expiry_rounds == 0 {
             return bad("vote_expiry_rounds", "must be at least 1".into());
         }
+        if self.group_size == 1 {
+            return bad(
+                "group_size",
+                "must be 0 (no groups) or at least 2: a group of one reveals an update".into(),
+            );
+        }
+        let open = |v: f64| v > 0.0 && v < 1.0;
+        for (field, value) in [
+            ("group_prior", self.group_prior),
+            ("group_detection", self.group_detection),
+            ("group_confidence", self.group_confidence),
+        ] {
+            if !open(value) {
+                return bad(field, format!("must be in (0, 1), found {value}"));
+            }
+        }
+        if !(self.group_false_alarm >= 0.0 && self.group_false_alarm < self.group_detection) {
+            return bad(
+                "group_false_alarm",
+                format!(
+                    "must be in [0, group_detection = {}), found {}",
+                    self.group_detection, self.group_false_alarm
+                ),
+            );
+        }
         Ok(())
+    }
+
+    /// The group-testing model these settings describe.
+    pub fn suspicion_model(&self) -> crate::robust::suspicion::Model {
+        crate::robust::suspicion::Model {
+            prior: self.group_prior,
+            detection: self.group_detection,
+            false_alarm: self.group_false_alarm,
+            confidence: self.group_confidence,
+        }
     }
 }
 

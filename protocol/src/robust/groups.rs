@@ -101,13 +101,10 @@ pub fn settle(groups: &[Vec<u32>], live: &BTreeSet<u32>, g: usize) -> Vec<Vec<u3
         })
         .filter(|group| !group.is_empty())
         .collect();
-    loop {
-        let Some(small) = (0..groups.len())
-            .filter(|&i| groups[i].len() < g)
-            .min_by_key(|&i| (groups[i].len(), i))
-        else {
-            break;
-        };
+    while let Some(small) = (0..groups.len())
+        .filter(|&i| groups[i].len() < g)
+        .min_by_key(|&i| (groups[i].len(), i))
+    {
         let Some(into) = (0..groups.len())
             .filter(|&i| i != small)
             .min_by_key(|&i| (groups[i].len(), i))

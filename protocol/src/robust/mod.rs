@@ -22,6 +22,7 @@
 pub mod groups;
 mod linalg;
 pub mod score;
+pub mod suspicion;
 
 use std::collections::BTreeMap;
 
