@@ -21,6 +21,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::{aggregate, score, AggregateError, Input, Rule, State};
+
 /// The group-testing model (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Model {
@@ -68,6 +70,38 @@ pub fn rounds_to_suspect(model: &Model, size: usize) -> Option<u64> {
     }
     let need = model.threshold_log_odds() - model.prior_log_odds();
     Some((need / step).ceil().max(1.0) as u64)
+}
+
+/// What a round of group sums comes to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judgement {
+    /// The round's update: the rule applied to the group means.
+    pub update: Vec<f32>,
+    /// Each group's anomaly score against that update, in input order (`member` is the group's
+    /// index).
+    pub scores: Vec<score::PeerScore>,
+    /// Which groups are flagged, in input order.
+    pub flagged: Vec<bool>,
+}
+
+/// Combine a round's group means: `groups[j]` is group j's mean update (its `member` field the
+/// group's index, its weight the group's sample count). The rule is applied to the means, each
+/// mean is scored against the result, and a group whose score is over `threshold` is flagged.
+/// Every member runs this on the same revealed sums and gets the same answer.
+pub fn judge(
+    rule: &Rule,
+    groups: &[Input],
+    threshold: f64,
+    state: &mut State,
+) -> Result<Judgement, AggregateError> {
+    let combined = aggregate(rule, groups, state)?;
+    let scores = score::round_scores(groups, &combined.update);
+    let flagged = scores.iter().map(|s| s.score > threshold).collect();
+    Ok(Judgement {
+        update: combined.update,
+        scores,
+        flagged,
+    })
 }
 
 /// One member's record.
