@@ -329,6 +329,13 @@ pub fn verify(store: &Store, expected_genesis: Option<Hash>) -> Result<Verified,
         let record = entry.record().map_err(|e| fail(h, e.to_string()))?;
         audit::verify_succession(&genesis, last.as_ref(), &entry, &record)
             .map_err(|e| fail(h, e.to_string()))?;
+        let active: Vec<u32> = members
+            .iter()
+            .copied()
+            .filter(|m| !evicted.contains(m))
+            .collect();
+        audit::check_groups(&genesis, entry.prev_hash, &active, &record)
+            .map_err(|reason| fail(h, format!("groups summary: {reason}")))?;
         audit::check_membership(&genesis, &mut evicted, h, &record)
             .map_err(|e| fail(h, e.to_string()))?;
         let participants: Vec<u32> = record.participants.iter().map(|c| c.member).collect();

@@ -106,6 +106,53 @@ pub struct RoundRecord {
     pub privacy: Option<PrivacySummary>,
     /// Mode `paillier`: how the encrypted sum was formed and decrypted.
     pub paillier: Option<PaillierSummary>,
+    /// Mode `secagg` with `[spec.robust] group_size` > 0: the round's random groups, which of
+    /// them revealed a sum, and the rule's judgement of each. See [`check_groups`].
+    pub groups: Option<GroupsSummary>,
+}
+
+/// A round of group-wise secure aggregation: the active members were split into random groups of
+/// at least `size` ([`crate::robust::groups::draw`] from the previous entry's hash and the round),
+/// each group ran its own secure-aggregation session, and only the sums of groups with at least
+/// `size` contributors were revealed. The robust rule was applied to the revealed group means and
+/// each group scored against its result ([`crate::robust::suspicion::judge`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupsSummary {
+    /// g: the fewest members a revealed sum may cover.
+    pub size: u32,
+    /// Every group drawn for the round, as `draw` returns them (sorted).
+    pub drawn: Vec<Vec<u32>>,
+    /// The groups whose sum was revealed, in the order of `drawn`.
+    pub revealed: Vec<GroupSum>,
+    /// Indices into `drawn` of the groups whose sum was not revealed (fewer than g members got
+    /// through their session): nothing about them was unmasked. Sorted.
+    pub skipped: Vec<u32>,
+}
+
+/// One revealed group sum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupSum {
+    /// Index of the group in [`GroupsSummary::drawn`].
+    pub group: u32,
+    /// Its secure-aggregation session ([`crate::secagg::group_session`]).
+    pub session: u64,
+    /// Members whose masked input is in the sum (U3), sorted; at least g.
+    pub contributors: Vec<u32>,
+    /// Members whose unmasking shares were used (U5), sorted.
+    pub unmaskers: Vec<u32>,
+    /// Σ FedAvg weights of the contributors (revealed with the sum).
+    pub total_weight: u64,
+    /// Hash of the revealed sum (quantized, as unmasked): [`group_sum_hash`].
+    pub sum_hash: Hash,
+    /// The group mean's anomaly score against the round's update.
+    pub score: f64,
+    /// Whether the score is over `[spec.robust] score_threshold`.
+    pub flagged: bool,
+}
+
+/// Commitment to a revealed group sum (the unmasked vector in Z_(2^bits), weight last).
+pub fn group_sum_hash(sum: &[u64]) -> Hash {
+    Hash::of("fedmesh secagg group sum v1", &crate::codec::encode(&sum))
 }
 
 /// The privacy cost of a round and the running total of every member, recomputed and checked by
@@ -245,6 +292,8 @@ pub enum VerifyError {
     Membership { height: u64, reason: String },
     #[error("height {height}: paillier summary: {reason}")]
     Paillier { height: u64, reason: String },
+    #[error("height {height}: groups summary: {reason}")]
+    Groups { height: u64, reason: String },
 }
 
 impl VerifyError {
@@ -265,7 +314,8 @@ impl VerifyError {
             | VerifyError::ThresholdSignature { height }
             | VerifyError::Eviction { height, .. }
             | VerifyError::Membership { height, .. }
-            | VerifyError::Paillier { height, .. } => *height,
+            | VerifyError::Paillier { height, .. }
+            | VerifyError::Groups { height, .. } => *height,
         }
     }
 }
@@ -420,6 +470,113 @@ pub fn check_paillier(genesis: &Genesis, record: &RoundRecord) -> Result<(), Str
         .find(|m| summary.rejected.contains(m))
     {
         return Err(format!("member {m} is both a decryptor and rejected"));
+    }
+    Ok(())
+}
+
+/// What a record's groups summary must satisfy, given the hash of the entry before it and the
+/// members active in its round: present exactly in mode `secagg` with `group_size` g > 0; the
+/// groups are the ones [`crate::robust::groups::draw`] gives; every revealed group has at least g
+/// contributors, all drawn into it, and at least g unmaskers among them; revealed and skipped
+/// groups partition the drawn ones; the record's participants are exactly the contributors; a
+/// group is flagged exactly when its score is over the threshold. (That the sums are what the
+/// sessions revealed and that the scores and the model follow from them is checked by the members
+/// that sign the record, by replaying every group's session.)
+pub fn check_groups(
+    genesis: &Genesis,
+    prev_hash: Hash,
+    active: &[u32],
+    record: &RoundRecord,
+) -> Result<(), String> {
+    let g = genesis.spec.robust.group_size;
+    let summary = match (&record.groups, record.mode == Mode::Secagg && g > 0) {
+        (None, true) => return Err("a mode-secagg record with group_size > 0 has none".into()),
+        (Some(_), false) => {
+            return Err(format!(
+                "a mode-{} record has one, but the genesis asks for no groups",
+                record.mode
+            ))
+        }
+        (None, false) => return Ok(()),
+        (Some(s), true) => s,
+    };
+    if summary.size as usize != g {
+        return Err(format!("group size {} is not the genesis' {g}", summary.size));
+    }
+    let drawn = crate::robust::groups::draw(&prev_hash, record.round, active, g)
+        .map_err(|e| format!("no groups can be drawn: {e}"))?;
+    if summary.drawn != drawn {
+        return Err(format!(
+            "the groups {:?} are not the ones drawn from the chain head for round {} ({drawn:?})",
+            summary.drawn, record.round
+        ));
+    }
+    let sorted = |v: &[u32]| v.windows(2).all(|w| w[0] < w[1]);
+    let threshold = genesis.spec.robust.score_threshold;
+    let mut revealed = Vec::with_capacity(summary.revealed.len());
+    let mut contributors = Vec::new();
+    for s in &summary.revealed {
+        let Some(members) = drawn.get(s.group as usize) else {
+            return Err(format!("revealed group {} was not drawn", s.group));
+        };
+        if revealed.last().is_some_and(|&last| last >= s.group) {
+            return Err("revealed groups are not distinct and in order".into());
+        }
+        revealed.push(s.group);
+        if s.session != crate::secagg::group_session(record.round, record.attempt, s.group) {
+            return Err(format!(
+                "group {}'s session {} is not the one of round {} attempt {}",
+                s.group, s.session, record.round, record.attempt
+            ));
+        }
+        if s.contributors.len() < g {
+            return Err(format!(
+                "group {} revealed a sum of {} contributors, fewer than the group size {g}",
+                s.group,
+                s.contributors.len()
+            ));
+        }
+        if !sorted(&s.contributors) || !sorted(&s.unmaskers) {
+            return Err(format!(
+                "group {}'s contributors or unmaskers are not distinct and sorted",
+                s.group
+            ));
+        }
+        if let Some(m) = s.contributors.iter().find(|m| !members.contains(m)) {
+            return Err(format!("member {m} contributed to group {}, which it is not in", s.group));
+        }
+        if s.unmaskers.len() < g || s.unmaskers.iter().any(|m| !s.contributors.contains(m)) {
+            return Err(format!(
+                "group {} was unmasked by {:?}: at least {g} of its contributors must unmask",
+                s.group, s.unmaskers
+            ));
+        }
+        if s.total_weight == 0 {
+            return Err(format!("group {} has a total weight of 0", s.group));
+        }
+        if !s.score.is_finite() || s.flagged != (s.score > threshold) {
+            return Err(format!(
+                "group {} has score {} and flagged = {}, but the threshold is {threshold}",
+                s.group, s.score, s.flagged
+            ));
+        }
+        contributors.extend_from_slice(&s.contributors);
+    }
+    let skipped: Vec<u32> = (0..drawn.len() as u32)
+        .filter(|i| !revealed.contains(i))
+        .collect();
+    if summary.skipped != skipped {
+        return Err(format!(
+            "skipped groups {:?}, but the groups not revealed are {skipped:?}",
+            summary.skipped
+        ));
+    }
+    contributors.sort_unstable();
+    let participants: Vec<u32> = record.participants.iter().map(|c| c.member).collect();
+    if participants != contributors {
+        return Err(format!(
+            "participants {participants:?} are not the revealed groups' contributors {contributors:?}"
+        ));
     }
     Ok(())
 }
@@ -619,6 +776,7 @@ mod tests {
             evictions: Vec::new(),
             privacy: None,
             paillier: None,
+            groups: None,
         }
     }
 

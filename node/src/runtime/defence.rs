@@ -9,12 +9,17 @@
 //! proposal for every member with a quorum of valid votes, and the others check it
 //! ([`audit::check_membership`] and the signatures) before they approve. From the next round the
 //! evicted member is out: not in the coordinator order, its messages refused, its peer blocked.
+//!
+//! Mode `secagg` with groups (`[spec.robust] group_size`): individual updates stay hidden, so a
+//! member instead observes every committed round's revealed groups and their flags into a
+//! [`Suspicion`] table (group testing, kept in sled like the score history) and votes against the
+//! members whose posterior reaches the genesis confidence; votes and evictions then go the same way.
 
 use std::collections::BTreeSet;
 
 use fedmesh_protocol::audit::{self, RoundRecord};
 use fedmesh_protocol::genesis::{Genesis, Mode, RobustSpec};
-use fedmesh_protocol::robust::{self, score::History};
+use fedmesh_protocol::robust::{self, score::History, suspicion::Suspicion};
 use fedmesh_protocol::votes::{EvictionRecord, Outcome, SignedVote, Tally, Vote, VoteError};
 use fedmesh_storage::Store;
 
@@ -22,6 +27,9 @@ use fedmesh_crypto::Hash;
 
 /// State key of the score history in sled.
 const HISTORY_KEY: &str = "robust-score-history";
+
+/// State key of the group-testing suspicion table in sled.
+const SUSPICION_KEY: &str = "robust-suspicion";
 
 /// State key of the votes counted and not yet spent or expired.
 const VOTES_KEY: &str = "robust-pending-votes";
@@ -32,6 +40,8 @@ pub(super) struct Defence {
     /// Members evicted by the log so far.
     evicted: BTreeSet<u32>,
     history: History,
+    /// Mode secagg with groups: every member's suspicion from the flags of its groups.
+    suspicion: Suspicion,
     /// Votes received (and cast), among the log's active members.
     tally: Tally,
     /// The same votes as a list, stored in sled so that a restart keeps counting them.
@@ -51,15 +61,24 @@ impl Defence {
             }),
             None => History::default(),
         };
+        let suspicion = match store.get_state(SUSPICION_KEY)? {
+            Some(bytes) => Suspicion::decode(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "the stored suspicion table does not decode; starting afresh");
+                Suspicion::default()
+            }),
+            None => Suspicion::default(),
+        };
         let mut d = Defence {
             spec: genesis.spec.robust.clone(),
             evicted: BTreeSet::new(),
             history,
+            suspicion,
             tally: new_tally(genesis, genesis_hash, &evicted),
             votes: Vec::new(),
         };
         for m in &evicted {
             d.history.remove(*m);
+            d.suspicion.remove(*m);
         }
         d.evicted = evicted;
         // Votes this member had counted before it stopped, as far as they are still valid.
@@ -97,6 +116,7 @@ impl Defence {
     fn set_evicted(&mut self, evicted: BTreeSet<u32>) {
         for m in evicted.difference(&self.evicted) {
             self.history.remove(*m);
+            self.suspicion.remove(*m);
             self.tally.evict(*m);
             self.votes
                 .retain(|v| v.vote.voter != *m && v.vote.target != *m);
@@ -143,9 +163,59 @@ impl Defence {
         out
     }
 
-    /// Votes are cast only in mode plain with `[spec.robust] votes = true`.
+    /// Votes are cast with `[spec.robust] votes = true` in mode plain, and in mode secagg with
+    /// groups (`group_size` > 0).
     pub fn votes_on(&self, mode: Mode) -> bool {
-        self.spec.votes && mode == Mode::Plain
+        self.spec.votes
+            && (mode == Mode::Plain || (mode == Mode::Secagg && self.spec.group_size > 0))
+    }
+
+    /// Mode secagg with groups: fold a committed round's revealed groups and their flags into the
+    /// suspicion table and store it; returns the votes this member casts now (against active
+    /// suspects it has not voted against yet, after the warm-up).
+    pub fn observe_groups(
+        &mut self,
+        genesis: &Genesis,
+        store: &Store,
+        me: u32,
+        record: &RoundRecord,
+    ) -> Vec<Vote> {
+        let Some(summary) = &record.groups else {
+            return Vec::new();
+        };
+        let model = self.spec.suspicion_model();
+        let groups: Vec<Vec<u32>> = summary
+            .revealed
+            .iter()
+            .map(|g| g.contributors.clone())
+            .collect();
+        let flagged: Vec<bool> = summary.revealed.iter().map(|g| g.flagged).collect();
+        self.suspicion
+            .observe(&model, record.round, &groups, &flagged);
+        if let Err(e) = store.put_state(SUSPICION_KEY, &self.suspicion.encode()) {
+            tracing::warn!(error = %e, "cannot store the suspicion table");
+        }
+        if !self.votes_on(genesis.spec.mode) || record.round <= self.spec.warmup_rounds {
+            return Vec::new();
+        }
+        let round = record.round;
+        self.expire(round);
+        let evidence = Hash::of(
+            "fedmesh group suspicion evidence v1",
+            &fedmesh_protocol::codec::encode(summary),
+        );
+        self.suspicion
+            .suspects(&model)
+            .into_iter()
+            .filter(|(m, _)| *m != me && self.tally.is_active(*m) && !self.tally.has_voted(me, *m))
+            .map(|(target, posterior)| Vote {
+                round,
+                voter: me,
+                target,
+                score: posterior as f32,
+                evidence,
+            })
+            .collect()
     }
 
     /// Score round `round`'s participants (`inputs`, their updates) against `aggregate`, fold

@@ -84,10 +84,23 @@ pub struct Context {
 pub fn check_spec(spec: &fedmesh_protocol::genesis::Spec) -> anyhow::Result<()> {
     use fedmesh_protocol::genesis::{Mode, RuleKind};
     let r = &spec.robust;
-    if spec.mode != Mode::Plain && (r.rule != RuleKind::Mean || r.votes) {
+    if spec.mode == Mode::Paillier && r.group_size > 0 {
         anyhow::bail!(
-            "[spec.robust]: rule {:?} and votes = {} need each member's update, but mode {} reveals \
-             only the sum; use rule = \"mean\" and votes = false with it",
+            "[spec.robust] group_size = {}: groups are supported in mode secagg only (in mode \
+             paillier every member's ciphertext goes into one sum); use mode = \"secagg\" or \
+             group_size = 0",
+            r.group_size
+        );
+    }
+    // With groups, the rule and the scores work on group sums and votes on group testing;
+    // without, a secure mode reveals only one sum, which no rule or score can judge.
+    let grouped = spec.mode == Mode::Secagg && r.group_size > 0;
+    if spec.mode != Mode::Plain && !grouped && (r.rule != RuleKind::Mean || r.votes) {
+        anyhow::bail!(
+            "[spec.robust]: rule {:?} and votes = {} need more than one sum, but mode {} without \
+             groups reveals only the sum of everyone; set group_size (at least 2, mode secagg) so \
+             that they apply to the sums of random groups, or use rule = \"mean\" and \
+             votes = false",
             r.rule,
             r.votes,
             spec.mode
@@ -185,6 +198,11 @@ enum Purpose {
         attempt: u32,
         outcome: Box<fedmesh_protocol::secagg::Outcome>,
     },
+    /// The coordinator's proposal from the judged sums of groups.
+    ProposeGroups {
+        attempt: u32,
+        judged: Box<secure::Judged>,
+    },
     /// The coordinator's proposal from a decrypted threshold-Paillier sum.
     ProposePaillier {
         attempt: u32,
@@ -217,8 +235,8 @@ struct Current {
     candidate: Option<(Hash, Arc<Vec<f32>>)>,
     /// A signed entry waiting for its model checkpoint.
     commit_waiting: Option<Entry>,
-    /// Mode `secagg`: the session of the current attempt.
-    secure: Option<secure::Session>,
+    /// Mode `secagg`: the sessions of the current attempt (one per group with groups).
+    secure: Option<secure::Attempt>,
     /// Mode `secagg`: this member's quantized input, once trained.
     secure_input: Option<Vec<u64>>,
     /// Mode `paillier`: this round's aggregation.
@@ -322,19 +340,25 @@ impl Runtime {
         self.ctx.genesis.spec.mode == fedmesh_protocol::genesis::Mode::Secagg
     }
 
-    fn new_session(ctx: &Context, state: &Round, attempt: u32) -> Option<secure::Session> {
+    fn new_session(ctx: &Context, state: &Round, attempt: u32) -> Option<secure::Attempt> {
         let mut active = state.order().to_vec();
         active.sort_unstable();
-        let params = secure::params(
+        match secure::Attempt::new(
             &ctx.genesis,
             ctx.genesis_hash,
             state.round,
             attempt,
             state.prev_hash,
             &active,
-        );
-        match secure::Session::new(params, attempt, state.coordinator(attempt), ctx.keys.index) {
-            Ok(s) => Some(s),
+            state.coordinator(attempt),
+            ctx.keys.index,
+        ) {
+            Ok(s) => {
+                if let Some(drawn) = &s.drawn {
+                    tracing::info!(round = state.round, attempt, groups = ?drawn, "secagg: groups drawn from the chain head");
+                }
+                Some(s)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "secagg: cannot start a session");
                 None
@@ -352,6 +376,8 @@ impl Runtime {
                 return;
             };
             let (round, attempt) = (cur.state.round, session.attempt);
+            let grouped = session.drawn.is_some();
+            let ready = session.all_closed() && !cur.evaluating && cur.state.proposal().is_none();
             match a {
                 secure::Action::Publish(msg) => {
                     let point = match &msg {
@@ -377,6 +403,13 @@ impl Runtime {
                     }
                     self.ctx.fault(round, point).await;
                 }
+                secure::Action::Failed | secure::Action::Outcome(_) if grouped => {
+                    // With groups: propose once every group's session has ended.
+                    if ready {
+                        self.propose_groups();
+                    }
+                }
+                secure::Action::Failed => {}
                 secure::Action::Outcome(outcome) => {
                     if cur.evaluating || cur.state.proposal().is_some() {
                         continue;
@@ -889,27 +922,18 @@ impl Runtime {
                 if cur.state.proposal().is_some() {
                     return;
                 }
-                let Some(session) = cur.secure.as_ref().filter(|s| s.attempt == attempt) else {
+                let Some(session) = cur
+                    .secure
+                    .as_ref()
+                    .filter(|s| s.attempt == attempt)
+                    .and_then(|a| a.sessions.first())
+                else {
                     return;
                 };
                 let participants = outcome
                     .survivors
                     .iter()
-                    .map(|m| fedmesh_protocol::audit::Contribution {
-                        member: *m,
-                        num_samples: 0,
-                        update_hash: session
-                            .masked
-                            .get(m)
-                            .map(|msg| {
-                                Hash::of(
-                                    "fedmesh secagg masked input v1",
-                                    &fedmesh_protocol::codec::encode(msg),
-                                )
-                            })
-                            .unwrap_or(Hash::ZERO),
-                        train_loss: 0.0,
-                    })
+                    .map(|m| secure::contribution(session, *m))
                     .collect();
                 let total_weight = secure::quantizer(&self.ctx.genesis)
                     .decode(&outcome.sum)
@@ -949,6 +973,7 @@ impl Runtime {
                         evictions: Vec::new(),
                         privacy: None,
                         paillier: None,
+                        groups: None,
                     },
                 };
                 if let Err(e) = privacy::attach(&self.ctx.genesis, &self.store, &mut p.record) {
@@ -956,6 +981,98 @@ impl Runtime {
                     return;
                 }
                 tracing::info!(round, attempt, accuracy = metrics.accuracy, dropouts = ?p.record.dropouts, "proposing the round record (secure sum)");
+                self.propose(p, params).await;
+            }
+            Purpose::ProposeGroups { attempt, judged } => {
+                if cur.state.proposal().is_some() {
+                    return;
+                }
+                let Some(att) = cur.secure.as_ref().filter(|s| s.attempt == attempt) else {
+                    return;
+                };
+                let summary = judged.summary;
+                let mut participants = Vec::new();
+                let mut secure_summary = fedmesh_protocol::audit::SecureSummary {
+                    session: fedmesh_protocol::secagg::session(round, attempt),
+                    total_weight: 0,
+                    unmaskers: Vec::new(),
+                    dropped_before_sharing: Vec::new(),
+                    dropped_after_sharing: Vec::new(),
+                    dropped_while_unmasking: Vec::new(),
+                };
+                for gs in &summary.revealed {
+                    let Some(session) = att.sessions.get(gs.group as usize) else {
+                        return;
+                    };
+                    participants.extend(
+                        gs.contributors
+                            .iter()
+                            .map(|m| secure::contribution(session, *m)),
+                    );
+                    secure_summary.total_weight += gs.total_weight;
+                    secure_summary.unmaskers.extend(&gs.unmaskers);
+                    if let Some(o) = &session.outcome {
+                        secure_summary
+                            .dropped_before_sharing
+                            .extend(&o.dropped_before_sharing);
+                        secure_summary
+                            .dropped_after_sharing
+                            .extend(&o.dropped_after_sharing);
+                        secure_summary
+                            .dropped_while_unmasking
+                            .extend(&o.dropped_while_unmasking);
+                    }
+                }
+                participants.sort_by_key(|c| c.member);
+                for list in [
+                    &mut secure_summary.unmaskers,
+                    &mut secure_summary.dropped_before_sharing,
+                    &mut secure_summary.dropped_after_sharing,
+                    &mut secure_summary.dropped_while_unmasking,
+                ] {
+                    list.sort_unstable();
+                }
+                let mut dropouts: Vec<u32> = cur
+                    .state
+                    .order()
+                    .iter()
+                    .copied()
+                    .filter(|m| !participants.iter().any(|c| c.member == *m))
+                    .collect();
+                dropouts.sort_unstable();
+                let evictions = self.defence.evictions(round);
+                let flagged: Vec<u32> = summary
+                    .revealed
+                    .iter()
+                    .filter(|g| g.flagged)
+                    .map(|g| g.group)
+                    .collect();
+                let mut p = Proposal {
+                    height: cur.state.height,
+                    prev_hash: cur.state.prev_hash,
+                    record: RoundRecord {
+                        round,
+                        mode: fedmesh_protocol::genesis::Mode::Secagg,
+                        attempt,
+                        coordinator: me,
+                        base_model: cur.state.base_model,
+                        new_model: hash,
+                        participants,
+                        dropouts,
+                        metrics,
+                        proposed_at_ms: now_ms(),
+                        secure: Some(secure_summary),
+                        evictions,
+                        privacy: None,
+                        paillier: None,
+                        groups: Some(summary),
+                    },
+                };
+                if let Err(e) = privacy::attach(&self.ctx.genesis, &self.store, &mut p.record) {
+                    tracing::error!(round, error = %e, "cannot account the round's privacy; not proposing");
+                    return;
+                }
+                tracing::info!(round, attempt, accuracy = metrics.accuracy, ?flagged, dropouts = ?p.record.dropouts, "proposing the round record (group sums)");
                 self.propose(p, params).await;
             }
             Purpose::ProposePaillier { attempt, outcome } => {
@@ -1168,7 +1285,11 @@ impl Runtime {
             "round committed"
         );
         report_round(&entry, &record);
-        let votes = self.score_round(&record, &params);
+        let mut votes = self.score_round(&record, &params);
+        votes.extend(
+            self.defence
+                .observe_groups(&self.ctx.genesis, &self.store, self.me(), &record),
+        );
         let evicted = self
             .defence
             .committed(&self.ctx.genesis, &self.store, entry.height, &record);
@@ -1191,7 +1312,8 @@ impl Runtime {
         record: &RoundRecord,
         params: &[f32],
     ) -> Vec<fedmesh_protocol::votes::Vote> {
-        if !self.defence.votes_on(self.ctx.genesis.spec.mode) {
+        if !self.defence.votes_on(self.ctx.genesis.spec.mode) || record.mode != fedmesh_protocol::genesis::Mode::Plain
+        {
             return Vec::new();
         }
         let Some(cur) = self
@@ -1454,7 +1576,18 @@ impl Runtime {
                     let checked = if paillier_mode {
                         cur.state.check_paillier_proposal(&ctx.genesis, sender, &p)
                     } else {
-                        cur.state.check_secure_proposal(sender, &p)
+                        cur.state.check_secure_proposal(sender, &p).and_then(|()| {
+                            audit::check_groups(
+                                &ctx.genesis,
+                                cur.state.prev_hash,
+                                cur.state.order(),
+                                &p.record,
+                            )
+                            .map_err(|reason| RoundError::BadProposal {
+                                culprit: sender,
+                                reason,
+                            })
+                        })
                     };
                     return match checked {
                         Ok(()) => {
@@ -1615,9 +1748,7 @@ impl Runtime {
         };
         let mut actions = Vec::new();
         if let Some(session) = cur.secure.as_mut() {
-            if session.phase_expired(keys_phase, phase) {
-                actions.extend(session.close_phase(true, &ctx.keys.identity));
-            }
+            actions.extend(session.close_expired(keys_phase, phase, &ctx.keys.identity));
             let stalled =
                 session.age() >= session_limit && cur.state.proposal().is_none() && !cur.evaluating;
             let next = session.attempt + 1;
@@ -1653,6 +1784,9 @@ impl Runtime {
             return;
         };
         let proposer = *proposer;
+        if p.record.groups.is_some() {
+            return self.maybe_verify_groups();
+        }
         let Some(summary) = p.record.secure.clone() else {
             return;
         };
@@ -1660,6 +1794,7 @@ impl Runtime {
             .secure
             .as_ref()
             .filter(|s| s.attempt == p.record.attempt)
+            .and_then(|a| a.sessions.first())
         else {
             return;
         };
@@ -1692,6 +1827,152 @@ impl Runtime {
             }
         };
         self.verify_model(proposer, p, params, "the secure sum");
+    }
+
+    /// Mode secagg with groups, as the coordinator: every group's session has ended; judge the
+    /// revealed sums with the genesis rule and evaluate the model they give.
+    fn propose_groups(&mut self) {
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        let Some(att) = cur.secure.as_ref() else {
+            return;
+        };
+        let Some(drawn) = att.drawn.as_ref() else {
+            return;
+        };
+        if cur.proposed.is_some_and(|a| a >= att.attempt) {
+            return;
+        }
+        let revealed: Vec<secure::Revealed> = att
+            .sessions
+            .iter()
+            .filter_map(|s| {
+                let outcome = s.outcome.clone()?;
+                // Only contributors' shares can have been used (a stray message is not one).
+                let unmaskers = s
+                    .unmask
+                    .keys()
+                    .copied()
+                    .filter(|m| outcome.survivors.contains(m))
+                    .collect();
+                Some(secure::Revealed {
+                    group: s.group,
+                    outcome,
+                    unmaskers,
+                })
+            })
+            .collect();
+        let (round, attempt) = (cur.state.round, att.attempt);
+        cur.proposed = Some(attempt);
+        match secure::judge_groups(
+            &self.ctx.genesis,
+            round,
+            attempt,
+            drawn,
+            &revealed,
+            self.global.len(),
+        ) {
+            Ok(judged) => {
+                tracing::info!(round, attempt, revealed = judged.summary.revealed.len(), skipped = ?judged.summary.skipped, "secagg: group sums ready; evaluating");
+                let params = Arc::new(model::apply(&self.global, &judged.update));
+                cur.evaluating = true;
+                self.evaluate(
+                    round,
+                    Purpose::ProposeGroups {
+                        attempt,
+                        judged: Box::new(judged),
+                    },
+                    params,
+                );
+            }
+            Err(e) => {
+                tracing::warn!(round, attempt, error = %e, "secagg: nothing to propose in this attempt")
+            }
+        }
+    }
+
+    /// Mode secagg with groups: replay every revealed group's session from the transcripts this
+    /// member saw, judge the sums as the coordinator must have, and check that the proposal's
+    /// groups summary and model are exactly what follows.
+    fn maybe_verify_groups(&mut self) {
+        let genesis = &self.ctx.genesis;
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        let Some((proposer, p)) = cur.waiting.as_ref() else {
+            return;
+        };
+        let proposer = *proposer;
+        let Some(summary) = p.record.groups.as_ref() else {
+            return;
+        };
+        let Some(att) = cur
+            .secure
+            .as_ref()
+            .filter(|s| s.attempt == p.record.attempt)
+        else {
+            return;
+        };
+        let Some(drawn) = att.drawn.as_ref() else {
+            return;
+        };
+        // Wait until every message the coordinator used has arrived here too.
+        let mut transcripts = Vec::with_capacity(summary.revealed.len());
+        for gs in &summary.revealed {
+            let Some(session) = att.sessions.get(gs.group as usize) else {
+                return;
+            };
+            let Some(t) = session.transcript(&gs.unmaskers) else {
+                return;
+            };
+            transcripts.push((gs, session, t));
+        }
+        let checked: Result<secure::Judged, String> = (|| {
+            let mut revealed = Vec::with_capacity(transcripts.len());
+            for (gs, session, t) in &transcripts {
+                let outcome = fedmesh_protocol::secagg::replay(session.params.clone(), t)
+                    .map_err(|e| format!("group {}'s secure sum does not replay: {e}", gs.group))?;
+                if outcome.survivors != gs.contributors {
+                    return Err(format!(
+                        "group {}'s contributors differ from the replayed session's",
+                        gs.group
+                    ));
+                }
+                revealed.push(secure::Revealed {
+                    group: gs.group,
+                    outcome,
+                    unmaskers: gs.unmaskers.clone(),
+                });
+            }
+            let judged = secure::judge_groups(
+                genesis,
+                p.record.round,
+                p.record.attempt,
+                drawn,
+                &revealed,
+                self.global.len(),
+            )?;
+            if &judged.summary != summary {
+                return Err("the groups summary differs from the replayed judgement".into());
+            }
+            let weight: u64 = summary.revealed.iter().map(|g| g.total_weight).sum();
+            if p.record.secure.as_ref().map(|s| s.total_weight) != Some(weight) {
+                return Err("the total weight is not the groups' total".into());
+            }
+            Ok(judged)
+        })();
+        drop(transcripts);
+        let p = cur.waiting.take().expect("checked").1;
+        match checked {
+            Ok(judged) => {
+                let params = Arc::new(model::apply(&self.global, &judged.update));
+                self.verify_model(proposer, p, params, "the group sums");
+            }
+            Err(e) => {
+                tracing::warn!(culprit = proposer, error = %e, "the proposed group sums do not replay; not approving")
+            }
+        }
     }
 
     /// Ask the proposer for updates that gossip has not delivered.

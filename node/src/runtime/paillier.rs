@@ -852,6 +852,7 @@ impl Runtime {
                     clipped: s.clipped,
                 }),
                 privacy: None,
+                groups: None,
             },
         };
         if let Err(e) = super::privacy::attach(&self.ctx.genesis, &self.store, &mut p.record) {

@@ -310,6 +310,7 @@ mod tests {
             secure: None,
             evictions: Vec::new(),
             paillier: None,
+            groups: None,
             privacy,
         }
     }

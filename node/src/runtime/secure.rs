@@ -1,10 +1,18 @@
-//! Mode `secagg` in the node: one secure-aggregation session per round attempt, driven by gossip.
+//! Mode `secagg` in the node: secure-aggregation sessions per round attempt, driven by gossip.
 //!
-//! Every member plays its part ([`fedmesh_protocol::secagg::member`]); the attempt's coordinator
-//! also collects each phase ([`fedmesh_protocol::secagg::coordinator`]) and closes it when every
-//! expected member has answered or the phase timeout expires — the members that did not answer are
-//! that phase's dropouts. All messages are gossiped, so every member keeps the session's transcript
-//! and can replay the coordinator's computation to check the record it proposes.
+//! Without groups an attempt has one session of all active members. With `[spec.robust]
+//! group_size` g > 0 the active members are split into the random groups that
+//! [`groups::draw`](fedmesh_protocol::robust::groups::draw) gives for the chain head and round, and
+//! each group runs its own session ([`secagg::group_session`]: its messages, shares and masks are
+//! bound to the group) with a threshold of at least g, so that a group that keeps fewer than g
+//! members is never unmasked: it is skipped, and only the sums of the others are revealed.
+//!
+//! Every member plays its part in its own group's session ([`fedmesh_protocol::secagg::member`]);
+//! the attempt's coordinator also collects each phase of every session
+//! ([`fedmesh_protocol::secagg::coordinator`]) and closes it when every expected member has
+//! answered or the phase timeout expires — the members that did not answer are that phase's
+//! dropouts. All messages are gossiped, so every member keeps every session's transcript and can
+//! replay the coordinator's computation to check the record it proposes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use fedmesh_crypto::identity;
 use fedmesh_crypto::Hash;
+use fedmesh_protocol::audit::{GroupSum, GroupsSummary};
 use fedmesh_protocol::genesis::Genesis;
+use fedmesh_protocol::robust::{self, groups, suspicion};
 use fedmesh_protocol::secagg::{
     self, coordinator, graph, member, quant, ConsistencyList, KeyList, MaskedInput, Outcome,
     RoundParams, SecaggError, Shares, SharesFor, Signed, Survivors, Unmask,
@@ -50,6 +60,55 @@ pub fn params(
     }
 }
 
+/// The parameters of group `group` (its `members`, as drawn) in session `attempt` of `round`. The
+/// group's members all hold each other's shares (groups are small: SecAgg+ neighbourhoods are for
+/// large sessions), and its threshold is at least the group size g of the genesis, so that no
+/// phase continues, and no sum is unmasked, with fewer than g members.
+pub fn group_params(
+    genesis: &Genesis,
+    genesis_hash: Hash,
+    round: u64,
+    attempt: u32,
+    group: u32,
+    members: &[u32],
+) -> RoundParams {
+    let session = secagg::group_session(round, attempt, group);
+    let seed = fedmesh_crypto::hash::Hasher::new("fedmesh secagg v1 group graph seed")
+        .chain(&session.to_le_bytes())
+        .finalize();
+    RoundParams {
+        genesis: genesis_hash,
+        round: session,
+        members: members
+            .iter()
+            .filter_map(|m| genesis.member(*m))
+            .map(|m| (m.index, m.public_key))
+            .collect(),
+        threshold: group_threshold(genesis, members.len()),
+        bits: quantizer(genesis)
+            .ring_bits()
+            .expect("validated in the genesis"),
+        len: genesis.layout().param_count() + 1,
+        graph: graph::Graph::new(members, 0, seed.0),
+    }
+}
+
+/// The secagg threshold of a group of `size`: the configured one (a majority when 0), raised to
+/// the group size g and capped at the group's size (which is at least g).
+pub fn group_threshold(genesis: &Genesis, size: usize) -> usize {
+    let sa = &genesis.spec.secagg;
+    let configured = if sa.threshold == 0 {
+        size / 2 + 1
+    } else {
+        sa.threshold
+    };
+    configured
+        .max(genesis.spec.robust.group_size)
+        .min(size)
+        .max(2)
+}
+
+/// The quantizer of every member's input (and of the sums).
 pub fn quantizer(genesis: &Genesis) -> quant::Quantizer {
     let sa = &genesis.spec.secagg;
     quant::Quantizer {
@@ -79,13 +138,15 @@ enum CoordState {
     Done,
 }
 
-/// One session at one member.
+/// One session at one member: a member of the session, or (with groups) an observer that keeps
+/// the transcript of another group's session, and the coordinator of it if it coordinates the
+/// attempt.
 pub struct Session {
-    pub attempt: u32,
+    /// The group's index in the drawn groups (0 without groups).
+    pub group: u32,
     pub coordinator: u32,
     pub params: Arc<RoundParams>,
     me: u32,
-    started: Instant,
     member: Option<MemberState>,
     input: Option<Vec<u64>>,
     // The transcript: every message seen in this session.
@@ -97,6 +158,8 @@ pub struct Session {
     pub consistency: Option<ConsistencyList>,
     pub unmask: BTreeMap<u32, Signed<Unmask>>,
     coord: Option<(CoordState, Instant)>,
+    /// Coordinator: the session's sum, once unmasked.
+    pub outcome: Option<Outcome>,
     /// Messages that arrived before this member could use them.
     pending: Vec<(u32, SecaggMsg)>,
 }
@@ -106,17 +169,25 @@ pub enum Action {
     Publish(SecaggMsg),
     /// The coordinator's sum is ready.
     Outcome(Outcome),
+    /// The coordinator's session ended without a sum (too few members got through).
+    Failed,
 }
 
 impl Session {
     pub fn new(
         params: RoundParams,
-        attempt: u32,
+        group: u32,
         coordinator: u32,
         me: u32,
     ) -> Result<Session, SecaggError> {
         let params = Arc::new(params);
-        let start = member::Start::new(params.clone(), me)?;
+        params.validate()?;
+        // A member outside the session (another group's) only keeps its transcript.
+        let member = if params.members.contains_key(&me) {
+            Some(MemberState::Waiting(member::Start::new(params.clone(), me)?))
+        } else {
+            None
+        };
         let coord = if coordinator == me {
             Some((
                 CoordState::Keys(coordinator::CollectKeys::new(params.clone())?),
@@ -126,12 +197,11 @@ impl Session {
             None
         };
         Ok(Session {
-            attempt,
+            group,
             coordinator,
             params,
             me,
-            started: Instant::now(),
-            member: Some(MemberState::Waiting(start)),
+            member,
             input: None,
             key_list: None,
             shares: BTreeMap::new(),
@@ -141,12 +211,14 @@ impl Session {
             consistency: None,
             unmask: BTreeMap::new(),
             coord,
+            outcome: None,
             pending: Vec::new(),
         })
     }
 
-    pub fn age(&self) -> Duration {
-        self.started.elapsed()
+    /// Coordinator: the session ended, with or without a sum.
+    pub fn closed(&self) -> bool {
+        matches!(self.coord, Some((CoordState::Done, _)))
     }
 
     /// The member's quantized input is ready: advertise keys.
@@ -330,7 +402,7 @@ impl Session {
                 .iter()
                 .filter_map(|a| match a {
                     Action::Publish(m) => Some(m.clone()),
-                    Action::Outcome(_) => None,
+                    _ => None,
                 })
                 .collect();
             for m in own {
@@ -409,6 +481,7 @@ impl Session {
                 match c.finish() {
                     Ok(outcome) => {
                         self.coord = Some((CoordState::Done, Instant::now()));
+                        self.outcome = Some(outcome.clone());
                         out.push(Action::Outcome(outcome));
                         return out;
                     }
@@ -430,9 +503,9 @@ impl Session {
     }
 
     fn coord_failed(&mut self, e: SecaggError) -> Vec<Action> {
-        tracing::warn!(session = self.params.round, error = %e, "secagg: the session cannot finish");
+        tracing::warn!(session = self.params.round, group = self.group, error = %e, "secagg: the session cannot finish; nothing of it is revealed");
         self.coord = Some((CoordState::Done, Instant::now()));
-        Vec::new()
+        vec![Action::Failed]
     }
 
     /// Coordinator: has the open phase waited long enough to close without everyone? The key
@@ -472,4 +545,244 @@ impl Session {
             unmask,
         })
     }
+}
+
+/// What a member whose masked input is in `session`'s sum contributed: a commitment to its signed
+/// masked input (only the total weight is revealed, so `num_samples` is 0).
+pub fn contribution(session: &Session, member: u32) -> fedmesh_protocol::audit::Contribution {
+    fedmesh_protocol::audit::Contribution {
+        member,
+        num_samples: 0,
+        update_hash: session
+            .masked
+            .get(&member)
+            .map(|msg| {
+                Hash::of(
+                    "fedmesh secagg masked input v1",
+                    &fedmesh_protocol::codec::encode(msg),
+                )
+            })
+            .unwrap_or(Hash::ZERO),
+        train_loss: 0.0,
+    }
+}
+
+/// The session number a message belongs to (`None` for an empty relay, which no coordinator sends).
+fn session_of(msg: &SecaggMsg) -> Option<u64> {
+    Some(match msg {
+        SecaggMsg::Advertise(m) => m.body.round,
+        SecaggMsg::KeyList(l) => l.round,
+        SecaggMsg::Shares(m) => m.body.round,
+        SecaggMsg::Relay(r) => r.first()?.round,
+        SecaggMsg::Masked(m) => m.body.round,
+        SecaggMsg::Survivors(s) => s.round,
+        SecaggMsg::Consistency(m) => m.body.round,
+        SecaggMsg::ConsistencyList(l) => l.round,
+        SecaggMsg::Unmask(m) => m.body.round,
+    })
+}
+
+/// One attempt of a round at one member: a single session of all active members, or (with
+/// groups) one session per drawn group.
+pub struct Attempt {
+    pub attempt: u32,
+    /// The groups drawn for the round; `None` without groups.
+    pub drawn: Option<Vec<Vec<u32>>>,
+    /// One session per group, by group index (one session without groups).
+    pub sessions: Vec<Session>,
+    started: Instant,
+}
+
+impl Attempt {
+    /// The sessions of `attempt` of `round` among the `active` members (sorted), on top of the
+    /// log head `prev_hash`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        genesis: &Genesis,
+        genesis_hash: Hash,
+        round: u64,
+        attempt: u32,
+        prev_hash: Hash,
+        active: &[u32],
+        coordinator: u32,
+        me: u32,
+    ) -> Result<Attempt, String> {
+        let g = genesis.spec.robust.group_size;
+        let (drawn, sessions) = if g == 0 {
+            let params = params(genesis, genesis_hash, round, attempt, prev_hash, active);
+            let session =
+                Session::new(params, 0, coordinator, me).map_err(|e| e.to_string())?;
+            (None, vec![session])
+        } else {
+            let drawn = groups::draw(&prev_hash, round, active, g).map_err(|e| {
+                format!("no groups of {g} can be drawn from the active members: {e}")
+            })?;
+            let sessions = drawn
+                .iter()
+                .enumerate()
+                .map(|(j, members)| {
+                    let params =
+                        group_params(genesis, genesis_hash, round, attempt, j as u32, members);
+                    Session::new(params, j as u32, coordinator, me)
+                        .map_err(|e| format!("group {j}: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            (Some(drawn), sessions)
+        };
+        Ok(Attempt {
+            attempt,
+            drawn,
+            sessions,
+            started: Instant::now(),
+        })
+    }
+
+    pub fn age(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// This member's quantized input is ready: it joins its own group's session.
+    pub fn set_input(&mut self, input: Vec<u64>, key: &identity::SecretKey) -> Vec<Action> {
+        match self.sessions.iter_mut().find(|s| s.member.is_some()) {
+            Some(session) => session.set_input(input, key),
+            None => Vec::new(),
+        }
+    }
+
+    /// A message of this attempt from `sender`: to the session it names.
+    pub fn on_message(
+        &mut self,
+        sender: u32,
+        msg: SecaggMsg,
+        key: &identity::SecretKey,
+    ) -> Vec<Action> {
+        let index = match (&self.drawn, session_of(&msg)) {
+            (None, _) => 0,
+            (Some(_), Some(session)) => secagg::group_of_session(session) as usize,
+            (Some(_), None) => return Vec::new(),
+        };
+        match self.sessions.get_mut(index) {
+            // A message of another session is refused by the session's own checks (round).
+            Some(session) => session.on_message(sender, msg, key),
+            None => {
+                tracing::warn!(
+                    sender,
+                    "secagg: message for a group this round does not have; ignored"
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// Coordinator: close the phases that have waited long enough.
+    pub fn close_expired(
+        &mut self,
+        keys_timeout: Duration,
+        phase_timeout: Duration,
+        key: &identity::SecretKey,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        for s in &mut self.sessions {
+            if s.phase_expired(keys_timeout, phase_timeout) {
+                out.extend(s.close_phase(true, key));
+            }
+        }
+        out
+    }
+
+    /// Coordinator: every session has ended (with a sum or without).
+    pub fn all_closed(&self) -> bool {
+        self.sessions.iter().all(Session::closed)
+    }
+}
+
+/// A revealed group sum: as the coordinator unmasked it, or as a member replayed it.
+pub struct Revealed {
+    pub group: u32,
+    pub outcome: Outcome,
+    /// Members whose unmasking shares were used, sorted.
+    pub unmaskers: Vec<u32>,
+}
+
+/// What a round of group sums comes to.
+pub struct Judged {
+    pub summary: GroupsSummary,
+    /// The round's update: the rule applied to the group means.
+    pub update: Vec<f32>,
+}
+
+/// Apply the genesis rule to the revealed group sums of `attempt` of `round` (the coordinator to
+/// propose, every other member to check the proposal: both get the same answer from the same
+/// sums). A sum of fewer than g contributors, or one that does not decode to the model's length,
+/// is not used (its group counts as skipped). If the rule cannot work on this few groups (Krum
+/// needs f + 3), the groups' weighted mean is taken: with fewer than three groups nothing can be
+/// outvoted anyway. Fails if no group sum is usable.
+pub fn judge_groups(
+    genesis: &Genesis,
+    round: u64,
+    attempt: u32,
+    drawn: &[Vec<u32>],
+    revealed: &[Revealed],
+    model_len: usize,
+) -> Result<Judged, String> {
+    let r = &genesis.spec.robust;
+    let g = r.group_size;
+    let q = quantizer(genesis);
+    let mut used: Vec<(&Revealed, quant::Decoded)> = Vec::new();
+    for rev in revealed {
+        if rev.outcome.survivors.len() < g || rev.group as usize >= drawn.len() {
+            continue;
+        }
+        match q.decode(&rev.outcome.sum) {
+            Ok(d) if d.mean.len() == model_len => used.push((rev, d)),
+            Ok(_) => tracing::warn!(group = rev.group, "secagg: a group sum has the wrong length; skipped"),
+            Err(e) => tracing::warn!(group = rev.group, error = %e, "secagg: a group sum does not decode; skipped"),
+        }
+    }
+    used.sort_by_key(|(rev, _)| rev.group);
+    used.dedup_by_key(|(rev, _)| rev.group);
+    if used.is_empty() {
+        return Err("no group revealed a usable sum".into());
+    }
+    let inputs: Vec<robust::Input> = used
+        .iter()
+        .map(|(rev, d)| robust::Input::new(rev.group, &d.mean, d.total_weight))
+        .collect();
+    let mut state = robust::State::default();
+    let judged = match suspicion::judge(&r.rule(), &inputs, r.score_threshold, &mut state) {
+        Err(robust::AggregateError::TooFew { .. }) => suspicion::judge(
+            &robust::Rule::Mean,
+            &inputs,
+            r.score_threshold,
+            &mut state,
+        ),
+        other => other,
+    }
+    .map_err(|e| format!("the rule does not apply to the group means: {e}"))?;
+    let revealed_sums: Vec<GroupSum> = used
+        .iter()
+        .zip(judged.scores.iter().zip(&judged.flagged))
+        .map(|((rev, d), (score, flagged))| GroupSum {
+            group: rev.group,
+            session: secagg::group_session(round, attempt, rev.group),
+            contributors: rev.outcome.survivors.clone(),
+            unmaskers: rev.unmaskers.clone(),
+            total_weight: d.total_weight,
+            sum_hash: fedmesh_protocol::audit::group_sum_hash(&rev.outcome.sum),
+            score: score.score,
+            flagged: *flagged,
+        })
+        .collect();
+    let skipped = (0..drawn.len() as u32)
+        .filter(|j| !revealed_sums.iter().any(|s| s.group == *j))
+        .collect();
+    Ok(Judged {
+        summary: GroupsSummary {
+            size: g as u32,
+            drawn: drawn.to_vec(),
+            revealed: revealed_sums,
+            skipped,
+        },
+        update: judged.update,
+    })
 }

@@ -111,6 +111,15 @@ impl Job {
         entry.verify(&ctx.genesis, ctx.genesis_hash, &ctx.bls)?;
         let record = entry.record()?;
         audit::verify_succession(&ctx.genesis, self.last.as_ref(), entry, &record)?;
+        let active: Vec<u32> = ctx
+            .genesis
+            .members
+            .iter()
+            .map(|m| m.index)
+            .filter(|m| !self.evicted.contains(m))
+            .collect();
+        audit::check_groups(&ctx.genesis, entry.prev_hash, &active, &record)
+            .map_err(|reason| anyhow::anyhow!("height {}: groups summary: {reason}", entry.height))?;
         audit::check_membership(&ctx.genesis, &mut self.evicted, entry.height, &record)?;
         Ok(record)
     }

@@ -277,6 +277,24 @@ pub fn session(round: u64, attempt: u32) -> u64 {
     round * 64 + u64::from(attempt.min(63))
 }
 
+/// Groups a round may have at most (group-wise secure aggregation, `[spec.robust] group_size`):
+/// the group index takes the low bits of a group's session number.
+pub const MAX_GROUPS: u32 = 1 << 12;
+
+/// The session of group `group` in `attempt` of `round`, when a round's members are split into
+/// groups that each run their own session. The session number is in every signed message, in the
+/// key derivation of the pairwise masks and in the headers of the sealed shares, so a message,
+/// share or mask of one group is worthless in another. Distinct from every [`session`] number of a
+/// network without groups only in that such a network never uses both.
+pub fn group_session(round: u64, attempt: u32, group: u32) -> u64 {
+    session(round, attempt) * u64::from(MAX_GROUPS) + u64::from(group.min(MAX_GROUPS - 1))
+}
+
+/// The group of a [`group_session`] number.
+pub fn group_of_session(session: u64) -> u32 {
+    (session % u64::from(MAX_GROUPS)) as u32
+}
+
 /// Exactly the messages a coordinator used in one session. Every member gossips its own messages
 /// and sees the coordinator's relays, so any member can [`replay`] the coordinator's computation
 /// and check the sum it claims.
