@@ -121,6 +121,25 @@ pub fn run(
     }
 }
 
+/// A record's groups summary, for `audit show` and the node's round reports.
+pub fn groups_json(g: &fedmesh_protocol::audit::GroupsSummary) -> serde_json::Value {
+    json!({
+        "size": g.size,
+        "drawn": g.drawn,
+        "revealed": g.revealed.iter().map(|s| json!({
+            "group": s.group,
+            "session": s.session,
+            "contributors": s.contributors,
+            "unmaskers": s.unmaskers,
+            "total_weight": s.total_weight,
+            "sum_hash": s.sum_hash.to_string(),
+            "score": s.score,
+            "flagged": s.flagged,
+        })).collect::<Vec<_>>(),
+        "skipped": g.skipped,
+    })
+}
+
 fn summary(e: &Entry) -> serde_json::Value {
     let mut v = json!({"height": e.height, "hash": e.hash().to_string()});
     match e.kind {
@@ -162,6 +181,9 @@ fn summary(e: &Entry) -> serde_json::Value {
                             "dropped_after_sharing": s.dropped_after_sharing,
                             "dropped_while_unmasking": s.dropped_while_unmasking,
                         });
+                    }
+                    if let Some(g) = &r.groups {
+                        v["groups"] = groups_json(g);
                     }
                     if let Some(s) = &r.paillier {
                         v["paillier"] = json!({

@@ -3,5 +3,6 @@
 
 mod cli;
 mod dp;
+mod groups;
 mod harness;
 mod network;

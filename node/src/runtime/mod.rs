@@ -2226,6 +2226,8 @@ fn report_round(entry: &Entry, record: &RoundRecord) {
             "rejected": s.rejected,
             "clipped": s.clipped,
         })),
+        "groups": record.groups.as_ref().map(crate::audit::groups_json),
+        "evicted": record.evictions.iter().map(|x| x.target).collect::<Vec<_>>(),
         "committed_at_ms": now_ms(),
     });
     use std::io::Write;
