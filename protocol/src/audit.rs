@@ -815,6 +815,143 @@ mod tests {
             .contains("mode-plain"));
     }
 
+    /// A mode-secagg record with groups, as an honest coordinator writes it for 8 members in
+    /// groups of at least 3 on top of `head`: every drawn group revealed, none flagged.
+    fn grouped_record(g: &Genesis, head: Hash) -> RoundRecord {
+        let active: Vec<u32> = (0..8).collect();
+        let drawn = crate::robust::groups::draw(&head, 1, &active, 3).unwrap();
+        let mut r = record(1, g.initial_model);
+        r.mode = Mode::Secagg;
+        r.participants = active
+            .iter()
+            .map(|&member| Contribution {
+                member,
+                num_samples: 0,
+                update_hash: Hash::ZERO,
+                train_loss: 0.0,
+            })
+            .collect();
+        r.groups = Some(GroupsSummary {
+            size: 3,
+            revealed: drawn
+                .iter()
+                .enumerate()
+                .map(|(j, members)| GroupSum {
+                    group: j as u32,
+                    session: crate::secagg::group_session(1, 0, j as u32),
+                    contributors: members.clone(),
+                    unmaskers: members.clone(),
+                    total_weight: 100,
+                    sum_hash: group_sum_hash(&[j as u64]),
+                    score: 0.5,
+                    flagged: false,
+                })
+                .collect(),
+            drawn,
+            skipped: Vec::new(),
+        });
+        r
+    }
+
+    fn groups(r: &mut RoundRecord) -> &mut GroupsSummary {
+        r.groups.as_mut().unwrap()
+    }
+
+    /// Members and `audit verify` refuse a groups summary whose groups are not the ones drawn
+    /// from the head, that reveals a sum of fewer than g, or whose flags, participants or
+    /// skipped groups do not add up; and a secagg record with groups configured must carry one.
+    #[test]
+    fn groups_summary_is_checked_against_the_draw_and_the_group_size() {
+        let (mut g, _, _) = sample(8);
+        g.spec.mode = Mode::Secagg;
+        g.spec.robust.group_size = 3;
+        let head = Hash::of("head", b"1");
+        let active: Vec<u32> = (0..8).collect();
+        let good = grouped_record(&g, head);
+        check_groups(&g, head, &active, &good).unwrap();
+        let bad = |f: &dyn Fn(&mut RoundRecord)| {
+            let mut r = good.clone();
+            f(&mut r);
+            check_groups(&g, head, &active, &r).expect_err(&format!("{:?}", r.groups))
+        };
+
+        // Groups from another head (what a coordinator choosing the groups would write).
+        let other = grouped_record(&g, Hash::of("head", b"2"));
+        assert_ne!(other.groups, good.groups);
+        assert!(check_groups(&g, head, &active, &other)
+            .unwrap_err()
+            .contains("not the ones drawn"));
+        // The same members regrouped by hand.
+        assert!(bad(&|r| {
+            let s = groups(r);
+            let moved = s.drawn[0].pop().unwrap();
+            s.drawn[1].push(moved);
+        })
+        .contains("not the ones drawn"));
+        // A sum of fewer than g contributors (a member of the group dropped and it was unmasked
+        // anyway): refused, whatever the unmaskers.
+        let err = bad(&|r| {
+            let s = groups(r);
+            assert_eq!(s.revealed[0].contributors.len(), 4, "8 members: two groups of 4");
+            let dropped: Vec<u32> = s.revealed[0].contributors.drain(..2).collect();
+            s.revealed[0].unmaskers.retain(|m| !dropped.contains(m));
+            r.participants.retain(|c| !dropped.contains(&c.member));
+        });
+        assert!(err.contains("fewer than the group size 3"), "{err}");
+        // Too few unmaskers, or one from outside.
+        assert!(bad(&|r| {
+            groups(r).revealed[0].unmaskers.truncate(2);
+        })
+        .contains("at least 3"));
+        // A contributor that was drawn into another group.
+        assert!(bad(&|r| {
+            let s = groups(r);
+            let stranger = s.drawn[1][0];
+            s.revealed[0].contributors[0] = stranger;
+            s.revealed[0].contributors.sort_unstable();
+        })
+        .contains("not in"));
+        // A group both revealed and skipped, or a group left out of both.
+        assert!(bad(&|r| groups(r).skipped = vec![0]).contains("skipped groups"));
+        assert!(bad(&|r| {
+            let s = groups(r);
+            s.revealed.pop();
+        })
+        .contains("skipped groups"));
+        // Flags that do not follow from the scores and the genesis threshold (3.0).
+        assert!(bad(&|r| groups(r).revealed[0].flagged = true).contains("flagged"));
+        assert!(bad(&|r| groups(r).revealed[1].score = 7.5).contains("flagged"));
+        // Participants that are not the contributors; a session of another group.
+        assert!(bad(&|r| {
+            r.participants.pop();
+        })
+        .contains("participants"));
+        assert!(bad(&|r| groups(r).revealed[1].session = crate::secagg::group_session(1, 0, 0))
+            .contains("session"));
+        assert!(bad(&|r| groups(r).size = 2).contains("group size"));
+
+        // A skipped group is fine: its members are dropouts, nothing of it is revealed.
+        let mut skipped = good.clone();
+        let gone = groups(&mut skipped).revealed.remove(1);
+        groups(&mut skipped).skipped = vec![1];
+        skipped
+            .participants
+            .retain(|c| !gone.contributors.contains(&c.member));
+        check_groups(&g, head, &active, &skipped).unwrap();
+
+        // Groups are required with group_size > 0 in mode secagg, and refused otherwise.
+        let mut none = good.clone();
+        none.groups = None;
+        assert!(check_groups(&g, head, &active, &none)
+            .unwrap_err()
+            .contains("has none"));
+        g.spec.robust.group_size = 0;
+        assert!(check_groups(&g, head, &active, &good)
+            .unwrap_err()
+            .contains("no groups"));
+        check_groups(&g, head, &active, &none).unwrap();
+    }
+
     #[test]
     fn signed_entry_verifies_and_tampering_is_caught() {
         let (g, keys, shares) = sample(4);

@@ -98,3 +98,64 @@ fn secagg_groups_reveal_only_sums_of_at_least_g() {
     let last = rounds.last().unwrap()["accuracy"].as_f64().unwrap();
     assert!(last > 0.7, "accuracy after three rounds: {last}");
 }
+
+/// Group testing evicts an attacker whose update stays hidden: eight nodes in groups of two (four
+/// group sums a round), member 7 sends its update sign-flipped and scaled ×4 every round. Its
+/// group is flagged every round while its partner changes, so its suspicion grows and the
+/// others' does not; the honest members vote it out through the usual eviction record, nobody
+/// honest is evicted, and the honest logs verify and agree.
+#[test]
+fn group_testing_evicts_a_hidden_attacker() {
+    let rounds_total = 10;
+    let mut net = Testnet::with_config(
+        8,
+        rounds_total,
+        30_000,
+        "[spec]\nmode = \"secagg\"\n[spec.secagg]\nphase_timeout_ms = 15000\n\
+         [spec.robust]\nrule = \"median\"\ngroup_size = 2\nvotes = true\nwarmup_rounds = 1\n",
+    );
+    net.add_node_config(7, "[attack]\nkind = \"sign_flip\"\nscale = 4.0");
+    net.start_all();
+    assert_eq!(
+        net.wait_exit(7, RUN_TIMEOUT),
+        Some(0),
+        "the attacker stops once evicted\n{}",
+        net.tail_logs()
+    );
+    net.wait_all(RUN_TIMEOUT);
+    let entries = round_entries(&net, 0);
+    assert_eq!(entries.len() as u64, rounds_total, "honest members finish every round");
+    let evictions: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["evicted"].as_array().is_some_and(|a| !a.is_empty()))
+        .collect();
+    assert_eq!(evictions.len(), 1, "{entries:#?}");
+    assert_eq!(evictions[0]["evicted"], serde_json::json!([7]), "{}", evictions[0]);
+    let at = evictions[0]["round"].as_u64().unwrap();
+    eprintln!("member 7 evicted in the record of round {at}");
+    assert!(at <= 8, "evicted only in round {at}");
+    for r in &entries {
+        let round = r["round"].as_u64().unwrap();
+        if round <= at {
+            check_record_groups(r, 2);
+            let flagged_with_7 = r["groups"]["revealed"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["flagged"] == true && list(&s["contributors"]).contains(&7));
+            assert!(
+                flagged_with_7 || round == 1,
+                "the attacker's group is flagged: {r}"
+            );
+        } else {
+            assert!(!list(&r["participants"]).contains(&7), "{r}");
+        }
+    }
+    let mut heads = Vec::new();
+    for i in 0..7 {
+        let (ok, v) = net.verify(i);
+        assert!(ok, "node {i}'s log does not verify: {v}");
+        heads.push(v["head"].clone());
+    }
+    assert!(heads.windows(2).all(|w| w[0] == w[1]), "honest heads differ: {heads:?}");
+}
