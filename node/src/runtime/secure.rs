@@ -786,3 +786,201 @@ pub fn judge_groups(
         update: judged.update,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use fedmesh_protocol::signed::Signed;
+
+    use super::*;
+
+    /// A six-member secagg network in groups of three (a small model, so masks are cheap).
+    fn network(dir: &std::path::Path) -> (Genesis, Hash, Vec<identity::SecretKey>) {
+        let cfg = dir.join("dealer.toml");
+        std::fs::write(
+            &cfg,
+            "[spec]\nmode = \"secagg\"\n[spec.model]\nlayers = [784, 2, 10]\n\
+             [spec.robust]\nrule = \"median\"\ngroup_size = 3\n",
+        )
+        .unwrap();
+        crate::dealer::run(&crate::dealer::Request {
+            members: 6,
+            out: dir.join("net"),
+            config: Some(cfg),
+            base_port: Some(7000),
+            rounds: Some(1),
+            data_path: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/mnist_5k.csv.gz").into()),
+            mode: None,
+        })
+        .unwrap();
+        let bytes = std::fs::read(dir.join("net/genesis.toml")).unwrap();
+        let (genesis, gh) = Genesis::parse(&bytes).unwrap();
+        let keys = (0..6)
+            .map(|i| {
+                crate::keys::MemberKeys::load(&dir.join(format!("net/member-{i}")), &genesis)
+                    .unwrap()
+                    .identity
+            })
+            .collect();
+        (genesis, gh, keys)
+    }
+
+    /// Member m's update: every value (m + 1) / 100, weight 10.
+    fn update(m: u32, len: usize) -> Vec<f32> {
+        vec![(m + 1) as f32 / 100.0; len]
+    }
+
+    /// Run attempt 0 of round 1 (coordinator: member 0) over an in-memory gossip among all
+    /// members but `silent` (which never trains). Returns every member's attempt.
+    fn run(
+        genesis: &Genesis,
+        gh: Hash,
+        keys: &[identity::SecretKey],
+        silent: Option<u32>,
+    ) -> Vec<Attempt> {
+        let head = Hash::of("test head", b"1");
+        let active: Vec<u32> = (0..6).collect();
+        let len = genesis.layout().param_count();
+        let q = quantizer(genesis);
+        let mut attempts: Vec<Attempt> = (0..6)
+            .map(|m| Attempt::new(genesis, gh, 1, 0, head, &active, 0, m).unwrap())
+            .collect();
+        let mut queue: VecDeque<(u32, SecaggMsg)> = VecDeque::new();
+        let push = |queue: &mut VecDeque<(u32, SecaggMsg)>, from: u32, actions: Vec<Action>| {
+            for a in actions {
+                if let Action::Publish(msg) = a {
+                    queue.push_back((from, msg));
+                }
+            }
+        };
+        for m in active.iter().copied().filter(|m| Some(*m) != silent) {
+            let input = q.encode(&update(m, len), 10).unwrap().values;
+            let actions = attempts[m as usize].set_input(input, &keys[m as usize]);
+            push(&mut queue, m, actions);
+        }
+        for _ in 0..10 {
+            while let Some((from, msg)) = queue.pop_front() {
+                for to in active.iter().copied().filter(|m| *m != from && Some(*m) != silent) {
+                    let actions =
+                        attempts[to as usize].on_message(from, msg.clone(), &keys[to as usize]);
+                    push(&mut queue, to, actions);
+                }
+            }
+            if attempts[0].all_closed() {
+                break;
+            }
+            // The coordinator's phase timeouts expire: it goes on without the silent member.
+            let actions = attempts[0].close_expired(Duration::ZERO, Duration::ZERO, &keys[0]);
+            push(&mut queue, 0, actions);
+        }
+        assert!(attempts[0].all_closed(), "every session ends");
+        attempts
+    }
+
+    fn revealed_by_coordinator(attempt: &Attempt) -> Vec<Revealed> {
+        attempt
+            .sessions
+            .iter()
+            .filter_map(|s| {
+                let outcome = s.outcome.clone()?;
+                Some(Revealed {
+                    group: s.group,
+                    unmaskers: s.unmask.keys().copied().collect(),
+                    outcome,
+                })
+            })
+            .collect()
+    }
+
+    /// Every group's session reveals its group's sum only; the rule works on the group means;
+    /// another member replays every group's session from what it saw and gets exactly the same
+    /// judgement; a group that keeps fewer than g members is skipped and nothing of it revealed.
+    #[test]
+    fn groups_reveal_their_sums_and_members_replay_the_judgement() {
+        let dir = tempfile::tempdir().unwrap();
+        let (genesis, gh, keys) = network(dir.path());
+        let len = genesis.layout().param_count();
+        let attempts = run(&genesis, gh, &keys, None);
+        let drawn = attempts[0].drawn.clone().unwrap();
+        assert_eq!(drawn.len(), 2);
+        assert!(attempts.iter().all(|a| a.drawn.as_ref() == Some(&drawn)));
+        let revealed = revealed_by_coordinator(&attempts[0]);
+        assert_eq!(revealed.len(), 2);
+        let judged = judge_groups(&genesis, 1, 0, &drawn, &revealed, len).unwrap();
+        let step = quantizer(&genesis).step() as f32;
+        let mut means = Vec::new();
+        for (s, group) in judged.summary.revealed.iter().zip(&drawn) {
+            assert_eq!(&s.contributors, group);
+            assert_eq!(s.total_weight, 30);
+            let mean = group.iter().map(|m| (m + 1) as f32 / 100.0).sum::<f32>() / 3.0;
+            means.push(mean);
+        }
+        // The median of two group means is their average.
+        let expected = (means[0] + means[1]) / 2.0;
+        assert!(judged
+            .update
+            .iter()
+            .all(|v| (v - expected).abs() <= 2.0 * step));
+        assert!(judged.summary.skipped.is_empty());
+
+        // Member 4 replays the coordinator's sessions from its own transcripts.
+        let replayed: Vec<Revealed> = judged
+            .summary
+            .revealed
+            .iter()
+            .map(|s| {
+                let session = &attempts[4].sessions[s.group as usize];
+                let t = session.transcript(&s.unmaskers).expect("transcript complete");
+                Revealed {
+                    group: s.group,
+                    outcome: secagg::replay(session.params.clone(), &t).unwrap(),
+                    unmaskers: s.unmaskers.clone(),
+                }
+            })
+            .collect();
+        let again = judge_groups(&genesis, 1, 0, &drawn, &replayed, len).unwrap();
+        assert_eq!(again.summary, judged.summary);
+        assert_eq!(again.update, judged.update);
+
+        // Member 5 never trains: its group keeps two members, below g = 3, and is not unmasked.
+        let attempts = run(&genesis, gh, &keys, Some(5));
+        let revealed = revealed_by_coordinator(&attempts[0]);
+        let five = drawn.iter().position(|g| g.contains(&5)).unwrap() as u32;
+        assert_eq!(revealed.len(), 1);
+        assert_ne!(revealed[0].group, five);
+        let judged = judge_groups(&genesis, 1, 0, &drawn, &revealed, len).unwrap();
+        assert_eq!(judged.summary.skipped, vec![five]);
+        assert!(judged
+            .summary
+            .revealed
+            .iter()
+            .all(|s| s.contributors.len() >= 3));
+    }
+
+    /// A message signed for one group's session is refused by every other group's session, even
+    /// between the same members: the session number (round, attempt, group) is signed.
+    #[test]
+    fn messages_are_bound_to_their_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let (genesis, gh, keys) = network(dir.path());
+        let members = [0u32, 1, 2];
+        let group0 = group_params(&genesis, gh, 1, 0, 0, &members);
+        let group1 = group_params(&genesis, gh, 1, 0, 1, &members);
+        assert_eq!(group0.threshold, 3, "the threshold is at least g");
+        let start = member::Start::new(Arc::new(group0.clone()), 0).unwrap();
+        let (_, adv) = start.advertise(&keys[0], &mut rand::rngs::OsRng);
+        adv.verify(&group0).unwrap();
+        assert!(matches!(
+            adv.verify(&group1),
+            Err(SecaggError::WrongRound { culprit: 0, .. })
+        ));
+        // Relabelled for the other group, the signature no longer holds.
+        let mut moved: Signed<secagg::Advertise> = adv.clone();
+        moved.body.round = group1.round;
+        assert!(matches!(
+            moved.verify(&group1),
+            Err(SecaggError::Signature { culprit: 0, .. })
+        ));
+    }
+}
