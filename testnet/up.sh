@@ -3,7 +3,10 @@
 # round's accuracy as it lands, then verify every node's audit log and check that all heads match.
 #
 #   testnet/up.sh [-n N] [--rounds R] [--mode MODE] [--base-port P] [--config FILE]
+#                 [--group-size G]
 #
+# --group-size G (mode secagg): split each round's members into random groups of at least G;
+# only group sums are revealed, and the config's robust rule and votes work on them.
 # Everything lives under testnet/run/ (genesis, member folders, logs, data dirs).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -13,7 +16,8 @@ ROUNDS=5
 MODE=plain
 BASE_PORT=7100
 CONFIG="$ROOT/configs/genesis.toml"
-usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; }
+GROUP_SIZE=""
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     -n) N="$2"; shift 2 ;;
@@ -21,11 +25,15 @@ while [ $# -gt 0 ]; do
     --mode) MODE="$2"; shift 2 ;;
     --base-port) BASE_PORT="$2"; shift 2 ;;
     --config) CONFIG="$2"; shift 2 ;;
+    --group-size) GROUP_SIZE="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
 done
 if [ "$ROUNDS" -lt 1 ]; then echo "--rounds must be at least 1" >&2; exit 2; fi
+if [ -n "$GROUP_SIZE" ] && [ "$MODE" != secagg ]; then
+  echo "--group-size needs --mode secagg (groups are how secure aggregation stays robust)" >&2; exit 2
+fi
 
 if [ -n "$(alive_pids)" ]; then
   echo "a testnet is already running (testnet/status.sh); stop it with testnet/down.sh" >&2
@@ -38,6 +46,20 @@ fi
 
 rm -rf "$RUN"
 mkdir -p "$RUN"
+if [ -n "$GROUP_SIZE" ]; then
+  # The config with group_size set in its [spec.robust] table (added if it has none).
+  python3 - "$CONFIG" "$GROUP_SIZE" > "$RUN/genesis-config.toml" <<'PY'
+import re, sys
+text, g = open(sys.argv[1]).read(), int(sys.argv[2])
+text = re.sub(r"(?m)^group_size\s*=.*\n", "", text)
+if re.search(r"(?m)^\[spec\.robust\]\s*$", text):
+    text = re.sub(r"(?m)^\[spec\.robust\]\s*$", "[spec.robust]\ngroup_size = %d" % g, text, count=1)
+else:
+    text += "\n[spec.robust]\ngroup_size = %d\n" % g
+print(text)
+PY
+  CONFIG="$RUN/genesis-config.toml"
+fi
 "$BIN" genesis --members "$N" --out "$RUN/net" --config "$CONFIG" --rounds "$ROUNDS" \
   --mode "$MODE" --base-port "$BASE_PORT" --data "$ROOT/data/mnist_5k.csv.gz" | tee "$RUN/genesis.out"
 

@@ -213,3 +213,27 @@ async fn hostile_member_is_refused_penalised_and_the_node_keeps_going() {
     assert!(!node_task.is_finished(), "the node is still running");
     node_task.abort();
 }
+
+/// Robust rules and votes in a secure mode need more than one revealed sum: refused in mode
+/// secagg without groups (the error says to set group_size) and in mode paillier, allowed in
+/// mode secagg with groups.
+#[test]
+fn robust_rules_and_votes_in_secure_modes_need_groups() {
+    use fedmesh_protocol::genesis::{Mode, RuleKind, Spec};
+    let mut spec = Spec::default();
+    spec.mode = Mode::Secagg;
+    spec.robust.rule = RuleKind::Median;
+    spec.robust.votes = true;
+    let err = super::check_spec(&spec).unwrap_err().to_string();
+    assert!(err.contains("group_size"), "{err}");
+    spec.robust.group_size = 3;
+    super::check_spec(&spec).unwrap();
+    spec.mode = Mode::Paillier;
+    let err = super::check_spec(&spec).unwrap_err().to_string();
+    assert!(err.contains("mode secagg only"), "{err}");
+    spec.robust.group_size = 0;
+    assert!(super::check_spec(&spec).is_err());
+    spec.robust.rule = RuleKind::Mean;
+    spec.robust.votes = false;
+    super::check_spec(&spec).unwrap();
+}
