@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Format the JSON round reports that fedmesh nodes print on standard output.
 
-  rounds.py table    rows of round, accuracy, loss, participants, dropouts (stdin: JSON lines)
+  rounds.py table    rows of round, accuracy, loss, participants, dropouts, and with groups the
+                     revealed groups (! = flagged), skipped groups and evictions (stdin: JSON lines)
   rounds.py summary  one line about the last round (stdin: JSON lines)
   rounds.py head     the head of an `audit verify --json` result, or FAILED (stdin: one object)
 """
@@ -22,8 +23,19 @@ def main():
     what = sys.argv[1] if len(sys.argv) > 1 else "table"
     if what == "table":
         for r in reports():
-            print("{:<6} {:<9.4f} {:<8.4f} {:<14} {}".format(
-                r["round"], r["accuracy"], r["loss"], str(r["participants"]), r["dropouts"]))
+            line = "{:<6} {:<9.4f} {:<8.4f} {:<14} {}".format(
+                r["round"], r["accuracy"], r["loss"], str(r["participants"]), r["dropouts"])
+            groups = r.get("groups")
+            if groups:
+                # Revealed groups (contributors; ! = flagged by the rule's scores), then skipped.
+                shown = ["{}{}".format(g["contributors"], "!" if g["flagged"] else "")
+                         for g in groups["revealed"]]
+                line += "  groups " + " ".join(shown)
+                if groups["skipped"]:
+                    line += " skipped " + str([groups["drawn"][i] for i in groups["skipped"]])
+            if r.get("evicted"):
+                line += "  evicted " + str(r["evicted"])
+            print(line)
     elif what == "summary":
         last = None
         for r in reports():
