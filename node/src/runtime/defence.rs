@@ -81,6 +81,7 @@ impl Defence {
             d.suspicion.remove(*m);
         }
         d.evicted = evicted;
+        d.observe_log(store)?;
         // Votes this member had counted before it stopped, as far as they are still valid.
         let stored: Vec<SignedVote> = match store.get_state(VOTES_KEY)? {
             Some(bytes) => {
@@ -168,6 +169,37 @@ impl Defence {
     pub fn votes_on(&self, mode: Mode) -> bool {
         self.spec.votes
             && (mode == Mode::Plain || (mode == Mode::Secagg && self.spec.group_size > 0))
+    }
+
+    /// Fold the groups of every record in the log into the suspicion table (rounds already
+    /// observed count once), so that rounds appended by catching up, or before a lost table,
+    /// count too. Evicted members are left out.
+    fn observe_log(&mut self, store: &Store) -> anyhow::Result<()> {
+        if self.spec.group_size == 0 {
+            return Ok(());
+        }
+        let model = self.spec.suspicion_model();
+        let before = self.suspicion.clone();
+        for entry in store.entries().skip(1) {
+            let record = entry?.record()?;
+            if let Some(summary) = &record.groups {
+                let groups: Vec<Vec<u32>> = summary
+                    .revealed
+                    .iter()
+                    .map(|g| g.contributors.clone())
+                    .collect();
+                let flagged: Vec<bool> = summary.revealed.iter().map(|g| g.flagged).collect();
+                self.suspicion
+                    .observe(&model, record.round, &groups, &flagged);
+            }
+        }
+        for m in &self.evicted {
+            self.suspicion.remove(*m);
+        }
+        if self.suspicion != before {
+            store.put_state(SUSPICION_KEY, &self.suspicion.encode())?;
+        }
+        Ok(())
     }
 
     /// Mode secagg with groups: fold a committed round's revealed groups and their flags into the
@@ -295,6 +327,7 @@ impl Defence {
     /// Replay the member set from the log after entries were appended by catching up; returns
     /// the members evicted since the last replay.
     pub fn replay(&mut self, genesis: &Genesis, store: &Store) -> anyhow::Result<Vec<u32>> {
+        self.observe_log(store)?;
         let (evicted, _) = replay(genesis, store)?;
         let new: Vec<u32> = evicted.difference(&self.evicted).copied().collect();
         if !new.is_empty() {
@@ -336,6 +369,111 @@ fn new_tally(genesis: &Genesis, genesis_hash: Hash, evicted: &BTreeSet<u32>) -> 
 mod tests {
     use super::*;
     use fedmesh_protocol::audit::Entry;
+
+    /// Group testing in the node: hand-made rounds of groups of two among six members, where
+    /// member 5's group is always flagged and its partner changes. Member 0 votes against 5 in
+    /// the round the posterior first reaches the confidence (as `rounds_to_suspect` predicts for
+    /// flagged rounds in a row), never against an honest member, and the suspicion table it keeps
+    /// in sled is the same after a restart.
+    #[test]
+    fn flagged_groups_make_a_suspect_and_a_vote() {
+        use fedmesh_protocol::audit::{GroupSum, GroupsSummary, Metrics};
+        let dir = tempfile::tempdir().unwrap();
+        let dealer_cfg = dir.path().join("dealer.toml");
+        std::fs::write(
+            &dealer_cfg,
+            "[spec]\nmode = \"secagg\"\n[spec.robust]\nvotes = true\ngroup_size = 2\nwarmup_rounds = 0\n",
+        )
+        .unwrap();
+        crate::dealer::run(&crate::dealer::Request {
+            members: 6,
+            out: dir.path().join("net"),
+            config: Some(dealer_cfg),
+            base_port: Some(7000),
+            rounds: Some(0),
+            data_path: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/mnist_5k.csv.gz").into()),
+            mode: None,
+        })
+        .unwrap();
+        let bytes = std::fs::read(dir.path().join("net/genesis.toml")).unwrap();
+        let (genesis, gh) = Genesis::parse(&bytes).unwrap();
+        let store = Store::open(&dir.path().join("data")).unwrap();
+        store.init_genesis(&Entry::genesis(&bytes)).unwrap();
+        let mut d = Defence::load(&genesis, gh, &store).unwrap();
+        let record = |round: u64| {
+            // Member 5 sits with a new partner every round; its group is flagged.
+            let partner = (round % 5) as u32;
+            let others: Vec<u32> = (0..5).filter(|m| *m != partner).collect();
+            let groups = [vec![partner, 5], others[..2].to_vec(), others[2..].to_vec()];
+            RoundRecord {
+                round,
+                mode: Mode::Secagg,
+                attempt: 0,
+                coordinator: 0,
+                base_model: Hash::ZERO,
+                new_model: Hash::ZERO,
+                participants: Vec::new(),
+                dropouts: Vec::new(),
+                metrics: Metrics {
+                    accuracy: 0.0,
+                    loss: 0.0,
+                    test_samples: 0,
+                },
+                proposed_at_ms: 0,
+                secure: None,
+                evictions: Vec::new(),
+                privacy: None,
+                paillier: None,
+                groups: Some(GroupsSummary {
+                    size: 2,
+                    drawn: groups.to_vec(),
+                    revealed: groups
+                        .iter()
+                        .enumerate()
+                        .map(|(j, c)| GroupSum {
+                            group: j as u32,
+                            session: 0,
+                            contributors: c.clone(),
+                            unmaskers: c.clone(),
+                            total_weight: 1,
+                            sum_hash: Hash::ZERO,
+                            score: if j == 0 { 9.0 } else { 0.1 },
+                            flagged: j == 0,
+                        })
+                        .collect(),
+                    skipped: Vec::new(),
+                }),
+            }
+        };
+        let model = genesis.spec.robust.suspicion_model();
+        let expected = robust::suspicion::rounds_to_suspect(&model, 2).unwrap();
+        let mut voted_in = None;
+        for round in 1..=expected + 2 {
+            let votes = d.observe_groups(&genesis, &store, 0, &record(round));
+            assert!(votes.iter().all(|v| v.target == 5), "{votes:?}");
+            if !votes.is_empty() && voted_in.is_none() {
+                voted_in = Some(round);
+                // Counted, so that it is not cast again.
+                let signed = SignedVote::sign(
+                    gh,
+                    votes[0].clone(),
+                    &crate::keys::MemberKeys::load(&dir.path().join("net/member-0"), &genesis)
+                        .unwrap()
+                        .identity,
+                );
+                d.count(&store, &signed, round).unwrap();
+            } else if voted_in.is_some() {
+                assert!(votes.is_empty(), "one vote per target");
+            }
+        }
+        assert_eq!(voted_in, Some(expected));
+        let table = d.suspicion.clone();
+        assert_eq!(table.members[&5].flagged, expected + 2);
+        assert!(table.suspects(&model).iter().all(|(m, _)| *m == 5));
+        drop(d);
+        let again = Defence::load(&genesis, gh, &store).unwrap();
+        assert_eq!(again.suspicion, table);
+    }
 
     /// Votes counted before a restart still count after it: two of the three votes needed are in
     /// when the node stops; after it reopens its store, one more vote completes the quorum.
