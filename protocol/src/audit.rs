@@ -501,7 +501,10 @@ pub fn check_groups(
         (Some(s), true) => s,
     };
     if summary.size as usize != g {
-        return Err(format!("group size {} is not the genesis' {g}", summary.size));
+        return Err(format!(
+            "group size {} is not the genesis' {g}",
+            summary.size
+        ));
     }
     let drawn = crate::robust::groups::draw(&prev_hash, record.round, active, g)
         .map_err(|e| format!("no groups can be drawn: {e}"))?;
@@ -543,7 +546,10 @@ pub fn check_groups(
             ));
         }
         if let Some(m) = s.contributors.iter().find(|m| !members.contains(m)) {
-            return Err(format!("member {m} contributed to group {}, which it is not in", s.group));
+            return Err(format!(
+                "member {m} contributed to group {}, which it is not in",
+                s.group
+            ));
         }
         if s.unmaskers.len() < g || s.unmaskers.iter().any(|m| !s.contributors.contains(m)) {
             return Err(format!(
@@ -892,7 +898,11 @@ mod tests {
         // anyway): refused, whatever the unmaskers.
         let err = bad(&|r| {
             let s = groups(r);
-            assert_eq!(s.revealed[0].contributors.len(), 4, "8 members: two groups of 4");
+            assert_eq!(
+                s.revealed[0].contributors.len(),
+                4,
+                "8 members: two groups of 4"
+            );
             let dropped: Vec<u32> = s.revealed[0].contributors.drain(..2).collect();
             s.revealed[0].unmaskers.retain(|m| !dropped.contains(m));
             r.participants.retain(|c| !dropped.contains(&c.member));
@@ -926,8 +936,10 @@ mod tests {
             r.participants.pop();
         })
         .contains("participants"));
-        assert!(bad(&|r| groups(r).revealed[1].session = crate::secagg::group_session(1, 0, 0))
-            .contains("session"));
+        assert!(
+            bad(&|r| groups(r).revealed[1].session = crate::secagg::group_session(1, 0, 0))
+                .contains("session")
+        );
         assert!(bad(&|r| groups(r).size = 2).contains("group size"));
 
         // A skipped group is fine: its members are dropouts, nothing of it is revealed.

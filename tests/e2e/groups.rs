@@ -41,13 +41,21 @@ fn round_entries(net: &Testnet, i: usize) -> Vec<Value> {
 fn check_record_groups(r: &Value, g: u64) {
     let groups = &r["groups"];
     assert_eq!(groups["size"], g, "{r}");
-    let drawn: Vec<Vec<u64>> = groups["drawn"].as_array().unwrap().iter().map(list).collect();
+    let drawn: Vec<Vec<u64>> = groups["drawn"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(list)
+        .collect();
     let mut everyone: Vec<u64> = drawn.concat();
     everyone.sort_unstable();
     let mut members: Vec<u64> = list(&r["participants"]);
     members.extend(list(&r["dropouts"]));
     members.sort_unstable();
-    assert_eq!(everyone, members, "the groups partition the round's members: {r}");
+    assert_eq!(
+        everyone, members,
+        "the groups partition the round's members: {r}"
+    );
     assert!(drawn.iter().all(|d| d.len() as u64 >= g), "{r}");
     let mut contributors = BTreeSet::new();
     let revealed = groups["revealed"].as_array().unwrap();
@@ -55,7 +63,10 @@ fn check_record_groups(r: &Value, g: u64) {
     for s in revealed {
         let c = list(&s["contributors"]);
         let group = &drawn[s["group"].as_u64().unwrap() as usize];
-        assert!(c.len() as u64 >= g, "a sum of fewer than g members was revealed: {r}");
+        assert!(
+            c.len() as u64 >= g,
+            "a sum of fewer than g members was revealed: {r}"
+        );
         assert!(c.iter().all(|m| group.contains(m)), "{r}");
         assert!(list(&s["unmaskers"]).len() as u64 >= g, "{r}");
         contributors.extend(c);
@@ -124,13 +135,22 @@ fn group_testing_evicts_a_hidden_attacker() {
     );
     net.wait_all(RUN_TIMEOUT);
     let entries = round_entries(&net, 0);
-    assert_eq!(entries.len() as u64, rounds_total, "honest members finish every round");
+    assert_eq!(
+        entries.len() as u64,
+        rounds_total,
+        "honest members finish every round"
+    );
     let evictions: Vec<&Value> = entries
         .iter()
         .filter(|e| e["evicted"].as_array().is_some_and(|a| !a.is_empty()))
         .collect();
     assert_eq!(evictions.len(), 1, "{entries:#?}");
-    assert_eq!(evictions[0]["evicted"], serde_json::json!([7]), "{}", evictions[0]);
+    assert_eq!(
+        evictions[0]["evicted"],
+        serde_json::json!([7]),
+        "{}",
+        evictions[0]
+    );
     let at = evictions[0]["round"].as_u64().unwrap();
     eprintln!("member 7 evicted in the record of round {at}");
     assert!(at <= 8, "evicted only in round {at}");
@@ -157,5 +177,8 @@ fn group_testing_evicts_a_hidden_attacker() {
         assert!(ok, "node {i}'s log does not verify: {v}");
         heads.push(v["head"].clone());
     }
-    assert!(heads.windows(2).all(|w| w[0] == w[1]), "honest heads differ: {heads:?}");
+    assert!(
+        heads.windows(2).all(|w| w[0] == w[1]),
+        "honest heads differ: {heads:?}"
+    );
 }

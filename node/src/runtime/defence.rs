@@ -456,7 +456,7 @@ mod tests {
                 // Counted, so that it is not cast again.
                 let signed = SignedVote::sign(
                     gh,
-                    votes[0].clone(),
+                    votes[0],
                     &crate::keys::MemberKeys::load(&dir.path().join("net/member-0"), &genesis)
                         .unwrap()
                         .identity,

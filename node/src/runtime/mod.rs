@@ -177,7 +177,7 @@ enum Work {
         hash: Hash,
         bytes: Option<Vec<u8>>,
     },
-    Synced(Result<sync::Outcome, String>),
+    Synced(Result<Box<sync::Outcome>, String>),
     Hello {
         peer: PeerId,
         response: Result<Response, String>,
@@ -1286,10 +1286,12 @@ impl Runtime {
         );
         report_round(&entry, &record);
         let mut votes = self.score_round(&record, &params);
-        votes.extend(
-            self.defence
-                .observe_groups(&self.ctx.genesis, &self.store, self.me(), &record),
-        );
+        votes.extend(self.defence.observe_groups(
+            &self.ctx.genesis,
+            &self.store,
+            self.me(),
+            &record,
+        ));
         let evicted = self
             .defence
             .committed(&self.ctx.genesis, &self.store, entry.height, &record);
@@ -1312,7 +1314,8 @@ impl Runtime {
         record: &RoundRecord,
         params: &[f32],
     ) -> Vec<fedmesh_protocol::votes::Vote> {
-        if !self.defence.votes_on(self.ctx.genesis.spec.mode) || record.mode != fedmesh_protocol::genesis::Mode::Plain
+        if !self.defence.votes_on(self.ctx.genesis.spec.mode)
+            || record.mode != fedmesh_protocol::genesis::Mode::Plain
         {
             return Vec::new();
         }
@@ -1583,9 +1586,11 @@ impl Runtime {
                                 cur.state.order(),
                                 &p.record,
                             )
-                            .map_err(|reason| RoundError::BadProposal {
-                                culprit: sender,
-                                reason,
+                            .map_err(|reason| {
+                                RoundError::BadProposal {
+                                    culprit: sender,
+                                    reason,
+                                }
                             })
                         })
                     };
@@ -2103,7 +2108,7 @@ impl Runtime {
         let tx = self.work_tx.clone();
         tokio::spawn(async move {
             let r = job.run().await.map_err(|e| format!("{e:#}"));
-            let _ = tx.send(Work::Synced(r)).await;
+            let _ = tx.send(Work::Synced(r.map(Box::new))).await;
         });
     }
 

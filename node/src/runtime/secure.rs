@@ -184,7 +184,10 @@ impl Session {
         params.validate()?;
         // A member outside the session (another group's) only keeps its transcript.
         let member = if params.members.contains_key(&me) {
-            Some(MemberState::Waiting(member::Start::new(params.clone(), me)?))
+            Some(MemberState::Waiting(member::Start::new(
+                params.clone(),
+                me,
+            )?))
         } else {
             None
         };
@@ -610,8 +613,7 @@ impl Attempt {
         let g = genesis.spec.robust.group_size;
         let (drawn, sessions) = if g == 0 {
             let params = params(genesis, genesis_hash, round, attempt, prev_hash, active);
-            let session =
-                Session::new(params, 0, coordinator, me).map_err(|e| e.to_string())?;
+            let session = Session::new(params, 0, coordinator, me).map_err(|e| e.to_string())?;
             (None, vec![session])
         } else {
             let drawn = groups::draw(&prev_hash, round, active, g).map_err(|e| {
@@ -735,8 +737,13 @@ pub fn judge_groups(
         }
         match q.decode(&rev.outcome.sum) {
             Ok(d) if d.mean.len() == model_len => used.push((rev, d)),
-            Ok(_) => tracing::warn!(group = rev.group, "secagg: a group sum has the wrong length; skipped"),
-            Err(e) => tracing::warn!(group = rev.group, error = %e, "secagg: a group sum does not decode; skipped"),
+            Ok(_) => tracing::warn!(
+                group = rev.group,
+                "secagg: a group sum has the wrong length; skipped"
+            ),
+            Err(e) => {
+                tracing::warn!(group = rev.group, error = %e, "secagg: a group sum does not decode; skipped")
+            }
         }
     }
     used.sort_by_key(|(rev, _)| rev.group);
@@ -750,12 +757,9 @@ pub fn judge_groups(
         .collect();
     let mut state = robust::State::default();
     let judged = match suspicion::judge(&r.rule(), &inputs, r.score_threshold, &mut state) {
-        Err(robust::AggregateError::TooFew { .. }) => suspicion::judge(
-            &robust::Rule::Mean,
-            &inputs,
-            r.score_threshold,
-            &mut state,
-        ),
+        Err(robust::AggregateError::TooFew { .. }) => {
+            suspicion::judge(&robust::Rule::Mean, &inputs, r.score_threshold, &mut state)
+        }
         other => other,
     }
     .map_err(|e| format!("the rule does not apply to the group means: {e}"))?;
@@ -861,7 +865,11 @@ mod tests {
         }
         for _ in 0..10 {
             while let Some((from, msg)) = queue.pop_front() {
-                for to in active.iter().copied().filter(|m| *m != from && Some(*m) != silent) {
+                for to in active
+                    .iter()
+                    .copied()
+                    .filter(|m| *m != from && Some(*m) != silent)
+                {
                     let actions =
                         attempts[to as usize].on_message(from, msg.clone(), &keys[to as usize]);
                     push(&mut queue, to, actions);
@@ -931,7 +939,9 @@ mod tests {
             .iter()
             .map(|s| {
                 let session = &attempts[4].sessions[s.group as usize];
-                let t = session.transcript(&s.unmaskers).expect("transcript complete");
+                let t = session
+                    .transcript(&s.unmaskers)
+                    .expect("transcript complete");
                 Revealed {
                     group: s.group,
                     outcome: secagg::replay(session.params.clone(), &t).unwrap(),

@@ -118,8 +118,9 @@ impl Job {
             .map(|m| m.index)
             .filter(|m| !self.evicted.contains(m))
             .collect();
-        audit::check_groups(&ctx.genesis, entry.prev_hash, &active, &record)
-            .map_err(|reason| anyhow::anyhow!("height {}: groups summary: {reason}", entry.height))?;
+        audit::check_groups(&ctx.genesis, entry.prev_hash, &active, &record).map_err(|reason| {
+            anyhow::anyhow!("height {}: groups summary: {reason}", entry.height)
+        })?;
         audit::check_membership(&ctx.genesis, &mut self.evicted, entry.height, &record)?;
         Ok(record)
     }

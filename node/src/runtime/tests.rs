@@ -220,8 +220,10 @@ async fn hostile_member_is_refused_penalised_and_the_node_keeps_going() {
 #[test]
 fn robust_rules_and_votes_in_secure_modes_need_groups() {
     use fedmesh_protocol::genesis::{Mode, RuleKind, Spec};
-    let mut spec = Spec::default();
-    spec.mode = Mode::Secagg;
+    let mut spec = Spec {
+        mode: Mode::Secagg,
+        ..Spec::default()
+    };
     spec.robust.rule = RuleKind::Median;
     spec.robust.votes = true;
     let err = super::check_spec(&spec).unwrap_err().to_string();
