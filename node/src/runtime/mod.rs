@@ -95,6 +95,17 @@ pub fn check_spec(spec: &fedmesh_protocol::genesis::Spec) -> anyhow::Result<()> 
     // With groups, the rule and the scores work on group sums and votes on group testing;
     // without, a secure mode reveals only one sum, which no rule or score can judge.
     let grouped = spec.mode == Mode::Secagg && r.group_size > 0;
+    if grouped && spec.dp.level == fedmesh_protocol::genesis::DpLevel::Member {
+        // Each member adds 1/√n of the noise so that the sum of all n carries it in full; a
+        // revealed group sum of s members carries only √(s/n) of it, which the privacy accounting
+        // (of the whole sum) does not cover.
+        anyhow::bail!(
+            "[spec.dp] level = \"member\" with [spec.robust] group_size = {}: each revealed group \
+             sum would carry only part of the noise the log accounts for; use level = \"record\" \
+             (DP-SGD protects each update on its own) or group_size = 0",
+            r.group_size
+        );
+    }
     if spec.mode != Mode::Plain && !grouped && (r.rule != RuleKind::Mean || r.votes) {
         anyhow::bail!(
             "[spec.robust]: rule {:?} and votes = {} need more than one sum, but mode {} without \
@@ -1496,7 +1507,12 @@ impl Runtime {
                     .iter()
                     .filter(|(e, _)| e.sender == env.sender)
                     .count();
-                if from_sender < EARLY_PER_SENDER {
+                // With groups the coordinator relays every group's phases: room for each group.
+                let groups = match self.ctx.genesis.spec.robust.group_size {
+                    0 => 1,
+                    g => (self.ctx.genesis.members.len() / g).max(1),
+                };
+                if from_sender < EARLY_PER_SENDER * groups {
                     self.early.push((env, bytes));
                 }
                 return Verdict::Accept;

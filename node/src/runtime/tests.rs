@@ -230,6 +230,11 @@ fn robust_rules_and_votes_in_secure_modes_need_groups() {
     assert!(err.contains("group_size"), "{err}");
     spec.robust.group_size = 3;
     super::check_spec(&spec).unwrap();
+    spec.dp.level = fedmesh_protocol::genesis::DpLevel::Member;
+    let err = super::check_spec(&spec).unwrap_err().to_string();
+    assert!(err.contains("level = \"record\""), "{err}");
+    spec.dp.level = fedmesh_protocol::genesis::DpLevel::Record;
+    super::check_spec(&spec).unwrap();
     spec.mode = Mode::Paillier;
     let err = super::check_spec(&spec).unwrap_err().to_string();
     assert!(err.contains("mode secagg only"), "{err}");
