@@ -182,3 +182,45 @@ fn group_testing_evicts_a_hidden_attacker() {
         "honest heads differ: {heads:?}"
     );
 }
+
+/// A member dies mid-round: in round 2 member 5 exits right after sharing its keys. Its group of
+/// three keeps two members, below g, so that group's sum is never unmasked: the record lists it
+/// as skipped and its members as dropouts, and the other group's sum carries the round; so again
+/// in round 3 (member 5 is dead, not evicted: it is still drawn). Every revealed sum covers at
+/// least g, and the survivors' logs verify and agree.
+#[test]
+fn a_group_that_falls_below_g_is_skipped_not_revealed() {
+    let mut net = Testnet::with_config(
+        6,
+        3,
+        12_000,
+        "[spec]\nmode = \"secagg\"\n[spec.secagg]\nphase_timeout_ms = 4000\n\
+         [spec.robust]\ngroup_size = 3\n",
+    );
+    net.set_fault(5, 2, "shares");
+    net.start_all();
+    assert_eq!(net.wait_exit(5, RUN_TIMEOUT), Some(137));
+    net.wait_all(RUN_TIMEOUT);
+    let entries = round_entries(&net, 0);
+    assert_eq!(entries.len(), 3, "{entries:#?}\n{}", net.tail_logs());
+    for r in &entries {
+        check_record_groups(r, 3);
+    }
+    for r in &entries[1..] {
+        let drawn: Vec<Vec<u64>> = r["groups"]["drawn"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(list)
+            .collect();
+        let five = drawn.iter().position(|g| g.contains(&5)).unwrap();
+        assert_eq!(list(&r["groups"]["skipped"]), vec![five as u64], "{r}");
+        let dropouts = list(&r["dropouts"]);
+        assert!(drawn[five].iter().all(|m| dropouts.contains(m)), "{r}");
+        assert_eq!(list(&r["participants"]).len(), 3, "{r}");
+    }
+    for i in 0..5 {
+        let (ok, v) = net.verify(i);
+        assert!(ok, "node {i}: {v}");
+    }
+}
