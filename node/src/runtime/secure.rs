@@ -588,6 +588,7 @@ fn session_of(msg: &SecaggMsg) -> Option<u64> {
 /// One attempt of a round at one member: a single session of all active members, or (with
 /// groups) one session per drawn group.
 pub struct Attempt {
+    /// 0 for the round's first coordinator, 1 after one failover, …
     pub attempt: u32,
     /// The groups drawn for the round; `None` without groups.
     pub drawn: Option<Vec<Vec<u32>>>,
@@ -700,7 +701,9 @@ impl Attempt {
 
 /// A revealed group sum: as the coordinator unmasked it, or as a member replayed it.
 pub struct Revealed {
+    /// The group's index in the drawn groups.
     pub group: u32,
+    /// Its session's sum and who got through which phase.
     pub outcome: Outcome,
     /// Members whose unmasking shares were used, sorted.
     pub unmaskers: Vec<u32>,
@@ -708,6 +711,7 @@ pub struct Revealed {
 
 /// What a round of group sums comes to.
 pub struct Judged {
+    /// What the round record says about the groups.
     pub summary: GroupsSummary,
     /// The round's update: the rule applied to the group means.
     pub update: Vec<f32>,
