@@ -665,7 +665,13 @@ impl Attempt {
             (Some(_), None) => return Vec::new(),
         };
         match self.sessions.get_mut(index) {
-            // A message of another session is refused by the session's own checks (round).
+            // A message of another attempt or round is not kept in this one's transcript.
+            Some(session)
+                if self.drawn.is_some() && session_of(&msg) != Some(session.params.round) =>
+            {
+                tracing::warn!(sender, "secagg: message for another session; ignored");
+                Vec::new()
+            }
             Some(session) => session.on_message(sender, msg, key),
             None => {
                 tracing::warn!(
