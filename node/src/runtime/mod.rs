@@ -312,6 +312,24 @@ impl Runtime {
                     "the checkpoint of the global model {model_hash} is missing from the data dir"
                 )
             })?;
+        let g = ctx.genesis.spec.robust.group_size;
+        if ctx.genesis.spec.mode == fedmesh_protocol::genesis::Mode::Secagg && g > 0 {
+            let n = ctx.genesis.members.len();
+            anyhow::ensure!(
+                n >= g,
+                "[spec.robust] group_size = {g}, but the network has only {n} members: no group \
+                 can be formed; deal a genesis with group_size at most {n}"
+            );
+            if n < g * fedmesh_protocol::robust::score::MIN_INPUTS {
+                tracing::warn!(
+                    members = n,
+                    group_size = g,
+                    "fewer than {} groups a round: group scores stay 0, so no group is flagged and \
+                     no member becomes a suspect; the rule still applies to the group means",
+                    fedmesh_protocol::robust::score::MIN_INPUTS
+                );
+            }
+        }
         let (work_tx, work_rx) = mpsc::channel(64);
         let defence = defence::Defence::load(&ctx.genesis, ctx.genesis_hash, &store)
             .context("replaying the member set from the log")?;
