@@ -134,6 +134,16 @@ impl Store {
     /// If the flush itself fails the entry may or may not survive a crash; treat the store as
     /// failed.
     pub fn append(&self, entry: &Entry) -> Result<(), StoreError> {
+        self.append_with(entry, || {})
+    }
+
+    /// As [`Store::append`], calling `written` after the entry is written to the database and
+    /// before it is flushed to disk (not called if the entry is refused).
+    ///
+    /// This is the window in which a crash loses an entry the node was appending: fault-injection
+    /// tests kill the process in `written` to show that a node restarted after such a crash has a
+    /// log that verifies (the entry is either wholly there or not at all) and catches up.
+    pub fn append_with(&self, entry: &Entry, written: impl FnOnce()) -> Result<(), StoreError> {
         let _guard = self.lock();
         let head = self.head()?.ok_or(StoreError::Uninitialized)?;
         let expected = head.height.saturating_add(1);
@@ -151,11 +161,15 @@ impl Store {
                 expected: head_hash,
             });
         }
-        self.write_entry(entry)
+        self.write_entry_with(entry, written)
     }
 
     /// Encode, insert and flush; the caller holds the write lock and has checked the link.
     fn write_entry(&self, entry: &Entry) -> Result<(), StoreError> {
+        self.write_entry_with(entry, || {})
+    }
+
+    fn write_entry_with(&self, entry: &Entry, written: impl FnOnce()) -> Result<(), StoreError> {
         // Never write what `get` would later call corrupt.
         if !body_matches(entry) {
             return Err(StoreError::BodyHash {
@@ -173,6 +187,7 @@ impl Store {
         self.entries
             .insert(height_key(entry.height), bytes)
             .map_err(db("writing an audit-log entry"))?;
+        written();
         self.flush_for("flushing an appended audit-log entry to disk")
     }
 

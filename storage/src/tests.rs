@@ -526,3 +526,22 @@ proptest! {
         }
     }
 }
+
+/// `append_with` calls its hook once the entry is written (readable) and only for entries it
+/// accepts: the fault-injection point "appending" of the node relies on both.
+#[test]
+fn append_with_calls_its_hook_after_the_write_and_only_for_accepted_entries() {
+    let (_dir, store, entries) = filled(2);
+    let refused = Entry::round(7, entries[2].hash(), &record(7));
+    let mut called = false;
+    assert!(store.append_with(&refused, || called = true).is_err());
+    assert!(!called, "the hook ran for a refused entry");
+
+    let next = Entry::round(3, entries[2].hash(), &record(3));
+    let mut seen = None;
+    store
+        .append_with(&next, || seen = Some(store.get(3).unwrap()))
+        .unwrap();
+    assert_eq!(seen, Some(Some(next.clone())), "the hook runs after the write");
+    assert_eq!(store.head().unwrap(), Some(next));
+}

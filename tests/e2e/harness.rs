@@ -159,7 +159,7 @@ impl Testnet {
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 self.nodes[i] = None;
-                return status.code();
+                return exit_code(status);
             }
             if start.elapsed() > timeout {
                 panic!(
@@ -179,7 +179,7 @@ impl Testnet {
                 if let Some(child) = self.nodes[i].as_mut() {
                     if let Some(status) = child.try_wait().unwrap() {
                         self.nodes[i] = None;
-                        return (i, status.code());
+                        return (i, exit_code(status));
                     }
                 }
             }
@@ -316,6 +316,55 @@ impl Testnet {
         heads.remove(0)
     }
 
+    /// `fedmesh audit show --json` of node `i`: one JSON value per entry.
+    pub fn audit_show(&self, i: usize) -> Vec<Value> {
+        let out = fedmesh(&[
+            "audit",
+            "show",
+            "--json",
+            "--data-dir",
+            path_str(&self.data_dir(i)),
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Every entry node `i` ever reported as committed (in any of its lives) is in its log now,
+    /// at the same height with the same hash. Returns how many reports were checked.
+    pub fn assert_nothing_lost(&self, i: usize) -> usize {
+        let stored: std::collections::HashMap<u64, String> = self
+            .audit_show(i)
+            .into_iter()
+            .map(|e| {
+                (
+                    e["height"].as_u64().unwrap(),
+                    e["hash"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let reported = self.rounds(i);
+        for r in &reported {
+            let height = r["height"].as_u64().unwrap();
+            assert_eq!(
+                stored.get(&height).map(String::as_str),
+                r["head"].as_str(),
+                "node {i} reported height {height} committed, and its log now has something else"
+            );
+        }
+        reported.len()
+    }
+
+    /// The member that coordinates round 1 (attempt 0): it follows from the genesis alone.
+    pub fn round1_coordinator(&self) -> usize {
+        let bytes = std::fs::read(self.net().join("genesis.toml")).unwrap();
+        let (genesis, _) = fedmesh_protocol::genesis::Genesis::parse(&bytes).unwrap();
+        let head = fedmesh_protocol::audit::Entry::genesis(&bytes).hash();
+        let all: Vec<u32> = (0..self.n as u32).collect();
+        fedmesh_protocol::round::coordinator_order(&genesis, head, &all)[0] as usize
+    }
+
     pub fn tail_logs(&self) -> String {
         let mut s = String::new();
         for i in 0..self.n {
@@ -343,6 +392,13 @@ impl Drop for Testnet {
             eprintln!("kept testnet directory {}", dir.keep().display());
         }
     }
+}
+
+/// The exit code as a shell reports it: a process killed by signal `s` gives 128 + s (so a node
+/// that fault injection killed with SIGKILL gives 137).
+pub fn exit_code(status: std::process::ExitStatus) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().or(status.signal().map(|s| 128 + s))
 }
 
 pub fn path_str(p: &Path) -> &str {

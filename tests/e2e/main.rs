@@ -3,5 +3,6 @@
 
 mod cli;
 mod dp;
+mod faults;
 mod harness;
 mod network;

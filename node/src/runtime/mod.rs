@@ -104,15 +104,31 @@ pub fn check_spec(spec: &fedmesh_protocol::genesis::Spec) -> anyhow::Result<()> 
 }
 
 impl Context {
-    /// Exit abruptly if the fault plan says so for this point of `round`.
+    /// Die (SIGKILL) if the fault plan says so for this point of `round`, after a short pause that
+    /// lets what was just published leave the node: a crash right after a message went out.
     async fn fault(&self, round: u64, at: &str) {
-        if self.faults.round == round && self.faults.at == at {
-            tracing::warn!(round, at, "fault injection: exiting abruptly");
-            // Let what was just published leave the node before it dies.
+        if self.faults.hits(round, at) {
+            tracing::warn!(round, at, "fault injection: killing this node");
             tokio::time::sleep(Duration::from_millis(400)).await;
-            std::process::exit(137);
+            die();
         }
     }
+
+    /// Die (SIGKILL) right here if the fault plan says so: for points inside synchronous code
+    /// (the training worker, the append of an entry).
+    fn fault_now(&self, round: u64, at: &str) {
+        if self.faults.hits(round, at) {
+            tracing::warn!(round, at, "fault injection: killing this node");
+            die();
+        }
+    }
+}
+
+/// Fault injection: end the process as `kill -9` does — no destructor, no flush, no exit handler.
+fn die() -> ! {
+    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    // Not reached: SIGKILL cannot be caught. Should raising fail, abort is the next best thing.
+    std::process::abort()
 }
 
 /// Running totals of the verdicts on gossip messages, for operators and tests.
@@ -354,10 +370,17 @@ impl Runtime {
             let (round, attempt) = (cur.state.round, session.attempt);
             match a {
                 secure::Action::Publish(msg) => {
+                    use fedmesh_protocol::wire::SecaggMsg;
                     let point = match &msg {
-                        fedmesh_protocol::wire::SecaggMsg::Shares(_) => "shares",
-                        fedmesh_protocol::wire::SecaggMsg::Masked(_) => "masked_input",
-                        _ => "",
+                        SecaggMsg::Advertise(_) => "advertise",
+                        SecaggMsg::Shares(_) => "shares",
+                        SecaggMsg::Masked(_) => "masked_input",
+                        SecaggMsg::Consistency(_) => "consistency",
+                        SecaggMsg::Unmask(_) => "unmask",
+                        SecaggMsg::KeyList(_) => "key_list",
+                        SecaggMsg::Relay(_) => "relay",
+                        SecaggMsg::Survivors(_) => "survivors",
+                        SecaggMsg::ConsistencyList(_) => "consistency_list",
                     };
                     let payload = Payload::Secagg {
                         attempt,
@@ -514,16 +537,9 @@ impl Runtime {
             coordinator = state.coordinator(0),
             "round started"
         );
-        if state.coordinator(0) == self.me()
-            && self.ctx.faults.round == round
-            && self.ctx.faults.at == "coordinating"
-        {
+        if state.coordinator(0) == self.me() {
             // Fault injection: die before doing anything in the round this node coordinates.
-            tracing::warn!(
-                round,
-                "fault injection: exiting abruptly as this round's coordinator"
-            );
-            std::process::exit(137);
+            self.ctx.fault_now(round, "coordinating");
         }
         let mut cur = Current {
             state,
@@ -585,6 +601,7 @@ impl Runtime {
                     };
                     let result =
                         privacy::train(&ctx, &global, rows, round, seed).map_err(|e| e.to_string());
+                    ctx.fault_now(round, "training");
                     let _ = tx.blocking_send(Work::Trained { round, result });
                 });
             }
@@ -729,6 +746,8 @@ impl Runtime {
         }
         if let Some(c) = self.current.as_mut() {
             c.unpublished = None;
+            let round = c.state.round;
+            self.ctx.fault(round, "update_sent").await;
         }
     }
 
@@ -1024,6 +1043,7 @@ impl Runtime {
         if let Err(e) = self.publish_or_keep(round, env.encode()).await {
             tracing::warn!(error = %e, "could not publish the proposal yet; retrying");
         }
+        self.ctx.fault(round, "proposed").await;
         self.approve(params).await;
     }
 
@@ -1070,6 +1090,7 @@ impl Runtime {
         if let Err(e) = self.publish_or_keep(round, env.encode()).await {
             tracing::warn!(error = %e, "could not publish the approval yet; retrying");
         }
+        self.ctx.fault(round, "approved").await;
         self.try_commit().await;
     }
 
@@ -1151,7 +1172,11 @@ impl Runtime {
                 );
                 Ok(())
             })
-            .and_then(|_| self.store.append(&entry).map_err(anyhow::Error::from));
+            .and_then(|_| {
+                self.store
+                    .append_with(&entry, || self.ctx.fault_now(record.round, "appending"))
+                    .map_err(anyhow::Error::from)
+            });
         if let Err(e) = stored {
             tracing::error!(error = %e, "cannot append the round to the log");
             return;
@@ -1168,6 +1193,7 @@ impl Runtime {
             "round committed"
         );
         report_round(&entry, &record);
+        self.ctx.fault_now(record.round, "appended");
         let votes = self.score_round(&record, &params);
         let evicted = self
             .defence

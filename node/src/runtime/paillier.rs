@@ -673,6 +673,7 @@ impl Runtime {
                         setup.fill_pool(setup.packer.plaintexts_for(pr.params.len));
                     }
                     self.publish_paillier(PaillierMsg::Update(msg)).await;
+                    self.ctx.fault(round, "encrypted").await;
                 }
                 Err(e) => {
                     tracing::error!(round, error = %e, "paillier: cannot encrypt the update; this member sits the round out")
@@ -707,6 +708,7 @@ impl Runtime {
                             pr.request_decrypt();
                             tracing::info!(round, attempt = pr.attempt, contributors = ?close.contributors, "paillier: announcing the encrypted sum");
                             self.publish_paillier(PaillierMsg::Close(close)).await;
+                            self.ctx.fault(round, "announce").await;
                         } else if follows {
                             pr.request_decrypt();
                         }
@@ -718,6 +720,7 @@ impl Runtime {
                 Ok(p) => {
                     pr.on_partial(p.clone());
                     self.publish_paillier(PaillierMsg::Partial(p)).await;
+                    self.ctx.fault(round, "partial").await;
                 }
                 Err(e) => tracing::error!(round, error = %e, "paillier: cannot decrypt the sum"),
             },
