@@ -22,6 +22,7 @@ pub struct File {
     pub peers: Vec<String>,
     /// Where to reach some members instead of at their genesis addresses (`[[routes]]`, one per
     /// member): a member behind NAT or a relay, or a proxy in a partition test.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
     /// Stop after the log holds this many rounds; 0 runs until Ctrl-C.
     pub rounds: u64,

@@ -256,3 +256,85 @@ fn paillier_nodes_killed_in_every_phase_and_the_coordinator_mid_round() {
         "round 1 committed {took} ms after its coordinator died (phase + failover timeout: {limit} ms)"
     );
 }
+
+/// Partition, unprivileged: every connection to and from member 3 runs through proxies in this
+/// test (its peers reach it through one, it reaches each of them through one: `[[routes]]` in the
+/// node configs). The proxies cut member 3 off after round 2 and heal it three rounds later. The
+/// majority goes on without it (a dropout in every round of the cut); member 3 commits nothing of
+/// its own while cut off — every entry it has is the majority's at that height, no fork; after
+/// healing it catches up, takes part again, and all logs end equal.
+#[test]
+fn cut_off_member_does_not_fork_and_catches_up_after_healing() {
+    use crate::harness::Proxy;
+    let rounds = 9;
+    let mut net = Testnet::new(4, rounds, 4_000);
+    let k = 3usize;
+    let port = |i: usize| net.base_port + i as u16;
+    // Others reach member k through `into_k`; member k reaches member j through `out_of_k[j]`.
+    let into_k = Proxy::start(port(k));
+    let out_of_k: Vec<Proxy> = (0..k).map(|j| Proxy::start(port(j))).collect();
+    let route = |member: usize, proxy: u16| {
+        format!("[[routes]]\nmember = {member}\naddrs = [\"/ip4/127.0.0.1/tcp/{proxy}\"]")
+    };
+    for j in 0..k {
+        net.add_node_config(j, &route(k, into_k.port));
+        net.add_node_config(k, &route(j, out_of_k[j].port));
+    }
+    // No bootstrap address: each node dials the members' (routed) addresses only.
+    for i in 0..4 {
+        net.start_with(i, &[]);
+    }
+    net.wait_round(0, 2, WAIT);
+    into_k.cut();
+    out_of_k.iter().for_each(Proxy::cut);
+    let cut_at = net.rounds(0).len() as u64;
+    net.wait_round(0, cut_at + 3, WAIT);
+
+    // The majority went on without member k...
+    let during: Vec<Value> = net
+        .rounds(0)
+        .into_iter()
+        .filter(|r| r["round"].as_u64().unwrap() > cut_at + 1)
+        .collect();
+    assert!(during.len() >= 2, "{during:?}");
+    for r in &during {
+        assert!(members(&r["dropouts"]).contains(&(k as u64)), "{r}");
+    }
+    // ... and member k, cut off, did not fork: whatever it committed is the majority's entry.
+    let majority: std::collections::HashMap<u64, String> = net
+        .rounds(0)
+        .iter()
+        .map(|r| {
+            (
+                r["height"].as_u64().unwrap(),
+                r["head"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let isolated = net.rounds(k);
+    assert!(
+        (isolated.len() as u64) <= cut_at + 1,
+        "member {k} committed rounds while cut off: {isolated:?}"
+    );
+    for r in &isolated {
+        let h = r["height"].as_u64().unwrap();
+        assert_eq!(
+            majority.get(&h).map(String::as_str),
+            r["head"].as_str(),
+            "fork at height {h}"
+        );
+    }
+
+    into_k.heal();
+    out_of_k.iter().for_each(Proxy::heal);
+    let healed_at = net.rounds(0).len() as u64;
+    net.wait_all(WAIT);
+    net.assert_logs_agree();
+    net.assert_nothing_lost(k);
+    let back = net.rounds(0).into_iter().any(|r| {
+        r["round"].as_u64().unwrap() > healed_at + 1
+            && members(&r["participants"]).contains(&(k as u64))
+    });
+    assert!(back, "member {k} never took part after healing");
+    assert_eq!(net.rounds(k).len() as u64, rounds, "member {k} caught up");
+}

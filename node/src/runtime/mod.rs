@@ -563,10 +563,12 @@ impl Runtime {
         if self.paillier_mode() {
             cur.paillier = paillier::Round::start(&self.ctx, &cur.state, self.work_tx.clone());
         }
-        // After a restart mid-round, resend the update already trained instead of retraining
-        // (mode secagg retrains: a restarted member joins the next session with fresh keys).
-        let saved = (!self.secure_mode() && !self.paillier_mode())
-            .then(|| self.store.get_state(UPDATE_KEY).ok().flatten())
+        // After a restart mid-round, resend the update already sent instead of making a new one
+        // (mode secagg retrains: a restarted member joins the next session with fresh keys). In
+        // mode paillier a new encryption would differ from the ciphertext the others already
+        // summed, and this member would refuse to decrypt their sum.
+        let saved = (!self.secure_mode())
+            .then(|| self.store.get_large_state(UPDATE_KEY).ok().flatten())
             .flatten()
             .and_then(|b| {
                 let env = Envelope::open(
@@ -580,14 +582,24 @@ impl Runtime {
                 (env.round == round && env.sender == self.me()).then_some((env, b))
             });
         match saved {
-            Some((env, bytes)) => {
-                if let Payload::Update(u) = env.payload {
+            Some((env, bytes)) => match env.payload {
+                Payload::Update(u) => {
                     if cur.state.add_update(self.me(), u).is_ok() {
                         cur.envelopes.insert(self.me(), bytes.clone());
                         cur.unpublished = Some(bytes);
                     }
                 }
-            }
+                Payload::Paillier { msg, .. } => {
+                    if let (wire::PaillierMsg::Update(u), Some(pr)) = (*msg, cur.paillier.as_mut())
+                    {
+                        tracing::info!(round, "paillier: resending the encrypted update sent before a restart");
+                        pr.resume_update(u);
+                        cur.envelopes.insert(self.me(), bytes.clone());
+                        self.secure_unpublished.push((round, bytes));
+                    }
+                }
+                _ => {}
+            },
             None if !privacy::within_budget(&self.ctx, &self.store, round) => {}
             None => {
                 let ctx = self.ctx.clone();
@@ -718,7 +730,7 @@ impl Runtime {
             tracing::error!(round, error = %e, "own update rejected");
             return Vec::new();
         }
-        let _ = self.store.put_state(UPDATE_KEY, &bytes);
+        let _ = self.store.put_large_state(UPDATE_KEY, &bytes);
         tracing::info!(
             round,
             loss = outcome.mean_loss,
@@ -1444,6 +1456,10 @@ impl Runtime {
                 Ok(())
             }
             Payload::Paillier { attempt, msg } if paillier_mode => {
+                if matches!(*msg, wire::PaillierMsg::Update(_)) {
+                    // Kept to serve members that missed it (restarted, or gossip lost it).
+                    cur.envelopes.entry(sender).or_insert(bytes);
+                }
                 return self.on_paillier_msg(sender, attempt, *msg);
             }
             Payload::Secagg { .. } | Payload::Paillier { .. } => Err(RoundError::BadProposal {
@@ -1722,7 +1738,10 @@ impl Runtime {
 
     /// Ask the proposer for updates that gossip has not delivered.
     fn maybe_fetch_missing(&mut self) {
-        if self.secure_mode() || self.paillier_mode() {
+        if self.paillier_mode() {
+            return self.maybe_fetch_paillier();
+        }
+        if self.secure_mode() {
             return;
         }
         let Some(cur) = self.current.as_mut() else {
@@ -1875,7 +1894,14 @@ impl Runtime {
                         self.ctx.genesis_hash,
                         None,
                     ) {
-                        if env.round == round && matches!(env.payload, Payload::Update(_)) {
+                        let update = match &env.payload {
+                            Payload::Update(_) => true,
+                            Payload::Paillier { msg, .. } => {
+                                matches!(**msg, wire::PaillierMsg::Update(_))
+                            }
+                            _ => false,
+                        };
+                        if env.round == round && update {
                             self.on_envelope(env, bytes, None);
                         }
                     }
