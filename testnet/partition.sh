@@ -79,8 +79,17 @@ for i in $(seq 0 $((N - 1))); do
       >> "$RUN/net/member-$i/node.toml"
   done
 done
-# Every namespace can reach every other before the cut.
-ip netns exec fm0 ping -c 1 -W 2 "$(ip_of "$VICTIM")" > /dev/null || { echo "namespaces cannot reach each other (bridge filtered?)" >&2; exit 1; }
+# The namespaces reach each other before the cut: a connection to a closed port is refused at
+# once (reachable); a timeout means the bridge drops traffic.
+reachable=no
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+  out=$(timeout 3 ip netns exec fm0 bash -c "exec 3<>/dev/tcp/$(ip_of "$VICTIM")/9" 2>&1 || true)
+  case "$out" in *refused*) reachable=yes; break ;; esac
+  sleep 0.5
+done
+if [ "$reachable" != yes ]; then
+  echo "namespace fm0 cannot reach $(ip_of "$VICTIM") (is bridged traffic filtered?)" >&2; exit 1
+fi
 
 for i in $(seq 0 $((N - 1))); do
   ip netns exec "fm$i" nice -n 10 "$BIN" node --config "$RUN/net/member-$i/node.toml" \
