@@ -283,7 +283,9 @@ def main():
         "kill_log": kills, "rounds_with_dropouts": dropout_rounds,
         "rounds_in_each_log": rounds_in_log, "heads_equal": len(set(heads.values())) == 1,
         "head": heads.get(0), "committed_entries_lost": sum(lost.values()),
-        "witness_rss": growth, "peak_rss_kib_max": max(peaks) if peaks else None,
+        "witness_rss": growth,
+        "witness_rss_every_10_rounds_kib": {w: {r: kib for r, kib in sorted(nodes[w].rss_at.items()) if r % 10 == 0 or r == 1}
+                                             for w in WITNESSES}, "peak_rss_kib_max": max(peaks) if peaks else None,
         "peak_rss_kib_median": sorted(peaks)[len(peaks) // 2] if peaks else None,
         "load_avg_1m": {"min": min(loads), "mean": round(sum(loads) / len(loads), 2), "max": max(loads)} if loads else None,
         "cpus": os.cpu_count(), "exit_codes": exit_codes, "failures": failures,

@@ -313,9 +313,12 @@ impl Store {
     }
 
     fn write_checkpoint_file(&self, hash: &Hash, bytes: &[u8]) -> Result<(), StoreError> {
-        write_file(&self.dir.join(CHECKPOINT_DIR), &self.checkpoint_path(hash), bytes)
+        write_file(
+            &self.dir.join(CHECKPOINT_DIR),
+            &self.checkpoint_path(hash),
+            bytes,
+        )
     }
-
 
     /// The parameters of model `hash`, or `None` if not stored.
     ///
@@ -595,7 +598,9 @@ fn state_file(key: &str) -> Result<String, StoreError> {
     if plain {
         Ok(format!("{key}.bin"))
     } else {
-        Err(StoreError::StateKey { key: key.to_string() })
+        Err(StoreError::StateKey {
+            key: key.to_string(),
+        })
     }
 }
 

@@ -539,7 +539,11 @@ fn append_with_calls_its_hook_after_the_write_and_only_for_accepted_entries() {
     store
         .append_with(&next, || seen = Some(store.get(3).unwrap()))
         .unwrap();
-    assert_eq!(seen, Some(Some(next.clone())), "the hook runs after the write");
+    assert_eq!(
+        seen,
+        Some(Some(next.clone())),
+        "the hook runs after the write"
+    );
     assert_eq!(store.head().unwrap(), Some(next));
 }
 
@@ -551,8 +555,14 @@ fn checkpoints_are_files_and_old_tree_checkpoints_still_load() {
     let layout = Layout::new(vec![3, 2]).unwrap();
     let params = layout.init(1);
     let hash = store.put_checkpoint(&layout, &params).unwrap();
-    let file = dir.path().join("checkpoints").join(format!("{hash}.safetensors"));
-    assert_eq!(std::fs::read(&file).unwrap(), encode_checkpoint(&layout, &params));
+    let file = dir
+        .path()
+        .join("checkpoints")
+        .join(format!("{hash}.safetensors"));
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        encode_checkpoint(&layout, &params)
+    );
     assert!(!file.with_extension("tmp").exists());
     drop(store);
     let store = Store::open(dir.path()).unwrap();
@@ -577,10 +587,16 @@ fn large_state_round_trips_and_refuses_path_keys() {
     store.put_large_state("own_update", &[8; 10]).unwrap();
     drop(store);
     let store = Store::open(dir.path()).unwrap();
-    assert_eq!(store.get_large_state("own_update").unwrap(), Some(vec![8; 10]));
+    assert_eq!(
+        store.get_large_state("own_update").unwrap(),
+        Some(vec![8; 10])
+    );
     for bad in ["", "../x", "a/b", "a.b"] {
         assert!(
-            matches!(store.put_large_state(bad, b"x"), Err(StoreError::StateKey { .. })),
+            matches!(
+                store.put_large_state(bad, b"x"),
+                Err(StoreError::StateKey { .. })
+            ),
             "{bad:?}"
         );
     }

@@ -584,7 +584,8 @@ impl Runtime {
         match saved {
             Some((env, bytes)) => match env.payload {
                 Payload::Update(u) => {
-                    if cur.state.add_update(self.me(), u).is_ok() {
+                    let added = cur.state.add_update(self.me(), u).is_ok();
+                    if added {
                         cur.envelopes.insert(self.me(), bytes.clone());
                         cur.unpublished = Some(bytes);
                     }
@@ -592,7 +593,10 @@ impl Runtime {
                 Payload::Paillier { msg, .. } => {
                     if let (wire::PaillierMsg::Update(u), Some(pr)) = (*msg, cur.paillier.as_mut())
                     {
-                        tracing::info!(round, "paillier: resending the encrypted update sent before a restart");
+                        tracing::info!(
+                            round,
+                            "paillier: resending the encrypted update sent before a restart"
+                        );
                         pr.resume_update(u);
                         cur.envelopes.insert(self.me(), bytes.clone());
                         self.secure_unpublished.push((round, bytes));

@@ -695,7 +695,10 @@ impl Runtime {
         let asks: Vec<(u32, u32)> = match pr.wanted.as_ref() {
             Some(w) => {
                 let from = cur.state.coordinator(pr.attempt);
-                missing(&w.contributors).into_iter().map(|m| (from, m)).collect()
+                missing(&w.contributors)
+                    .into_iter()
+                    .map(|m| (from, m))
+                    .collect()
             }
             None if pr.round_started.elapsed() >= half => missing(cur.state.order())
                 .into_iter()
@@ -719,7 +722,10 @@ impl Runtime {
             let tx = self.work_tx.clone();
             tokio::spawn(async move {
                 let bytes = match net
-                    .request(peer, fedmesh_protocol::wire::Request::Update { round, member })
+                    .request(
+                        peer,
+                        fedmesh_protocol::wire::Request::Update { round, member },
+                    )
                     .await
                 {
                     Ok(fedmesh_protocol::wire::Response::Update(b)) => b,
