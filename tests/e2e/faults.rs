@@ -217,7 +217,7 @@ fn secagg_nodes_killed_in_every_phase_and_the_coordinator_mid_round() {
 
 /// Mode paillier (512-bit test key, 25k-parameter model), 4 nodes, threshold 3, 5 rounds. Round
 /// 1's coordinator dies right after announcing the encrypted sum: the next coordinator announces
-/// the same sum and finishes the round within one phase timeout. Then one member dies right after
+/// the same sum and finishes the round within one attempt timeout (phase + failover). Then one member dies right after
 /// gossiping its encrypted update (round 2), one right after its partial decryption (3) and one
 /// while training (4); each restarts at once. Every round completes, nothing committed is lost,
 /// logs verify with equal heads, and every victim rejoins.
@@ -250,9 +250,11 @@ fn paillier_nodes_killed_in_every_phase_and_the_coordinator_mid_round() {
         "a later coordinator finished round 1: {r1}"
     );
     let took = r1["committed_at_ms"].as_u64().unwrap() - died[0].at_ms;
+    // One attempt's timeout (phase + failover, from the announcement), then the next attempt:
+    // announce again and collect partials (seconds on a loaded machine).
     let limit = phase_ms + update_ms / 2;
     assert!(
-        took <= limit + 8_000,
+        took <= limit + 10_000,
         "round 1 committed {took} ms after its coordinator died (phase + failover timeout: {limit} ms)"
     );
 }
