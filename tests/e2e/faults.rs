@@ -217,10 +217,11 @@ fn secagg_nodes_killed_in_every_phase_and_the_coordinator_mid_round() {
 
 /// Mode paillier (512-bit test key, 25k-parameter model), 4 nodes, threshold 3, 5 rounds. Round
 /// 1's coordinator dies right after announcing the encrypted sum: the next coordinator announces
-/// the same sum and finishes the round within one attempt timeout (phase + failover). Then one member dies right after
-/// gossiping its encrypted update (round 2), one right after its partial decryption (3) and one
-/// while training (4); each restarts at once. Every round completes, nothing committed is lost,
-/// logs verify with equal heads, and every victim rejoins.
+/// the same sum and finishes the round within one attempt timeout (phase + failover) plus one
+/// more attempt. Then one member dies right after gossiping its encrypted update (round 2), one
+/// right after its partial decryption (3) and one while training (4); each restarts at once.
+/// Every round completes, nothing committed is lost, logs verify with equal heads, and every
+/// victim rejoins. Guards the two restart bugs fixed in `runtime/paillier.rs` (RELIABILITY.md).
 #[test]
 fn paillier_nodes_killed_in_every_phase_and_the_coordinator_mid_round() {
     let rounds = 5;
