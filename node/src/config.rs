@@ -460,6 +460,39 @@ mod tests {
         assert_eq!(file.threads, 1);
     }
 
+    /// `[[routes]]` replace a member's genesis addresses; a bad address or an empty list is an
+    /// error naming the file and the field; unknown fields and bad fault points are refused.
+    #[test]
+    fn routes_and_fault_points_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        let base = "genesis = 'g.toml'\nkey_dir = 'k'\ndata_dir = 'd'\n";
+        std::fs::write(
+            &p,
+            format!("{base}[[routes]]\nmember = 2\naddrs = ['/ip4/10.0.0.9/tcp/7102']\n"),
+        )
+        .unwrap();
+        let n = Node::load(&p, Flags::default()).unwrap();
+        assert_eq!(
+            n.routes,
+            vec![(2, vec!["/ip4/10.0.0.9/tcp/7102".parse().unwrap()])]
+        );
+        for bad in ["addrs = ['nope']", "addrs = []"] {
+            std::fs::write(&p, format!("{base}[[routes]]\nmember = 2\n{bad}\n")).unwrap();
+            let err = Node::load(&p, Flags::default()).unwrap_err().to_string();
+            assert!(err.contains("node.toml") && err.contains("routes"), "{err}");
+        }
+        std::fs::write(&p, format!("{base}[faults]\nround = 3\nat = 'appending'\n")).unwrap();
+        let n = Node::load(&p, Flags::default()).unwrap();
+        assert!(n.faults.hits(3, "appending") && !n.faults.hits(2, "appending"));
+        std::fs::write(&p, format!("{base}[faults]\nround = 3\nat = 'nowhere'\n")).unwrap();
+        let err = Node::load(&p, Flags::default()).unwrap_err().to_string();
+        assert!(
+            err.contains("faults.at") && err.contains("appending"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn paths_are_relative_to_the_file_and_flags_override() {
         let dir = tempfile::tempdir().unwrap();
