@@ -20,6 +20,10 @@ pub struct File {
     pub listen: Vec<String>,
     /// Multiaddrs of peers to dial at start (besides the members' genesis addresses).
     pub peers: Vec<String>,
+    /// Where to reach some members instead of at their genesis addresses (`[[routes]]`, one per
+    /// member): a member behind NAT or a relay, or a proxy in a partition test.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
     /// Stop after the log holds this many rounds; 0 runs until Ctrl-C.
     pub rounds: u64,
     /// The MNIST file (`data/mnist_5k.csv.gz`); unused for synthetic data.
@@ -39,6 +43,17 @@ pub struct File {
     /// Make this node an attacker, for poisoning drills (see `crate::attack`); absent = honest.
     #[serde(skip_serializing_if = "crate::attack::Config::is_honest")]
     pub attack: crate::attack::Config,
+}
+
+/// One `[[routes]]` entry: the addresses this node dials to reach `member`, in place of the ones
+/// the genesis lists for it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Route {
+    /// The member's index in the genesis.
+    pub member: u32,
+    /// Multiaddrs to dial it at (at least one).
+    pub addrs: Vec<String>,
 }
 
 /// Bounds on what one IP address or one peer can make the node do. Members rarely come near
@@ -147,32 +162,73 @@ impl Budget {
     }
 }
 
-/// Make the node exit abruptly (as if killed with SIGKILL: exit status 137, nothing flushed beyond
-/// what is already durable) at one point of one round, or (`bad_partial`) misbehave in it.
+/// Make the node die (it sends itself SIGKILL: nothing is flushed beyond what is already durable)
+/// at one point of one round, or (`bad_partial`) misbehave in it. For crash tests and drills.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
     /// The round in which to fail; 0 = never.
     pub round: u64,
-    /// Where: `coordinating` (at the start of the round, if this node is its first coordinator),
-    /// `shares` (mode secagg: right after sending its key shares), `masked_input` (mode secagg:
-    /// right after sending its masked input) or `bad_partial` (mode paillier: send a partial
-    /// decryption that is wrong in one value, with its proof, and keep running — the others must
-    /// reject it, name this member and finish without it).
+    /// Where; one of [`Faults::POINTS`]:
+    ///
+    /// - every mode: `coordinating` (at the start of the round, if this node is its first
+    ///   coordinator), `training` (in the training worker, with the model trained and nothing
+    ///   stored or sent), `proposed` (right after gossiping its proposal as coordinator),
+    ///   `approved` (right after persisting and gossiping its approval), `appending` (inside the
+    ///   append of the round's entry: written to the database but not yet flushed to disk) and
+    ///   `appended` (right after the entry is durable, before the next round starts);
+    /// - mode plain: `update_sent` (right after gossiping its update);
+    /// - mode secagg, right after sending the phase's message: `advertise`, `shares`,
+    ///   `masked_input`, `consistency`, `unmask`; as coordinator: `key_list`, `relay`,
+    ///   `survivors`, `consistency_list`;
+    /// - mode paillier: `encrypted` (after gossiping its encrypted update), `announce` (as
+    ///   coordinator, after announcing the encrypted sum), `partial` (after gossiping its partial
+    ///   decryption), or `bad_partial`: send a partial decryption that is wrong in one value,
+    ///   with its proof, and keep running — the others must reject it, name this member and
+    ///   finish without it.
     pub at: String,
 }
 
 impl Faults {
+    /// The points at which a node can be made to fail.
+    pub const POINTS: [&'static str; 20] = [
+        "coordinating",
+        "training",
+        "proposed",
+        "approved",
+        "appending",
+        "appended",
+        "update_sent",
+        "advertise",
+        "shares",
+        "masked_input",
+        "consistency",
+        "unmask",
+        "key_list",
+        "relay",
+        "survivors",
+        "consistency_list",
+        "encrypted",
+        "announce",
+        "partial",
+        "bad_partial",
+    ];
+
     pub fn validate(&self, file: &Path) -> anyhow::Result<()> {
-        const POINTS: [&str; 4] = ["coordinating", "shares", "masked_input", "bad_partial"];
-        if self.round > 0 && !POINTS.contains(&self.at.as_str()) {
+        if self.round > 0 && !Self::POINTS.contains(&self.at.as_str()) {
             anyhow::bail!(
-                "{}: field `faults.at`: {:?} is not one of coordinating, shares, masked_input, bad_partial",
+                "{}: field `faults.at`: {:?} is not one of {}",
                 file.display(),
-                self.at
+                self.at,
+                Self::POINTS.join(", ")
             );
         }
         Ok(())
+    }
+
+    /// Whether the plan says to fail at `at` in `round`.
+    pub fn hits(&self, round: u64, at: &str) -> bool {
+        self.round != 0 && self.round == round && self.at == at
     }
 }
 
@@ -188,6 +244,7 @@ impl Default for File {
             data_dir: PathBuf::new(),
             listen: Vec::new(),
             peers: Vec::new(),
+            routes: Vec::new(),
             rounds: 0,
             data_path: PathBuf::new(),
             threads: 1,
@@ -216,6 +273,8 @@ pub struct Node {
     pub data_dir: PathBuf,
     pub listen: Vec<libp2p::Multiaddr>,
     pub peers: Vec<libp2p::Multiaddr>,
+    /// Member index → addresses to dial it at instead of its genesis addresses.
+    pub routes: Vec<(u32, Vec<libp2p::Multiaddr>)>,
     pub rounds: Option<u64>,
     pub data_path: PathBuf,
     pub threads: usize,
@@ -290,6 +349,20 @@ impl Node {
                     &flags.peers,
                 )?)
                 .collect(),
+            routes: file
+                .routes
+                .iter()
+                .map(|r| {
+                    if r.addrs.is_empty() {
+                        anyhow::bail!(
+                            "{}: field `routes`: member {} has no addresses",
+                            path.display(),
+                            r.member
+                        );
+                    }
+                    Ok((r.member, parse_addrs("routes.addrs", path, &r.addrs)?))
+                })
+                .collect::<anyhow::Result<_>>()?,
             rounds: (rounds > 0).then_some(rounds),
             data_path: resolve(base, &file.data_path),
             threads: file.threads,
@@ -385,6 +458,39 @@ mod tests {
         let file: File = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         assert_eq!(file.limits, Limits::default());
         assert_eq!(file.threads, 1);
+    }
+
+    /// `[[routes]]` replace a member's genesis addresses; a bad address or an empty list is an
+    /// error naming the file and the field; unknown fields and bad fault points are refused.
+    #[test]
+    fn routes_and_fault_points_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        let base = "genesis = 'g.toml'\nkey_dir = 'k'\ndata_dir = 'd'\n";
+        std::fs::write(
+            &p,
+            format!("{base}[[routes]]\nmember = 2\naddrs = ['/ip4/10.0.0.9/tcp/7102']\n"),
+        )
+        .unwrap();
+        let n = Node::load(&p, Flags::default()).unwrap();
+        assert_eq!(
+            n.routes,
+            vec![(2, vec!["/ip4/10.0.0.9/tcp/7102".parse().unwrap()])]
+        );
+        for bad in ["addrs = ['nope']", "addrs = []"] {
+            std::fs::write(&p, format!("{base}[[routes]]\nmember = 2\n{bad}\n")).unwrap();
+            let err = Node::load(&p, Flags::default()).unwrap_err().to_string();
+            assert!(err.contains("node.toml") && err.contains("routes"), "{err}");
+        }
+        std::fs::write(&p, format!("{base}[faults]\nround = 3\nat = 'appending'\n")).unwrap();
+        let n = Node::load(&p, Flags::default()).unwrap();
+        assert!(n.faults.hits(3, "appending") && !n.faults.hits(2, "appending"));
+        std::fs::write(&p, format!("{base}[faults]\nround = 3\nat = 'nowhere'\n")).unwrap();
+        let err = Node::load(&p, Flags::default()).unwrap_err().to_string();
+        assert!(
+            err.contains("faults.at") && err.contains("appending"),
+            "{err}"
+        );
     }
 
     #[test]

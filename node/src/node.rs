@@ -136,6 +136,16 @@ pub fn prepare(cfg: &config::Node, init_logging: bool) -> anyhow::Result<Prepare
         members.insert(pid, addrs);
         peers.insert(pid, m.index);
     }
+    for (member, addrs) in &cfg.routes {
+        let Some(m) = genesis.members.get(*member as usize) else {
+            anyhow::bail!(
+                "node config: `routes` names member {member}, but the genesis has {} members",
+                genesis.members.len()
+            );
+        };
+        let pid: libp2p::PeerId = m.peer_id.parse().context("peer id in genesis")?;
+        members.insert(pid, addrs.clone());
+    }
     let listen = if cfg.listen.is_empty() {
         genesis.members[me as usize]
             .addrs

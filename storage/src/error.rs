@@ -44,6 +44,23 @@ pub enum StoreError {
         source: sled::Error,
     },
 
+    /// Reading or writing a checkpoint file failed.
+    #[error(
+        "storage failed while {op} {}: {source}; check free disk space and the permissions of \
+         the data directory",
+        path.display()
+    )]
+    File {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A large-state key that is not a plain name (letters, digits, `_`, `-`).
+    #[error("{key:?} is not a valid state key: use ASCII letters, digits, '_' and '-'")]
+    StateKey { key: String },
+
     /// The directory holds the log of another network (or another genesis file).
     #[error(
         "this data directory belongs to a different network: its genesis hash is {stored}, but \

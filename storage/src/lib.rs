@@ -2,8 +2,11 @@
 //!
 //! - the **audit log**, tree `entries`: hash-chained [`Entry`]s keyed by height (big-endian `u64`,
 //!   so sled iterates them in order), encoded with [`fedmesh_protocol::codec`];
-//! - **checkpoints**, tree `checkpoints`: global models as safetensors bytes keyed by their model
-//!   hash ([`Layout::hash`]), so they can be served to peers as they are;
+//! - **checkpoints**, directory `checkpoints/`: global models as safetensors files named by their
+//!   model hash ([`Layout::hash`]), so they can be served to peers as they are. They are files, not
+//!   sled values, because sled keeps what it stores in memory: a node's memory grew by one model
+//!   (≈ 400 KB) per round while they were in a sled tree (RELIABILITY.md). Data dirs written
+//!   before that still have them in the tree `checkpoints`, which is read as a fallback;
 //! - **node state**, tree `state`: a few small values such as the last round started.
 //!
 //! The store enforces what it can check on its own: each appended entry extends the head (next
@@ -49,6 +52,16 @@ const ENTRIES: &str = "entries";
 const CHECKPOINTS: &str = "checkpoints";
 const STATE: &str = "state";
 
+/// Bytes of sled's page cache. Its default (1 GiB) lets every checkpoint written (≈ 400 KB per
+/// round for the default model) stay resident, so a node's memory grew by that much every round
+/// (43 % from round 10 to round 100 in the soak test, RELIABILITY.md). A node reads back only the
+/// last checkpoint and the occasional entries a peer asks for; 16 MiB holds those many times over.
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// Subdirectory of the data dir holding the checkpoint files.
+const CHECKPOINT_DIR: &str = "checkpoints";
+/// Subdirectory of the data dir holding large node state.
+const STATE_DIR: &str = "state";
+
 /// A node's database: audit log, checkpoints and node state.
 ///
 /// One `Store` per data directory: sled takes an exclusive lock on it, so a second node (or a
@@ -70,7 +83,11 @@ impl Store {
     /// Open (or create) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let fail = |e| open_error(dir, e);
-        let db = sled::Config::new().path(dir).open().map_err(fail)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(fail)?;
         let entries = db.open_tree(ENTRIES).map_err(fail)?;
         let checkpoints = db.open_tree(CHECKPOINTS).map_err(fail)?;
         let state = db.open_tree(STATE).map_err(fail)?;
@@ -134,6 +151,16 @@ impl Store {
     /// If the flush itself fails the entry may or may not survive a crash; treat the store as
     /// failed.
     pub fn append(&self, entry: &Entry) -> Result<(), StoreError> {
+        self.append_with(entry, || {})
+    }
+
+    /// As [`Store::append`], calling `written` after the entry is written to the database and
+    /// before it is flushed to disk (not called if the entry is refused).
+    ///
+    /// This is the window in which a crash loses an entry the node was appending: fault-injection
+    /// tests kill the process in `written` to show that a node restarted after such a crash has a
+    /// log that verifies (the entry is either wholly there or not at all) and catches up.
+    pub fn append_with(&self, entry: &Entry, written: impl FnOnce()) -> Result<(), StoreError> {
         let _guard = self.lock();
         let head = self.head()?.ok_or(StoreError::Uninitialized)?;
         let expected = head.height.saturating_add(1);
@@ -151,11 +178,15 @@ impl Store {
                 expected: head_hash,
             });
         }
-        self.write_entry(entry)
+        self.write_entry_with(entry, written)
     }
 
     /// Encode, insert and flush; the caller holds the write lock and has checked the link.
     fn write_entry(&self, entry: &Entry) -> Result<(), StoreError> {
+        self.write_entry_with(entry, || {})
+    }
+
+    fn write_entry_with(&self, entry: &Entry, written: impl FnOnce()) -> Result<(), StoreError> {
         // Never write what `get` would later call corrupt.
         if !body_matches(entry) {
             return Err(StoreError::BodyHash {
@@ -173,6 +204,7 @@ impl Store {
         self.entries
             .insert(height_key(entry.height), bytes)
             .map_err(db("writing an audit-log entry"))?;
+        written();
         self.flush_for("flushing an appended audit-log entry to disk")
     }
 
@@ -261,16 +293,31 @@ impl Store {
     /// Keyed by `layout.hash(params)`, so storing the same model twice is harmless and a model
     /// can be fetched by the hash a round record names. Flushed before returning, because a
     /// record naming a model the node can no longer load would stall it.
+    ///
+    /// The file is written beside its final name, synced, renamed into place and the directory
+    /// synced: a crash leaves either the whole checkpoint or none (at most a stray `.tmp` file,
+    /// overwritten by the next attempt).
     pub fn put_checkpoint(&self, layout: &Layout, params: &[f32]) -> Result<Hash, StoreError> {
         check_params(layout, params)?;
         let hash = layout.hash(params);
         if !self.has_checkpoint(&hash)? {
-            self.checkpoints
-                .insert(hash.as_bytes(), encode_checkpoint(layout, params))
-                .map_err(db("writing a checkpoint"))?;
-            self.flush_for("flushing a checkpoint to disk")?;
+            self.write_checkpoint_file(&hash, &encode_checkpoint(layout, params))?;
         }
         Ok(hash)
+    }
+
+    fn checkpoint_path(&self, hash: &Hash) -> PathBuf {
+        self.dir
+            .join(CHECKPOINT_DIR)
+            .join(format!("{hash}.safetensors"))
+    }
+
+    fn write_checkpoint_file(&self, hash: &Hash, bytes: &[u8]) -> Result<(), StoreError> {
+        write_file(
+            &self.dir.join(CHECKPOINT_DIR),
+            &self.checkpoint_path(hash),
+            bytes,
+        )
     }
 
     /// The parameters of model `hash`, or `None` if not stored.
@@ -296,6 +343,18 @@ impl Store {
     /// The stored safetensors bytes of model `hash`, as they are, to serve to peers (who verify
     /// them with [`Store::put_checkpoint_bytes`]).
     pub fn checkpoint_bytes(&self, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.checkpoint_path(hash);
+        match std::fs::read(&path) {
+            Ok(bytes) => return Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StoreError::File {
+                    op: "reading",
+                    path,
+                    source,
+                })
+            }
+        }
         Ok(self
             .checkpoints
             .get(hash.as_bytes())
@@ -325,6 +384,9 @@ impl Store {
 
     /// Whether model `hash` is stored.
     pub fn has_checkpoint(&self, hash: &Hash) -> Result<bool, StoreError> {
+        if self.checkpoint_path(hash).is_file() {
+            return Ok(true);
+        }
         self.checkpoints
             .contains_key(hash.as_bytes())
             .map_err(db("reading the checkpoint index"))
@@ -348,6 +410,29 @@ impl Store {
             .get(key.as_bytes())
             .map_err(db("reading node state"))?
             .map(|v| v.to_vec()))
+    }
+
+    /// Set a large piece of node state (e.g. this member's own update of the round, hundreds of
+    /// KB), kept in a file of its own (`state/<key>`) rather than in sled, which would keep
+    /// every version in memory. Written whole or not at all, and synced before returning.
+    /// `key` is a plain name: ASCII letters, digits, `_` and `-`.
+    pub fn put_large_state(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let dir = self.dir.join(STATE_DIR);
+        write_file(&dir, &dir.join(state_file(key)?), value)
+    }
+
+    /// A large piece of node state set with [`Store::put_large_state`], or `None`.
+    pub fn get_large_state(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.dir.join(STATE_DIR).join(state_file(key)?);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::File {
+                op: "reading",
+                path,
+                source,
+            }),
+        }
     }
 
     /// Write everything to disk (sled otherwise flushes on a timer).
@@ -481,6 +566,41 @@ fn missing(height: u64, next_stored: u64) -> StoreError {
     StoreError::Corrupt {
         height,
         reason: format!("it is missing (the next stored entry is at height {next_stored})"),
+    }
+}
+
+/// Write `bytes` to `path` in `dir` atomically: beside it as `.tmp`, synced, renamed into place,
+/// directory synced. A crash leaves the old file or the new one, never a part.
+fn write_file(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let fail = |op, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::File { op, path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(fail("creating", dir))?;
+    let mut f = std::fs::File::create(&tmp).map_err(fail("creating", &tmp))?;
+    f.write_all(bytes).map_err(fail("writing", &tmp))?;
+    f.sync_all().map_err(fail("syncing", &tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(fail("renaming into place", path))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(fail("syncing", dir))
+}
+
+/// The file name of large state `key`; refuses names that are not plain.
+fn state_file(key: &str) -> Result<String, StoreError> {
+    let plain = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if plain {
+        Ok(format!("{key}.bin"))
+    } else {
+        Err(StoreError::StateKey {
+            key: key.to_string(),
+        })
     }
 }
 

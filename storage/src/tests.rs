@@ -444,14 +444,11 @@ fn a_damaged_stored_checkpoint_is_detected() {
     let mut bytes = store.checkpoint_bytes(&hash).unwrap().unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x40; // a data byte: still a valid file, but another model
-    store.checkpoints.insert(hash.as_bytes(), bytes).unwrap();
+    std::fs::write(store.checkpoint_path(&hash), bytes).unwrap();
     assert!(
         matches!(store.checkpoint(&layout, &hash), Err(StoreError::CheckpointMismatch { hash: h }) if h == hash)
     );
-    store
-        .checkpoints
-        .insert(hash.as_bytes(), &b"\x01\x02"[..])
-        .unwrap();
+    std::fs::write(store.checkpoint_path(&hash), b"\x01\x02").unwrap();
     assert!(
         matches!(store.checkpoint(&layout, &hash), Err(StoreError::StoredCheckpoint { hash: h, .. }) if h == hash)
     );
@@ -525,5 +522,83 @@ proptest! {
             }
             Err(_) => prop_assert!(!store.has_checkpoint(&hash).unwrap()),
         }
+    }
+}
+
+/// `append_with` calls its hook once the entry is written (readable) and only for entries it
+/// accepts: the fault-injection point "appending" of the node relies on both.
+#[test]
+fn append_with_calls_its_hook_after_the_write_and_only_for_accepted_entries() {
+    let (_dir, store, entries) = filled(2);
+    let refused = Entry::round(7, entries[2].hash(), &record(7));
+    let mut called = false;
+    assert!(store.append_with(&refused, || called = true).is_err());
+    assert!(!called, "the hook ran for a refused entry");
+
+    let next = Entry::round(3, entries[2].hash(), &record(3));
+    let mut seen = None;
+    store
+        .append_with(&next, || seen = Some(store.get(3).unwrap()))
+        .unwrap();
+    assert_eq!(
+        seen,
+        Some(Some(next.clone())),
+        "the hook runs after the write"
+    );
+    assert_eq!(store.head().unwrap(), Some(next));
+}
+
+/// Checkpoints are files in the data dir (sled kept every stored model in memory), written whole
+/// or not at all; a data dir from before, with its checkpoints in the sled tree, still serves them.
+#[test]
+fn checkpoints_are_files_and_old_tree_checkpoints_still_load() {
+    let (dir, store) = open();
+    let layout = Layout::new(vec![3, 2]).unwrap();
+    let params = layout.init(1);
+    let hash = store.put_checkpoint(&layout, &params).unwrap();
+    let file = dir
+        .path()
+        .join("checkpoints")
+        .join(format!("{hash}.safetensors"));
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        encode_checkpoint(&layout, &params)
+    );
+    assert!(!file.with_extension("tmp").exists());
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.checkpoint(&layout, &hash).unwrap(), Some(params));
+
+    let old = layout.init(2);
+    let old_hash = layout.hash(&old);
+    store
+        .checkpoints
+        .insert(old_hash.as_bytes(), encode_checkpoint(&layout, &old))
+        .unwrap();
+    assert!(store.has_checkpoint(&old_hash).unwrap());
+    assert_eq!(store.checkpoint(&layout, &old_hash).unwrap(), Some(old));
+}
+
+/// Large state lives in a file per key, survives reopening, and a key cannot name a path.
+#[test]
+fn large_state_round_trips_and_refuses_path_keys() {
+    let (dir, store) = open();
+    assert_eq!(store.get_large_state("own_update").unwrap(), None);
+    store.put_large_state("own_update", &[7; 1000]).unwrap();
+    store.put_large_state("own_update", &[8; 10]).unwrap();
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store.get_large_state("own_update").unwrap(),
+        Some(vec![8; 10])
+    );
+    for bad in ["", "../x", "a/b", "a.b"] {
+        assert!(
+            matches!(
+                store.put_large_state(bad, b"x"),
+                Err(StoreError::StateKey { .. })
+            ),
+            "{bad:?}"
+        );
     }
 }

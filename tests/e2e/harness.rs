@@ -1,9 +1,11 @@
 //! Start real `fedmesh` node processes on 127.0.0.1 and watch them.
 
-use std::net::TcpListener;
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -159,7 +161,7 @@ impl Testnet {
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 self.nodes[i] = None;
-                return status.code();
+                return exit_code(status);
             }
             if start.elapsed() > timeout {
                 panic!(
@@ -179,7 +181,7 @@ impl Testnet {
                 if let Some(child) = self.nodes[i].as_mut() {
                     if let Some(status) = child.try_wait().unwrap() {
                         self.nodes[i] = None;
-                        return (i, status.code());
+                        return (i, exit_code(status));
                     }
                 }
             }
@@ -192,6 +194,12 @@ impl Testnet {
 
     /// Start node `i` (appending to its output files, so restarts keep the history).
     pub fn start(&mut self, i: usize) {
+        let peer = format!("/ip4/127.0.0.1/tcp/{}", self.base_port);
+        self.start_with(i, &["--peer", &peer]);
+    }
+
+    /// Start node `i` with these extra `fedmesh node` arguments (no bootstrap peer by default).
+    pub fn start_with(&mut self, i: usize, extra: &[&str]) {
         let open = |p: PathBuf| {
             std::fs::OpenOptions::new()
                 .create(true)
@@ -202,7 +210,7 @@ impl Testnet {
         let child = Command::new(bin())
             .args(["node", "--config"])
             .arg(self.net().join(format!("member-{i}/node.toml")))
-            .args(["--peer", &format!("/ip4/127.0.0.1/tcp/{}", self.base_port)])
+            .args(extra)
             .stdout(Stdio::from(open(self.out_path(i))))
             .stderr(Stdio::from(open(self.log_path(i))))
             .spawn()
@@ -316,6 +324,55 @@ impl Testnet {
         heads.remove(0)
     }
 
+    /// `fedmesh audit show --json` of node `i`: one JSON value per entry.
+    pub fn audit_show(&self, i: usize) -> Vec<Value> {
+        let out = fedmesh(&[
+            "audit",
+            "show",
+            "--json",
+            "--data-dir",
+            path_str(&self.data_dir(i)),
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Every entry node `i` ever reported as committed (in any of its lives) is in its log now,
+    /// at the same height with the same hash. Returns how many reports were checked.
+    pub fn assert_nothing_lost(&self, i: usize) -> usize {
+        let stored: std::collections::HashMap<u64, String> = self
+            .audit_show(i)
+            .into_iter()
+            .map(|e| {
+                (
+                    e["height"].as_u64().unwrap(),
+                    e["hash"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let reported = self.rounds(i);
+        for r in &reported {
+            let height = r["height"].as_u64().unwrap();
+            assert_eq!(
+                stored.get(&height).map(String::as_str),
+                r["head"].as_str(),
+                "node {i} reported height {height} committed, and its log now has something else"
+            );
+        }
+        reported.len()
+    }
+
+    /// The member that coordinates round 1 (attempt 0): it follows from the genesis alone.
+    pub fn round1_coordinator(&self) -> usize {
+        let bytes = std::fs::read(self.net().join("genesis.toml")).unwrap();
+        let (genesis, _) = fedmesh_protocol::genesis::Genesis::parse(&bytes).unwrap();
+        let head = fedmesh_protocol::audit::Entry::genesis(&bytes).hash();
+        let all: Vec<u32> = (0..self.n as u32).collect();
+        fedmesh_protocol::round::coordinator_order(&genesis, head, &all)[0] as usize
+    }
+
     pub fn tail_logs(&self) -> String {
         let mut s = String::new();
         for i in 0..self.n {
@@ -345,6 +402,102 @@ impl Drop for Testnet {
     }
 }
 
+/// The exit code as a shell reports it: a process killed by signal `s` gives 128 + s (so a node
+/// that fault injection killed with SIGKILL gives 137).
+pub fn exit_code(status: std::process::ExitStatus) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().or(status.signal().map(|s| 128 + s))
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+/// A TCP proxy on 127.0.0.1 in front of one node's port, that can cut the link: while cut, it
+/// closes every connection it carries and refuses new ones (accepts and closes them at once), as
+/// a network partition does to a libp2p node; healed, it forwards again. Runs on plain threads in
+/// the test process, so it needs no privileges.
+pub struct Proxy {
+    /// The port the proxy listens on.
+    pub port: u16,
+    cut: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    live: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    /// Listen on a free port and forward to 127.0.0.1:`target`.
+    pub fn start(target: u16) -> Proxy {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).expect("bind proxy");
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let live: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (c, st, l) = (cut.clone(), stop.clone(), live.clone());
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(inbound) = inbound else { continue };
+                if c.load(Ordering::SeqCst) {
+                    let _ = inbound.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let _ = inbound.set_nodelay(true);
+                let _ = outbound.set_nodelay(true);
+                {
+                    let mut live = l.lock().unwrap();
+                    live.retain(|s| s.peer_addr().is_ok());
+                    live.extend(inbound.try_clone().ok());
+                    live.extend(outbound.try_clone().ok());
+                }
+                pipe(&inbound, &outbound);
+                pipe(&outbound, &inbound);
+            }
+        });
+        Proxy {
+            port,
+            cut,
+            stop,
+            live,
+        }
+    }
+
+    /// Partition: close every carried connection and refuse new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for s in self.live.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Heal: forward new connections again.
+    pub fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so that it sees `stop`.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Copy bytes from `from` to `to` on a thread until either side closes.
+fn pipe(from: &TcpStream, to: &TcpStream) {
+    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Both);
+        let _ = from.shutdown(Shutdown::Both);
+    });
 }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod dp;
+mod faults;
 mod groups;
 mod harness;
 mod network;

@@ -128,15 +128,31 @@ pub fn check_spec(spec: &fedmesh_protocol::genesis::Spec) -> anyhow::Result<()> 
 }
 
 impl Context {
-    /// Exit abruptly if the fault plan says so for this point of `round`.
+    /// Die (SIGKILL) if the fault plan says so for this point of `round`, after a short pause that
+    /// lets what was just published leave the node: a crash right after a message went out.
     async fn fault(&self, round: u64, at: &str) {
-        if self.faults.round == round && self.faults.at == at {
-            tracing::warn!(round, at, "fault injection: exiting abruptly");
-            // Let what was just published leave the node before it dies.
+        if self.faults.hits(round, at) {
+            tracing::warn!(round, at, "fault injection: killing this node");
             tokio::time::sleep(Duration::from_millis(400)).await;
-            std::process::exit(137);
+            die();
         }
     }
+
+    /// Die (SIGKILL) right here if the fault plan says so: for points inside synchronous code
+    /// (the training worker, the append of an entry).
+    fn fault_now(&self, round: u64, at: &str) {
+        if self.faults.hits(round, at) {
+            tracing::warn!(round, at, "fault injection: killing this node");
+            die();
+        }
+    }
+}
+
+/// Fault injection: end the process as `kill -9` does — no destructor, no flush, no exit handler.
+fn die() -> ! {
+    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    // Not reached: SIGKILL cannot be caught. Should raising fail, abort is the next best thing.
+    std::process::abort()
 }
 
 /// Running totals of the verdicts on gossip messages, for operators and tests.
@@ -409,10 +425,17 @@ impl Runtime {
             let ready = session.all_closed() && !cur.evaluating && cur.state.proposal().is_none();
             match a {
                 secure::Action::Publish(msg) => {
+                    use fedmesh_protocol::wire::SecaggMsg;
                     let point = match &msg {
-                        fedmesh_protocol::wire::SecaggMsg::Shares(_) => "shares",
-                        fedmesh_protocol::wire::SecaggMsg::Masked(_) => "masked_input",
-                        _ => "",
+                        SecaggMsg::Advertise(_) => "advertise",
+                        SecaggMsg::Shares(_) => "shares",
+                        SecaggMsg::Masked(_) => "masked_input",
+                        SecaggMsg::Consistency(_) => "consistency",
+                        SecaggMsg::Unmask(_) => "unmask",
+                        SecaggMsg::KeyList(_) => "key_list",
+                        SecaggMsg::Relay(_) => "relay",
+                        SecaggMsg::Survivors(_) => "survivors",
+                        SecaggMsg::ConsistencyList(_) => "consistency_list",
                     };
                     let payload = Payload::Secagg {
                         attempt,
@@ -576,16 +599,9 @@ impl Runtime {
             coordinator = state.coordinator(0),
             "round started"
         );
-        if state.coordinator(0) == self.me()
-            && self.ctx.faults.round == round
-            && self.ctx.faults.at == "coordinating"
-        {
+        if state.coordinator(0) == self.me() {
             // Fault injection: die before doing anything in the round this node coordinates.
-            tracing::warn!(
-                round,
-                "fault injection: exiting abruptly as this round's coordinator"
-            );
-            std::process::exit(137);
+            self.ctx.fault_now(round, "coordinating");
         }
         let mut cur = Current {
             state,
@@ -609,10 +625,12 @@ impl Runtime {
         if self.paillier_mode() {
             cur.paillier = paillier::Round::start(&self.ctx, &cur.state, self.work_tx.clone());
         }
-        // After a restart mid-round, resend the update already trained instead of retraining
-        // (mode secagg retrains: a restarted member joins the next session with fresh keys).
-        let saved = (!self.secure_mode() && !self.paillier_mode())
-            .then(|| self.store.get_state(UPDATE_KEY).ok().flatten())
+        // After a restart mid-round, resend the update already sent instead of making a new one
+        // (mode secagg retrains: a restarted member joins the next session with fresh keys). In
+        // mode paillier a new encryption would differ from the ciphertext the others already
+        // summed, and this member would refuse to decrypt their sum.
+        let saved = (!self.secure_mode())
+            .then(|| self.store.get_large_state(UPDATE_KEY).ok().flatten())
             .flatten()
             .and_then(|b| {
                 let env = Envelope::open(
@@ -626,14 +644,28 @@ impl Runtime {
                 (env.round == round && env.sender == self.me()).then_some((env, b))
             });
         match saved {
-            Some((env, bytes)) => {
-                if let Payload::Update(u) = env.payload {
-                    if cur.state.add_update(self.me(), u).is_ok() {
+            Some((env, bytes)) => match env.payload {
+                Payload::Update(u) => {
+                    let added = cur.state.add_update(self.me(), u).is_ok();
+                    if added {
                         cur.envelopes.insert(self.me(), bytes.clone());
                         cur.unpublished = Some(bytes);
                     }
                 }
-            }
+                Payload::Paillier { msg, .. } => {
+                    if let (wire::PaillierMsg::Update(u), Some(pr)) = (*msg, cur.paillier.as_mut())
+                    {
+                        tracing::info!(
+                            round,
+                            "paillier: resending the encrypted update sent before a restart"
+                        );
+                        pr.resume_update(u);
+                        cur.envelopes.insert(self.me(), bytes.clone());
+                        self.secure_unpublished.push((round, bytes));
+                    }
+                }
+                _ => {}
+            },
             None if !privacy::within_budget(&self.ctx, &self.store, round) => {}
             None => {
                 let ctx = self.ctx.clone();
@@ -647,6 +679,7 @@ impl Runtime {
                     };
                     let result =
                         privacy::train(&ctx, &global, rows, round, seed).map_err(|e| e.to_string());
+                    ctx.fault_now(round, "training");
                     let _ = tx.blocking_send(Work::Trained { round, result });
                 });
             }
@@ -763,7 +796,7 @@ impl Runtime {
             tracing::error!(round, error = %e, "own update rejected");
             return Vec::new();
         }
-        let _ = self.store.put_state(UPDATE_KEY, &bytes);
+        let _ = self.store.put_large_state(UPDATE_KEY, &bytes);
         tracing::info!(
             round,
             loss = outcome.mean_loss,
@@ -791,6 +824,8 @@ impl Runtime {
         }
         if let Some(c) = self.current.as_mut() {
             c.unpublished = None;
+            let round = c.state.round;
+            self.ctx.fault(round, "update_sent").await;
         }
     }
 
@@ -1170,6 +1205,7 @@ impl Runtime {
         if let Err(e) = self.publish_or_keep(round, env.encode()).await {
             tracing::warn!(error = %e, "could not publish the proposal yet; retrying");
         }
+        self.ctx.fault(round, "proposed").await;
         self.approve(params).await;
     }
 
@@ -1216,6 +1252,7 @@ impl Runtime {
         if let Err(e) = self.publish_or_keep(round, env.encode()).await {
             tracing::warn!(error = %e, "could not publish the approval yet; retrying");
         }
+        self.ctx.fault(round, "approved").await;
         self.try_commit().await;
     }
 
@@ -1297,7 +1334,11 @@ impl Runtime {
                 );
                 Ok(())
             })
-            .and_then(|_| self.store.append(&entry).map_err(anyhow::Error::from));
+            .and_then(|_| {
+                self.store
+                    .append_with(&entry, || self.ctx.fault_now(record.round, "appending"))
+                    .map_err(anyhow::Error::from)
+            });
         if let Err(e) = stored {
             tracing::error!(error = %e, "cannot append the round to the log");
             return;
@@ -1314,6 +1355,7 @@ impl Runtime {
             "round committed"
         );
         report_round(&entry, &record);
+        self.ctx.fault_now(record.round, "appended");
         let mut votes = self.score_round(&record, &params);
         votes.extend(self.defence.observe_groups(
             &self.ctx.genesis,
@@ -1577,6 +1619,10 @@ impl Runtime {
                 Ok(())
             }
             Payload::Paillier { attempt, msg } if paillier_mode => {
+                if matches!(*msg, wire::PaillierMsg::Update(_)) {
+                    // Kept to serve members that missed it (restarted, or gossip lost it).
+                    cur.envelopes.entry(sender).or_insert(bytes);
+                }
                 return self.on_paillier_msg(sender, attempt, *msg);
             }
             Payload::Secagg { .. } | Payload::Paillier { .. } => Err(RoundError::BadProposal {
@@ -2016,7 +2062,10 @@ impl Runtime {
 
     /// Ask the proposer for updates that gossip has not delivered.
     fn maybe_fetch_missing(&mut self) {
-        if self.secure_mode() || self.paillier_mode() {
+        if self.paillier_mode() {
+            return self.maybe_fetch_paillier();
+        }
+        if self.secure_mode() {
             return;
         }
         let Some(cur) = self.current.as_mut() else {
@@ -2169,7 +2218,14 @@ impl Runtime {
                         self.ctx.genesis_hash,
                         None,
                     ) {
-                        if env.round == round && matches!(env.payload, Payload::Update(_)) {
+                        let update = match &env.payload {
+                            Payload::Update(_) => true,
+                            Payload::Paillier { msg, .. } => {
+                                matches!(**msg, wire::PaillierMsg::Update(_))
+                            }
+                            _ => false,
+                        };
+                        if env.round == round && update {
                             self.on_envelope(env, bytes, None);
                         }
                     }

@@ -277,6 +277,11 @@ impl Round {
         }
     }
 
+    /// This member's own encrypted update, as sent before a restart in this round.
+    pub fn resume_update(&mut self, msg: Signed<EncryptedUpdate>) {
+        self.on_update(msg);
+    }
+
     fn on_update(&mut self, msg: Signed<EncryptedUpdate>) {
         if self.sent_updates.insert(msg.body.member) {
             self.send(Cmd::Update(Box::new(msg)));
@@ -587,6 +592,7 @@ impl Runtime {
             return;
         };
         let round = cur.state.round;
+        let own_update = matches!(msg, PaillierMsg::Update(_));
         let env = Envelope::seal(
             self.ctx.genesis_hash,
             self.me(),
@@ -597,7 +603,18 @@ impl Runtime {
             },
             &self.ctx.keys.identity,
         );
-        if let Err(e) = self.publish_or_keep(round, env.encode()).await {
+        let bytes = env.encode();
+        if own_update {
+            // Kept across a restart, so that this round gets the same ciphertext again.
+            if let Err(e) = self.store.put_large_state(super::UPDATE_KEY, &bytes) {
+                tracing::warn!(error = %e, "paillier: cannot keep the encrypted update for a restart");
+            }
+            let me = self.me();
+            if let Some(cur) = self.current.as_mut() {
+                cur.envelopes.insert(me, bytes.clone());
+            }
+        }
+        if let Err(e) = self.publish_or_keep(round, bytes).await {
             tracing::debug!(error = %e, "paillier: not published yet; retrying");
         }
     }
@@ -646,6 +663,79 @@ impl Runtime {
         Verdict::Accept
     }
 
+    /// The announced sum needs encrypted updates this member never received (gossip does not
+    /// replay what was published while it was down — a restarted member stalled the round
+    /// without this: threshold - 1 members could decrypt, the others waited for updates that
+    /// never came, attempt after attempt). Ask the announcer, which formed the sum from them.
+    pub(super) fn maybe_fetch_paillier(&mut self) {
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        let Some(pr) = cur.paillier.as_ref() else {
+            return;
+        };
+        if pr.formed.is_some()
+            || cur
+                .last_fetch
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+        {
+            return;
+        }
+        let me = self.ctx.keys.index;
+        let missing = |set: &[u32]| -> Vec<u32> {
+            set.iter()
+                .filter(|m| **m != me && !pr.sent_updates.contains(m))
+                .copied()
+                .collect()
+        };
+        // Announced: ask the announcer, which formed the sum from them. Not announced yet but
+        // half the update timeout gone (a coordinator that restarted, or a member that will have
+        // to form the sum): ask each missing member for its own.
+        let half = Duration::from_millis(self.ctx.genesis.spec.params.update_timeout_ms / 2);
+        let asks: Vec<(u32, u32)> = match pr.wanted.as_ref() {
+            Some(w) => {
+                let from = cur.state.coordinator(pr.attempt);
+                missing(&w.contributors)
+                    .into_iter()
+                    .map(|m| (from, m))
+                    .collect()
+            }
+            None if pr.round_started.elapsed() >= half => missing(cur.state.order())
+                .into_iter()
+                .map(|m| (m, m))
+                .collect(),
+            None => Vec::new(),
+        };
+        let asks: Vec<(libp2p::PeerId, u32)> = asks
+            .into_iter()
+            .filter(|(from, _)| *from != me)
+            .filter_map(|(from, m)| Some((self.ctx.member_peer(from)?, m)))
+            .collect();
+        if asks.is_empty() {
+            return;
+        }
+        cur.last_fetch = Some(Instant::now());
+        let round = cur.state.round;
+        tracing::info!(round, missing = ?asks.iter().map(|(_, m)| m).collect::<Vec<_>>(), "paillier: fetching encrypted updates this member lacks");
+        for (peer, member) in asks {
+            let net = self.net.clone();
+            let tx = self.work_tx.clone();
+            tokio::spawn(async move {
+                let bytes = match net
+                    .request(
+                        peer,
+                        fedmesh_protocol::wire::Request::Update { round, member },
+                    )
+                    .await
+                {
+                    Ok(fedmesh_protocol::wire::Response::Update(b)) => b,
+                    _ => None,
+                };
+                let _ = tx.send(Work::FetchedUpdate { round, bytes }).await;
+            });
+        }
+    }
+
     /// Results of the round's heavy work.
     pub(super) async fn on_paillier_done(&mut self, done: Done) {
         let me = self.me();
@@ -673,6 +763,7 @@ impl Runtime {
                         setup.fill_pool(setup.packer.plaintexts_for(pr.params.len));
                     }
                     self.publish_paillier(PaillierMsg::Update(msg)).await;
+                    self.ctx.fault(round, "encrypted").await;
                 }
                 Err(e) => {
                     tracing::error!(round, error = %e, "paillier: cannot encrypt the update; this member sits the round out")
@@ -707,6 +798,7 @@ impl Runtime {
                             pr.request_decrypt();
                             tracing::info!(round, attempt = pr.attempt, contributors = ?close.contributors, "paillier: announcing the encrypted sum");
                             self.publish_paillier(PaillierMsg::Close(close)).await;
+                            self.ctx.fault(round, "announce").await;
                         } else if follows {
                             pr.request_decrypt();
                         }
@@ -718,6 +810,7 @@ impl Runtime {
                 Ok(p) => {
                     pr.on_partial(p.clone());
                     self.publish_paillier(PaillierMsg::Partial(p)).await;
+                    self.ctx.fault(round, "partial").await;
                 }
                 Err(e) => tracing::error!(round, error = %e, "paillier: cannot decrypt the sum"),
             },
