@@ -287,6 +287,7 @@ impl Round {
                 evictions,
                 privacy: None,
                 paillier: None,
+                admissions: Vec::new(),
             },
         }
     }

@@ -289,6 +289,7 @@ mod tests {
             secure: None,
             evictions: Vec::new(),
             paillier: None,
+            admissions: Vec::new(),
             privacy,
         }
     }
