@@ -310,7 +310,7 @@ pub fn verify(store: &Store, expected_genesis: Option<Hash>) -> Result<Verified,
         .map_err(|e| fail(0, e.to_string()))?;
     let mut prev = first;
     let mut last: Option<RoundRecord> = None;
-    let mut evicted = std::collections::BTreeSet::new();
+    let mut log_members = audit::Members::new(&genesis, gh);
     let mut count = 1;
     // The privacy spent, recomputed round by round: every record must state what follows from
     // the genesis and from who took part.
@@ -329,7 +329,7 @@ pub fn verify(store: &Store, expected_genesis: Option<Hash>) -> Result<Verified,
         let record = entry.record().map_err(|e| fail(h, e.to_string()))?;
         audit::verify_succession(&genesis, last.as_ref(), &entry, &record)
             .map_err(|e| fail(h, e.to_string()))?;
-        audit::check_membership(&genesis, &mut evicted, h, &record)
+        audit::check_membership(&mut log_members, h, &record)
             .map_err(|e| fail(h, e.to_string()))?;
         let participants: Vec<u32> = record.participants.iter().map(|c| c.member).collect();
         let expected = ledger

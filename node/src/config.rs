@@ -39,6 +39,89 @@ pub struct File {
     /// Make this node an attacker, for poisoning drills (see `crate::attack`); absent = honest.
     #[serde(skip_serializing_if = "crate::attack::Config::is_honest")]
     pub attack: crate::attack::Config,
+    /// How this member votes on join requests (`[admission]`); absent = the operator approves
+    /// each one with `fedmesh admit`.
+    pub admission: Admission,
+}
+
+/// Who approves a join request on this member's behalf. Whatever the policy, a joiner is admitted
+/// only once a quorum of the active members (the same share as evictions) has voted for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdmissionPolicy {
+    /// The operator approves each request with `fedmesh admit PEER` (`fedmesh admit --list`
+    /// shows the pending ones).
+    #[default]
+    Operator,
+    /// Requests of the keys in `allow_keys` are approved at once; others wait for the operator
+    /// as with `operator`.
+    AllowList,
+}
+
+/// `[admission]`: this member's policy on join requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Admission {
+    /// `operator` or `allow_list`.
+    pub policy: AdmissionPolicy,
+    /// With `allow_list`: the ed25519 public keys (64 hex characters, as in the genesis file and
+    /// in the joiner's `fedmesh join` output) approved without asking the operator.
+    pub allow_keys: Vec<String>,
+    /// Join requests older than this (seconds, by the request's own time stamp) get no vote; the
+    /// joiner must make a fresh one with `fedmesh join`.
+    pub max_request_age_s: u64,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission {
+            policy: AdmissionPolicy::Operator,
+            allow_keys: Vec::new(),
+            max_request_age_s: 24 * 3600,
+        }
+    }
+}
+
+impl Admission {
+    /// The allow-listed keys, parsed; an error names the bad entry.
+    pub fn validate(
+        &self,
+        file: &Path,
+    ) -> anyhow::Result<Vec<fedmesh_crypto::identity::PublicKey>> {
+        if self.policy == AdmissionPolicy::Operator && !self.allow_keys.is_empty() {
+            anyhow::bail!(
+                "{}: field `admission.allow_keys` is set but `admission.policy` is \"operator\"; \
+                 set policy = \"allow_list\" to approve those keys automatically",
+                file.display()
+            );
+        }
+        if self.max_request_age_s == 0 {
+            anyhow::bail!(
+                "{}: field `admission.max_request_age_s` must be at least 1",
+                file.display()
+            );
+        }
+        self.allow_keys
+            .iter()
+            .map(|k| {
+                let bytes: [u8; 32] = hex::decode(k.trim())
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{}: field `admission.allow_keys`: {k:?} is not 64 hex characters",
+                            file.display()
+                        )
+                    })?;
+                fedmesh_crypto::identity::PublicKey::from_bytes(&bytes).map_err(|_| {
+                    anyhow::anyhow!(
+                        "{}: field `admission.allow_keys`: {k:?} is not an ed25519 public key",
+                        file.display()
+                    )
+                })
+            })
+            .collect()
+    }
 }
 
 /// Bounds on what one IP address or one peer can make the node do. Members rarely come near
@@ -195,6 +278,7 @@ impl Default for File {
             faults: Faults::default(),
             limits: Limits::default(),
             attack: crate::attack::Config::default(),
+            admission: Admission::default(),
         }
     }
 }
@@ -223,6 +307,9 @@ pub struct Node {
     pub faults: Faults,
     pub limits: Limits,
     pub attack: crate::attack::Config,
+    /// The admission policy, with its allow-listed keys parsed.
+    pub admission: Admission,
+    pub admission_keys: Vec<fedmesh_crypto::identity::PublicKey>,
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
@@ -311,6 +398,8 @@ impl Node {
                     .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
                 file.attack.clone()
             },
+            admission_keys: file.admission.validate(path)?,
+            admission: file.admission.clone(),
         })
     }
 }

@@ -373,6 +373,14 @@ impl Ballot {
             .map(|(h, p)| (*h, &p.request, p.votes.len()))
     }
 
+    /// The votes counted for request `hash`, by voter.
+    pub fn votes(&self, hash: &Hash) -> impl Iterator<Item = &SignedAdmissionVote> + '_ {
+        self.pending
+            .get(hash)
+            .into_iter()
+            .flat_map(|p| p.votes.values())
+    }
+
     /// Count `vote` at round `now`. Its request must have been [`Ballot::propose`]d.
     pub fn count(
         &mut self,

@@ -411,7 +411,7 @@ pub fn check_paillier(genesis: &Genesis, record: &RoundRecord) -> Result<(), Str
         .decryptors
         .iter()
         .chain(&summary.rejected)
-        .find(|m| genesis.member(**m).is_none())
+        .find(|m| genesis.members.get(**m as usize).is_none())
     {
         return Err(format!("member {m} is not in the genesis"));
     }
@@ -437,8 +437,10 @@ impl Entry {
         let msg = self.signing_hash();
         let mut seen = std::collections::BTreeSet::new();
         for s in &self.signatures {
+            // Only genesis members hold BLS shares and sign entries; admitted members do not.
             let member = genesis
-                .member(s.member)
+                .members
+                .get(s.member as usize)
                 .filter(|_| seen.insert(s.member))
                 .ok_or(VerifyError::Signer {
                     height,

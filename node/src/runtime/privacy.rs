@@ -280,6 +280,7 @@ mod tests {
                     addrs: vec![],
                 })
                 .collect(),
+            admitted: Vec::new(),
         }
     }
 
