@@ -177,6 +177,19 @@ fn summary(e: &Entry) -> serde_json::Value {
                         });
                     }
                     v["evicted"] = json!(r.evictions.iter().map(|x| x.target).collect::<Vec<_>>());
+                    v["admitted"] = json!(r
+                        .admissions
+                        .iter()
+                        .map(|a| json!({
+                            "index": a.index,
+                            "peer_id": a.request.request.peer_id,
+                            "public_key": hex::encode(a.request.request.public_key.to_bytes()),
+                            "voters": a.votes.iter().map(|v| v.vote.voter).collect::<Vec<_>>(),
+                            "needed": a.needed,
+                            "active": a.active,
+                            "member_from_round": a.effective_round,
+                        }))
+                        .collect::<Vec<_>>());
                     if !r.evictions.is_empty() {
                         v["evictions"] = json!(r
                             .evictions
@@ -233,6 +246,12 @@ fn human(e: &Entry, v: &serde_json::Value) -> String {
                 line.push_str(&format!(
                     "\n       evicted member {} (votes of {}, {} of {} needed), out from round {}",
                     x["target"], x["voters"], x["needed"], x["active"], x["out_from_round"]
+                ));
+            }
+            for x in v["admitted"].as_array().into_iter().flatten() {
+                line.push_str(&format!(
+                    "\n       admitted member {} = peer {} (votes of {}, {} of {} needed), member from round {}",
+                    x["index"], x["peer_id"], x["voters"], x["needed"], x["active"], x["member_from_round"]
                 ));
             }
             line

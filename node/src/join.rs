@@ -164,7 +164,9 @@ pub async fn wait_for_admission(
         tokio::time::sleep(Duration::from_secs(2)).await;
     };
     store.flush()?;
+    // The node proper listens on the same address: let this swarm go first.
     net_task.abort();
+    let _ = net_task.await;
     drain.abort();
     result
 }

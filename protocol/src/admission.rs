@@ -381,7 +381,8 @@ impl Ballot {
             .flat_map(|p| p.votes.values())
     }
 
-    /// Count `vote` at round `now`. Its request must have been [`Ballot::propose`]d.
+    /// Count `vote` at round `now` (a vote of round `now + 1` is kept too). Its request must have
+    /// been [`Ballot::propose`]d.
     pub fn count(
         &mut self,
         members: &Members,
@@ -396,7 +397,9 @@ impl Ballot {
             .key(v.voter)
             .ok_or(AdmissionError::NotMember { culprit: v.voter })?;
         vote.verify(self.genesis, &key)?;
-        if v.round > now || v.round + self.expiry <= now {
+        // One round ahead is kept: the voter committed the last round before this member did.
+        // [`Ballot::ready`] only uses votes valid in the round it records.
+        if v.round > now + 1 || v.round + self.expiry <= now {
             return Err(AdmissionError::StaleVote {
                 culprit: v.voter,
                 round: v.round,

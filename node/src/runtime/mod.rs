@@ -2178,6 +2178,12 @@ fn report_round(entry: &Entry, record: &RoundRecord) {
         "loss": record.metrics.loss,
         "participants": record.participants.iter().map(|c| c.member).collect::<Vec<_>>(),
         "dropouts": record.dropouts,
+        "evicted": record.evictions.iter().map(|e| e.target).collect::<Vec<_>>(),
+        "admitted": record.admissions.iter().map(|a| serde_json::json!({
+            "index": a.index,
+            "peer_id": a.request.request.peer_id,
+            "votes": a.votes.iter().map(|v| v.vote.voter).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
         "coordinator": record.coordinator,
         "attempt": record.attempt,
         "mode": record.mode.to_string(),

@@ -310,6 +310,7 @@ mod tests {
             proposed_at_ms: 0,
             secure: None,
             evictions: Vec::new(),
+            admissions: Vec::new(),
             paillier: None,
             privacy,
         }
