@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::harness::{bin, fedmesh, free_ports, path_str, root, Testnet};
 
-const ROUNDS: u64 = 9;
+const ROUNDS: u64 = 40;
 const TIMEOUT: Duration = Duration::from_secs(420);
 
 /// A node that is not in the genesis: its own folder under the testnet, a node.toml, and its

@@ -215,6 +215,19 @@ impl Admissions {
         Ok((self.auto_approves(request) && !self.voted.contains(&hash)).then_some(hash))
     }
 
+    /// This member's own votes on the requests still pending, with their requests.
+    pub fn own_votes(&self, me: u32) -> Vec<(SignedJoinRequest, SignedAdmissionVote)> {
+        self.ballot
+            .pending()
+            .filter_map(|(h, r, _)| {
+                self.ballot
+                    .votes(&h)
+                    .find(|v| v.vote.voter == me)
+                    .map(|v| (r.clone(), v.clone()))
+            })
+            .collect()
+    }
+
     /// Admission records for a proposal of round `round`.
     pub fn records(&mut self, members: &Members, round: u64) -> Vec<AdmissionRecord> {
         self.ballot.ready(members, round)

@@ -1675,6 +1675,18 @@ impl Runtime {
         let Some((request, vote)) = voted else {
             return Ok(false);
         };
+        self.publish_admission_vote(round, request, vote);
+        Ok(true)
+    }
+
+    /// Gossip an admission vote with its request, in an envelope of `round`. Retried for a
+    /// while in the background: unlike round messages it stays useful when the round moves on.
+    fn publish_admission_vote(
+        &self,
+        round: u64,
+        request: fedmesh_protocol::admission::SignedJoinRequest,
+        vote: fedmesh_protocol::admission::SignedAdmissionVote,
+    ) {
         let env = Envelope::seal(
             self.ctx.genesis_hash,
             self.me(),
@@ -1685,8 +1697,26 @@ impl Runtime {
             },
             &self.ctx.keys.identity,
         );
-        self.secure_unpublished.push((round, env.encode()));
-        Ok(true)
+        let bytes = env.encode();
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                match net.publish(bytes.clone()).await {
+                    Ok(()) => return,
+                    Err(e) if e.contains("Duplicate") => return,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+            }
+        });
+    }
+
+    /// Re-gossip this member's votes on requests still pending, in a new round's envelope: a
+    /// member that missed one (it was restarting, or catching up) hears it again.
+    fn repeat_admission_votes(&self) {
+        let round = self.next_round();
+        for (request, vote) in self.admissions.own_votes(self.me()) {
+            self.publish_admission_vote(round, request, vote);
+        }
     }
 
     /// Members the last record admitted: known by index and peer id from now on, allowed to
@@ -1696,6 +1726,9 @@ impl Runtime {
         let members = self.defence.members().clone();
         self.admissions
             .settle(&self.store, &members, round, now_ms());
+        if self.admissions_on() {
+            self.repeat_admission_votes();
+        }
         if admitted.is_empty() {
             return;
         }
