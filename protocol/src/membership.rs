@@ -86,6 +86,42 @@ impl Members {
         }
     }
 
+    /// A member set from its parts, for simulations without a genesis file: `members` are the
+    /// founding members (indices `0..n` in order), `quorum` and `vote_expiry` as in
+    /// `[spec.robust]`.
+    pub fn from_parts(
+        genesis_hash: Hash,
+        quorum: f64,
+        vote_expiry: u64,
+        members: impl IntoIterator<Item = (identity::PublicKey, String)>,
+    ) -> Members {
+        let all: BTreeMap<u32, Member> = members
+            .into_iter()
+            .enumerate()
+            .map(|(i, (public_key, peer_id))| {
+                let index = i as u32;
+                (
+                    index,
+                    Member {
+                        index,
+                        public_key,
+                        peer_id,
+                        addrs: Vec::new(),
+                        admitted_from: None,
+                    },
+                )
+            })
+            .collect();
+        Members {
+            genesis_hash,
+            quorum,
+            vote_expiry: vote_expiry.max(1),
+            genesis_len: all.len() as u32,
+            all,
+            evicted: BTreeSet::new(),
+        }
+    }
+
     /// The network's genesis hash (what votes and requests are bound to).
     pub fn genesis_hash(&self) -> Hash {
         self.genesis_hash
