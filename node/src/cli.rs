@@ -153,7 +153,7 @@ enum DrillWhat {
     /// DIR/matrix.json and one folder per scenario under DIR/runs).
     Poisoning(PoisoningArgs),
     /// Sybil: colluding clones flip labels 1 → 7, a single attacker does the same, colluders stuff
-    /// the ballot against an honest member. Writes DIR/report.md (summary table and targets),
+    /// the ballot against an honest member, sybils are the majority of those asking to join. Writes DIR/report.md (summary table and targets),
     /// DIR/report.json, DIR/attack_success.svg and DIR/runs/<case>/ (report.md, report.json,
     /// accuracy.svg, detection.svg); with --matrix also DIR/matrix.md and DIR/matrix.json.
     /// The flood scenario runs against a live testnet (`testnet/drill.sh sybil --scenario flood`).
@@ -231,8 +231,8 @@ struct PoisoningArgs {
 #[derive(clap::Args, Debug)]
 struct SybilArgs {
     /// clones (2, 5 and 9 clones flip 1 → 7), single (one attacker flips 1 → 7), vote-stuffing
-    /// (colluders vote against an honest member), majority (refused: admission by quorum is not
-    /// built), all (clones, single and vote-stuffing).
+    /// (colluders vote against an honest member), majority (90 % of the identities asking to join
+    /// are sybils; the admission protocol decides who gets in), all (all four).
     #[arg(long, default_value = "all")]
     scenario: String,
     /// Same as --scenario all.

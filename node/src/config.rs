@@ -526,6 +526,51 @@ mod tests {
     }
 
     #[test]
+    fn admission_section_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let key = hex::encode(
+            fedmesh_crypto::identity::SecretKey::from_seed([7; 32])
+                .public()
+                .to_bytes(),
+        );
+        let base = "genesis = \"g.toml\"\nkey_dir = \".\"\ndata_dir = \"d\"\n";
+        std::fs::write(
+            &path,
+            format!("{base}[admission]\npolicy = \"allow_list\"\nallow_keys = [\"{key}\"]\n"),
+        )
+        .unwrap();
+        let n = Node::load(&path, Flags::default()).unwrap();
+        assert_eq!(n.admission.policy, AdmissionPolicy::AllowList);
+        assert_eq!(hex::encode(n.admission_keys[0].to_bytes()), key);
+        // Keys without the allow-list policy would be silently ignored: refused instead.
+        std::fs::write(
+            &path,
+            format!("{base}[admission]\nallow_keys = [\"{key}\"]\n"),
+        )
+        .unwrap();
+        let err = Node::load(&path, Flags::default()).unwrap_err().to_string();
+        assert!(err.contains("admission.policy"), "{err}");
+        std::fs::write(
+            &path,
+            format!("{base}[admission]\npolicy = \"allow_list\"\nallow_keys = [\"abc\"]\n"),
+        )
+        .unwrap();
+        let err = Node::load(&path, Flags::default()).unwrap_err().to_string();
+        assert!(
+            err.contains("admission.allow_keys") && err.contains("abc"),
+            "{err}"
+        );
+        std::fs::write(&path, format!("{base}[admission]\npolicy = \"everyone\"\n")).unwrap();
+        assert!(Node::load(&path, Flags::default()).is_err());
+        // Absent: the operator decides.
+        std::fs::write(&path, base).unwrap();
+        let n = Node::load(&path, Flags::default()).unwrap();
+        assert_eq!(n.admission, Admission::default());
+        assert!(n.admission_keys.is_empty());
+    }
+
+    #[test]
     fn budget_defaults_to_the_genesis_delta() {
         let b = Budget {
             epsilon: 4.0,
