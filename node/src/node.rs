@@ -158,8 +158,10 @@ pub fn prepare(cfg: &config::Node, init_logging: bool) -> anyhow::Result<Prepare
                 m.index
             );
             anyhow::ensure!(
-                genesis.spec.mode == fedmesh_protocol::genesis::Mode::Plain,
-                "admitted members take part in mode plain only; this network runs mode {}",
+                genesis.spec.mode == fedmesh_protocol::genesis::Mode::Plain
+                    && genesis.spec.dp.is_none(),
+                "admitted members take part in mode plain without spec.dp only; this network runs \
+                 mode {}",
                 genesis.spec.mode
             );
             MemberKeys::admitted(identity, m.index)

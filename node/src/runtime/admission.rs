@@ -129,6 +129,13 @@ impl Admissions {
         members: &Members,
         request: &SignedJoinRequest,
     ) -> Result<Hash, AdmissionError> {
+        let derived = crate::keys::peer_id(&request.request.public_key).to_string();
+        if derived != request.request.peer_id {
+            return Err(AdmissionError::Malformed(format!(
+                "peer id {} is not the one its key gives ({derived})",
+                request.request.peer_id
+            )));
+        }
         let known = self.ballot.request(&request.hash()).is_some();
         let hash = self.ballot.propose(members, request)?;
         if !known {

@@ -1608,10 +1608,13 @@ impl Runtime {
 
     // ----- admission ----------------------------------------------------------------------
 
-    /// Admissions are run in mode plain: secure aggregation and threshold Paillier fix their
-    /// parties at genesis (key shares, Shamir holders), so admitted members could not take part.
+    /// Admissions are run in mode plain without differential privacy: secure aggregation and
+    /// threshold Paillier fix their parties at genesis (key shares, Shamir holders), and the
+    /// privacy ledger and the distributed noise count the genesis members, so admitted members
+    /// could not take part correctly there.
     fn admissions_on(&self) -> bool {
         self.ctx.genesis.spec.mode == fedmesh_protocol::genesis::Mode::Plain
+            && self.ctx.genesis.spec.dp.is_none()
     }
 
     /// A peer's admission vote (gossiped with the join request it is for).
@@ -1755,8 +1758,14 @@ impl Runtime {
         let members = self.defence.members().clone();
         let reply = if !self.admissions_on() {
             Reply::Error(format!(
-                "admission is supported in mode plain only; this network runs mode {}",
-                self.ctx.genesis.spec.mode
+                "admission is supported in mode plain without spec.dp only; this network runs \
+                 mode {}{}",
+                self.ctx.genesis.spec.mode,
+                if self.ctx.genesis.spec.dp.is_none() {
+                    ""
+                } else {
+                    " with differential privacy"
+                }
             ))
         } else {
             match m.command {
