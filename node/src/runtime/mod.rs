@@ -1202,7 +1202,10 @@ impl Runtime {
             .and_then(|_| audit::verify_link(&self.head, &entry))
             .and_then(|_| {
                 audit::verify_succession(&self.ctx.genesis, self.last.as_ref(), &entry, &record)
-            });
+            })
+            .map_err(|e| e.to_string())
+            // Evictions and admissions (their votes' signatures included) against the member set.
+            .and_then(|_| self.defence.check(entry.height, &record));
         if let Err(e) = checks {
             tracing::error!(error = %e, "refusing to append an entry that does not verify");
             return;
