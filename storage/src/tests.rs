@@ -24,6 +24,7 @@ fn record(round: u64) -> RoundRecord {
         evictions: Vec::new(),
         privacy: None,
         paillier: None,
+        admissions: Vec::new(),
         proposed_at_ms: 1_700_000_000_000 + round,
     }
 }
