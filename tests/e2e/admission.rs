@@ -206,6 +206,30 @@ fn a_joiner_approved_by_a_quorum_takes_part_and_an_unapproved_one_gets_nothing()
     };
     assert!(admitted_in < ROUNDS, "admitted too late to take part");
 
+    // Once A has trained in a round, kill it and start it again: it now starts straight as
+    // member 4, from the member set it replays from its own log.
+    let takes_part = |net: &Testnet| {
+        net.rounds(0)
+            .iter()
+            .filter(|r| r["participants"].as_array().unwrap().iter().any(|p| p == 4))
+            .count()
+    };
+    let start = Instant::now();
+    while takes_part(&net) == 0 {
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "member 4 never took part\n{}",
+            a.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if let Some(mut c) = a.child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let before = takes_part(&net);
+    a.start(net.base_port);
+
     net.wait_all(TIMEOUT);
     let child = a.child.as_mut().unwrap();
     let start = Instant::now();
@@ -235,6 +259,17 @@ fn a_joiner_approved_by_a_quorum_takes_part_and_an_unapproved_one_gets_nothing()
         a.log_tail()
     );
     assert!(with_a.iter().all(|r| *r > admitted_in), "{with_a:?}");
+    assert!(
+        with_a.len() > before,
+        "member 4 did not take part again after its restart: {with_a:?}\n{}",
+        a.log_tail()
+    );
+    let log = std::fs::read_to_string(a.dir.join("node.log")).unwrap();
+    assert_eq!(
+        log.matches("waiting for the members to admit").count(),
+        1,
+        "the restarted member waited for admission again"
+    );
     // Joiner B appears in no record: no admission, no participation.
     for r in &rounds {
         let text = r.to_string();

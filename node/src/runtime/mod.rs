@@ -833,6 +833,20 @@ impl Runtime {
         }
         let elapsed = cur.started.elapsed();
         let n = cur.state.order().len() as u32;
+        if elapsed >= update_timeout / 2
+            && elapsed < update_timeout
+            && !cur.state.has_all_updates()
+            && cur.state.coordinator(0) == me
+        {
+            // A coordinator that has just started or just been admitted missed the updates that
+            // were gossiped before it subscribed: ask the others for them before the timeout makes
+            // their senders dropouts.
+            self.fetch_missing_updates();
+            return;
+        }
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
         let attempt = if elapsed < update_timeout {
             if !cur.state.has_all_updates() {
                 return;
@@ -2011,6 +2025,55 @@ impl Runtime {
                 };
                 let _ = tx.send(Work::FetchedUpdate { round, bytes }).await;
             });
+        }
+    }
+
+    /// Ask every connected member for the updates of this round that this member lacks (at most
+    /// every 2 s); the answers go through [`Work::FetchedUpdate`] like any fetched update.
+    fn fetch_missing_updates(&mut self) {
+        let me = self.me();
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        if cur
+            .last_fetch
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+        {
+            return;
+        }
+        cur.last_fetch = Some(Instant::now());
+        let round = cur.state.round;
+        let missing: Vec<u32> = cur
+            .state
+            .order()
+            .iter()
+            .copied()
+            .filter(|m| *m != me && !cur.state.has_update(*m))
+            .collect();
+        let peers: Vec<PeerId> = self
+            .ctx
+            .peers
+            .iter()
+            .filter(|(_, m)| **m != me && !self.defence.evicted().contains(m))
+            .map(|(p, _)| *p)
+            .collect();
+        if !missing.is_empty() {
+            tracing::info!(round, missing = ?missing, peers = peers.len(), "coordinator lacks updates; asking the others");
+        }
+        for member in missing {
+            for &peer in &peers {
+                let net = self.net.clone();
+                let tx = self.work_tx.clone();
+                tokio::spawn(async move {
+                    let bytes = match net.request(peer, Request::Update { round, member }).await {
+                        Ok(Response::Update(b)) => b,
+                        _ => None,
+                    };
+                    if bytes.is_some() {
+                        let _ = tx.send(Work::FetchedUpdate { round, bytes }).await;
+                    }
+                });
+            }
         }
     }
 
