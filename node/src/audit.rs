@@ -199,6 +199,19 @@ fn summary(e: &Entry) -> serde_json::Value {
                         });
                     }
                     v["evicted"] = json!(r.evictions.iter().map(|x| x.target).collect::<Vec<_>>());
+                    v["admitted"] = json!(r
+                        .admissions
+                        .iter()
+                        .map(|a| json!({
+                            "index": a.index,
+                            "peer_id": a.request.request.peer_id,
+                            "public_key": hex::encode(a.request.request.public_key.to_bytes()),
+                            "voters": a.votes.iter().map(|v| v.vote.voter).collect::<Vec<_>>(),
+                            "needed": a.needed,
+                            "active": a.active,
+                            "member_from_round": a.effective_round,
+                        }))
+                        .collect::<Vec<_>>());
                     if !r.evictions.is_empty() {
                         v["evictions"] = json!(r
                             .evictions
@@ -255,6 +268,12 @@ fn human(e: &Entry, v: &serde_json::Value) -> String {
                 line.push_str(&format!(
                     "\n       evicted member {} (votes of {}, {} of {} needed), out from round {}",
                     x["target"], x["voters"], x["needed"], x["active"], x["out_from_round"]
+                ));
+            }
+            for x in v["admitted"].as_array().into_iter().flatten() {
+                line.push_str(&format!(
+                    "\n       admitted member {} = peer {} (votes of {}, {} of {} needed), member from round {}",
+                    x["index"], x["peer_id"], x["voters"], x["needed"], x["active"], x["member_from_round"]
                 ));
             }
             line
@@ -332,7 +351,7 @@ pub fn verify(store: &Store, expected_genesis: Option<Hash>) -> Result<Verified,
         .map_err(|e| fail(0, e.to_string()))?;
     let mut prev = first;
     let mut last: Option<RoundRecord> = None;
-    let mut evicted = std::collections::BTreeSet::new();
+    let mut log_members = audit::Members::new(&genesis, gh);
     let mut count = 1;
     // The privacy spent, recomputed round by round: every record must state what follows from
     // the genesis and from who took part.
@@ -351,14 +370,10 @@ pub fn verify(store: &Store, expected_genesis: Option<Hash>) -> Result<Verified,
         let record = entry.record().map_err(|e| fail(h, e.to_string()))?;
         audit::verify_succession(&genesis, last.as_ref(), &entry, &record)
             .map_err(|e| fail(h, e.to_string()))?;
-        let active: Vec<u32> = members
-            .iter()
-            .copied()
-            .filter(|m| !evicted.contains(m))
-            .collect();
+        let active: Vec<u32> = log_members.active().collect();
         audit::check_groups(&genesis, entry.prev_hash, &active, &record)
             .map_err(|reason| fail(h, format!("groups summary: {reason}")))?;
-        audit::check_membership(&genesis, &mut evicted, h, &record)
+        audit::check_membership(&mut log_members, h, &record)
             .map_err(|e| fail(h, e.to_string()))?;
         let participants: Vec<u32> = record.participants.iter().map(|c| c.member).collect();
         let expected = ledger

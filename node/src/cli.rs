@@ -61,6 +61,41 @@ enum Command {
         #[arg(long)]
         rounds: Option<u64>,
     },
+    /// Ask to join a running network: make this node's identity (if its key_dir has none) and a
+    /// signed join request, written to DATA_DIR/join-request.hex. Hand that file to the operator
+    /// of any member (`fedmesh admit --request FILE`), then start this node with `fedmesh node`:
+    /// it waits until a quorum of members has admitted it.
+    Join {
+        /// The joiner's node.toml: genesis, key_dir, data_dir and `listen` (where members dial it).
+        #[arg(long)]
+        config: PathBuf,
+        /// Address to listen on (multiaddr); repeatable; replaces the config's `listen`.
+        #[arg(long)]
+        listen: Vec<String>,
+        /// Print the request as JSON (hash, peer id, key, file).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a joiner on behalf of this member (talks to the running node through the control
+    /// socket in its data dir). `--list` shows the pending join requests; `--request FILE` submits
+    /// a joiner's request (from `fedmesh join`) and votes for it; `PEER` (peer id or request hash
+    /// prefix) votes for a pending one. A joiner is admitted once a quorum of members voted.
+    Admit {
+        /// The member's node.toml (for its data dir).
+        #[arg(long)]
+        config: PathBuf,
+        /// The joiner's peer id, or at least 8 hex characters of its request hash.
+        peer: Option<String>,
+        /// Show the pending join requests instead.
+        #[arg(long, conflicts_with_all = ["peer", "request"])]
+        list: bool,
+        /// A join request file written by `fedmesh join`.
+        #[arg(long, conflicts_with = "peer")]
+        request: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Plan a differential-privacy budget: epsilon for a noise level, or noise for an epsilon.
     Privacy {
         #[command(subcommand)]
@@ -118,7 +153,7 @@ enum DrillWhat {
     /// DIR/matrix.json and one folder per scenario under DIR/runs).
     Poisoning(PoisoningArgs),
     /// Sybil: colluding clones flip labels 1 → 7, a single attacker does the same, colluders stuff
-    /// the ballot against an honest member. Writes DIR/report.md (summary table and targets),
+    /// the ballot against an honest member, sybils are the majority of those asking to join. Writes DIR/report.md (summary table and targets),
     /// DIR/report.json, DIR/attack_success.svg and DIR/runs/<case>/ (report.md, report.json,
     /// accuracy.svg, detection.svg); with --matrix also DIR/matrix.md and DIR/matrix.json.
     /// The flood scenario runs against a live testnet (`testnet/drill.sh sybil --scenario flood`).
@@ -196,8 +231,8 @@ struct PoisoningArgs {
 #[derive(clap::Args, Debug)]
 struct SybilArgs {
     /// clones (2, 5 and 9 clones flip 1 → 7), single (one attacker flips 1 → 7), vote-stuffing
-    /// (colluders vote against an honest member), majority (refused: admission by quorum is not
-    /// built), all (clones, single and vote-stuffing).
+    /// (colluders vote against an honest member), majority (90 % of the identities asking to join
+    /// are sybils; the admission protocol decides who gets in), all (all four).
     #[arg(long, default_value = "all")]
     scenario: String,
     /// Same as --scenario all.
@@ -464,6 +499,107 @@ pub fn run() -> anyhow::Result<ExitCode> {
             };
             let cfg = config::Node::load(&path, flags)?;
             node::run(cfg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Join {
+            config: path,
+            listen,
+            json,
+        } => {
+            let flags = config::Flags {
+                listen,
+                ..Default::default()
+            };
+            let cfg = config::Node::load(&path, flags)?;
+            let (request, file) = crate::join::make_request(&cfg)?;
+            let r = &request.request;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "hash": request.hash().to_string(),
+                        "peer_id": r.peer_id,
+                        "public_key": hex::encode(r.public_key.to_bytes()),
+                        "addrs": r.addrs,
+                        "file": file.display().to_string(),
+                    })
+                );
+            } else {
+                println!("join request {} for peer {}", request.hash(), r.peer_id);
+                println!("public key {}", hex::encode(r.public_key.to_bytes()));
+                println!("wrote {}", file.display());
+                println!(
+                    "next: give that file to a member's operator (`fedmesh admit --config node.toml --request FILE`), then run `fedmesh node --config {}`",
+                    path.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Admit {
+            config: path,
+            peer,
+            list,
+            request,
+            json,
+        } => {
+            let cfg = config::Node::load(&path, config::Flags::default())?;
+            let command = match (list, request, peer) {
+                (true, _, _) => crate::control::Command::List,
+                (_, Some(file), _) => crate::control::Command::Submit {
+                    request: std::fs::read_to_string(&file).map_err(|e| {
+                        anyhow::anyhow!("cannot read join request {}: {e}", file.display())
+                    })?,
+                },
+                (_, None, Some(who)) => crate::control::Command::Approve { who },
+                (false, None, None) => anyhow::bail!(
+                    "say what to do: `--list`, `--request FILE` or the joiner's PEER id"
+                ),
+            };
+            let reply = crate::control::call(&cfg.data_dir, &command)?;
+            if json {
+                println!("{}", serde_json::to_string(&reply)?);
+            }
+            match reply {
+                crate::control::Reply::Error(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                _ if json => {}
+                crate::control::Reply::Pending(list) => {
+                    if list.is_empty() {
+                        println!("no pending join requests");
+                    }
+                    for p in list {
+                        println!(
+                            "{}  peer {}  votes {}/{}{}  key {}  addrs {}",
+                            &p.hash[..16],
+                            p.peer_id,
+                            p.votes,
+                            p.needed,
+                            if p.approved_here {
+                                "  (approved here)"
+                            } else {
+                                ""
+                            },
+                            p.public_key,
+                            p.addrs.join(",")
+                        );
+                    }
+                }
+                crate::control::Reply::Voted {
+                    hash,
+                    peer_id,
+                    fresh,
+                } => println!(
+                    "{} admission of {peer_id} (request {})",
+                    if fresh {
+                        "voted for the"
+                    } else {
+                        "had already voted for the"
+                    },
+                    &hash[..16]
+                ),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Privacy {

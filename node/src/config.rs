@@ -43,6 +43,89 @@ pub struct File {
     /// Make this node an attacker, for poisoning drills (see `crate::attack`); absent = honest.
     #[serde(skip_serializing_if = "crate::attack::Config::is_honest")]
     pub attack: crate::attack::Config,
+    /// How this member votes on join requests (`[admission]`); absent = the operator approves
+    /// each one with `fedmesh admit`.
+    pub admission: Admission,
+}
+
+/// Who approves a join request on this member's behalf. Whatever the policy, a joiner is admitted
+/// only once a quorum of the active members (the same share as evictions) has voted for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdmissionPolicy {
+    /// The operator approves each request with `fedmesh admit PEER` (`fedmesh admit --list`
+    /// shows the pending ones).
+    #[default]
+    Operator,
+    /// Requests of the keys in `allow_keys` are approved at once; others wait for the operator
+    /// as with `operator`.
+    AllowList,
+}
+
+/// `[admission]`: this member's policy on join requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Admission {
+    /// `operator` or `allow_list`.
+    pub policy: AdmissionPolicy,
+    /// With `allow_list`: the ed25519 public keys (64 hex characters, as in the genesis file and
+    /// in the joiner's `fedmesh join` output) approved without asking the operator.
+    pub allow_keys: Vec<String>,
+    /// Join requests older than this (seconds, by the request's own time stamp) get no vote; the
+    /// joiner must make a fresh one with `fedmesh join`.
+    pub max_request_age_s: u64,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission {
+            policy: AdmissionPolicy::Operator,
+            allow_keys: Vec::new(),
+            max_request_age_s: 24 * 3600,
+        }
+    }
+}
+
+impl Admission {
+    /// The allow-listed keys, parsed; an error names the bad entry.
+    pub fn validate(
+        &self,
+        file: &Path,
+    ) -> anyhow::Result<Vec<fedmesh_crypto::identity::PublicKey>> {
+        if self.policy == AdmissionPolicy::Operator && !self.allow_keys.is_empty() {
+            anyhow::bail!(
+                "{}: field `admission.allow_keys` is set but `admission.policy` is \"operator\"; \
+                 set policy = \"allow_list\" to approve those keys automatically",
+                file.display()
+            );
+        }
+        if self.max_request_age_s == 0 {
+            anyhow::bail!(
+                "{}: field `admission.max_request_age_s` must be at least 1",
+                file.display()
+            );
+        }
+        self.allow_keys
+            .iter()
+            .map(|k| {
+                let bytes: [u8; 32] = hex::decode(k.trim())
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{}: field `admission.allow_keys`: {k:?} is not 64 hex characters",
+                            file.display()
+                        )
+                    })?;
+                fedmesh_crypto::identity::PublicKey::from_bytes(&bytes).map_err(|_| {
+                    anyhow::anyhow!(
+                        "{}: field `admission.allow_keys`: {k:?} is not an ed25519 public key",
+                        file.display()
+                    )
+                })
+            })
+            .collect()
+    }
 }
 
 /// One `[[routes]]` entry: the addresses this node dials to reach `member`, in place of the ones
@@ -252,6 +335,7 @@ impl Default for File {
             faults: Faults::default(),
             limits: Limits::default(),
             attack: crate::attack::Config::default(),
+            admission: Admission::default(),
         }
     }
 }
@@ -282,6 +366,9 @@ pub struct Node {
     pub faults: Faults,
     pub limits: Limits,
     pub attack: crate::attack::Config,
+    /// The admission policy, with its allow-listed keys parsed.
+    pub admission: Admission,
+    pub admission_keys: Vec<fedmesh_crypto::identity::PublicKey>,
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
@@ -384,6 +471,8 @@ impl Node {
                     .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
                 file.attack.clone()
             },
+            admission_keys: file.admission.validate(path)?,
+            admission: file.admission.clone(),
         })
     }
 }
@@ -540,6 +629,51 @@ mod tests {
             err.contains("node.toml") && err.contains("attack.scale"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn admission_section_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let key = hex::encode(
+            fedmesh_crypto::identity::SecretKey::from_seed([7; 32])
+                .public()
+                .to_bytes(),
+        );
+        let base = "genesis = \"g.toml\"\nkey_dir = \".\"\ndata_dir = \"d\"\n";
+        std::fs::write(
+            &path,
+            format!("{base}[admission]\npolicy = \"allow_list\"\nallow_keys = [\"{key}\"]\n"),
+        )
+        .unwrap();
+        let n = Node::load(&path, Flags::default()).unwrap();
+        assert_eq!(n.admission.policy, AdmissionPolicy::AllowList);
+        assert_eq!(hex::encode(n.admission_keys[0].to_bytes()), key);
+        // Keys without the allow-list policy would be silently ignored: refused instead.
+        std::fs::write(
+            &path,
+            format!("{base}[admission]\nallow_keys = [\"{key}\"]\n"),
+        )
+        .unwrap();
+        let err = Node::load(&path, Flags::default()).unwrap_err().to_string();
+        assert!(err.contains("admission.policy"), "{err}");
+        std::fs::write(
+            &path,
+            format!("{base}[admission]\npolicy = \"allow_list\"\nallow_keys = [\"abc\"]\n"),
+        )
+        .unwrap();
+        let err = Node::load(&path, Flags::default()).unwrap_err().to_string();
+        assert!(
+            err.contains("admission.allow_keys") && err.contains("abc"),
+            "{err}"
+        );
+        std::fs::write(&path, format!("{base}[admission]\npolicy = \"everyone\"\n")).unwrap();
+        assert!(Node::load(&path, Flags::default()).is_err());
+        // Absent: the operator decides.
+        std::fs::write(&path, base).unwrap();
+        let n = Node::load(&path, Flags::default()).unwrap();
+        assert_eq!(n.admission, Admission::default());
+        assert!(n.admission_keys.is_empty());
     }
 
     #[test]

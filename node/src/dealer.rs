@@ -174,6 +174,7 @@ pub fn run(req: &Request) -> anyhow::Result<fedmesh_crypto::Hash> {
             .map(|d| hex::encode(d.verification.to_bytes(&d.public))),
         spec: file.spec.clone(),
         members,
+        admitted: Vec::new(),
     };
     genesis
         .validate()

@@ -13,12 +13,15 @@ pub const BLS_FILE: &str = "bls.share";
 /// `paillier::KeyShare::to_bytes`).
 pub const PAILLIER_FILE: &str = "paillier.share";
 
-/// The secrets of one member, matched against the genesis file.
+/// The secrets of one member, matched against the genesis file (or, for a member admitted after
+/// genesis, against the log's member set).
 #[derive(Debug)]
 pub struct MemberKeys {
     pub index: u32,
     pub identity: identity::SecretKey,
-    pub bls: bls::SecretShare,
+    /// The member's BLS key share: genesis members only. Admitted members have none, so they do
+    /// not approve log entries; the genesis members remain the signing committee.
+    pub bls: Option<bls::SecretShare>,
     /// Mode `paillier` only: the member's share of the joint decryption key.
     pub paillier: Option<fedmesh_crypto::paillier::KeyShare>,
 }
@@ -92,9 +95,25 @@ impl MemberKeys {
         Ok(MemberKeys {
             index: member.index,
             identity,
-            bls,
+            bls: Some(bls),
             paillier,
         })
+    }
+
+    /// The identity in `dir` alone (`identity.key`): a joiner's, before or after its admission.
+    pub fn load_identity(dir: &Path) -> anyhow::Result<identity::SecretKey> {
+        identity::SecretKey::from_hex(&read_secret(dir, IDENTITY_FILE)?)
+            .with_context(|| format!("{}: not an ed25519 key", dir.join(IDENTITY_FILE).display()))
+    }
+
+    /// The keys of a member admitted by the log as `index`: its identity only.
+    pub fn admitted(identity: identity::SecretKey, index: u32) -> MemberKeys {
+        MemberKeys {
+            index,
+            identity,
+            bls: None,
+            paillier: None,
+        }
     }
 }
 

@@ -10,8 +10,10 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::admission::AdmissionRecord;
 use crate::crypto::{bls, hash::Hasher, identity, Hash};
 use crate::genesis::{DpLevel, DpMechanism, Genesis, Mode};
+pub use crate::membership::Members;
 pub use crate::votes::EvictionRecord;
 
 /// What an entry records.
@@ -109,6 +111,10 @@ pub struct RoundRecord {
     /// Mode `secagg` with `[spec.robust] group_size` > 0: the round's random groups, which of
     /// them revealed a sum, and the rule's judgement of each. See [`check_groups`].
     pub groups: Option<GroupsSummary>,
+    /// Identities admitted in this round (each with its signed join request and the quorum's
+    /// signed votes), by index: from the next round on they are members. See
+    /// [`check_membership`].
+    pub admissions: Vec<AdmissionRecord>,
 }
 
 /// A round of group-wise secure aggregation: the active members were split into random groups of
@@ -294,6 +300,12 @@ pub enum VerifyError {
     Paillier { height: u64, reason: String },
     #[error("height {height}: groups summary: {reason}")]
     Groups { height: u64, reason: String },
+    #[error("height {height}: admission of member {index}: {source}")]
+    Admission {
+        height: u64,
+        index: u32,
+        source: crate::admission::AdmissionError,
+    },
 }
 
 impl VerifyError {
@@ -315,7 +327,8 @@ impl VerifyError {
             | VerifyError::Eviction { height, .. }
             | VerifyError::Membership { height, .. }
             | VerifyError::Paillier { height, .. }
-            | VerifyError::Groups { height, .. } => *height,
+            | VerifyError::Groups { height, .. }
+            | VerifyError::Admission { height, .. } => *height,
         }
     }
 }
@@ -407,21 +420,9 @@ impl Entry {
             }
             (h, Kind::Round) if h > 0 => {
                 let record = self.record()?;
-                // Each eviction's votes must be a quorum's signatures; whether the voters and the
-                // target were still members at this height is checked by whoever walks the log
-                // and knows the earlier evictions ([`check_membership`]).
-                for rec in &record.evictions {
-                    rec.verify(
-                        genesis_hash,
-                        |i| genesis.member(i).map(|m| m.public_key),
-                        genesis.spec.robust.quorum,
-                    )
-                    .map_err(|source| VerifyError::Eviction {
-                        height,
-                        target: rec.target,
-                        source,
-                    })?;
-                }
+                // Evictions and admissions are checked by whoever walks the log and knows the
+                // member set at this height ([`check_membership`]): their votes may come from
+                // admitted members, whose keys are not in the genesis.
                 check_paillier(genesis, &record)
                     .map_err(|reason| VerifyError::Paillier { height, reason })?;
                 self.verify_signatures(genesis, bls_set)
@@ -460,7 +461,7 @@ pub fn check_paillier(genesis: &Genesis, record: &RoundRecord) -> Result<(), Str
         .decryptors
         .iter()
         .chain(&summary.rejected)
-        .find(|m| genesis.member(**m).is_none())
+        .find(|m| genesis.members.get(**m as usize).is_none())
     {
         return Err(format!("member {m} is not in the genesis"));
     }
@@ -599,8 +600,10 @@ impl Entry {
         let msg = self.signing_hash();
         let mut seen = std::collections::BTreeSet::new();
         for s in &self.signatures {
+            // Only genesis members hold BLS shares and sign entries; admitted members do not.
             let member = genesis
-                .member(s.member)
+                .members
+                .get(s.member as usize)
                 .filter(|_| seen.insert(s.member))
                 .ok_or(VerifyError::Signer {
                     height,
@@ -689,72 +692,16 @@ pub fn verify_succession(
     Ok(())
 }
 
-/// Check a round record against the member set the log had before it: members evicted earlier
-/// (`evicted`) neither take part, drop out, vote nor are evicted again; each eviction belongs to
-/// this round (out from the next), counts the quorum over the members active now, carries
-/// distinct targets in order, and only votes cast within the expiry window. Signatures and
-/// quorum size are [`Entry::verify`]'s part. On success, adds this record's targets to `evicted`.
+/// Check a round record against the member set the log had before it and apply it: evictions
+/// and admissions (with their votes' signatures and quorums) are checked against the members
+/// active before the record, and take effect from the next round. Nothing changes on error.
+/// See [`Members::apply`] for the rules.
 pub fn check_membership(
-    genesis: &Genesis,
-    evicted: &mut std::collections::BTreeSet<u32>,
+    members: &mut Members,
     height: u64,
     record: &RoundRecord,
-) -> Result<(), VerifyError> {
-    let fail = |reason: String| VerifyError::Membership { height, reason };
-    let round = record.round;
-    let listed = record
-        .participants
-        .iter()
-        .map(|c| c.member)
-        .chain(record.dropouts.iter().copied());
-    for m in listed {
-        if evicted.contains(&m) {
-            return Err(fail(format!(
-                "member {m} appears in round {round} after its eviction"
-            )));
-        }
-    }
-    let active = genesis.members.len().saturating_sub(evicted.len());
-    let expiry = genesis.spec.robust.vote_expiry_rounds;
-    let mut last_target = None;
-    for rec in &record.evictions {
-        let target = rec.target;
-        if last_target.is_some_and(|t| t >= target) {
-            return Err(fail("evictions must have distinct targets in order".into()));
-        }
-        last_target = Some(target);
-        if genesis.member(target).is_none() || evicted.contains(&target) {
-            return Err(fail(format!("member {target} is not a member to evict")));
-        }
-        if rec.round != round || rec.effective_round != round + 1 {
-            return Err(fail(format!(
-                "eviction of member {target} is for round {} (out from {}), recorded in round {round}",
-                rec.round, rec.effective_round
-            )));
-        }
-        if rec.active as usize != active {
-            return Err(fail(format!(
-                "eviction of member {target} counts {} active members; the log says {active}",
-                rec.active
-            )));
-        }
-        for v in &rec.votes {
-            if evicted.contains(&v.vote.voter) {
-                return Err(fail(format!(
-                    "member {} votes after its own eviction",
-                    v.vote.voter
-                )));
-            }
-            if v.vote.round > round || v.vote.round + expiry.max(1) <= round {
-                return Err(fail(format!(
-                    "a vote of member {} from round {} is not valid in round {round}",
-                    v.vote.voter, v.vote.round
-                )));
-            }
-        }
-    }
-    evicted.extend(record.evictions.iter().map(|r| r.target));
-    Ok(())
+) -> Result<crate::membership::Change, VerifyError> {
+    members.apply(height, record)
 }
 
 #[cfg(test)]
@@ -783,6 +730,7 @@ mod tests {
             privacy: None,
             paillier: None,
             groups: None,
+            admissions: Vec::new(),
         }
     }
 
@@ -1098,15 +1046,18 @@ mod tests {
         };
         let (e1, r1) = with(eviction.clone());
         e1.verify(&g, gh, &set).unwrap();
-        let mut evicted = std::collections::BTreeSet::new();
-        check_membership(&g, &mut evicted, 1, &r1).unwrap();
-        assert_eq!(evicted.iter().copied().collect::<Vec<_>>(), [3]);
+        let mut members = Members::new(&g, gh);
+        let change = check_membership(&mut members, 1, &r1).unwrap();
+        assert_eq!(change.evicted, [3]);
+        assert_eq!(members.evicted().iter().copied().collect::<Vec<_>>(), [3]);
 
+        // The entry's signatures are fine either way; the member-set check refuses the votes.
         let mut short = eviction.clone();
         short.votes.pop();
-        let (bad, _) = with(short);
+        let (bad, r) = with(short);
+        bad.verify(&g, gh, &set).unwrap();
         assert!(matches!(
-            bad.verify(&g, gh, &set),
+            check_membership(&mut Members::new(&g, gh), 1, &r),
             Err(VerifyError::Eviction {
                 height: 1,
                 target: 3,
@@ -1115,8 +1066,14 @@ mod tests {
         ));
         let mut foreign = eviction.clone();
         foreign.votes[0] = SignedVote::sign(Hash::ZERO, foreign.votes[0].vote, &keys[0]);
-        let (bad, _) = with(foreign);
-        assert!(bad.verify(&g, gh, &set).is_err());
+        let (_, r) = with(foreign);
+        assert!(matches!(
+            check_membership(&mut Members::new(&g, gh), 1, &r),
+            Err(VerifyError::Eviction {
+                source: crate::votes::VoteError::Signature { culprit: 0 },
+                ..
+            })
+        ));
     }
 
     /// The member set follows the log: an evicted member may not appear, vote or be evicted
@@ -1144,14 +1101,14 @@ mod tests {
             needed: needed(active as usize, g.spec.robust.quorum) as u32,
             votes: voters.iter().map(|v| vote(*v, target, round)).collect(),
         };
-        let mut evicted = std::collections::BTreeSet::new();
+        let mut evicted = Members::new(&g, gh);
         let mut r2 = record(2, Hash::ZERO);
         r2.evictions = vec![eviction(3, 2, 4, &[0, 1, 2])];
-        check_membership(&g, &mut evicted, 2, &r2).unwrap();
+        check_membership(&mut evicted, 2, &r2).unwrap();
 
-        let fails = |r: &RoundRecord, evicted: &std::collections::BTreeSet<u32>| {
+        let fails = |r: &RoundRecord, evicted: &Members| {
             let mut e = evicted.clone();
-            let err = check_membership(&g, &mut e, 3, r).unwrap_err();
+            let err = check_membership(&mut e, 3, r).unwrap_err();
             assert_eq!(&e, evicted, "a failed check changes nothing");
             err.to_string()
         };
@@ -1172,7 +1129,8 @@ mod tests {
         r3.evictions = vec![stale];
         assert!(fails(&r3, &evicted).contains("not valid in round 3"));
         r3.evictions = vec![eviction(2, 3, 3, &[0, 1])];
-        check_membership(&g, &mut evicted, 3, &r3).unwrap();
-        assert_eq!(evicted.len(), 2);
+        check_membership(&mut evicted, 3, &r3).unwrap();
+        assert_eq!(evicted.evicted().len(), 2);
+        assert_eq!(evicted.active().collect::<Vec<_>>(), [0, 1]);
     }
 }

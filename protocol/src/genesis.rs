@@ -753,6 +753,14 @@ pub struct Genesis {
     pub spec: Spec,
     /// The members, by index.
     pub members: Vec<Member>,
+    /// Members admitted by the audit log after genesis, by index (their indices follow the genesis
+    /// members'). Not part of the file, whose bytes and hash stay what the dealer wrote: a node
+    /// sets it from the member set it replays from its log ([`crate::membership::Members`]), so
+    /// that lookups by index and peer id ([`Genesis::member`], [`Genesis::member_by_peer`]) find
+    /// admitted members too. Counts derived from `members` (thresholds, key holders) never
+    /// include them: the genesis members remain the signing committee.
+    #[serde(skip)]
+    pub admitted: Vec<Member>,
 }
 
 /// A genesis file that cannot be used.
@@ -1008,12 +1016,34 @@ impl Genesis {
         self.spec.model.layout().expect("validated at parse")
     }
 
+    /// The member with `index`: a genesis member, or one admitted by the log (see
+    /// [`Genesis::admitted`]).
     pub fn member(&self, index: u32) -> Option<&Member> {
-        self.members.get(index as usize)
+        self.members
+            .get(index as usize)
+            .or_else(|| self.admitted.iter().find(|m| m.index == index))
     }
 
+    /// The member with libp2p peer id `peer_id`, genesis or admitted.
     pub fn member_by_peer(&self, peer_id: &str) -> Option<&Member> {
-        self.members.iter().find(|m| m.peer_id == peer_id)
+        self.members
+            .iter()
+            .chain(&self.admitted)
+            .find(|m| m.peer_id == peer_id)
+    }
+
+    /// Set the admitted members from the log's member set (every member after the genesis ones,
+    /// evicted ones included: their messages are refused by the member-set checks, not by lookup).
+    pub fn set_admitted(&mut self, members: &crate::membership::Members) {
+        self.admitted = members
+            .admitted()
+            .map(|m| Member {
+                index: m.index,
+                public_key: m.public_key,
+                peer_id: m.peer_id.clone(),
+                addrs: m.addrs.clone(),
+            })
+            .collect();
     }
 }
 
@@ -1048,6 +1078,7 @@ pub(crate) mod tests {
                     addrs: vec![format!("/ip4/127.0.0.1/tcp/{}", 7000 + i)],
                 })
                 .collect(),
+            admitted: Vec::new(),
         };
         let shares = (0..n as u32).map(|i| set.share(i)).collect();
         (genesis, keys, shares)

@@ -12,6 +12,8 @@
 //! - [`robust`]: robust aggregation rules (median, trimmed mean, Krum, Multi-Krum, centered
 //!   clipping, FoolsGold) and per-member anomaly scores with an EWMA history.
 //! - [`votes`]: signed eviction votes, their tally with quorum and expiry, eviction records.
+//! - [`admission`]: signed join requests, admission votes and their ballot, admission records.
+//! - [`membership`]: the member set as the log has it (genesis + admissions − evictions).
 //! - [`secagg`]: secure aggregation (Bonawitz et al. 2017 with SecAgg+ neighbourhoods): typed member
 //!   and coordinator phases, quantization into Z_(2^bits), neighbour graphs.
 //! - [`paillier`]: mode `paillier` — members' encrypted packed updates, their homomorphic sum,
@@ -26,10 +28,12 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod aggregate;
 pub mod audit;
 pub mod dp;
 pub mod genesis;
+pub mod membership;
 pub mod model;
 pub mod paillier;
 pub mod robust;

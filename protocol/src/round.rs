@@ -288,6 +288,7 @@ impl Round {
                 privacy: None,
                 paillier: None,
                 groups: None,
+                admissions: Vec::new(),
             },
         }
     }

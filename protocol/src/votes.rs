@@ -328,6 +328,14 @@ impl Tally {
             .collect()
     }
 
+    /// Add `member` to the active set (its admission is in the log): from now on it may vote and
+    /// be voted against, and the quorum counts it.
+    pub fn admit(&mut self, member: u32, key: identity::PublicKey) {
+        if !self.evicted.contains(&member) {
+            self.active.insert(member, key);
+        }
+    }
+
     /// Remove `member` from the active set (its eviction is in the log): its pending votes and the
     /// votes against it are dropped.
     pub fn evict(&mut self, member: u32) {

@@ -121,6 +121,13 @@ pub enum Payload {
         attempt: u32,
         msg: Box<PaillierMsg>,
     },
+    /// A member's signed vote to admit a joiner, with the joiner's signed request so that every
+    /// member can take the request up (see [`crate::admission`]); the envelope's sender is the
+    /// voter. (Added after `Paillier`: bincode numbers variants in order.)
+    Admission {
+        request: Box<crate::admission::SignedJoinRequest>,
+        vote: crate::admission::SignedAdmissionVote,
+    },
 }
 
 /// A threshold-Paillier message ([`crate::paillier`]). Members' messages carry their own
@@ -146,6 +153,7 @@ impl Payload {
             Payload::Secagg { .. } => "secagg",
             Payload::Vote(_) => "vote",
             Payload::Paillier { .. } => "paillier",
+            Payload::Admission { .. } => "admission",
         }
     }
 }

@@ -25,6 +25,7 @@ fn record(round: u64) -> RoundRecord {
         privacy: None,
         paillier: None,
         groups: None,
+        admissions: Vec::new(),
         proposed_at_ms: 1_700_000_000_000 + round,
     }
 }

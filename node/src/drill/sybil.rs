@@ -11,8 +11,8 @@
 //!   through the same `votes::Tally` as every other vote: with a third minus one of the members,
 //!   with the largest coalition that still falls short of the quorum, and with exactly the quorum
 //!   (the trust assumption's boundary: the last run does evict the honest member).
-//! - `majority`: needs admission by quorum (`fedmesh join` / `admit`), which is not built: the
-//!   drill refuses to run it.
+//! - `majority`: 90 % of the identities that ask to join are sybils; the real admission protocol
+//!   decides who gets in (see [`majority`]), then the admitted network trains next to a clean run.
 //!
 //! Attack success is the share of the test set's 1s that the global model classifies as 7.
 
@@ -36,7 +36,7 @@ pub enum Scenario {
     Single,
     VoteStuffing,
     Majority,
-    /// clones, single and vote-stuffing, with one summary table.
+    /// clones, single, vote-stuffing and majority, with one summary table.
     All,
 }
 
@@ -122,6 +122,14 @@ pub struct Case {
     pub expectation: String,
     pub met: bool,
     pub seconds: f64,
+    /// `majority`: what admission let in and refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admission: Option<majority::AdmissionSummary>,
+    /// `majority`: an open network that admits every sybil, for contrast (defence `fedmesh`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_accuracy: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_attack_success: Option<f32>,
 }
 
 #[derive(Serialize)]
@@ -132,14 +140,11 @@ struct CaseReport<'a> {
     fedavg_attacked: Option<&'a Run>,
 }
 
-/// Run the drill. `majority` is refused: admission by quorum is not built.
+/// Identities that ask to join in `majority` (one honest joiner per nine sybils).
+pub const MAJORITY_JOINERS: u32 = 20;
+
+/// Run the drill.
 pub fn sybil(s: &Sybil) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        s.scenario != Scenario::Majority,
-        "--scenario majority cannot run: it needs admission of new members by a quorum of signed \
-         votes (`fedmesh join` / `fedmesh admit`), which is not built yet; today the member set is \
-         fixed at genesis (outsiders are refused at the connection) and only shrinks by evictions"
-    );
     anyhow::ensure!(
         s.members >= 4,
         "--members: at least 4 (scores compare a member with the others)"
@@ -181,6 +186,9 @@ pub fn sybil(s: &Sybil) -> anyhow::Result<()> {
         }
         if matches!(s.scenario, Scenario::VoteStuffing | Scenario::All) {
             cases.extend(stuffing_cases(s)?);
+        }
+        if matches!(s.scenario, Scenario::Majority | Scenario::All) {
+            cases.push(majority::majority_case(s, MAJORITY_JOINERS)?);
         }
         Ok(())
     })?;
@@ -376,6 +384,9 @@ fn attack_case(s: &Sybil, scenario: &'static str, k: u32) -> anyhow::Result<(Cas
         expectation,
         met,
         seconds: t.elapsed().as_secs_f64(),
+        admission: None,
+        open_accuracy: None,
+        open_attack_success: None,
     };
     eprintln!(
         "[{name}] attack success {} % (FedAvg {} %), accuracy {} % (clean {} %), evicted {}/{} by round {}",
@@ -495,6 +506,9 @@ fn stuffing_cases(s: &Sybil) -> anyhow::Result<Vec<Case>> {
             expectation,
             met,
             seconds: t.elapsed().as_secs_f64(),
+            admission: None,
+            open_accuracy: None,
+            open_attack_success: None,
         };
         eprintln!(
             "[{name}] honest evicted {:?}; {}",
@@ -713,7 +727,7 @@ fn summary_markdown(s: &Sybil, cases: &[Case], seconds: f64) -> String {
     );
     let attacks: Vec<&Case> = cases
         .iter()
-        .filter(|c| c.scenario != "vote-stuffing")
+        .filter(|c| c.scenario != "vote-stuffing" && c.scenario != "majority")
         .collect();
     if !attacks.is_empty() {
         let _ =
@@ -797,6 +811,45 @@ fn summary_markdown(s: &Sybil, cases: &[Case], seconds: f64) -> String {
             );
         }
     }
+    let majority: Vec<&Case> = cases.iter().filter(|c| c.scenario == "majority").collect();
+    if !majority.is_empty() {
+        let _ = writeln!(
+            m,
+            "\n## Majority: 90 % of the joiners are sybils\n\nEvery identity sends a signed join \
+             request through the real admission protocol. The members' operators approve the honest \
+             joiners; one compromised member's operator approves every sybil too; the sybils vote \
+             for each other, as themselves and forging members' indices. After admission the \
+             network trains next to the clean run (members and honest joiners); for contrast, an \
+             open network that admits every identity, its sybils flipping labels 1 → 7.\n"
+        );
+        let _ = writeln!(
+            m,
+            "| case | members after admission | joiners | sybils | admitted honest | admitted sybils | best sybil's votes / needed | sybil votes refused (non-member / forged) | accuracy (%) | clean (%) | Δ clean | open network: accuracy (%) | open network: attack success (%) | as required |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for c in majority {
+            let Some(a) = &c.admission else { continue };
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} | {} | {:+.2} | {} | {} | {} |",
+                c.name,
+                c.members,
+                a.honest_joiners + a.sybils,
+                a.sybils,
+                a.admitted_honest.len(),
+                a.admitted_sybils.len(),
+                a.best_sybil_votes,
+                a.votes_needed,
+                a.refused_not_member,
+                a.refused_forged,
+                pct(c.final_accuracy),
+                pct(c.clean_accuracy),
+                (c.final_accuracy - c.clean_accuracy) * 100.0,
+                opt(c.open_accuracy.map(pct)),
+                opt(c.open_attack_success.map(pct)),
+                if c.met { "yes" } else { "NO" }
+            );
+        }
+    }
     let _ = writeln!(m, "\n## Targets\n");
     for c in cases {
         let _ = writeln!(
@@ -809,8 +862,7 @@ fn summary_markdown(s: &Sybil, cases: &[Case], seconds: f64) -> String {
     }
     let _ = writeln!(
         m,
-        "- not run: majority (admission of new members by quorum is not built)\n\nPer case: \
-         runs/<case>/report.md with plots (accuracy.svg, detection.svg).\n"
+        "\nPer case: runs/<case>/report.md with plots (accuracy.svg, detection.svg).\n"
     );
     for c in cases {
         let _ = writeln!(m, "- [{0}](runs/{0}/report.md)", c.name);
@@ -859,5 +911,6 @@ fn write_success_chart(s: &Sybil, runs: &[(String, Run)]) -> anyhow::Result<()> 
     )
 }
 
+mod majority;
 #[cfg(test)]
 mod tests;

@@ -114,6 +114,10 @@ enum Command {
     Block {
         peer: PeerId,
     },
+    Allow {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
     TopicPeers {
         reply: oneshot::Sender<usize>,
     },
@@ -163,6 +167,11 @@ impl Handle {
     /// Disconnect `peer` and refuse it from now on.
     pub async fn block(&self, peer: PeerId) {
         let _ = self.send(Command::Block { peer }).await;
+    }
+
+    /// Accept `peer` from now on (a member the log admitted) and dial it at `addrs`.
+    pub async fn allow(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let _ = self.send(Command::Allow { peer, addrs }).await;
     }
 
     /// How many peers are subscribed to the network's topic (so that a publish reaches them).
@@ -426,6 +435,12 @@ impl Task {
                 b.gossip.blacklist_peer(&peer);
                 self.blocked.insert(peer);
                 let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::Allow { peer, addrs } => {
+                if !self.blocked.contains(&peer) {
+                    b.allow.allow_peer(peer);
+                    self.members.insert(peer, addrs);
+                }
             }
         }
     }

@@ -19,6 +19,7 @@ use std::collections::BTreeSet;
 
 use fedmesh_protocol::audit::{self, RoundRecord};
 use fedmesh_protocol::genesis::{Genesis, Mode, RobustSpec};
+use fedmesh_protocol::membership::{Change, Members};
 use fedmesh_protocol::robust::{self, score::History, suspicion::Suspicion};
 use fedmesh_protocol::votes::{EvictionRecord, Outcome, SignedVote, Tally, Vote, VoteError};
 use fedmesh_storage::Store;
@@ -37,8 +38,8 @@ const VOTES_KEY: &str = "robust-pending-votes";
 /// What a member keeps about the others.
 pub(super) struct Defence {
     spec: RobustSpec,
-    /// Members evicted by the log so far.
-    evicted: BTreeSet<u32>,
+    /// The member set as the log has it (genesis + admissions − evictions).
+    members: Members,
     history: History,
     /// Mode secagg with groups: every member's suspicion from the flags of its groups.
     suspicion: Suspicion,
@@ -53,7 +54,7 @@ impl Defence {
     /// history. Fails if the stored log breaks the membership rules (it was verified on append,
     /// so only a damaged data dir does).
     pub fn load(genesis: &Genesis, genesis_hash: Hash, store: &Store) -> anyhow::Result<Defence> {
-        let (evicted, last_round) = replay(genesis, store)?;
+        let (members, last_round) = replay(genesis, genesis_hash, store)?;
         let history = match store.get_state(HISTORY_KEY)? {
             Some(bytes) => History::decode(&bytes).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "the stored score history does not decode; starting afresh");
@@ -70,17 +71,16 @@ impl Defence {
         };
         let mut d = Defence {
             spec: genesis.spec.robust.clone(),
-            evicted: BTreeSet::new(),
+            tally: new_tally(genesis_hash, &genesis.spec.robust, &members),
+            members,
             history,
             suspicion,
-            tally: new_tally(genesis, genesis_hash, &evicted),
             votes: Vec::new(),
         };
-        for m in &evicted {
-            d.history.remove(*m);
-            d.suspicion.remove(*m);
+        for m in d.members.evicted().clone() {
+            d.history.remove(m);
+            d.suspicion.remove(m);
         }
-        d.evicted = evicted;
         d.observe_log(store)?;
         // Votes this member had counted before it stopped, as far as they are still valid.
         let stored: Vec<SignedVote> = match store.get_state(VOTES_KEY)? {
@@ -100,29 +100,40 @@ impl Defence {
 
     /// Members evicted so far.
     pub fn evicted(&self) -> &BTreeSet<u32> {
-        &self.evicted
+        self.members.evicted()
     }
 
-    /// The active members: genesis members not evicted, sorted.
-    pub fn active(&self, genesis: &Genesis) -> Vec<u32> {
-        genesis
-            .members
-            .iter()
-            .map(|m| m.index)
-            .filter(|m| !self.evicted.contains(m))
-            .collect()
+    /// The member set as the log has it.
+    pub fn members(&self) -> &Members {
+        &self.members
     }
 
-    /// Apply newly evicted members: their history, their votes and the votes against them go.
-    fn set_evicted(&mut self, evicted: BTreeSet<u32>) {
-        for m in evicted.difference(&self.evicted) {
-            self.history.remove(*m);
-            self.suspicion.remove(*m);
-            self.tally.evict(*m);
+    /// The active members (genesis and admitted, not evicted), sorted.
+    pub fn active(&self) -> Vec<u32> {
+        self.members.active().collect()
+    }
+
+    /// Take the member set after a record: evicted members' history, their votes and the votes
+    /// against them go; admitted members join the tally.
+    fn set_members(&mut self, members: Members) {
+        let gone: Vec<u32> = members
+            .evicted()
+            .difference(self.members.evicted())
+            .copied()
+            .collect();
+        for m in gone {
+            self.history.remove(m);
+            self.suspicion.remove(m);
+            self.tally.evict(m);
             self.votes
-                .retain(|v| v.vote.voter != *m && v.vote.target != *m);
+                .retain(|v| v.vote.voter != m && v.vote.target != m);
         }
-        self.evicted = evicted;
+        for m in members.active_members() {
+            if !self.tally.is_active(m.index) {
+                self.tally.admit(m.index, m.public_key);
+            }
+        }
+        self.members = members;
     }
 
     fn store_votes(&self, store: &Store) {
@@ -132,36 +143,29 @@ impl Defence {
     }
 
     /// A record this member is about to approve or append: valid against the log's member set.
-    pub fn check(
-        &self,
-        genesis: &Genesis,
-        height: u64,
-        record: &RoundRecord,
-    ) -> Result<(), String> {
-        let mut evicted = self.evicted.clone();
-        audit::check_membership(genesis, &mut evicted, height, record).map_err(|e| e.to_string())
+    pub fn check(&self, height: u64, record: &RoundRecord) -> Result<(), String> {
+        let mut members = self.members.clone();
+        audit::check_membership(&mut members, height, record)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
-    /// A record was appended: apply its evictions. Returns the members it evicted.
-    pub fn committed(
-        &mut self,
-        genesis: &Genesis,
-        store: &Store,
-        height: u64,
-        record: &RoundRecord,
-    ) -> Vec<u32> {
-        let mut evicted = self.evicted.clone();
-        if let Err(e) = audit::check_membership(genesis, &mut evicted, height, record) {
-            // Appended entries were checked before; this would be a bug, not a peer's doing.
-            tracing::error!(error = %e, "an appended record breaks the membership rules");
-            return Vec::new();
-        }
-        let out: Vec<u32> = record.evictions.iter().map(|r| r.target).collect();
-        if !out.is_empty() {
-            self.set_evicted(evicted);
+    /// A record was appended: apply its evictions and admissions. Returns what changed.
+    pub fn committed(&mut self, store: &Store, height: u64, record: &RoundRecord) -> Change {
+        let mut members = self.members.clone();
+        let change = match audit::check_membership(&mut members, height, record) {
+            Ok(c) => c,
+            Err(e) => {
+                // Appended entries were checked before; this would be a bug, not a peer's doing.
+                tracing::error!(error = %e, "an appended record breaks the membership rules");
+                return Change::default();
+            }
+        };
+        if change != Change::default() {
+            self.set_members(members);
             self.store_votes(store);
         }
-        out
+        change
     }
 
     /// Votes are cast with `[spec.robust] votes = true` in mode plain, and in mode secagg with
@@ -193,7 +197,7 @@ impl Defence {
                     .observe(&model, record.round, &groups, &flagged);
             }
         }
-        for m in &self.evicted {
+        for m in self.members.evicted() {
             self.suspicion.remove(*m);
         }
         if self.suspicion != before {
@@ -325,41 +329,57 @@ impl Defence {
     }
 
     /// Replay the member set from the log after entries were appended by catching up; returns
-    /// the members evicted since the last replay.
-    pub fn replay(&mut self, genesis: &Genesis, store: &Store) -> anyhow::Result<Vec<u32>> {
+    /// the members evicted and admitted since the last replay.
+    pub fn replay(
+        &mut self,
+        genesis: &Genesis,
+        genesis_hash: Hash,
+        store: &Store,
+    ) -> anyhow::Result<Change> {
         self.observe_log(store)?;
-        let (evicted, _) = replay(genesis, store)?;
-        let new: Vec<u32> = evicted.difference(&self.evicted).copied().collect();
-        if !new.is_empty() {
-            self.set_evicted(evicted);
+        let (members, _) = replay(genesis, genesis_hash, store)?;
+        let change = Change {
+            evicted: members
+                .evicted()
+                .difference(self.members.evicted())
+                .copied()
+                .collect(),
+            admitted: members
+                .admitted()
+                .map(|m| m.index)
+                .filter(|i| self.members.get(*i).is_none())
+                .collect(),
+        };
+        if change != Change::default() {
+            self.set_members(members);
             self.store_votes(store);
         }
-        Ok(new)
+        Ok(change)
     }
 }
 
-/// The members evicted by the round records in `store`, and the last round in it.
-fn replay(genesis: &Genesis, store: &Store) -> anyhow::Result<(BTreeSet<u32>, u64)> {
-    let mut evicted = BTreeSet::new();
+/// The member set after the round records in `store` (each checked in order), and the last round
+/// in it.
+pub fn replay(
+    genesis: &Genesis,
+    genesis_hash: Hash,
+    store: &Store,
+) -> anyhow::Result<(Members, u64)> {
+    let mut members = Members::new(genesis, genesis_hash);
     let mut last = 0;
     for entry in store.entries().skip(1) {
         let entry = entry?;
         let record = entry.record()?;
-        audit::check_membership(genesis, &mut evicted, entry.height, &record)?;
+        audit::check_membership(&mut members, entry.height, &record)?;
         last = record.round;
     }
-    Ok((evicted, last))
+    Ok((members, last))
 }
 
-fn new_tally(genesis: &Genesis, genesis_hash: Hash, evicted: &BTreeSet<u32>) -> Tally {
-    let spec = &genesis.spec.robust;
+fn new_tally(genesis_hash: Hash, spec: &RobustSpec, members: &Members) -> Tally {
     Tally::new(
         genesis_hash,
-        genesis
-            .members
-            .iter()
-            .filter(|m| !evicted.contains(&m.index))
-            .map(|m| (m.index, m.public_key)),
+        members.active_members().map(|m| (m.index, m.public_key)),
         spec.quorum,
         spec.vote_expiry_rounds,
     )
@@ -443,6 +463,7 @@ mod tests {
                         .collect(),
                     skipped: Vec::new(),
                 }),
+                admissions: Vec::new(),
             }
         };
         let model = genesis.spec.robust.suspicion_model();

@@ -15,11 +15,12 @@
 //! 4. A member that sees a longer log (status announcements, the handshake) stops its round and
 //!    catches up: it fetches entries and checkpoints, verifies them, and appends them.
 
+mod admission;
 mod defence;
 mod paillier;
 mod privacy;
 mod secure;
-mod sync;
+pub(crate) mod sync;
 #[cfg(test)]
 mod tests;
 
@@ -43,6 +44,8 @@ use crate::keys::MemberKeys;
 use crate::net::{self, Event, Verdict};
 use crate::train::{self, MemberData};
 
+pub use admission::PendingRequest;
+pub use defence::replay as replay_members;
 pub use paillier::Setup as PaillierSetup;
 
 /// State key: the approval this member gave (height, signing hash), kept across restarts.
@@ -54,13 +57,15 @@ const EARLY_PER_SENDER: usize = 12;
 /// State key: this member's signed update envelope for the round in progress.
 const UPDATE_KEY: &str = "own_update";
 
-/// Everything a node needs that does not change while it runs.
+/// Everything a node needs. Only the member set changes while it runs (an admission in the log
+/// adds to `genesis.admitted` and `peers`); the runtime then swaps in an updated copy.
+#[derive(Clone)]
 pub struct Context {
     pub genesis: Genesis,
     pub genesis_hash: Hash,
     pub bls: bls::PublicSet,
     pub layout: Layout,
-    pub keys: MemberKeys,
+    pub keys: Arc<MemberKeys>,
     pub data: MemberData,
     /// Member index of every member's peer id.
     pub peers: HashMap<PeerId, u32>,
@@ -78,6 +83,9 @@ pub struct Context {
     pub poisoned: Option<train::Dataset>,
     /// Mode `paillier`: the joint key, packing and this member's randomness pool.
     pub paillier: Option<Arc<PaillierSetup>>,
+    /// This member's admission policy (`[admission]`) and its allow-listed keys.
+    pub admission: crate::config::Admission,
+    pub admission_keys: Vec<fedmesh_crypto::identity::PublicKey>,
 }
 
 /// Settings the networked node cannot honour, refused before it starts (and by the dealer).
@@ -296,6 +304,29 @@ pub struct Runtime {
     secure_unpublished: Vec<(u64, Vec<u8>)>,
     /// Scores, votes and the member set as the log has it.
     defence: defence::Defence,
+    /// Join requests and admission votes.
+    admissions: admission::Admissions,
+    /// Commands from the operator's control socket.
+    control: Option<mpsc::Receiver<crate::control::Message>>,
+}
+
+/// The next command from the control socket, or never if there is none.
+async fn recv_control(
+    rx: &mut Option<mpsc::Receiver<crate::control::Message>>,
+) -> Option<crate::control::Message> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A join request as `fedmesh join` writes it: hex of its encoding.
+fn parse_request(text: &str) -> Result<fedmesh_protocol::admission::SignedJoinRequest, String> {
+    let bytes = hex::decode(text.trim()).map_err(|e| {
+        format!("the join request is not hex ({e}); pass the file `fedmesh join` wrote")
+    })?;
+    fedmesh_protocol::admission::SignedJoinRequest::decode(&bytes)
+        .map_err(|e| format!("not a join request: {e}"))
 }
 
 fn now_ms() -> u64 {
@@ -307,7 +338,7 @@ fn now_ms() -> u64 {
 
 impl Runtime {
     /// Open the node's state: the log head, the last record and the global model.
-    pub fn new(ctx: Context, store: Store, net: net::Handle) -> anyhow::Result<Runtime> {
+    pub fn new(mut ctx: Context, store: Store, net: net::Handle) -> anyhow::Result<Runtime> {
         let store = Arc::new(store);
         let head = store.head()?.context("the log has no genesis entry")?;
         let last = match head.height {
@@ -355,6 +386,22 @@ impl Runtime {
                 ctx.keys.index
             );
         }
+        // Members admitted by the log: known by index and peer id from the start.
+        ctx.genesis.set_admitted(defence.members());
+        for m in defence.members().admitted() {
+            if let Ok(peer) = m.peer_id.parse::<PeerId>() {
+                ctx.peers.insert(peer, m.index);
+            }
+        }
+        let next = last.as_ref().map_or(1, |r| r.round + 1);
+        let admissions = admission::Admissions::load(
+            &store,
+            defence.members(),
+            ctx.admission.clone(),
+            ctx.admission_keys.clone(),
+            ctx.keys.index,
+            next,
+        );
         Ok(Runtime {
             ctx: Arc::new(ctx),
             store,
@@ -374,7 +421,15 @@ impl Runtime {
             secure_pending: Vec::new(),
             secure_unpublished: Vec::new(),
             defence,
+            admissions,
+            control: None,
         })
+    }
+
+    /// Take the operator's commands from `rx` (the control socket).
+    pub fn with_control(mut self, rx: mpsc::Receiver<crate::control::Message>) -> Runtime {
+        self.control = Some(rx);
+        self
     }
 
     fn me(&self) -> u32 {
@@ -540,6 +595,7 @@ impl Runtime {
                 }
                 Some(w) = self.work_rx.recv() => self.on_work(w).await,
                 Some(e) = events.recv() => self.on_event(e).await,
+                Some(m) = recv_control(&mut self.control) => self.on_control(m),
                 _ = tick.tick() => {
                     if self.on_tick().await {
                         break;
@@ -576,7 +632,7 @@ impl Runtime {
         if self.syncing {
             return;
         }
-        let active = self.defence.active(&self.ctx.genesis);
+        let active = self.defence.active();
         let base = self.ctx.layout.hash(&self.global);
         let mut state = Round::new(
             &self.ctx.genesis,
@@ -874,6 +930,20 @@ impl Runtime {
         }
         let elapsed = cur.started.elapsed();
         let n = cur.state.order().len() as u32;
+        if elapsed >= update_timeout / 2
+            && elapsed < update_timeout
+            && !cur.state.has_all_updates()
+            && cur.state.coordinator(0) == me
+        {
+            // A coordinator that has just started or just been admitted missed the updates that
+            // were gossiped before it subscribed: ask the others for them before the timeout makes
+            // their senders dropouts.
+            self.fetch_missing_updates();
+            return;
+        }
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
         let attempt = if elapsed < update_timeout {
             if !cur.state.has_all_updates() {
                 return;
@@ -975,6 +1045,16 @@ impl Runtime {
                     now_ms(),
                     evictions,
                 );
+                p.record.admissions = self.admissions.records(self.defence.members(), round);
+                for a in &p.record.admissions {
+                    tracing::info!(
+                        round,
+                        index = a.index,
+                        peer = %a.request.request.peer_id,
+                        votes = a.votes.len(),
+                        "proposing an admission"
+                    );
+                }
                 if let Err(e) = privacy::attach(&self.ctx.genesis, &self.store, &mut p.record) {
                     tracing::error!(round, error = %e, "cannot account the round's privacy; not proposing");
                     return;
@@ -1036,6 +1116,7 @@ impl Runtime {
                         }),
                         evictions: Vec::new(),
                         privacy: None,
+                        admissions: Vec::new(),
                         paillier: None,
                         groups: None,
                     },
@@ -1130,6 +1211,7 @@ impl Runtime {
                         privacy: None,
                         paillier: None,
                         groups: Some(summary),
+                        admissions: Vec::new(),
                     },
                 };
                 if let Err(e) = privacy::attach(&self.ctx.genesis, &self.store, &mut p.record) {
@@ -1215,10 +1297,11 @@ impl Runtime {
         let Some(cur) = self.current.as_mut() else {
             return;
         };
-        let approval = match cur
-            .state
-            .approve(&self.ctx.keys.identity, &self.ctx.keys.bls)
-        {
+        let Some(bls_share) = self.ctx.keys.bls.as_ref() else {
+            // An admitted member holds no BLS share: the genesis members sign the log.
+            return;
+        };
+        let approval = match cur.state.approve(&self.ctx.keys.identity, bls_share) {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "not approving");
@@ -1317,7 +1400,10 @@ impl Runtime {
             .and_then(|_| audit::verify_link(&self.head, &entry))
             .and_then(|_| {
                 audit::verify_succession(&self.ctx.genesis, self.last.as_ref(), &entry, &record)
-            });
+            })
+            .map_err(|e| e.to_string())
+            // Evictions and admissions (their votes' signatures included) against the member set.
+            .and_then(|_| self.defence.check(entry.height, &record));
         if let Err(e) = checks {
             tracing::error!(error = %e, "refusing to append an entry that does not verify");
             return;
@@ -1363,16 +1449,15 @@ impl Runtime {
             self.me(),
             &record,
         ));
-        let evicted = self
-            .defence
-            .committed(&self.ctx.genesis, &self.store, entry.height, &record);
+        let change = self.defence.committed(&self.store, entry.height, &record);
         self.head = entry;
         self.last = Some(record);
         self.global = params;
         for vote in votes {
             self.cast_vote(vote);
         }
-        if self.on_evicted(&evicted) {
+        self.on_admitted(&change.admitted);
+        if self.on_evicted(&change.evicted) {
             return;
         }
         self.start_round();
@@ -1550,6 +1635,9 @@ impl Runtime {
         if let Payload::Vote(v) = &env.payload {
             return self.on_vote(env.sender, v, round);
         }
+        if let Payload::Admission { request, vote } = &env.payload {
+            return self.on_admission_vote(env.sender, request, vote, round);
+        }
         if let Payload::Status(s) = env.payload {
             if let Some(p) = peer {
                 self.note_height(p, s.height);
@@ -1651,7 +1739,7 @@ impl Runtime {
                 if !cur.checked.insert(h) {
                     return Verdict::Ignore;
                 }
-                if let Err(reason) = self.defence.check(&ctx.genesis, p.height, &p.record) {
+                if let Err(reason) = self.defence.check(p.height, &p.record) {
                     tracing::warn!(round, culprit = sender, %reason, "refused a proposal");
                     return Verdict::Reject;
                 }
@@ -1704,7 +1792,7 @@ impl Runtime {
                 .state
                 .add_approval(&self.ctx.genesis, &self.ctx.bls, sender, a)
                 .map(|_| ()),
-            Payload::Status(_) | Payload::Vote(_) => Ok(()), // handled above
+            Payload::Status(_) | Payload::Vote(_) | Payload::Admission { .. } => Ok(()), // handled above
         };
         match result {
             Ok(()) => Verdict::Accept,
@@ -1751,6 +1839,212 @@ impl Runtime {
                 tracing::warn!(sender, error = %e, "refused a vote");
                 Verdict::Reject
             }
+        }
+    }
+
+    // ----- admission ----------------------------------------------------------------------
+
+    /// Admissions are run in mode plain without differential privacy: secure aggregation and
+    /// threshold Paillier fix their parties at genesis (key shares, Shamir holders), and the
+    /// privacy ledger and the distributed noise count the genesis members, so admitted members
+    /// could not take part correctly there.
+    fn admissions_on(&self) -> bool {
+        self.ctx.genesis.spec.mode == fedmesh_protocol::genesis::Mode::Plain
+            && self.ctx.genesis.spec.dp.is_none()
+    }
+
+    /// A peer's admission vote (gossiped with the join request it is for).
+    fn on_admission_vote(
+        &mut self,
+        sender: u32,
+        request: &fedmesh_protocol::admission::SignedJoinRequest,
+        vote: &fedmesh_protocol::admission::SignedAdmissionVote,
+        round: u64,
+    ) -> Verdict {
+        use fedmesh_protocol::admission::AdmissionError as E;
+        if !self.admissions_on() || vote.vote.voter != sender {
+            tracing::warn!(
+                sender,
+                "refused an admission vote (admission is off in this mode, or it is not the sender's own)"
+            );
+            return Verdict::Reject;
+        }
+        let members = self.defence.members().clone();
+        match self
+            .admissions
+            .on_gossip(&self.store, &members, request, vote, round)
+        {
+            Ok(auto) => {
+                if let Some(hash) = auto {
+                    // This member's allow-list approves the joiner: vote at once.
+                    if let Err(e) = self.vote_admission(hash) {
+                        tracing::warn!(error = %e, "not voting for an allow-listed joiner");
+                    }
+                }
+                Verdict::Accept
+            }
+            // Late or early, already decided, or the ballot is full: not the sender's fault.
+            Err(E::StaleVote { .. })
+            | Err(E::AlreadyMember { .. })
+            | Err(E::Full(_))
+            | Err(E::Duplicate { .. }) => Verdict::Ignore,
+            Err(e) => {
+                tracing::warn!(sender, error = %e, "refused an admission vote");
+                Verdict::Reject
+            }
+        }
+    }
+
+    /// This member votes for request `hash` and gossips the vote (retried until gossip takes it).
+    fn vote_admission(
+        &mut self,
+        hash: Hash,
+    ) -> Result<bool, fedmesh_protocol::admission::AdmissionError> {
+        let round = self.next_round();
+        let members = self.defence.members().clone();
+        let voted = self.admissions.vote(
+            &self.store,
+            &members,
+            hash,
+            self.me(),
+            &self.ctx.keys.identity,
+            round,
+            now_ms(),
+        )?;
+        let Some((request, vote)) = voted else {
+            return Ok(false);
+        };
+        self.publish_admission_vote(round, request, vote);
+        Ok(true)
+    }
+
+    /// Gossip an admission vote with its request, in an envelope of `round`. Retried for a
+    /// while in the background: unlike round messages it stays useful when the round moves on.
+    fn publish_admission_vote(
+        &self,
+        round: u64,
+        request: fedmesh_protocol::admission::SignedJoinRequest,
+        vote: fedmesh_protocol::admission::SignedAdmissionVote,
+    ) {
+        let env = Envelope::seal(
+            self.ctx.genesis_hash,
+            self.me(),
+            round,
+            Payload::Admission {
+                request: Box::new(request),
+                vote,
+            },
+            &self.ctx.keys.identity,
+        );
+        let bytes = env.encode();
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                match net.publish(bytes.clone()).await {
+                    Ok(()) => return,
+                    Err(e) if e.contains("Duplicate") => return,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+            }
+        });
+    }
+
+    /// Re-gossip this member's votes on requests still pending, in a new round's envelope: a
+    /// member that missed one (it was restarting, or catching up) hears it again.
+    fn repeat_admission_votes(&self) {
+        let round = self.next_round();
+        for (request, vote) in self.admissions.own_votes(self.me()) {
+            self.publish_admission_vote(round, request, vote);
+        }
+    }
+
+    /// Members the last record admitted: known by index and peer id from now on, allowed to
+    /// connect, and dialled.
+    fn on_admitted(&mut self, admitted: &[u32]) {
+        let round = self.next_round();
+        let members = self.defence.members().clone();
+        self.admissions
+            .settle(&self.store, &members, round, now_ms());
+        if self.admissions_on() {
+            self.repeat_admission_votes();
+        }
+        if admitted.is_empty() {
+            return;
+        }
+        let mut ctx = (*self.ctx).clone();
+        ctx.genesis.set_admitted(&members);
+        for i in admitted {
+            let Some(m) = members.get(*i) else { continue };
+            tracing::info!(member = i, peer = %m.peer_id, from_round = ?m.admitted_from, "member admitted by the log");
+            let Ok(peer) = m.peer_id.parse::<PeerId>() else {
+                tracing::warn!(member = i, peer = %m.peer_id, "admitted member's peer id does not parse; it cannot connect");
+                continue;
+            };
+            ctx.peers.insert(peer, *i);
+            let addrs = m.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            let net = self.net.clone();
+            tokio::spawn(async move { net.allow(peer, addrs).await });
+        }
+        self.ctx = Arc::new(ctx);
+    }
+
+    /// A command from the operator's control socket.
+    fn on_control(&mut self, m: crate::control::Message) {
+        use crate::control::{Command, Reply};
+        let members = self.defence.members().clone();
+        let reply = if !self.admissions_on() {
+            Reply::Error(format!(
+                "admission is supported in mode plain without spec.dp only; this network runs \
+                 mode {}{}",
+                self.ctx.genesis.spec.mode,
+                if self.ctx.genesis.spec.dp.is_none() {
+                    ""
+                } else {
+                    " with differential privacy"
+                }
+            ))
+        } else {
+            match m.command {
+                Command::List => Reply::Pending(self.admissions.list(&members, self.me())),
+                Command::Submit { request } => {
+                    match parse_request(&request).and_then(|r| {
+                        self.admissions
+                            .take_up(&self.store, &members, &r)
+                            .map_err(|e| e.to_string())
+                            .map(|h| (h, r))
+                    }) {
+                        Ok((hash, r)) => self.approve_reply(hash, r.request.peer_id),
+                        Err(e) => Reply::Error(e),
+                    }
+                }
+                Command::Approve { who } => match self.admissions.find(&who) {
+                    Some(hash) => {
+                        let peer = self
+                            .admissions
+                            .list(&members, self.me())
+                            .into_iter()
+                            .find(|p| p.hash == hash.to_string())
+                            .map(|p| p.peer_id)
+                            .unwrap_or_default();
+                        self.approve_reply(hash, peer)
+                    }
+                    None => Reply::Error(format!(
+                        "no single pending join request matches {who:?}; see `fedmesh admit --list`"
+                    )),
+                },
+            }
+        };
+        let _ = m.reply.send(reply);
+    }
+
+    fn approve_reply(&mut self, hash: Hash, peer_id: String) -> crate::control::Reply {
+        match self.vote_admission(hash) {
+            Ok(fresh) => crate::control::Reply::Voted {
+                hash: hash.to_string(),
+                peer_id,
+                fresh,
+            },
+            Err(e) => crate::control::Reply::Error(e.to_string()),
         }
     }
 
@@ -2104,6 +2398,55 @@ impl Runtime {
         }
     }
 
+    /// Ask every connected member for the updates of this round that this member lacks (at most
+    /// every 2 s); the answers go through [`Work::FetchedUpdate`] like any fetched update.
+    fn fetch_missing_updates(&mut self) {
+        let me = self.me();
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        if cur
+            .last_fetch
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+        {
+            return;
+        }
+        cur.last_fetch = Some(Instant::now());
+        let round = cur.state.round;
+        let missing: Vec<u32> = cur
+            .state
+            .order()
+            .iter()
+            .copied()
+            .filter(|m| *m != me && !cur.state.has_update(*m))
+            .collect();
+        let peers: Vec<PeerId> = self
+            .ctx
+            .peers
+            .iter()
+            .filter(|(_, m)| **m != me && !self.defence.evicted().contains(m))
+            .map(|(p, _)| *p)
+            .collect();
+        if !missing.is_empty() {
+            tracing::info!(round, missing = ?missing, peers = peers.len(), "coordinator lacks updates; asking the others");
+        }
+        for member in missing {
+            for &peer in &peers {
+                let net = self.net.clone();
+                let tx = self.work_tx.clone();
+                tokio::spawn(async move {
+                    let bytes = match net.request(peer, Request::Update { round, member }).await {
+                        Ok(Response::Update(b)) => b,
+                        _ => None,
+                    };
+                    if bytes.is_some() {
+                        let _ = tx.send(Work::FetchedUpdate { round, bytes }).await;
+                    }
+                });
+            }
+        }
+    }
+
     fn answer(&self, peer: PeerId, request: Request) -> Response {
         if !self.ctx.peers.contains_key(&peer) {
             return Response::Refused("not a member".into());
@@ -2180,13 +2523,18 @@ impl Runtime {
         self.syncing = true;
         self.current = None;
         let job = sync::Job {
-            ctx: self.ctx.clone(),
+            chain: Arc::new(sync::Chain {
+                genesis: self.ctx.genesis.clone(),
+                genesis_hash: self.ctx.genesis_hash,
+                bls: self.ctx.bls.clone(),
+                layout: self.ctx.layout.clone(),
+            }),
             store: self.store.clone(),
             net: self.net.clone(),
             peer,
             head: self.head.clone(),
             last: self.last.clone(),
-            evicted: self.defence.evicted().clone(),
+            members: self.defence.members().clone(),
         };
         let tx = self.work_tx.clone();
         tokio::spawn(async move {
@@ -2271,9 +2619,13 @@ impl Runtime {
                     }
                 }
                 // Whatever was appended, the member set follows the log.
-                match self.defence.replay(&self.ctx.genesis, &self.store) {
-                    Ok(evicted) => {
-                        if self.on_evicted(&evicted) {
+                match self
+                    .defence
+                    .replay(&self.ctx.genesis, self.ctx.genesis_hash, &self.store)
+                {
+                    Ok(change) => {
+                        self.on_admitted(&change.admitted);
+                        if self.on_evicted(&change.evicted) {
                             return;
                         }
                     }
@@ -2311,6 +2663,12 @@ fn report_round(entry: &Entry, record: &RoundRecord) {
         "loss": record.metrics.loss,
         "participants": record.participants.iter().map(|c| c.member).collect::<Vec<_>>(),
         "dropouts": record.dropouts,
+        "evicted": record.evictions.iter().map(|e| e.target).collect::<Vec<_>>(),
+        "admitted": record.admissions.iter().map(|a| serde_json::json!({
+            "index": a.index,
+            "peer_id": a.request.request.peer_id,
+            "votes": a.votes.iter().map(|v| v.vote.voter).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
         "coordinator": record.coordinator,
         "attempt": record.attempt,
         "mode": record.mode.to_string(),

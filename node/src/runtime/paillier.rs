@@ -938,6 +938,7 @@ impl Runtime {
                 proposed_at_ms: now_ms(),
                 secure: None,
                 evictions: Vec::new(),
+                admissions: Vec::new(),
                 paillier: Some(PaillierSummary {
                     sum_hash: s.sum_hash,
                     decryptors: s.decryptors,

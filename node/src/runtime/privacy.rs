@@ -280,6 +280,7 @@ mod tests {
                     addrs: vec![],
                 })
                 .collect(),
+            admitted: Vec::new(),
         }
     }
 
@@ -309,6 +310,7 @@ mod tests {
             proposed_at_ms: 0,
             secure: None,
             evictions: Vec::new(),
+            admissions: Vec::new(),
             paillier: None,
             groups: None,
             privacy,

@@ -12,22 +12,30 @@ use fedmesh_protocol::audit::{self, Entry, RoundRecord};
 use fedmesh_protocol::wire::{Request, Response, MAX_ENTRIES_PER_REQUEST};
 use fedmesh_storage::Store;
 
-use super::Context;
 use crate::net;
 
-pub(super) struct Job {
-    pub ctx: Arc<Context>,
+/// What checking fetched entries needs: the network's genesis, its keys and the model layout.
+pub(crate) struct Chain {
+    pub genesis: fedmesh_protocol::genesis::Genesis,
+    pub genesis_hash: fedmesh_crypto::Hash,
+    pub bls: fedmesh_crypto::bls::PublicSet,
+    pub layout: fedmesh_protocol::model::Layout,
+}
+
+/// Catch up the log from one peer.
+pub(crate) struct Job {
+    pub chain: Arc<Chain>,
     pub store: Arc<Store>,
     pub net: net::Handle,
     pub peer: PeerId,
     pub head: Entry,
     pub last: Option<RoundRecord>,
-    /// Members the log has evicted so far (fetched entries must respect them).
-    pub evicted: std::collections::BTreeSet<u32>,
+    /// The member set the log has so far (fetched entries must respect it).
+    pub members: fedmesh_protocol::membership::Members,
 }
 
 /// Where the log stands after catching up.
-pub(super) struct Outcome {
+pub(crate) struct Outcome {
     pub head: Entry,
     pub last: Option<RoundRecord>,
     /// The new global model, if any entry was appended.
@@ -76,7 +84,7 @@ impl Job {
                 };
                 let params = self
                     .store
-                    .put_checkpoint_bytes(&self.ctx.layout, &record.new_model, &bytes)
+                    .put_checkpoint_bytes(&self.chain.layout, &record.new_model, &bytes)
                     .with_context(|| {
                         format!(
                             "checkpoint for height {} from peer {}",
@@ -106,22 +114,16 @@ impl Job {
     }
 
     fn check(&mut self, entry: &Entry) -> anyhow::Result<RoundRecord> {
-        let ctx = &self.ctx;
+        let ctx = &self.chain;
         audit::verify_link(&self.head, entry)?;
         entry.verify(&ctx.genesis, ctx.genesis_hash, &ctx.bls)?;
         let record = entry.record()?;
         audit::verify_succession(&ctx.genesis, self.last.as_ref(), entry, &record)?;
-        let active: Vec<u32> = ctx
-            .genesis
-            .members
-            .iter()
-            .map(|m| m.index)
-            .filter(|m| !self.evicted.contains(m))
-            .collect();
+        let active: Vec<u32> = self.members.active().collect();
         audit::check_groups(&ctx.genesis, entry.prev_hash, &active, &record).map_err(|reason| {
             anyhow::anyhow!("height {}: groups summary: {reason}", entry.height)
         })?;
-        audit::check_membership(&ctx.genesis, &mut self.evicted, entry.height, &record)?;
+        audit::check_membership(&mut self.members, entry.height, &record)?;
         Ok(record)
     }
 }

@@ -290,6 +290,7 @@ mod tests {
             evictions: Vec::new(),
             paillier: None,
             groups: None,
+            admissions: Vec::new(),
             privacy,
         }
     }
