@@ -847,6 +847,17 @@ fn command_line(p: &Poisoning) -> String {
     if let Some(a) = p.non_iid {
         let _ = write!(c, " --non-iid {a}");
     }
+    if p.matrix && !p.modes.is_empty() {
+        let _ = write!(c, " --modes {}", p.modes.join(","));
+    } else if p.mode != "plain" {
+        let _ = write!(c, " --mode {}", p.mode);
+    }
+    if let Some(g) = p.group_size {
+        let _ = write!(c, " --group-size {g}");
+    }
+    if p.dropout > 0.0 {
+        let _ = write!(c, " --dropout {}", p.dropout);
+    }
     if p.matrix {
         let _ = write!(
             c,
@@ -1066,12 +1077,17 @@ fn matrix_markdown(
         );
     }
     let _ = writeln!(m, "\n## Attacks\n\nAccuracy in %, Δ against the clean run of the same defence. TPR/FPR: worst round after round 3. Evict: attackers evicted / attackers, and the round the last one went.\n");
-    let _ = writeln!(m, "| attack | fraction | defence | final | Δ clean | worst last 5 | attack success | min TPR | max FPR | evicted | by round | honest evicted |\n|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(m, "Mode: how sums are formed (plain = individual updates in the clear; secagg and paillier: groups of g, only group sums revealed). Groups d / f: share of revealed groups holding an attacker that were flagged / of all-honest groups that were flagged; min sum: fewest contributors of any revealed sum.\n");
+    let _ = writeln!(m, "| attack | mode | fraction | defence | final | Δ clean | worst last 5 | attack success | min TPR | max FPR | evicted | by round | honest evicted | groups d / f | min sum |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for s in rows {
         let _ = writeln!(
             m,
-            "| {} | {:.0} % | {} | {} | {:+.2} | {} | {} | {} | {:.3} | {}/{} | {} | {:?} |",
+            "| {} | {} | {:.0} % | {} | {} | {:+.2} | {} | {} | {} | {:.3} | {}/{} | {} | {:?} | {} | {} |",
             s.attack,
+            match s.group_size {
+                Some(g) => format!("{} (g = {g})", s.mode),
+                None => s.mode.clone(),
+            },
             s.fraction * 100.0,
             s.defence,
             pct(s.final_accuracy),
@@ -1083,11 +1099,161 @@ fn matrix_markdown(
             s.evicted_attackers,
             s.attackers.len(),
             opt(s.rounds_to_evict_all),
-            s.honest_evicted
+            s.honest_evicted,
+            match (s.group_detection, s.group_false_alarm) {
+                (None, None) => "–".to_string(),
+                (d, f) => format!(
+                    "{} / {}",
+                    opt(d.map(|v| format!("{v:.2}"))),
+                    opt(f.map(|v| format!("{v:.2}")))
+                ),
+            },
+            opt(s.min_revealed)
         );
     }
+    m.push_str(&side_by_side(rows));
     let _ = writeln!(m, "\n## Targets (defence `fedmesh`, 20 % attackers)\n");
     m.push_str(&targets(rows, cleans));
+    m.push_str(&group_targets(rows, cleans));
+    m
+}
+
+/// The modes side by side: per attack, fraction and defence, each mode's Δ against its own
+/// clean run and the round the last attacker was evicted.
+fn side_by_side(rows: &[Summary]) -> String {
+    let label = |s: &Summary| match s.group_size {
+        Some(g) => format!("{} (g = {g})", s.mode),
+        None => s.mode.clone(),
+    };
+    let mut modes: Vec<String> = Vec::new();
+    for s in rows {
+        if !modes.contains(&label(s)) {
+            modes.push(label(s));
+        }
+    }
+    if modes.len() < 2 {
+        return String::new();
+    }
+    let mut m = String::new();
+    let _ = writeln!(m, "\n## Modes side by side\n\nPer mode: final accuracy (Δ against the clean run of the same mode) · attackers evicted by round.\n");
+    let _ = write!(m, "| attack | fraction | defence |");
+    for mode in &modes {
+        let _ = write!(m, " {mode} |");
+    }
+    let _ = writeln!(m, "\n|---|---|---|{}", "---|".repeat(modes.len()));
+    let mut seen: Vec<(String, u64, String)> = Vec::new();
+    for s in rows {
+        let key = (
+            s.attack.clone(),
+            (s.fraction * 1000.0).round() as u64,
+            s.defence.clone(),
+        );
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        let _ = write!(
+            m,
+            "| {} | {:.0} % | {} |",
+            s.attack,
+            s.fraction * 100.0,
+            s.defence
+        );
+        for mode in &modes {
+            let cell = rows
+                .iter()
+                .find(|r| {
+                    r.attack == s.attack
+                        && (r.fraction - s.fraction).abs() < 1e-9
+                        && r.defence == s.defence
+                        && &label(r) == mode
+                })
+                .map_or("–".to_string(), |r| {
+                    format!(
+                        "{} ({:+.2}) · {}/{} by {}",
+                        pct(r.final_accuracy),
+                        (r.final_accuracy - r.clean_accuracy) * 100.0,
+                        r.evicted_attackers,
+                        r.attackers.len(),
+                        opt(r.rounds_to_evict_all)
+                    )
+                });
+            let _ = write!(m, " {cell} |");
+        }
+        let _ = writeln!(m);
+    }
+    m
+}
+
+/// Issue 8's targets for group rounds (defence `fedmesh`, 20 % attackers, each secure mode):
+/// sign flip, scaling and label flip leave the final accuracy ≥ clean − 3 and are all evicted
+/// within 15 rounds; no honest member is evicted in the clean run; ALIE and IPM are reported.
+fn group_targets(rows: &[Summary], cleans: &BTreeMap<String, CleanSummary>) -> String {
+    let mut m = String::new();
+    let mut modes: Vec<(String, usize)> = rows
+        .iter()
+        .filter_map(|s| s.group_size.map(|g| (s.mode.clone(), g)))
+        .collect();
+    modes.dedup();
+    for (mode, g) in modes {
+        let _ = writeln!(m, "\n## Targets of group rounds: mode {mode}, groups of {g} (defence `fedmesh`, 20 % attackers)\n");
+        let mut line = |ok: bool, text: String| {
+            let _ = writeln!(m, "- {} {text}", if ok { "met:" } else { "MISSED:" });
+        };
+        if let Some(clean) = cleans.get(&format!("fedmesh ({mode}, g = {g})")) {
+            line(
+                clean.honest_evicted.is_empty(),
+                format!(
+                    "clean run: honest members evicted {:?}",
+                    clean.honest_evicted
+                ),
+            );
+        }
+        let ours = |a: &str| {
+            rows.iter().find(|s| {
+                s.attack == a
+                    && s.defence == "fedmesh"
+                    && s.mode == mode
+                    && s.group_size == Some(g)
+                    && (s.fraction - 0.2).abs() < 1e-9
+            })
+        };
+        for a in ["sign-flip", "scaling", "label-flip"] {
+            if let Some(s) = ours(a) {
+                let d = (s.final_accuracy - s.clean_accuracy) * 100.0;
+                line(
+                    d >= -3.0,
+                    format!("{a}: final accuracy ≥ clean − 3: {d:+.2} points"),
+                );
+                line(
+                    s.rounds_to_evict_all.is_some_and(|r| r <= 15),
+                    format!(
+                        "{a}: every attacker evicted within 15 rounds: {}/{} by round {}",
+                        s.evicted_attackers,
+                        s.attackers.len(),
+                        opt(s.rounds_to_evict_all)
+                    ),
+                );
+                line(
+                    s.honest_evicted.is_empty(),
+                    format!("{a}: honest members evicted {:?}", s.honest_evicted),
+                );
+            }
+        }
+        for a in ["alie", "ipm"] {
+            if let Some(s) = ours(a) {
+                let _ = writeln!(
+                    m,
+                    "- report: {a}: final accuracy {:+.2} points against clean; attackers evicted {}/{} by round {}; honest evicted {:?}",
+                    (s.final_accuracy - s.clean_accuracy) * 100.0,
+                    s.evicted_attackers,
+                    s.attackers.len(),
+                    opt(s.rounds_to_evict_all),
+                    s.honest_evicted
+                );
+            }
+        }
+    }
     m
 }
 
@@ -1114,8 +1280,12 @@ fn targets(rows: &[Summary], cleans: &BTreeMap<String, CleanSummary>) -> String 
         format!("clean accuracy within 1 point of FedAvg: {gap:+.2} points"),
     );
     let ours = |a: &str| {
-        rows.iter()
-            .find(|s| s.attack == a && s.defence == "fedmesh" && (s.fraction - 0.2).abs() < 1e-9)
+        rows.iter().find(|s| {
+            s.attack == a
+                && s.defence == "fedmesh"
+                && s.group_size.is_none()
+                && (s.fraction - 0.2).abs() < 1e-9
+        })
     };
     for a in NAIVE {
         if let Some(s) = ours(a) {

@@ -75,6 +75,8 @@ pub struct GroupStat {
     pub clean_flagged: usize,
     /// Members that dropped out (before or during the protocol).
     pub dropped: usize,
+    /// Groups of the draw merged into others because dropouts left them below g.
+    pub merged: usize,
 }
 
 /// What clones train on.
@@ -458,6 +460,10 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
                     revealed: contributors.iter().map(Vec::len).collect(),
                     withheld: revealed.withheld.len(),
                     dropped: revealed.dropped_before.len() + revealed.dropped_during.len(),
+                    merged: revealed
+                        .drawn
+                        .len()
+                        .saturating_sub(revealed.sums.len() + revealed.withheld.len()),
                     ..GroupStat::default()
                 };
                 for (group, &flag) in contributors.iter().zip(&judged.flagged) {
