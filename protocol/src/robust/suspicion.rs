@@ -191,9 +191,6 @@ pub const GROUP_COSINE_SPREAD_MAX: f64 = 0.2;
 /// group of five 2.8 times larger).
 pub const GROUP_LOG_NORM_SPREAD: f64 = 0.25;
 
-/// Weight of the old reference when a round's update is folded into it.
-pub const REFERENCE_MOMENTUM: f32 = 0.5;
-
 /// Weight of a round's accepted groups in the [`Baseline`] averages.
 pub const BASELINE_DECAY: f64 = 0.3;
 
@@ -203,12 +200,12 @@ pub const BASELINE_DECAY: f64 = 0.3;
 /// freeze the model for good.
 pub const BASELINE_RELAX: f64 = 0.1;
 
-/// What [`judge`] carries from round to round (in [`State::groups`](super::State)): the
-/// reference direction every group mean is compared with (a momentum of the updates that moved
-/// the model), and running averages of how the accepted groups compared with it.
+/// What [`judge`] carries from round to round (in [`State::groups`](super::State)): the last
+/// update that moved the model, the direction every group mean is compared with, and running
+/// averages of how the accepted groups compared with it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Baseline {
-    /// The reference: a momentum ([`REFERENCE_MOMENTUM`]) of the non-zero updates so far.
+    /// The last non-zero update.
     pub previous: Option<Vec<f32>>,
     /// Usual cos(group mean, previous update) of accepted groups, and its variance.
     pub cosine: Option<(f64, f64)>,
@@ -222,10 +219,8 @@ pub struct Baseline {
 ///
 /// Only ⌊n/g⌋ means are revealed, and with a fifth of the members attacking most groups hold an
 /// attacker, so the median of the means is no honest reference (robust z-scores over four values
-/// say little). Instead each mean is compared with the *recent updates that moved the model* (a
-/// momentum: half the previous reference, half the last update, so that one round whose kept
-/// groups all held an attacker moves it only halfway): its cosine to it, and its norm relative
-/// to it (log scale, both ways). What is usual is learned from
+/// say little). Instead each mean is compared with the *last update that moved the model*: its
+/// cosine to it, and its norm relative to it (log scale, both ways). What is usual is learned from
 /// the best accepted group of earlier rounds (the one with the highest cosine, averaged with
 /// weight [`BASELINE_DECAY`]). A group's score is the larger of its two deviations, over the
 /// spreads [`GROUP_COSINE_SPREAD`] and [`GROUP_LOG_NORM_SPREAD`], capped at [`score::CAP`]; over
@@ -451,16 +446,7 @@ pub fn judge(
         state.groups.log_norm = None;
     }
     if linalg::dot(&combined.update, &combined.update) > 0.0 {
-        // The reference is a momentum of the updates: one round whose kept groups all held an
-        // attacker moves it only halfway.
-        state.groups.previous = Some(match &previous {
-            Some(p) => p
-                .iter()
-                .zip(&combined.update)
-                .map(|(a, b)| REFERENCE_MOMENTUM * a + (1.0 - REFERENCE_MOMENTUM) * b)
-                .collect(),
-            None => combined.update.clone(),
-        });
+        state.groups.previous = Some(combined.update.clone());
     }
     Ok(Judgement {
         update: combined.update,
@@ -863,13 +849,7 @@ mod tests {
         let scaled: Vec<f32> = noisy(0.2).iter().map(|v| 3.0 * v).collect();
         let flipped: Vec<f32> = noisy(0.2).iter().map(|v| -v).collect();
         let means = vec![noisy(0.2), scaled, flipped, noisy(0.2)];
-        let first = state.groups.previous.clone().unwrap();
         let j = judge(&Rule::Mean, &inputs(&means), 3.0, &mut state).unwrap();
-        // The reference moves halfway toward the new update.
-        let reference = state.groups.previous.clone().unwrap();
-        for ((r, a), b) in reference.iter().zip(&first).zip(&j.update) {
-            assert!((r - (0.5 * a + 0.5 * b)).abs() < 1e-6);
-        }
         assert_eq!(j.flagged, vec![false, true, true, false]);
         assert!(j.scores[1].deviations.norm > 3.0 && j.scores[1].deviations.cosine < 3.0);
         assert!(j.scores[2].deviations.cosine > 3.0);
