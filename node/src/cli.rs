@@ -226,6 +226,22 @@ struct PoisoningArgs {
     /// Worker threads (members train in parallel); 0 = all cores.
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// How updates are combined: plain (in the clear), secagg or paillier (secure aggregation per
+    /// random group: only group sums are revealed; the rule and scores work on group means and
+    /// attackers are found by group testing).
+    #[arg(long, default_value = "plain")]
+    mode: String,
+    /// Matrix: modes side by side, comma-separated (e.g. plain,secagg,paillier); default: --mode.
+    #[arg(long, value_delimiter = ',')]
+    modes: Vec<String>,
+    /// Group size g: no revealed sum covers fewer members. Default 5 in secure modes; in mode
+    /// plain, groups only if given (sums added in the clear).
+    #[arg(long)]
+    group_size: Option<usize>,
+    /// Group rounds: probability that a member drops out of a round (half before it, half after
+    /// sharing its keys).
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -776,6 +792,10 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 fractions: a.fractions,
                 data: a.data,
                 threads: a.threads,
+                mode: a.mode,
+                modes: a.modes,
+                group_size: a.group_size,
+                dropout: a.dropout,
             })?;
             Ok(ExitCode::SUCCESS)
         }

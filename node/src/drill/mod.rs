@@ -13,10 +13,12 @@
 //! round if its EWMA score is over the threshold or it has been evicted; an honest member is a
 //! false positive on the same terms. Attackers do not vote.
 
+mod groups;
 mod sim;
 mod svg;
 mod sybil;
 
+pub use groups::Mode;
 pub use sim::CloneData;
 pub use sybil::{sybil, Scenario, Sybil};
 
@@ -54,7 +56,18 @@ pub struct Poisoning {
     pub fractions: Vec<f64>,
     pub data: PathBuf,
     pub threads: usize,
+    /// How sums are formed: plain, secagg or paillier (`--mode`).
+    pub mode: String,
+    /// Matrix: the modes side by side (`--modes`); empty = `mode` alone.
+    pub modes: Vec<String>,
+    /// Group size g (`--group-size`): None = 5 in secure modes, no groups in mode plain.
+    pub group_size: Option<usize>,
+    /// Group rounds: per member and round, the probability of dropping out.
+    pub dropout: f64,
 }
+
+/// Group size of the secure modes when `--group-size` is not given.
+pub const DEFAULT_GROUP_SIZE: usize = 5;
 
 /// Attacks of `--attack`, with the settings the drill uses for each.
 pub const ATTACKS: &[&str] = &[
@@ -214,7 +227,70 @@ impl Poisoning {
         for d in std::iter::once(&self.defence).chain(&self.defences) {
             defence_spec(d)?;
         }
+        for m in self.mode_names() {
+            Mode::parse(m)?;
+        }
+        if let Some(g) = self.group_size {
+            anyhow::ensure!(
+                g >= 2 && g <= self.members as usize,
+                "--group-size {g}: must be at least 2 (a group of one reveals an update) and at most --members {}",
+                self.members
+            );
+        }
+        anyhow::ensure!(
+            (0.0..=0.5).contains(&self.dropout),
+            "--dropout {}: must be in [0, 0.5]",
+            self.dropout
+        );
         Ok(())
+    }
+
+    /// The modes this drill runs.
+    fn mode_names(&self) -> Vec<&String> {
+        if self.matrix && !self.modes.is_empty() {
+            self.modes.iter().collect()
+        } else {
+            vec![&self.mode]
+        }
+    }
+
+    /// How a run in `mode` forms its sums: None = individual updates in the clear.
+    fn settings(
+        &self,
+        mode: Mode,
+        paillier: Option<groups::PaillierKit>,
+    ) -> Option<groups::Settings> {
+        if mode == Mode::Plain && self.group_size.is_none() {
+            return None;
+        }
+        Some(groups::Settings {
+            mode,
+            size: self.group_size.unwrap_or(DEFAULT_GROUP_SIZE),
+            dropout: self.dropout,
+            paillier,
+        })
+    }
+
+    /// Every mode of the drill with its settings (the Paillier key is dealt once, here).
+    fn all_settings(&self) -> anyhow::Result<Vec<(Mode, Option<groups::Settings>)>> {
+        let mut out = Vec::new();
+        for name in self.mode_names() {
+            let mode = Mode::parse(name)?;
+            let kit = match mode {
+                Mode::Paillier => {
+                    eprintln!(
+                        "dealing a {}-bit Paillier key to {} members (threshold {})",
+                        groups::PAILLIER_KEY_BITS,
+                        self.members,
+                        groups::PAILLIER_THRESHOLD
+                    );
+                    Some(groups::PaillierKit::deal(self.members as usize, self.seed)?)
+                }
+                _ => None,
+            };
+            out.push((mode, self.settings(mode, kit)));
+        }
+        Ok(out)
     }
 }
 
@@ -246,10 +322,12 @@ pub fn poisoning(p: &Poisoning) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", p.out.display()))?;
     let world = build_world(p)?;
     pool.install(|| {
+        let modes = p.all_settings()?;
         if p.matrix {
-            matrix(p, &world)
+            matrix(p, &world, &modes)
         } else {
-            single(p, &world)
+            let (mode, settings) = &modes[0];
+            single(p, &world, *mode, settings.as_ref())
         }
     })
 }
@@ -276,6 +354,10 @@ fn world(members: u32, non_iid: Option<f64>, seed: u64, data_file: &Path) -> any
         fractions: Vec::new(),
         data: data_file.to_path_buf(),
         threads: 0,
+        mode: "plain".into(),
+        modes: Vec::new(),
+        group_size: None,
+        dropout: 0.0,
     };
     let model = ModelSpec::default();
     let layout = model.layout()?;
@@ -326,6 +408,17 @@ fn choose_attackers(members: u32, fraction: f64, seed: u64) -> Vec<u32> {
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub attack: String,
+    /// plain, secagg or paillier.
+    pub mode: String,
+    /// Group rounds: g.
+    pub group_size: Option<usize>,
+    /// Group rounds: share of revealed groups holding an attacker that were flagged (the
+    /// measured d of the group-testing model).
+    pub group_detection: Option<f64>,
+    /// Group rounds: share of all-honest revealed groups that were flagged (measured f).
+    pub group_false_alarm: Option<f64>,
+    /// Group rounds: fewest contributors of any revealed sum.
+    pub min_revealed: Option<usize>,
     pub defence: String,
     pub fraction: f64,
     pub attackers: Vec<u32>,
@@ -347,9 +440,11 @@ pub struct Summary {
     pub seconds: f64,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn summarize(
     attack: &str,
     defence: &str,
+    mode: (Mode, Option<usize>),
     fraction: f64,
     attackers: &[u32],
     run: &Run,
@@ -358,8 +453,22 @@ fn summarize(
 ) -> Summary {
     let (min_tpr, max_fpr) = run.detection_after(3);
     let evicted: Vec<Option<u64>> = attackers.iter().map(|m| run.evicted_in(*m)).collect();
+    let stats: Vec<&sim::GroupStat> = run
+        .rounds
+        .iter()
+        .filter_map(|r| r.groups.as_ref())
+        .collect();
+    let rate = |hit: fn(&sim::GroupStat) -> usize, all: fn(&sim::GroupStat) -> usize| {
+        let all: usize = stats.iter().map(|s| all(s)).sum();
+        (all > 0).then(|| stats.iter().map(|s| hit(s)).sum::<usize>() as f64 / all as f64)
+    };
     Summary {
         attack: attack.into(),
+        mode: mode.0.name().into(),
+        group_size: mode.1,
+        group_detection: rate(|s| s.with_attacker_flagged, |s| s.with_attacker),
+        group_false_alarm: rate(|s| s.clean_flagged, |s| s.clean),
+        min_revealed: stats.iter().flat_map(|s| s.revealed.iter().copied()).min(),
         defence: defence.into(),
         fraction,
         attackers: attackers.to_vec(),
@@ -387,6 +496,7 @@ fn summarize(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_one(
     p: &Poisoning,
     world: &World,
@@ -394,10 +504,17 @@ fn run_one(
     robust: &RobustSpec,
     attackers: &[u32],
     clean: bool,
+    groups: Option<&groups::Settings>,
 ) -> anyhow::Result<Run> {
+    let mut robust = robust.clone();
+    if let Some(g) = groups {
+        robust.group_size = g.size;
+    }
+    let robust = &robust;
     sim::run(
         world,
         &RunSpec {
+            groups,
             robust,
             attack,
             clean,
@@ -426,25 +543,46 @@ struct SingleReport<'a> {
     fedavg_clean: &'a Run,
 }
 
-fn single(p: &Poisoning, world: &World) -> anyhow::Result<()> {
+fn single(
+    p: &Poisoning,
+    world: &World,
+    mode: Mode,
+    settings: Option<&groups::Settings>,
+) -> anyhow::Result<()> {
     let attack = attack_config(&p.attack)?;
     let robust = defence_spec(&p.defence)?;
     let attackers = choose_attackers(p.members, p.fraction, p.seed);
     let t = std::time::Instant::now();
     eprintln!("[1/3] clean run, plain FedAvg");
-    let fedavg = run_one(p, world, &attack, &RobustSpec::default(), &attackers, true)?;
-    eprintln!("[2/3] clean run, defence {}", p.defence);
-    let clean = run_one(p, world, &attack, &robust, &attackers, true)?;
+    let fedavg = run_one(
+        p,
+        world,
+        &attack,
+        &RobustSpec::default(),
+        &attackers,
+        true,
+        None,
+    )?;
+    let how = mode_label(mode, settings);
+    eprintln!("[2/3] clean run, defence {}, {how}", p.defence);
+    let clean = run_one(p, world, &attack, &robust, &attackers, true, settings)?;
     eprintln!(
-        "[3/3] {} by {} of {} members, defence {}",
+        "[3/3] {} by {} of {} members, defence {}, {how}",
         p.attack,
         attackers.len(),
         p.members,
         p.defence
     );
-    let run = run_one(p, world, &attack, &robust, &attackers, false)?;
+    let run = run_one(p, world, &attack, &robust, &attackers, false, settings)?;
     let summary = summarize(
-        &p.attack, &p.defence, p.fraction, &attackers, &run, &clean, &fedavg,
+        &p.attack,
+        &p.defence,
+        (mode, settings.map(|s| s.size)),
+        p.fraction,
+        &attackers,
+        &run,
+        &clean,
+        &fedavg,
     );
     let report = SingleReport {
         attack: &p.attack,
@@ -484,6 +622,23 @@ fn single(p: &Poisoning, world: &World) -> anyhow::Result<()> {
         p.out.display()
     );
     Ok(())
+}
+
+/// The matrix's name of a clean run: the defence alone for individual updates in the clear (as
+/// before groups existed), with the mode and g otherwise.
+fn clean_key(defence: &str, mode: Mode, settings: Option<&groups::Settings>) -> String {
+    match settings {
+        None => defence.to_string(),
+        Some(g) => format!("{defence} ({}, g = {})", mode.name(), g.size),
+    }
+}
+
+/// "mode secagg, groups of 5" and the like.
+fn mode_label(mode: Mode, settings: Option<&groups::Settings>) -> String {
+    match settings {
+        None => format!("mode {}", mode.name()),
+        Some(s) => format!("mode {}, groups of {}", mode.name(), s.size),
+    }
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -692,6 +847,17 @@ fn command_line(p: &Poisoning) -> String {
     if let Some(a) = p.non_iid {
         let _ = write!(c, " --non-iid {a}");
     }
+    if p.matrix && !p.modes.is_empty() {
+        let _ = write!(c, " --modes {}", p.modes.join(","));
+    } else if p.mode != "plain" {
+        let _ = write!(c, " --mode {}", p.mode);
+    }
+    if let Some(g) = p.group_size {
+        let _ = write!(c, " --group-size {g}");
+    }
+    if p.dropout > 0.0 {
+        let _ = write!(c, " --dropout {}", p.dropout);
+    }
     if p.matrix {
         let _ = write!(
             c,
@@ -733,9 +899,13 @@ struct CleanSummary {
     max_fpr: f64,
 }
 
-fn matrix(p: &Poisoning, world: &World) -> anyhow::Result<()> {
+fn matrix(
+    p: &Poisoning,
+    world: &World,
+    modes: &[(Mode, Option<groups::Settings>)],
+) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let total = p.defences.len() + 1 + p.attacks.len() * p.defences.len() * p.fractions.len();
+    let total = 1 + modes.len() * p.defences.len() * (1 + p.attacks.len() * p.fractions.len());
     let mut done = 0;
     let mut progress = |what: &str, secs: f64| {
         done += 1;
@@ -745,69 +915,93 @@ fn matrix(p: &Poisoning, world: &World) -> anyhow::Result<()> {
         );
     };
     let none = attack::Config::default();
-    let fedavg = run_one(p, world, &none, &RobustSpec::default(), &[], true)?;
+    let fedavg = run_one(p, world, &none, &RobustSpec::default(), &[], true, None)?;
     progress(
         &format!("clean FedAvg: {:.4}", fedavg.final_accuracy()),
         fedavg.seconds,
     );
     let mut cleans = BTreeMap::new();
-    for d in &p.defences {
-        let robust = defence_spec(d)?;
-        let clean = run_one(p, world, &none, &robust, &[], true)?;
-        progress(
-            &format!(
-                "clean {d}: {:.4}, honest evicted {:?}",
-                clean.final_accuracy(),
-                clean.honest_evicted()
-            ),
-            clean.seconds,
-        );
-        cleans.insert(d.clone(), clean);
+    for (mode, settings) in modes {
+        for d in &p.defences {
+            let robust = defence_spec(d)?;
+            let clean = run_one(p, world, &none, &robust, &[], true, settings.as_ref())?;
+            progress(
+                &format!(
+                    "clean {d}, {}: {:.4}, honest evicted {:?}",
+                    mode_label(*mode, settings.as_ref()),
+                    clean.final_accuracy(),
+                    clean.honest_evicted()
+                ),
+                clean.seconds,
+            );
+            cleans.insert(clean_key(d, *mode, settings.as_ref()), clean);
+        }
     }
     let mut rows = Vec::new();
-    for &fraction in &p.fractions {
-        let attackers = choose_attackers(p.members, fraction, p.seed);
-        for a in &p.attacks {
-            let attack = attack_config(a)?;
-            for d in &p.defences {
-                let robust = defence_spec(d)?;
-                let run = run_one(p, world, &attack, &robust, &attackers, false)?;
-                let clean = &cleans[d];
-                let s = summarize(a, d, fraction, &attackers, &run, clean, &fedavg);
-                progress(
-                    &format!(
-                        "{a} {:.0} % vs {d}: {:.4} (clean {:.4}), evicted {}/{}",
-                        fraction * 100.0,
-                        s.final_accuracy,
-                        s.clean_accuracy,
-                        s.evicted_attackers,
-                        attackers.len()
-                    ),
-                    run.seconds,
-                );
-                let dir = p
-                    .out
-                    .join("runs")
-                    .join(format!("{a}-{d}-{:.0}", fraction * 100.0));
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("cannot create {}", dir.display()))?;
-                let sub = Poisoning {
-                    attack: a.clone(),
-                    defence: d.clone(),
-                    fraction,
-                    matrix: false,
-                    ..p.clone()
-                };
-                write(
-                    &dir.join("accuracy.svg"),
-                    &accuracy_svg(&sub, &run, clean, Some(&fedavg)),
-                )?;
-                write(&dir.join("detection.svg"), &detection_svg(&sub, &run))?;
-                write(
-                    &dir.join("report.md"),
-                    &single_markdown(&sub, &s, &run, clean, &fedavg),
-                )?;
-                rows.push(s);
+    for (mode, settings) in modes {
+        let settings = settings.as_ref();
+        for &fraction in &p.fractions {
+            let attackers = choose_attackers(p.members, fraction, p.seed);
+            for a in &p.attacks {
+                let attack = attack_config(a)?;
+                for d in &p.defences {
+                    let robust = defence_spec(d)?;
+                    let run = run_one(p, world, &attack, &robust, &attackers, false, settings)?;
+                    let clean = &cleans[&clean_key(d, *mode, settings)];
+                    let s = summarize(
+                        a,
+                        d,
+                        (*mode, settings.map(|s| s.size)),
+                        fraction,
+                        &attackers,
+                        &run,
+                        clean,
+                        &fedavg,
+                    );
+                    progress(
+                        &format!(
+                            "{a} {:.0} % vs {d}, {}: {:.4} (clean {:.4}), evicted {}/{} by round {}",
+                            fraction * 100.0,
+                            mode_label(*mode, settings),
+                            s.final_accuracy,
+                            s.clean_accuracy,
+                            s.evicted_attackers,
+                            attackers.len(),
+                            opt(s.rounds_to_evict_all)
+                        ),
+                        run.seconds,
+                    );
+                    let tag = match settings {
+                        None => String::new(),
+                        Some(g) => format!("-{}-g{}", mode.name(), g.size),
+                    };
+                    let dir = p
+                        .out
+                        .join("runs")
+                        .join(format!("{a}-{d}-{:.0}{tag}", fraction * 100.0));
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))?;
+                    let sub = Poisoning {
+                        attack: a.clone(),
+                        defence: d.clone(),
+                        fraction,
+                        matrix: false,
+                        mode: mode.name().into(),
+                        modes: Vec::new(),
+                        group_size: settings.map(|g| g.size),
+                        ..p.clone()
+                    };
+                    write(
+                        &dir.join("accuracy.svg"),
+                        &accuracy_svg(&sub, &run, clean, Some(&fedavg)),
+                    )?;
+                    write(&dir.join("detection.svg"), &detection_svg(&sub, &run))?;
+                    write(
+                        &dir.join("report.md"),
+                        &single_markdown(&sub, &s, &run, clean, &fedavg),
+                    )?;
+                    rows.push(s);
+                }
             }
         }
     }
@@ -883,12 +1077,17 @@ fn matrix_markdown(
         );
     }
     let _ = writeln!(m, "\n## Attacks\n\nAccuracy in %, Δ against the clean run of the same defence. TPR/FPR: worst round after round 3. Evict: attackers evicted / attackers, and the round the last one went.\n");
-    let _ = writeln!(m, "| attack | fraction | defence | final | Δ clean | worst last 5 | attack success | min TPR | max FPR | evicted | by round | honest evicted |\n|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(m, "Mode: how sums are formed (plain = individual updates in the clear; secagg and paillier: groups of g, only group sums revealed). Groups d / f: share of revealed groups holding an attacker that were flagged / of all-honest groups that were flagged; min sum: fewest contributors of any revealed sum.\n");
+    let _ = writeln!(m, "| attack | mode | fraction | defence | final | Δ clean | worst last 5 | attack success | min TPR | max FPR | evicted | by round | honest evicted | groups d / f | min sum |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for s in rows {
         let _ = writeln!(
             m,
-            "| {} | {:.0} % | {} | {} | {:+.2} | {} | {} | {} | {:.3} | {}/{} | {} | {:?} |",
+            "| {} | {} | {:.0} % | {} | {} | {:+.2} | {} | {} | {} | {:.3} | {}/{} | {} | {:?} | {} | {} |",
             s.attack,
+            match s.group_size {
+                Some(g) => format!("{} (g = {g})", s.mode),
+                None => s.mode.clone(),
+            },
             s.fraction * 100.0,
             s.defence,
             pct(s.final_accuracy),
@@ -900,11 +1099,161 @@ fn matrix_markdown(
             s.evicted_attackers,
             s.attackers.len(),
             opt(s.rounds_to_evict_all),
-            s.honest_evicted
+            s.honest_evicted,
+            match (s.group_detection, s.group_false_alarm) {
+                (None, None) => "–".to_string(),
+                (d, f) => format!(
+                    "{} / {}",
+                    opt(d.map(|v| format!("{v:.2}"))),
+                    opt(f.map(|v| format!("{v:.2}")))
+                ),
+            },
+            opt(s.min_revealed)
         );
     }
+    m.push_str(&side_by_side(rows));
     let _ = writeln!(m, "\n## Targets (defence `fedmesh`, 20 % attackers)\n");
     m.push_str(&targets(rows, cleans));
+    m.push_str(&group_targets(rows, cleans));
+    m
+}
+
+/// The modes side by side: per attack, fraction and defence, each mode's Δ against its own
+/// clean run and the round the last attacker was evicted.
+fn side_by_side(rows: &[Summary]) -> String {
+    let label = |s: &Summary| match s.group_size {
+        Some(g) => format!("{} (g = {g})", s.mode),
+        None => s.mode.clone(),
+    };
+    let mut modes: Vec<String> = Vec::new();
+    for s in rows {
+        if !modes.contains(&label(s)) {
+            modes.push(label(s));
+        }
+    }
+    if modes.len() < 2 {
+        return String::new();
+    }
+    let mut m = String::new();
+    let _ = writeln!(m, "\n## Modes side by side\n\nPer mode: final accuracy (Δ against the clean run of the same mode) · attackers evicted by round.\n");
+    let _ = write!(m, "| attack | fraction | defence |");
+    for mode in &modes {
+        let _ = write!(m, " {mode} |");
+    }
+    let _ = writeln!(m, "\n|---|---|---|{}", "---|".repeat(modes.len()));
+    let mut seen: Vec<(String, u64, String)> = Vec::new();
+    for s in rows {
+        let key = (
+            s.attack.clone(),
+            (s.fraction * 1000.0).round() as u64,
+            s.defence.clone(),
+        );
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        let _ = write!(
+            m,
+            "| {} | {:.0} % | {} |",
+            s.attack,
+            s.fraction * 100.0,
+            s.defence
+        );
+        for mode in &modes {
+            let cell = rows
+                .iter()
+                .find(|r| {
+                    r.attack == s.attack
+                        && (r.fraction - s.fraction).abs() < 1e-9
+                        && r.defence == s.defence
+                        && &label(r) == mode
+                })
+                .map_or("–".to_string(), |r| {
+                    format!(
+                        "{} ({:+.2}) · {}/{} by {}",
+                        pct(r.final_accuracy),
+                        (r.final_accuracy - r.clean_accuracy) * 100.0,
+                        r.evicted_attackers,
+                        r.attackers.len(),
+                        opt(r.rounds_to_evict_all)
+                    )
+                });
+            let _ = write!(m, " {cell} |");
+        }
+        let _ = writeln!(m);
+    }
+    m
+}
+
+/// Issue 8's targets for group rounds (defence `fedmesh`, 20 % attackers, each secure mode):
+/// sign flip, scaling and label flip leave the final accuracy ≥ clean − 3 and are all evicted
+/// within 15 rounds; no honest member is evicted in the clean run; ALIE and IPM are reported.
+fn group_targets(rows: &[Summary], cleans: &BTreeMap<String, CleanSummary>) -> String {
+    let mut m = String::new();
+    let mut modes: Vec<(String, usize)> = rows
+        .iter()
+        .filter_map(|s| s.group_size.map(|g| (s.mode.clone(), g)))
+        .collect();
+    modes.dedup();
+    for (mode, g) in modes {
+        let _ = writeln!(m, "\n## Targets of group rounds: mode {mode}, groups of {g} (defence `fedmesh`, 20 % attackers)\n");
+        let mut line = |ok: bool, text: String| {
+            let _ = writeln!(m, "- {} {text}", if ok { "met:" } else { "MISSED:" });
+        };
+        if let Some(clean) = cleans.get(&format!("fedmesh ({mode}, g = {g})")) {
+            line(
+                clean.honest_evicted.is_empty(),
+                format!(
+                    "clean run: honest members evicted {:?}",
+                    clean.honest_evicted
+                ),
+            );
+        }
+        let ours = |a: &str| {
+            rows.iter().find(|s| {
+                s.attack == a
+                    && s.defence == "fedmesh"
+                    && s.mode == mode
+                    && s.group_size == Some(g)
+                    && (s.fraction - 0.2).abs() < 1e-9
+            })
+        };
+        for a in ["sign-flip", "scaling", "label-flip"] {
+            if let Some(s) = ours(a) {
+                let d = (s.final_accuracy - s.clean_accuracy) * 100.0;
+                line(
+                    d >= -3.0,
+                    format!("{a}: final accuracy ≥ clean − 3: {d:+.2} points"),
+                );
+                line(
+                    s.rounds_to_evict_all.is_some_and(|r| r <= 15),
+                    format!(
+                        "{a}: every attacker evicted within 15 rounds: {}/{} by round {}",
+                        s.evicted_attackers,
+                        s.attackers.len(),
+                        opt(s.rounds_to_evict_all)
+                    ),
+                );
+                line(
+                    s.honest_evicted.is_empty(),
+                    format!("{a}: honest members evicted {:?}", s.honest_evicted),
+                );
+            }
+        }
+        for a in ["alie", "ipm"] {
+            if let Some(s) = ours(a) {
+                let _ = writeln!(
+                    m,
+                    "- report: {a}: final accuracy {:+.2} points against clean; attackers evicted {}/{} by round {}; honest evicted {:?}",
+                    (s.final_accuracy - s.clean_accuracy) * 100.0,
+                    s.evicted_attackers,
+                    s.attackers.len(),
+                    opt(s.rounds_to_evict_all),
+                    s.honest_evicted
+                );
+            }
+        }
+    }
     m
 }
 
@@ -931,8 +1280,12 @@ fn targets(rows: &[Summary], cleans: &BTreeMap<String, CleanSummary>) -> String 
         format!("clean accuracy within 1 point of FedAvg: {gap:+.2} points"),
     );
     let ours = |a: &str| {
-        rows.iter()
-            .find(|s| s.attack == a && s.defence == "fedmesh" && (s.fraction - 0.2).abs() < 1e-9)
+        rows.iter().find(|s| {
+            s.attack == a
+                && s.defence == "fedmesh"
+                && s.group_size.is_none()
+                && (s.fraction - 0.2).abs() < 1e-9
+        })
     };
     for a in NAIVE {
         if let Some(s) = ours(a) {

@@ -11,9 +11,10 @@ use serde::Serialize;
 use fedmesh_crypto::{hash::Hasher, identity, Hash};
 use fedmesh_protocol::genesis::{RobustSpec, TrainSpec};
 use fedmesh_protocol::model::Layout;
-use fedmesh_protocol::robust::{self, score, Input};
+use fedmesh_protocol::robust::{self, score, suspicion, Input};
 use fedmesh_protocol::votes::{Outcome, SignedVote, Tally, Vote};
 
+use super::groups;
 use crate::attack;
 use crate::train::{self, Dataset};
 
@@ -53,6 +54,29 @@ pub struct RunSpec<'a> {
     pub clones: Option<CloneData>,
     /// Colluding voters (the sybil drill's vote stuffing); None in poisoning drills.
     pub stuffing: Option<&'a Stuffing>,
+    /// Some: group-wise rounds ([`super::groups`]): only group sums are revealed, the rule and
+    /// scores work on group means, and votes follow group-testing suspicion.
+    pub groups: Option<&'a groups::Settings>,
+}
+
+/// A group-wise round, as the drill saw it (the members' true roles are known here, not to the
+/// members).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GroupStat {
+    /// Contributors of each revealed sum.
+    pub revealed: Vec<usize>,
+    /// Groups (after settling) that were withheld: too few members finished.
+    pub withheld: usize,
+    /// Revealed groups holding an active attacker, and of those the flagged ones.
+    pub with_attacker: usize,
+    pub with_attacker_flagged: usize,
+    /// Revealed groups of honest members only, and of those the flagged ones.
+    pub clean: usize,
+    pub clean_flagged: usize,
+    /// Members that dropped out (before or during the protocol).
+    pub dropped: usize,
+    /// Groups of the draw merged into others because dropouts left them below g.
+    pub merged: usize,
 }
 
 /// What clones train on.
@@ -98,8 +122,11 @@ pub struct RoundStat {
     pub evicted: Vec<u32>,
     /// Highest EWMA score of an honest member this round.
     pub max_honest_score: f64,
-    /// Lowest EWMA score of an active attacker this round (None if none is active).
+    /// Lowest EWMA score of an active attacker this round (None if none is active); in group
+    /// rounds, scores are posteriors of "attacker".
     pub min_attacker_score: Option<f64>,
+    /// Group rounds: the groups' figures.
+    pub groups: Option<GroupStat>,
 }
 
 /// An eviction.
@@ -309,6 +336,10 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
         robust.vote_expiry_rounds,
     );
     let mut evicted: BTreeSet<u32> = BTreeSet::new();
+    let model = robust.suspicion_model();
+    let mut suspicion = suspicion::Suspicion::default();
+    // Group draws chain from the previous round's result, as the node's chain head does.
+    let mut head = world.network;
     // Per member: rounds over the threshold in which cosine, norm, similarity was the largest.
     let mut dominant: std::collections::BTreeMap<u32, [u64; 3]> = Default::default();
     // Per member: rounds in which each feature alone was over the threshold, and rounds scored.
@@ -382,14 +413,101 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
                 }
             }
         }
-        // 3. Aggregate with the robust rule and apply.
-        let inputs: Vec<Input> = updates
-            .iter()
-            .map(|(m, d, w)| Input::new(*m, d, *w))
-            .collect();
-        let agg = robust::aggregate(&rule, &inputs, &mut state)
-            .with_context(|| format!("round {round}: {}", rule.name()))?;
-        for (g, d) in global.iter_mut().zip(&agg.update) {
+        // 3. Aggregate with the robust rule (on individual updates, or on group means) and apply.
+        let mut group_stat = None;
+        let (update, scores) = match spec.groups {
+            None => {
+                let inputs: Vec<Input> = updates
+                    .iter()
+                    .map(|(m, d, w)| Input::new(*m, d, *w))
+                    .collect();
+                let agg = robust::aggregate(&rule, &inputs, &mut state)
+                    .with_context(|| format!("round {round}: {}", rule.name()))?;
+                // 4. Score everyone against the aggregate.
+                let scores = score::round_scores(&inputs, &agg.update);
+                history.record(round, &scores, robust.score_decay, robust.score_threshold);
+                (agg.update, scores)
+            }
+            Some(settings) => {
+                let by_member: std::collections::BTreeMap<u32, (Vec<f32>, u64)> = updates
+                    .iter()
+                    .map(|(m, d, w)| (*m, (d.clone(), *w)))
+                    .collect();
+                let revealed =
+                    groups::reveal(settings, world, spec.seed, &head, round, &by_member)?;
+                let inputs: Vec<Input> = revealed
+                    .sums
+                    .iter()
+                    .enumerate()
+                    .map(|(j, g)| Input::new(j as u32, &g.mean, g.weight))
+                    .collect();
+                anyhow::ensure!(
+                    !inputs.is_empty(),
+                    "round {round}: no group sum could be revealed"
+                );
+                let judged = suspicion::judge(&rule, &inputs, robust.score_threshold, &mut state)
+                    .with_context(|| format!("round {round}: judging group means"))?;
+                let contributors: Vec<Vec<u32>> = revealed
+                    .sums
+                    .iter()
+                    .map(|g| g.contributors.clone())
+                    .collect();
+                // 4. Group testing: every contributor of a flagged group gains suspicion.
+                if judged.decided {
+                    suspicion.observe(&model, round, &contributors, &judged.flagged);
+                }
+                let mut stat = GroupStat {
+                    revealed: contributors.iter().map(Vec::len).collect(),
+                    withheld: revealed.withheld.len(),
+                    dropped: revealed.dropped_before.len() + revealed.dropped_during.len(),
+                    merged: revealed
+                        .drawn
+                        .len()
+                        .saturating_sub(revealed.sums.len() + revealed.withheld.len()),
+                    ..GroupStat::default()
+                };
+                for (group, &flag) in contributors.iter().zip(&judged.flagged) {
+                    if group.iter().any(|&m| is_attacker(m)) {
+                        stat.with_attacker += 1;
+                        stat.with_attacker_flagged += usize::from(flag);
+                    } else {
+                        stat.clean += 1;
+                        stat.clean_flagged += usize::from(flag);
+                    }
+                }
+                group_stat = Some(stat);
+                if std::env::var_os("FEDMESH_DRILL_TRACE").is_some() {
+                    for ((group, sc), flag) in
+                        contributors.iter().zip(&judged.scores).zip(&judged.flagged)
+                    {
+                        let bad = group.iter().filter(|&&m| is_attacker(m)).count();
+                        eprintln!(
+                            "trace round {round} group {group:?} attackers {bad} cos {:.3} norm {:.4} dev cos {:.2} norm {:.2} score {:.2} {}{}",
+                            sc.features.cosine,
+                            sc.features.norm,
+                            sc.deviations.cosine,
+                            sc.deviations.norm,
+                            sc.score,
+                            if *flag { "FLAGGED" } else { "" },
+                            if judged.decided { "" } else { "undecided" }
+                        );
+                    }
+                }
+                // Each member carries its group's score (what its vote evidence cites).
+                let scores: Vec<score::PeerScore> = contributors
+                    .iter()
+                    .zip(&judged.scores)
+                    .flat_map(|(group, sc)| {
+                        group
+                            .iter()
+                            .map(move |&m| score::PeerScore { member: m, ..*sc })
+                    })
+                    .collect();
+                head = groups::next_head(&head, round, &judged.update);
+                (judged.update, scores)
+            }
+        };
+        for (g, d) in global.iter_mut().zip(&update) {
             *g += d;
         }
         let eval = train::evaluate(&world.layout, &global, &world.test)?;
@@ -397,9 +515,6 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
             Some(set) => Some(train::evaluate(&world.layout, &global, set)?.accuracy),
             None => None,
         };
-        // 4. Score everyone against the aggregate; honest members vote on persistent outliers.
-        let scores = score::round_scores(&inputs, &agg.update);
-        history.record(round, &scores, robust.score_decay, robust.score_threshold);
         for sc in &scores {
             let d = sc.deviations;
             let e = over.entry(sc.member).or_default();
@@ -435,38 +550,50 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
                     d.norm,
                     d.similarity,
                     sc.score,
-                    history.peers[&sc.member].ewma
+                    history.peers.get(&sc.member).map_or(0.0, |p| p.ewma)
                 );
             }
         }
-        let flagged: BTreeSet<u32> = history
-            .peers
+        // Per member: the EWMA score, or in group rounds the posterior of "attacker".
+        let level: Vec<(u32, f64)> = match spec.groups {
+            None => history.peers.iter().map(|(m, p)| (*m, p.ewma)).collect(),
+            Some(_) => suspicion
+                .members
+                .keys()
+                .map(|&m| (m, suspicion.posterior(&model, m)))
+                .collect(),
+        };
+        let bar = match spec.groups {
+            None => robust.score_threshold,
+            Some(_) => 0.5,
+        };
+        let flagged: BTreeSet<u32> = level
             .iter()
-            .filter(|(m, p)| active.contains(m) && p.ewma > robust.score_threshold)
+            .filter(|(m, v)| active.contains(m) && *v > bar)
             .map(|(m, _)| *m)
             .collect();
         let is_bad = |m: &u32| attack.is_some() && attackers.contains(m);
-        let max_honest_score = history
-            .peers
+        let max_honest_score = level
             .iter()
             .filter(|(m, _)| !is_bad(m))
-            .map(|(_, p)| p.ewma)
+            .map(|(_, v)| *v)
             .fold(0.0, f64::max);
-        let min_attacker_score = history
-            .peers
+        let min_attacker_score = level
             .iter()
-            .filter(|(m, _)| is_bad(m))
-            .map(|(_, p)| p.ewma)
+            .filter(|(m, _)| is_bad(m) && active.contains(m))
+            .map(|(_, v)| *v)
             .reduce(f64::min);
         let mut evicted_now = Vec::new();
         if robust.votes {
             tally.expire(round);
             if round > robust.warmup_rounds {
-                let suspects: Vec<(u32, f64)> = history
-                    .suspects(robust.patience)
-                    .into_iter()
-                    .filter(|(m, _)| active.contains(m))
-                    .collect();
+                let suspects: Vec<(u32, f64)> = match spec.groups {
+                    None => history.suspects(robust.patience),
+                    Some(_) => suspicion.suspects(&model),
+                }
+                .into_iter()
+                .filter(|(m, _)| active.contains(m))
+                .collect();
                 let evidence: std::collections::BTreeMap<u32, Hash> = scores
                     .iter()
                     .map(|s| (s.member, s.evidence(round)))
@@ -535,6 +662,7 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
             active.remove(m);
             evicted.insert(*m);
             history.remove(*m);
+            suspicion.remove(*m);
         }
         let caught = |m: &u32| flagged.contains(m) || evicted.contains(m);
         let honest_total = n - attackers.len();
@@ -557,6 +685,7 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
             evicted: evicted_now,
             max_honest_score,
             min_attacker_score,
+            groups: group_stat,
         });
     }
     out.seconds = started.elapsed().as_secs_f64();

@@ -262,6 +262,7 @@ fn spec<'a>(
         seed: s.seed,
         clones: None,
         stuffing: None,
+        groups: None,
     }
 }
 
@@ -552,6 +553,10 @@ fn write_case(
         fractions: Vec::new(),
         data: s.data.clone(),
         threads: s.threads,
+        mode: "plain".into(),
+        modes: Vec::new(),
+        group_size: None,
+        dropout: 0.0,
     };
     write(
         &dir.join("accuracy.svg"),

@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use super::*;
 
 fn mnist() -> PathBuf {
@@ -25,6 +27,10 @@ fn small(out: &Path) -> Poisoning {
         fractions: vec![0.2],
         data: mnist(),
         threads: 2,
+        mode: "plain".into(),
+        modes: Vec::new(),
+        group_size: None,
+        dropout: 0.0,
     }
 }
 
@@ -120,4 +126,135 @@ fn every_named_attack_and_defence_resolves() {
     assert_eq!(choose_attackers(20, 0.2, 1).len(), 4);
     assert_eq!(choose_attackers(20, 0.2, 1), choose_attackers(20, 0.2, 1));
     assert!(choose_attackers(20, 0.0, 1).is_empty());
+}
+
+/// Random updates of `len` values for `members`, each with weight 100 + its index.
+fn random_updates(members: u32, len: usize, seed: u64) -> BTreeMap<u32, (Vec<f32>, u64)> {
+    use rand::Rng;
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+    (0..members)
+        .map(|m| {
+            let x = (0..len).map(|_| rng.gen_range(-0.05f32..0.05)).collect();
+            (m, (x, 100 + u64::from(m)))
+        })
+        .collect()
+}
+
+/// Every revealed sum of the secure path covers at least g members even with members dropping
+/// before and during the protocol, and it is the weighted mean of exactly its contributors.
+fn check_reveal(mode: Mode, rounds: u64, dropout: f64) {
+    let world = world(12, None, 3, &mnist()).unwrap();
+    let settings = groups::Settings {
+        mode,
+        size: 4,
+        dropout,
+        paillier: (mode == Mode::Paillier).then(|| groups::PaillierKit::deal(12, 3).unwrap()),
+    };
+    let mut head = world.network;
+    let (mut withheld, mut dropped, mut merged) = (0, 0, 0);
+    for round in 1..=rounds {
+        let updates = random_updates(12, 40, round);
+        let r = groups::reveal(&settings, &world, 3, &head, round, &updates).unwrap();
+        dropped += r.dropped_before.len() + r.dropped_during.len();
+        withheld += r.withheld.len();
+        merged += usize::from(r.sums.len() + r.withheld.len() < r.drawn.len());
+        for sum in &r.sums {
+            assert!(
+                sum.contributors.len() >= 4,
+                "round {round}: {:?}",
+                sum.contributors
+            );
+            for m in &sum.contributors {
+                assert!(!r.dropped_before.contains(m) && !r.dropped_during.contains(m));
+            }
+            let weight: u64 = sum.contributors.iter().map(|m| updates[m].1).sum();
+            let count = sum.contributors.len() as f32;
+            for i in 0..40 {
+                // secagg: the weighted mean; paillier: the unweighted mean (see GroupSum).
+                let expected = match mode {
+                    Mode::Paillier => {
+                        sum.contributors
+                            .iter()
+                            .map(|m| updates[m].0[i])
+                            .sum::<f32>()
+                            / count
+                    }
+                    _ => {
+                        sum.contributors
+                            .iter()
+                            .map(|m| updates[m].0[i] * updates[m].1 as f32)
+                            .sum::<f32>()
+                            / weight as f32
+                    }
+                };
+                assert!(
+                    (sum.mean[i] - expected).abs() < 1e-3,
+                    "round {round} value {i}"
+                );
+            }
+            if mode != Mode::Paillier {
+                assert_eq!(sum.weight, weight);
+            }
+        }
+        // Nobody is in two revealed sums, nobody dropped is in one.
+        let mut all: Vec<u32> = r.sums.iter().flat_map(|s| s.contributors.clone()).collect();
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), n);
+        let update = r.sums.first().map_or(&[][..], |s| &s.mean[..]);
+        head = groups::next_head(&head, round, update);
+    }
+    if dropout > 0.0 {
+        assert!(
+            dropped > 0 && (withheld > 0 || merged > 0),
+            "the drops were exercised"
+        );
+    }
+}
+
+#[test]
+fn secagg_group_sums_cover_at_least_g_members_despite_dropouts() {
+    check_reveal(Mode::Secagg, 8, 0.25);
+}
+
+#[test]
+fn paillier_group_sums_cover_at_least_g_members_despite_dropouts() {
+    check_reveal(Mode::Paillier, 2, 0.25);
+}
+
+#[test]
+fn a_secagg_drill_writes_its_mode_and_never_reveals_a_small_sum() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = small(dir.path());
+    p.members = 10;
+    p.rounds = 3;
+    p.defence = "fedmesh".into();
+    p.mode = "secagg".into();
+    p.group_size = Some(5);
+    p.dropout = 0.1;
+    poisoning(&p).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
+            .unwrap();
+    let s = &json["summary"];
+    assert_eq!(s["mode"], "secagg", "{s}");
+    assert_eq!(s["group_size"], 5, "{s}");
+    assert!(s["min_revealed"].as_u64().unwrap() >= 5, "{s}");
+    for r in json["attacked"]["rounds"].as_array().unwrap() {
+        for c in r["groups"]["revealed"].as_array().unwrap() {
+            assert!(c.as_u64().unwrap() >= 5, "{r}");
+        }
+    }
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(md.contains("--mode secagg --group-size 5"), "{md}");
+    // A group size below 2 or above the members is refused, naming the flag.
+    p.group_size = Some(1);
+    assert!(poisoning(&p)
+        .unwrap_err()
+        .to_string()
+        .contains("--group-size"));
+    p.group_size = Some(5);
+    p.mode = "onion".into();
+    assert!(poisoning(&p).unwrap_err().to_string().contains("--mode"));
 }

@@ -110,6 +110,10 @@ pub fn default_attackers(n: usize) -> usize {
 pub struct State {
     /// FoolsGold: the sum of every update each member has sent so far.
     pub histories: BTreeMap<u32, Vec<f32>>,
+    /// Group rounds ([`suspicion::judge`]): the previous update and what accepted group means
+    /// looked like against it.
+    #[serde(default)]
+    pub groups: suspicion::Baseline,
 }
 
 /// The result of a rule.
