@@ -133,6 +133,10 @@ pub struct GroupsSummary {
     /// Indices into `drawn` of the groups whose sum was not revealed (fewer than g members got
     /// through their session): nothing about them was unmasked. Sorted.
     pub skipped: Vec<u32>,
+    /// False if the sums could not be judged (no largest set of agreeing group means, see
+    /// [`crate::robust::suspicion::judge`]): nothing is flagged, the model does not move, and the
+    /// round is no evidence for or against anyone.
+    pub decided: bool,
 }
 
 /// One revealed group sum.
@@ -567,6 +571,12 @@ pub fn check_groups(
                 s.group, s.score, s.flagged
             ));
         }
+        if s.flagged && !summary.decided {
+            return Err(format!(
+                "group {} is flagged in a round that was not decided",
+                s.group
+            ));
+        }
         contributors.extend_from_slice(&s.contributors);
     }
     let skipped: Vec<u32> = (0..drawn.len() as u32)
@@ -803,6 +813,7 @@ mod tests {
                 .collect(),
             drawn,
             skipped: Vec::new(),
+            decided: true,
         });
         r
     }
@@ -879,6 +890,13 @@ mod tests {
         // Flags that do not follow from the scores and the genesis threshold (3.0).
         assert!(bad(&|r| groups(r).revealed[0].flagged = true).contains("flagged"));
         assert!(bad(&|r| groups(r).revealed[1].score = 7.5).contains("flagged"));
+        // An undecided round flags nobody.
+        assert!(bad(&|r| {
+            groups(r).decided = false;
+            groups(r).revealed[1].score = 7.5;
+            groups(r).revealed[1].flagged = true;
+        })
+        .contains("not decided"));
         // Participants that are not the contributors; a session of another group.
         assert!(bad(&|r| {
             r.participants.pop();

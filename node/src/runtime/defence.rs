@@ -186,7 +186,7 @@ impl Defence {
         let before = self.suspicion.clone();
         for entry in store.entries().skip(1) {
             let record = entry?.record()?;
-            if let Some(summary) = &record.groups {
+            if let Some(summary) = record.groups.as_ref().filter(|s| s.decided) {
                 let groups: Vec<Vec<u32>> = summary
                     .revealed
                     .iter()
@@ -216,7 +216,8 @@ impl Defence {
         me: u32,
         record: &RoundRecord,
     ) -> Vec<Vote> {
-        let Some(summary) = &record.groups else {
+        // An undecided round's flags are no evidence (see `suspicion::Judgement::decided`).
+        let Some(summary) = record.groups.as_ref().filter(|s| s.decided) else {
             return Vec::new();
         };
         let model = self.spec.suspicion_model();
@@ -462,6 +463,7 @@ mod tests {
                         })
                         .collect(),
                     skipped: Vec::new(),
+                    decided: true,
                 }),
                 admissions: Vec::new(),
             }
@@ -483,11 +485,17 @@ mod tests {
                         .identity,
                 );
                 d.count(&store, &signed, round).unwrap();
-            } else if voted_in.is_some() {
-                assert!(votes.is_empty(), "one vote per target");
+            } else if voted_in.is_some_and(|v| round < v + genesis.spec.robust.vote_expiry_rounds) {
+                assert!(votes.is_empty(), "one vote per target until it expires");
             }
         }
-        assert_eq!(voted_in, Some(expected));
+        // Flagged every round, member 5 is a suspect no later than `rounds_to_suspect` says;
+        // explaining away (its partners are cleared by their clean rounds) can make it sooner.
+        let voted_in = voted_in.expect("member 5 got a vote");
+        assert!(
+            voted_in <= expected,
+            "voted in round {voted_in}, expected by {expected}"
+        );
         let table = d.suspicion.clone();
         assert_eq!(table.members[&5].flagged, expected + 2);
         assert!(table.suspects(&model).iter().all(|(m, _)| *m == 5));

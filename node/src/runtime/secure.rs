@@ -796,6 +796,7 @@ pub fn judge_groups(
             drawn: drawn.to_vec(),
             revealed: revealed_sums,
             skipped,
+            decided: judged.decided,
         },
         update: judged.update,
     })
