@@ -158,18 +158,30 @@ pub struct Faults {
     /// `shares` (mode secagg: right after sending its key shares), `masked_input` (mode secagg:
     /// right after sending its masked input) or `bad_partial` (mode paillier: send a partial
     /// decryption that is wrong in one value, with its proof, and keep running — the others must
-    /// reject it, name this member and finish without it).
+    /// reject it, name this member and finish without it), `equivocate` (after each of its
+    /// one-per-round messages — update, masked input, encrypted update — sign and send a second,
+    /// different one for the same slot: the others must catch it, leave it out, record the
+    /// evidence and raise its anomaly score) or `stall` (mode secagg: stop sending after the key
+    /// shares; mode paillier: send no partial decryption; stay connected).
     pub at: String,
 }
 
 impl Faults {
     pub fn validate(&self, file: &Path) -> anyhow::Result<()> {
-        const POINTS: [&str; 4] = ["coordinating", "shares", "masked_input", "bad_partial"];
+        const POINTS: [&str; 6] = [
+            "coordinating",
+            "shares",
+            "masked_input",
+            "bad_partial",
+            "equivocate",
+            "stall",
+        ];
         if self.round > 0 && !POINTS.contains(&self.at.as_str()) {
             anyhow::bail!(
-                "{}: field `faults.at`: {:?} is not one of coordinating, shares, masked_input, bad_partial",
+                "{}: field `faults.at`: {:?} is not one of {}",
                 file.display(),
-                self.at
+                self.at,
+                POINTS.join(", ")
             );
         }
         Ok(())

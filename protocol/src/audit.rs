@@ -106,6 +106,10 @@ pub struct RoundRecord {
     pub privacy: Option<PrivacySummary>,
     /// Mode `paillier`: how the encrypted sum was formed and decrypted.
     pub paillier: Option<PaillierSummary>,
+    /// Members caught signing two different messages for one slot of this round, each with both
+    /// signed envelopes ([`crate::evidence`]), by member. Checked by [`Entry::verify`]. (Last
+    /// field: bincode encodes fields in order.)
+    pub evidence: Vec<crate::evidence::Equivocation>,
 }
 
 /// The privacy cost of a round and the running total of every member, recomputed and checked by
@@ -245,6 +249,12 @@ pub enum VerifyError {
     Membership { height: u64, reason: String },
     #[error("height {height}: paillier summary: {reason}")]
     Paillier { height: u64, reason: String },
+    #[error("height {height}: evidence against member {member}: {reason}")]
+    Evidence {
+        height: u64,
+        member: u32,
+        reason: String,
+    },
 }
 
 impl VerifyError {
@@ -265,7 +275,8 @@ impl VerifyError {
             | VerifyError::ThresholdSignature { height }
             | VerifyError::Eviction { height, .. }
             | VerifyError::Membership { height, .. }
-            | VerifyError::Paillier { height, .. } => *height,
+            | VerifyError::Paillier { height, .. }
+            | VerifyError::Evidence { height, .. } => *height,
         }
     }
 }
@@ -374,6 +385,13 @@ impl Entry {
                 }
                 check_paillier(genesis, &record)
                     .map_err(|reason| VerifyError::Paillier { height, reason })?;
+                check_evidence(genesis, genesis_hash, &record).map_err(|(member, reason)| {
+                    VerifyError::Evidence {
+                        height,
+                        member,
+                        reason,
+                    }
+                })?;
                 self.verify_signatures(genesis, bls_set)
             }
             (_, kind) => Err(VerifyError::Kind { height, kind }),
@@ -420,6 +438,33 @@ pub fn check_paillier(genesis: &Genesis, record: &RoundRecord) -> Result<(), Str
         .find(|m| summary.rejected.contains(m))
     {
         return Err(format!("member {m} is both a decryptor and rejected"));
+    }
+    Ok(())
+}
+
+/// What a record's equivocation evidence must satisfy: one piece per member, sorted by member,
+/// each for this record's round and proving its member signed two different messages for one
+/// slot ([`crate::evidence::Equivocation::verify`]). On failure, the member and the reason.
+pub fn check_evidence(
+    genesis: &Genesis,
+    genesis_hash: Hash,
+    record: &RoundRecord,
+) -> Result<(), (u32, String)> {
+    let limit = genesis.spec.params.max_message_bytes;
+    let mut last = None;
+    for e in &record.evidence {
+        if last.is_some_and(|m| m >= e.member) {
+            return Err((e.member, "evidence is not one per member, sorted".into()));
+        }
+        last = Some(e.member);
+        if e.round != record.round {
+            return Err((
+                e.member,
+                format!("it is for round {}, the record for round {}", e.round, record.round),
+            ));
+        }
+        e.verify(genesis, genesis_hash, limit)
+            .map_err(|err| (e.member, err.to_string()))?;
     }
     Ok(())
 }
@@ -595,12 +640,13 @@ pub fn check_membership(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::genesis::tests::sample;
 
     pub(crate) fn record(round: u64, base: Hash) -> RoundRecord {
         RoundRecord {
+            evidence: Vec::new(),
             round,
             mode: Mode::Plain,
             attempt: 0,

@@ -11,6 +11,7 @@
 //! - [`aggregate`]: FedAvg over flat updates, as the round uses it.
 //! - [`robust`]: robust aggregation rules (median, trimmed mean, Krum, Multi-Krum, centered
 //!   clipping, FoolsGold) and per-member anomaly scores with an EWMA history.
+//! - [`evidence`]: proof that a member signed two different messages for one slot (equivocation).
 //! - [`votes`]: signed eviction votes, their tally with quorum and expiry, eviction records.
 //! - [`secagg`]: secure aggregation (Bonawitz et al. 2017 with SecAgg+ neighbourhoods): typed member
 //!   and coordinator phases, quantization into Z_(2^bits), neighbour graphs.
@@ -29,6 +30,7 @@
 pub mod aggregate;
 pub mod audit;
 pub mod dp;
+pub mod evidence;
 pub mod genesis;
 pub mod model;
 pub mod paillier;

@@ -4,4 +4,5 @@
 mod cli;
 mod dp;
 mod harness;
+mod hostile;
 mod network;

@@ -16,6 +16,8 @@
 //!    catches up: it fetches entries and checkpoints, verifies them, and appends them.
 
 mod defence;
+mod equivocation;
+mod hostile;
 mod paillier;
 mod privacy;
 mod secure;
@@ -223,6 +225,8 @@ struct Current {
     secure_input: Option<Vec<u64>>,
     /// Mode `paillier`: this round's aggregation.
     paillier: Option<paillier::Round>,
+    /// Members' contradicting messages of this round ([`equivocation`]).
+    detector: fedmesh_protocol::evidence::Detector,
 }
 
 /// The running node.
@@ -363,6 +367,9 @@ impl Runtime {
                         attempt,
                         msg: Box::new(msg),
                     };
+                    if self.stalls(round, &payload) {
+                        continue;
+                    }
                     let env = Envelope::seal(
                         self.ctx.genesis_hash,
                         self.me(),
@@ -375,6 +382,7 @@ impl Runtime {
                         tracing::debug!(error = %e, "secagg: not published yet; retrying");
                         self.secure_unpublished.push((round, bytes));
                     }
+                    self.equivocate(&env).await;
                     self.ctx.fault(round, point).await;
                 }
                 secure::Action::Outcome(outcome) => {
@@ -540,6 +548,7 @@ impl Runtime {
             secure: None,
             secure_input: None,
             paillier: None,
+            detector: Default::default(),
         };
         if self.secure_mode() {
             cur.secure = Self::new_session(&self.ctx, &cur.state, 0);
@@ -719,7 +728,7 @@ impl Runtime {
         let Some(bytes) = self.current.as_ref().and_then(|c| c.unpublished.clone()) else {
             return;
         };
-        match self.net.publish(bytes).await {
+        match self.net.publish(bytes.clone()).await {
             Ok(()) => {}
             Err(e) if e.contains("Duplicate") => {}
             Err(e) => {
@@ -729,6 +738,11 @@ impl Runtime {
         }
         if let Some(c) = self.current.as_mut() {
             c.unpublished = None;
+        }
+        if self.ctx.faults.at == "equivocate" {
+            if let Ok(env) = fedmesh_protocol::codec::decode::<Envelope>(&bytes, bytes.len()) {
+                self.equivocate(&env).await;
+            }
         }
     }
 
@@ -860,6 +874,12 @@ impl Runtime {
                 if cur.state.proposal().is_some() {
                     return; // someone else's proposal got here first
                 }
+                if participants.iter().any(|m| cur.state.is_excluded(*m)) {
+                    // A participant was caught equivocating while the model was evaluated:
+                    // aggregate again without it.
+                    cur.proposed = None;
+                    return;
+                }
                 let evictions = self.defence.evictions(round);
                 for e in &evictions {
                     tracing::info!(
@@ -928,6 +948,7 @@ impl Runtime {
                     height: cur.state.height,
                     prev_hash: cur.state.prev_hash,
                     record: RoundRecord {
+                        evidence: Vec::new(),
                         round,
                         mode: fedmesh_protocol::genesis::Mode::Secagg,
                         attempt,
@@ -1007,11 +1028,13 @@ impl Runtime {
     }
 
     /// As this round's coordinator: gossip `p`, adopt it, and approve it.
-    async fn propose(&mut self, p: Proposal, params: Arc<Vec<f32>>) {
+    async fn propose(&mut self, mut p: Proposal, params: Arc<Vec<f32>>) {
         let me = self.me();
+        let limit = self.params().max_message_bytes;
         let Some(cur) = self.current.as_mut() else {
             return;
         };
+        equivocation::attach(&mut p, &cur.detector, limit);
         let env = Envelope::seal(
             self.ctx.genesis_hash,
             me,
@@ -1168,6 +1191,11 @@ impl Runtime {
             "round committed"
         );
         report_round(&entry, &record);
+        self.defence.equivocated(
+            &self.store,
+            record.round,
+            &equivocation::culprits(&record),
+        );
         let votes = self.score_round(&record, &params);
         let evicted = self
             .defence
@@ -1385,6 +1413,7 @@ impl Runtime {
             return Verdict::Ignore;
         };
         let sender = env.sender;
+        equivocation::observe(&mut cur.detector, &mut cur.state, &env, &bytes);
         let result = match env.payload {
             Payload::Secagg { attempt, msg } if secure_mode => {
                 let current = cur.secure.as_ref().map(|s| s.attempt);
@@ -1445,6 +1474,16 @@ impl Runtime {
                 let h = p.entry().signing_hash();
                 if !cur.checked.insert(h) {
                     return Verdict::Ignore;
+                }
+                if let Err(reason) = equivocation::adopt(
+                    &ctx.genesis,
+                    ctx.genesis_hash,
+                    &mut cur.detector,
+                    &mut cur.state,
+                    &p.record,
+                ) {
+                    tracing::warn!(round, culprit = sender, %reason, "refused a proposal");
+                    return Verdict::Reject;
                 }
                 if let Err(reason) = self.defence.check(&ctx.genesis, p.height, &p.record) {
                     tracing::warn!(round, culprit = sender, %reason, "refused a proposal");

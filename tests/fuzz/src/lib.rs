@@ -856,6 +856,7 @@ fn with_mode(mode: u8, bytes: &[u8]) -> Vec<u8> {
 fn sample_record() -> RoundRecord {
     let net = net();
     RoundRecord {
+        evidence: Vec::new(),
         round: 1,
         mode: genesis::Mode::Plain,
         attempt: 0,
@@ -1177,7 +1178,32 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         rejected: vec![3],
         clipped: 2,
     });
-    for r in [sample_record(), evicting, private, paillier_rec] {
+    let mut evident = sample_record();
+    let twice: Vec<Vec<u8>> = [0.01f32, 0.02]
+        .iter()
+        .map(|v| {
+            Envelope::seal(
+                net.genesis_hash,
+                3,
+                1,
+                Payload::Update(wire::Update {
+                    base_model: net.genesis.initial_model,
+                    num_samples: 10,
+                    train_loss: 0.5,
+                    delta: vec![*v; net.layout.param_count()],
+                }),
+                &net.keys[3],
+            )
+            .encode()
+        })
+        .collect();
+    evident.evidence = vec![fedmesh_protocol::evidence::Equivocation {
+        member: 3,
+        round: 1,
+        first: twice[0].clone(),
+        second: twice[1].clone(),
+    }];
+    for r in [sample_record(), evicting, private, paillier_rec, evident] {
         out.push(("log_entry", with_mode(1, &r.encode())));
     }
 
