@@ -41,6 +41,9 @@ pub mod signed;
 pub mod votes;
 pub mod wire;
 
+#[cfg(test)]
+mod hostile_tests;
+
 pub use fedmesh_crypto as crypto;
 pub use fedmesh_crypto::Hash;
 
