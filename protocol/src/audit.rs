@@ -460,7 +460,10 @@ pub fn check_evidence(
         if e.round != record.round {
             return Err((
                 e.member,
-                format!("it is for round {}, the record for round {}", e.round, record.round),
+                format!(
+                    "it is for round {}, the record for round {}",
+                    e.round, record.round
+                ),
             ));
         }
         e.verify(genesis, genesis_hash, limit)

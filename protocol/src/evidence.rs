@@ -263,7 +263,13 @@ mod tests {
         })
     }
 
-    fn sealed(h: Hash, keys: &[crate::crypto::identity::SecretKey], sender: u32, round: u64, p: Payload) -> (Envelope, Vec<u8>) {
+    fn sealed(
+        h: Hash,
+        keys: &[crate::crypto::identity::SecretKey],
+        sender: u32,
+        round: u64,
+        p: Payload,
+    ) -> (Envelope, Vec<u8>) {
         let env = Envelope::seal(h, sender, round, p, &keys[sender as usize]);
         let bytes = env.encode();
         (env, bytes)
@@ -330,7 +336,10 @@ mod tests {
             second: a.clone(),
             ..good.clone()
         };
-        assert!(matches!(same.verify(&g, h, 1 << 20), Err(EvidenceError::Same)));
+        assert!(matches!(
+            same.verify(&g, h, 1 << 20),
+            Err(EvidenceError::Same)
+        ));
         // Blaming another member with member 1's messages.
         let framed = Equivocation {
             member: 2,
@@ -345,7 +354,10 @@ mod tests {
             round: 5,
             ..good.clone()
         };
-        assert!(matches!(moved.verify(&g, h, 1 << 20), Err(EvidenceError::Round { .. })));
+        assert!(matches!(
+            moved.verify(&g, h, 1 << 20),
+            Err(EvidenceError::Round { .. })
+        ));
         // A message of another round is not a contradiction of this one.
         let (_, later) = sealed(h, &keys, 1, 5, update(0.2));
         let rounds = Equivocation {
@@ -369,14 +381,20 @@ mod tests {
             second: status,
             ..good.clone()
         };
-        assert!(matches!(slots.verify(&g, h, 1 << 20), Err(EvidenceError::Slot { .. })));
+        assert!(matches!(
+            slots.verify(&g, h, 1 << 20),
+            Err(EvidenceError::Slot { .. })
+        ));
         // A tampered byte breaks the signature.
         let mut tampered = good.clone();
         let last = tampered.second.len() - 70;
         tampered.second[last] ^= 1;
         assert!(matches!(
             tampered.verify(&g, h, 1 << 20),
-            Err(EvidenceError::Open { which: "second", .. })
+            Err(EvidenceError::Open {
+                which: "second",
+                ..
+            })
         ));
     }
     /// `audit verify` path: a round entry that carries evidence verifies only if the evidence
@@ -426,13 +444,21 @@ mod tests {
         same.evidence[0].second = a;
         assert!(matches!(
             signed(&same).verify(&g, gh, &set),
-            Err(VerifyError::Evidence { height: 1, member: 2, .. })
+            Err(VerifyError::Evidence {
+                height: 1,
+                member: 2,
+                ..
+            })
         ));
         let mut other_round = record.clone();
         other_round.round = 2;
         assert!(matches!(
             signed(&other_round).verify(&g, gh, &set),
-            Err(VerifyError::Evidence { height: 1, member: 2, .. })
+            Err(VerifyError::Evidence {
+                height: 1,
+                member: 2,
+                ..
+            })
         ));
         let mut twice = record.clone();
         twice.evidence.push(record.evidence[0].clone());

@@ -67,24 +67,28 @@ fn plain_equivocator_is_left_out_and_the_round_commits_with_evidence() {
     let mut detectors: Vec<Detector> = (0..4).map(|_| Detector::new()).collect();
     let (a, ab) = seal(&n, 3, 1, Payload::Update(update(base, 0.5)));
     let (b, bb) = seal(&n, 3, 1, Payload::Update(update(base, -0.5)));
-    for i in 0..3 {
+    for (i, (round, detector)) in rounds.iter_mut().zip(&mut detectors).enumerate().take(3) {
         for m in 0..3u32 {
-            rounds[i].add_update(m, update(base, m as f32)).unwrap();
+            round.add_update(m, update(base, m as f32)).unwrap();
         }
-        let (first, second) = if i < 2 { ((&a, &ab), (&b, &bb)) } else { ((&b, &bb), (&a, &ab)) };
+        let (first, second) = if i < 2 {
+            ((&a, &ab), (&b, &bb))
+        } else {
+            ((&b, &bb), (&a, &ab))
+        };
         for (env, bytes) in [first, second] {
-            if let Some(e) = detectors[i].observe(env, bytes) {
+            if let Some(e) = detector.observe(env, bytes) {
                 e.verify(&n.g, n.gh, 1 << 20).unwrap();
-                rounds[i].exclude(e.member);
+                round.exclude(e.member);
             }
             if let Payload::Update(u) = &env.payload {
-                let _ = rounds[i].add_update(3, u.clone());
+                let _ = round.add_update(3, u.clone());
             }
         }
-        assert!(rounds[i].is_excluded(3) && !rounds[i].has_update(3));
-        assert!(rounds[i].has_all_updates(), "nobody waits for the equivocator");
+        assert!(round.is_excluded(3) && !round.has_update(3));
+        assert!(round.has_all_updates(), "nobody waits for the equivocator");
         assert!(matches!(
-            rounds[i].add_update(3, update(base, 0.5)),
+            round.add_update(3, update(base, 0.5)),
             Err(RoundError::Equivocation { culprit: 3, .. })
         ));
     }
@@ -95,7 +99,10 @@ fn plain_equivocator_is_left_out_and_the_round_commits_with_evidence() {
     assert_eq!(participants, vec![0, 1, 2]);
     let delta = rounds[c].aggregate(&participants).unwrap();
     let layout = n.g.layout();
-    let new_model = layout.hash(&model::apply(&layout.init(n.g.spec.model.init_seed), &delta));
+    let new_model = layout.hash(&model::apply(
+        &layout.init(n.g.spec.model.init_seed),
+        &delta,
+    ));
     let metrics = Metrics {
         accuracy: 0.5,
         loss: 1.0,
@@ -120,10 +127,10 @@ fn plain_equivocator_is_left_out_and_the_round_commits_with_evidence() {
     ));
 
     let mut approvals = Vec::new();
-    for i in 0..3 {
-        assert!(rounds[i].check_proposal(coord, &p).unwrap().is_empty());
-        rounds[i].set_proposal(p.clone());
-        approvals.push((i as u32, rounds[i].approve(&n.keys[i], &n.shares[i]).unwrap()));
+    for (i, round) in rounds.iter_mut().enumerate().take(3) {
+        assert!(round.check_proposal(coord, &p).unwrap().is_empty());
+        round.set_proposal(p.clone());
+        approvals.push((i as u32, round.approve(&n.keys[i], &n.shares[i]).unwrap()));
     }
     let set = n.g.bls().unwrap();
     for (m, ap) in approvals {
@@ -212,7 +219,13 @@ fn secagg_hostile_messages_are_refused_and_the_session_completes() {
     };
     let ea = Envelope::seal(gh, 3, 9, payload(msg), &keys[3]);
     let eb = Envelope::seal(gh, 3, 9, payload(msg2), &keys[3]);
-    assert_eq!(Slot::of(&ea.payload), Some(Slot::Secagg { attempt: 0, phase: 0 }));
+    assert_eq!(
+        Slot::of(&ea.payload),
+        Some(Slot::Secagg {
+            attempt: 0,
+            phase: 0
+        })
+    );
     let mut d = Detector::new();
     assert!(d.observe(&ea, &ea.encode()).is_none());
     let e = d.observe(&eb, &eb.encode()).expect("caught");
@@ -220,7 +233,10 @@ fn secagg_hostile_messages_are_refused_and_the_session_completes() {
     // Truncated anywhere, or over the limit: refused before anything looks at the payload.
     let bytes = eb.encode();
     for cut in [1, bytes.len() / 3, bytes.len() / 2, bytes.len() - 1] {
-        assert!(Envelope::open(&bytes[..cut], 1 << 20, &g, gh, None).is_err(), "cut at {cut}");
+        assert!(
+            Envelope::open(&bytes[..cut], 1 << 20, &g, gh, None).is_err(),
+            "cut at {cut}"
+        );
     }
     assert!(matches!(
         Envelope::open(&bytes, bytes.len() - 1, &g, gh, None),
@@ -258,7 +274,9 @@ fn secagg_hostile_messages_are_refused_and_the_session_completes() {
     }
     let (mut coord, clist) = coord.finish().unwrap();
     for (m, st) in last {
-        coord.add(st.unmask(&clist, &keys[m as usize]).unwrap()).unwrap();
+        coord
+            .add(st.unmask(&clist, &keys[m as usize]).unwrap())
+            .unwrap();
     }
     let outcome = coord.finish().unwrap();
     // Member 3 shared nothing: the sum is the three honest inputs, 0 + 1 + 2 per value.
@@ -288,9 +306,18 @@ fn paillier_hostile_messages_are_refused_and_the_round_completes() {
     let pool = crate::crypto::paillier::Pool::new();
     pool.fill(&keys.public, 8, &mut rng);
     let enc = |m: u32, v: f32, rng: &mut ChaCha20Rng| {
-        paillier::encrypt_update(&params, &keys, &packer, &pool, m, &n.keys[m as usize], &[v; 5], rng)
-            .unwrap()
-            .0
+        paillier::encrypt_update(
+            &params,
+            &keys,
+            &packer,
+            &pool,
+            m,
+            &n.keys[m as usize],
+            &[v; 5],
+            rng,
+        )
+        .unwrap()
+        .0
     };
     let mut c = paillier::Collect::new(&params, &keys, &packer);
     c.add_update(&enc(0, 0.1, &mut rng)).unwrap();
@@ -306,7 +333,8 @@ fn paillier_hostile_messages_are_refused_and_the_round_completes() {
     ));
     // Oversized: one ciphertext too many.
     let mut big = u2.body.clone();
-    big.ciphertexts.extend_from_slice(&vec![1u8; keys.public.ciphertext_len()]);
+    big.ciphertexts
+        .extend_from_slice(&vec![1u8; keys.public.ciphertext_len()]);
     let big = paillier::Signed::sign(n.gh, big, &n.keys[2]);
     assert_eq!(c.add_update(&big).unwrap_err().culprit(), Some(2));
     // Equivocation: the first update counts, a second different one is refused and caught.
@@ -323,18 +351,26 @@ fn paillier_hostile_messages_are_refused_and_the_round_completes() {
     let (eb, bb) = seal(&n, 2, 4, pay(second));
     let mut d = Detector::new();
     assert!(d.observe(&ea, &ab).is_none());
-    d.observe(&eb, &bb).expect("caught").verify(&n.g, n.gh, 1 << 20).unwrap();
+    d.observe(&eb, &bb)
+        .expect("caught")
+        .verify(&n.g, n.gh, 1 << 20)
+        .unwrap();
 
     let mut dec = c.close().unwrap();
     // A truncated partial decryption is refused and its sender named.
-    let good = dec.partial(&dealing.shares[1], 1, &n.keys[1], &mut rng).unwrap();
+    let good = dec
+        .partial(&dealing.shares[1], 1, &n.keys[1], &mut rng)
+        .unwrap();
     let mut cut = good.body.clone();
     cut.partial.truncate(cut.partial.len() - 5);
     let cut = paillier::Signed::sign(n.gh, cut, &n.keys[1]);
     assert_eq!(dec.add_partial(&cut).unwrap_err().culprit(), Some(1));
     // Member 2 stalls (no partial): members 0 and 1 decrypt.
-    dec.add_partial(&dec.partial(&dealing.shares[0], 0, &n.keys[0], &mut rng).unwrap())
-        .unwrap();
+    dec.add_partial(
+        &dec.partial(&dealing.shares[0], 0, &n.keys[0], &mut rng)
+            .unwrap(),
+    )
+    .unwrap();
     assert!(dec.ready() || dec.add_partial(&good).is_ok());
     let out = dec.finish().unwrap();
     assert_eq!(out.summary.decryptors, vec![0, 1]);
@@ -354,7 +390,10 @@ fn equivocation_counts_in_the_anomaly_score() {
         h.record_misbehaviour(round, 3, spec.score_decay, spec.score_threshold);
     }
     assert_eq!(
-        h.suspects(spec.patience).iter().map(|(m, _)| *m).collect::<Vec<_>>(),
+        h.suspects(spec.patience)
+            .iter()
+            .map(|(m, _)| *m)
+            .collect::<Vec<_>>(),
         vec![3]
     );
     assert!(!h.peers.contains_key(&0));

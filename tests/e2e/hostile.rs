@@ -42,12 +42,14 @@ fn assert_caught(net: &Testnet, honest: &[usize], culprit: u64) {
     for &i in honest {
         let log = std::fs::read_to_string(net.log_path(i)).unwrap();
         assert!(
-            log.lines().any(|l| l.contains("EQUIVOCATION") && l.contains(&format!("culprit={culprit}"))),
+            log.lines()
+                .any(|l| l.contains("EQUIVOCATION") && l.contains(&format!("culprit={culprit}"))),
             "node {i} did not log catching member {culprit}:\n{}",
             net.tail_logs()
         );
         assert!(
-            log.lines().any(|l| l.contains("anomaly score") && l.contains(&format!("member={culprit}"))),
+            log.lines()
+                .any(|l| l.contains("anomaly score") && l.contains(&format!("member={culprit}"))),
             "node {i} did not count the equivocation in member {culprit}'s score"
         );
     }
@@ -101,9 +103,8 @@ fn plain_equivocator_is_caught_left_out_and_recorded() {
 /// come off its shares, member 4's evidence is in the record.
 #[test]
 fn secagg_equivocator_and_mid_phase_staller_do_not_stall_the_round() {
-    let cfg = format!(
-        "[spec]\nmode = \"secagg\"\n[spec.secagg]\nphase_timeout_ms = 4000\n{SMALL_MODEL}"
-    );
+    let cfg =
+        format!("[spec]\nmode = \"secagg\"\n[spec.secagg]\nphase_timeout_ms = 4000\n{SMALL_MODEL}");
     let mut net = Testnet::with_config(5, 3, 15_000, &cfg);
     net.set_fault(4, 2, "equivocate");
     net.set_fault(3, 2, "stall");
@@ -115,7 +116,10 @@ fn secagg_equivocator_and_mid_phase_staller_do_not_stall_the_round() {
     let records = audit_show(&net, 0);
     assert_recorded_only_in(&records, 2, 4);
     let r2 = &records[2];
-    assert!(!list(&r2["participants"]).contains(&3), "member 3 sent no input: {r2}");
+    assert!(
+        !list(&r2["participants"]).contains(&3),
+        "member 3 sent no input: {r2}"
+    );
     assert!(list(&r2["dropouts"]).contains(&3), "{r2}");
     assert_caught(&net, &[0, 1, 2], 4);
 }

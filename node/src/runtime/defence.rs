@@ -208,7 +208,11 @@ impl Defence {
                 self.spec.score_decay,
                 self.spec.score_threshold,
             );
-            tracing::warn!(round, member = m, "equivocation counted in the member's anomaly score");
+            tracing::warn!(
+                round,
+                member = m,
+                "equivocation counted in the member's anomaly score"
+            );
         }
         if let Err(e) = store.put_state(HISTORY_KEY, &self.history.encode()) {
             tracing::warn!(error = %e, "cannot store the score history");

@@ -28,7 +28,11 @@ impl Runtime {
             _ => false,
         };
         if withheld {
-            tracing::warn!(round, what = payload.name(), "fault injection: stalling mid-phase");
+            tracing::warn!(
+                round,
+                what = payload.name(),
+                "fault injection: stalling mid-phase"
+            );
         }
         withheld
     }
@@ -57,9 +61,9 @@ impl Runtime {
                     }
                     Payload::Secagg {
                         attempt: *attempt,
-                        msg: Box::new(SecaggMsg::Masked(
-                            fedmesh_protocol::signed::Signed::sign(genesis, body, key),
-                        )),
+                        msg: Box::new(SecaggMsg::Masked(fedmesh_protocol::signed::Signed::sign(
+                            genesis, body, key,
+                        ))),
                     }
                 }
                 _ => return,
@@ -70,9 +74,9 @@ impl Runtime {
                     body.clipped += 1;
                     Payload::Paillier {
                         attempt: *attempt,
-                        msg: Box::new(PaillierMsg::Update(
-                            fedmesh_protocol::signed::Signed::sign(genesis, body, key),
-                        )),
+                        msg: Box::new(PaillierMsg::Update(fedmesh_protocol::signed::Signed::sign(
+                            genesis, body, key,
+                        ))),
                     }
                 }
                 _ => return,

@@ -1191,11 +1191,8 @@ impl Runtime {
             "round committed"
         );
         report_round(&entry, &record);
-        self.defence.equivocated(
-            &self.store,
-            record.round,
-            &equivocation::culprits(&record),
-        );
+        self.defence
+            .equivocated(&self.store, record.round, &equivocation::culprits(&record));
         let votes = self.score_round(&record, &params);
         let evicted = self
             .defence

@@ -34,8 +34,11 @@ use fedmesh_protocol::wire::{self, Envelope, Payload, Request, Response};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
+/// The body of a fuzz target.
+pub type Body = fn(&[u8]);
+
 /// Every fuzz target: its name (the cargo-fuzz binary and corpus directory) and its body.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("wire", wire),
     ("signed_secagg", signed_secagg),
     ("signed_paillier", signed_paillier),
@@ -217,9 +220,7 @@ fn secagg_params() -> &'static Arc<secagg::RoundParams> {
 
 /// Sign a fuzzer-made body as its claimed sender when that is a member (so the checks behind the
 /// signature are reached), else with member 0's key (so the signature check itself is hit).
-fn sign_as<T: fedmesh_protocol::signed::Body>(
-    body: T,
-) -> fedmesh_protocol::signed::Signed<T> {
+fn sign_as<T: fedmesh_protocol::signed::Body>(body: T) -> fedmesh_protocol::signed::Signed<T> {
     let net = net();
     let who = body.sender();
     let key = &net.keys[if who < N { who as usize } else { 0 }];
@@ -293,7 +294,14 @@ fn secagg_session(fault: SecaggFault, body: &[u8]) -> Result<(), secagg::SecaggE
     let hostile = 3u32;
     let mut rng = ChaCha20Rng::seed_from_u64(11);
     let inputs: BTreeMap<u32, Vec<u64>> = (0..N)
-        .map(|m| (m, (0..SECAGG_LEN as u64).map(|i| i * 1000 + u64::from(m)).collect()))
+        .map(|m| {
+            (
+                m,
+                (0..SECAGG_LEN as u64)
+                    .map(|i| i * 1000 + u64::from(m))
+                    .collect(),
+            )
+        })
         .collect();
     // Bodies the fuzzer supplies replace member 3's message; if they do not decode, member 3
     // sends nothing at that phase (a stall).
@@ -303,7 +311,8 @@ fn secagg_session(fault: SecaggFault, body: &[u8]) -> Result<(), secagg::SecaggE
     let mut coord = coordinator::CollectKeys::new(params.clone())?;
     let mut stage0 = BTreeMap::new();
     for m in 0..N {
-        let (next, msg) = member::Start::new(params.clone(), m)?.advertise(&keys[m as usize], &mut rng);
+        let (next, msg) =
+            member::Start::new(params.clone(), m)?.advertise(&keys[m as usize], &mut rng);
         if m == hostile && fuzzed(0) {
             if let Ok(b) = codec::decode::<secagg::Advertise>(body, limit) {
                 let _ = coord.add(sign_as(b));
@@ -315,7 +324,8 @@ fn secagg_session(fault: SecaggFault, body: &[u8]) -> Result<(), secagg::SecaggE
     }
     let (mut coord, mut list) = coord.finish()?;
     if relay(0) {
-        list = codec::decode(body, limit).map_err(|e| secagg::SecaggError::Coordinator(e.to_string()))?;
+        list = codec::decode(body, limit)
+            .map_err(|e| secagg::SecaggError::Coordinator(e.to_string()))?;
     }
     let mut stage1 = BTreeMap::new();
     for (m, state) in stage0 {
@@ -333,8 +343,8 @@ fn secagg_session(fault: SecaggFault, body: &[u8]) -> Result<(), secagg::SecaggE
     }
     let (mut coord, mut relayed) = coord.finish()?;
     if relay(1) {
-        let r: secagg::SharesFor =
-            codec::decode(body, limit).map_err(|e| secagg::SecaggError::Coordinator(e.to_string()))?;
+        let r: secagg::SharesFor = codec::decode(body, limit)
+            .map_err(|e| secagg::SecaggError::Coordinator(e.to_string()))?;
         relayed.insert(0, r);
     }
     let mut stage2 = BTreeMap::new();
@@ -354,8 +364,8 @@ fn secagg_session(fault: SecaggFault, body: &[u8]) -> Result<(), secagg::SecaggE
     }
     let (mut coord, mut survivors) = coord.finish()?;
     if relay(2) {
-        survivors =
-            codec::decode(body, limit).map_err(|e| secagg::SecaggError::Coordinator(e.to_string()))?;
+        survivors = codec::decode(body, limit)
+            .map_err(|e| secagg::SecaggError::Coordinator(e.to_string()))?;
     }
     let mut stage3 = BTreeMap::new();
     for (m, state) in stage2 {
@@ -373,7 +383,8 @@ fn secagg_session(fault: SecaggFault, body: &[u8]) -> Result<(), secagg::SecaggE
     }
     let (mut coord, mut clist) = coord.finish()?;
     if relay(3) {
-        clist = codec::decode(body, limit).map_err(|e| secagg::SecaggError::Coordinator(e.to_string()))?;
+        clist = codec::decode(body, limit)
+            .map_err(|e| secagg::SecaggError::Coordinator(e.to_string()))?;
     }
     for (m, state) in stage3 {
         let Ok(msg) = state.unmask(&clist, &keys[m as usize]) else {
@@ -398,7 +409,10 @@ fn secagg_session(fault: SecaggFault, body: &[u8]) -> Result<(), secagg::SecaggE
                 *a = a.wrapping_add(*v) & low;
             }
         }
-        assert_eq!(outcome.sum, expected, "survivors' sum with member 3 left out");
+        assert_eq!(
+            outcome.sum, expected,
+            "survivors' sum with member 3 left out"
+        );
     }
     Ok(())
 }
@@ -441,17 +455,33 @@ pub fn paillier_net() -> &'static PaillierNet {
         };
         let packer = Packer::new(&keys.public, 16, 0.5, 3).expect("fixture packer");
         let pool = cpaillier::Pool::new();
-        pool.fill(&keys.public, 3 * packer.plaintexts_for(PAILLIER_LEN), &mut rng);
+        pool.fill(
+            &keys.public,
+            3 * packer.plaintexts_for(PAILLIER_LEN),
+            &mut rng,
+        );
         let updates: Vec<_> = (0..3u32)
             .map(|m| {
-                let values: Vec<f32> = (0..PAILLIER_LEN).map(|i| (i as f32 - 2.5) * 0.05 * (m + 1) as f32).collect();
-                ppaillier::encrypt_update(&params, &keys, &packer, &pool, m, &net.keys[m as usize], &values, &mut rng)
-                    .expect("fixture update")
-                    .0
+                let values: Vec<f32> = (0..PAILLIER_LEN)
+                    .map(|i| (i as f32 - 2.5) * 0.05 * (m + 1) as f32)
+                    .collect();
+                ppaillier::encrypt_update(
+                    &params,
+                    &keys,
+                    &packer,
+                    &pool,
+                    m,
+                    &net.keys[m as usize],
+                    &values,
+                    &mut rng,
+                )
+                .expect("fixture update")
+                .0
             })
             .collect();
         let ciphertexts = updates[0].body.ciphertexts.clone();
-        let cts = cpaillier::decode_ciphertexts(&keys.public, &ciphertexts, 64).expect("fixture ciphertexts");
+        let cts = cpaillier::decode_ciphertexts(&keys.public, &ciphertexts, 64)
+            .expect("fixture ciphertexts");
         let partial = dealing.shares[1]
             .decrypt_share(&keys.public, &keys.verification, &cts, b"fuzz", &mut rng)
             .expect("fixture partial")
@@ -614,7 +644,9 @@ pub fn secagg_crypto(data: &[u8]) {
                 .collect();
             for s in &shares {
                 assert_eq!(
-                    shamir::Share::from_bytes(&s.to_bytes()[..]).expect("re-decodes").x(),
+                    shamir::Share::from_bytes(&s.to_bytes()[..])
+                        .expect("re-decodes")
+                        .x(),
                     s.x()
                 );
             }
@@ -697,11 +729,8 @@ pub fn vote(data: &[u8]) {
             };
             let mut t = tally();
             for (v, now) in list.iter().take(64) {
-                let signed = SignedVote::sign(
-                    net.genesis_hash,
-                    *v,
-                    &net.keys[(v.voter % N) as usize],
-                );
+                let signed =
+                    SignedVote::sign(net.genesis_hash, *v, &net.keys[(v.voter % N) as usize]);
                 let _ = t.add(&signed, *now);
                 for rec in t.ready(*now) {
                     rec.verify(net.genesis_hash, key, quorum)
@@ -784,7 +813,10 @@ pub fn checkpoint(data: &[u8]) {
         assert_eq!(params.len(), layout.param_count());
         let bytes = fedmesh_storage::encode_checkpoint(layout, &params);
         let back = fedmesh_storage::decode_checkpoint(layout, &bytes).expect("re-decodes");
-        assert!(back.iter().zip(&params).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(back
+            .iter()
+            .zip(&params)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 }
 
@@ -815,7 +847,10 @@ pub fn state(data: &[u8]) {
     match m % 3 {
         0 => {
             if let Ok(mut h) = History::decode(rest) {
-                assert_eq!(History::decode(&h.encode()).expect("re-decodes").encode(), h.encode());
+                assert_eq!(
+                    History::decode(&h.encode()).expect("re-decodes").encode(),
+                    h.encode()
+                );
                 let _ = h.suspects(u64::from(m));
                 h.record(1, &[], 0.3, 1.0);
                 if let Some((&member, _)) = h.peers.iter().next() {
@@ -933,7 +968,9 @@ fn secagg_transcript() -> Vec<(u8, Vec<u8>)> {
     raw.push(wire::SecaggMsg::KeyList(list.clone()));
     let mut s1 = BTreeMap::new();
     for (m, st) in s0 {
-        let (next, msg) = st.share_keys(&list, &keys[m as usize], &mut rng).expect("honest");
+        let (next, msg) = st
+            .share_keys(&list, &keys[m as usize], &mut rng)
+            .expect("honest");
         if m == 3 {
             out.push((1, codec::encode(&msg.body)));
             raw.push(wire::SecaggMsg::Shares(msg.clone()));
@@ -946,7 +983,9 @@ fn secagg_transcript() -> Vec<(u8, Vec<u8>)> {
     raw.push(wire::SecaggMsg::Relay(relayed.values().cloned().collect()));
     let mut s2 = BTreeMap::new();
     for (m, st) in s1 {
-        let input: Vec<u64> = (0..SECAGG_LEN as u64).map(|i| i * 1000 + u64::from(m)).collect();
+        let input: Vec<u64> = (0..SECAGG_LEN as u64)
+            .map(|i| i * 1000 + u64::from(m))
+            .collect();
         let (next, msg) = st
             .masked_input(&relayed[&m], &input, &keys[m as usize])
             .expect("honest");
@@ -962,7 +1001,9 @@ fn secagg_transcript() -> Vec<(u8, Vec<u8>)> {
     raw.push(wire::SecaggMsg::Survivors(survivors.clone()));
     let mut s3 = BTreeMap::new();
     for (m, st) in s2 {
-        let (next, msg) = st.consistency(&survivors, &keys[m as usize]).expect("honest");
+        let (next, msg) = st
+            .consistency(&survivors, &keys[m as usize])
+            .expect("honest");
         if m == 3 {
             out.push((3, codec::encode(&msg.body)));
             raw.push(wire::SecaggMsg::Consistency(msg.clone()));
@@ -1027,7 +1068,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         },
         Request::Entries { from: 1, max: 64 },
         Request::Checkpoint(net.genesis.initial_model),
-        Request::Update { round: 2, member: 1 },
+        Request::Update {
+            round: 2,
+            member: 1,
+        },
     ] {
         out.push(("wire", with_mode(1, &codec::encode(&req))));
     }
@@ -1037,11 +1081,17 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         Response::Entries(vec![entry.clone()]),
         Response::Checkpoint(Some(ckpt.clone())),
         Response::Update(Some(
-            Envelope::seal(net.genesis_hash, 2, 1, Payload::Status(wire::Status {
-                height: 0,
-                head: net.genesis_hash,
-                sent_at_ms: 0,
-            }), &net.keys[2])
+            Envelope::seal(
+                net.genesis_hash,
+                2,
+                1,
+                Payload::Status(wire::Status {
+                    height: 0,
+                    head: net.genesis_hash,
+                    sent_at_ms: 0,
+                }),
+                &net.keys[2],
+            )
             .encode(),
         )),
         Response::Refused("busy".into()),
@@ -1060,9 +1110,15 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     // Paillier messages.
     out.push((
         "signed_paillier",
-        with_mode(0, &codec::encode(&wire::PaillierMsg::Update(p.updates[2].clone()))),
+        with_mode(
+            0,
+            &codec::encode(&wire::PaillierMsg::Update(p.updates[2].clone())),
+        ),
     ));
-    out.push(("signed_paillier", with_mode(1, &codec::encode(&p.updates[2].body))));
+    out.push((
+        "signed_paillier",
+        with_mode(1, &codec::encode(&p.updates[2].body)),
+    ));
     let mut c = ppaillier::Collect::new(&p.params, &p.keys, &p.packer);
     for u in &p.updates {
         c.add_update(u).expect("honest update");
@@ -1090,7 +1146,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     // Paillier byte formats.
     let pk = &p.keys.public;
     out.push(("paillier_bytes", with_mode(0, &pk.to_bytes())));
-    out.push(("paillier_bytes", with_mode(1, &p.keys.verification.to_bytes(pk))));
+    out.push((
+        "paillier_bytes",
+        with_mode(1, &p.keys.verification.to_bytes(pk)),
+    ));
     out.push(("paillier_bytes", with_mode(2, &p.shares[0].to_bytes())));
     out.push(("paillier_bytes", with_mode(3, &p.ciphertexts)));
     out.push(("paillier_bytes", with_mode(4, &p.partial)));
@@ -1108,7 +1167,13 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     out.push(("secagg_crypto", with_mode(3 << 2, &share_bytes)));
     let a = agree::KeyPair::from_secret_bytes(&[3u8; 32]);
     let b = agree::KeyPair::from_secret_bytes(&[4u8; 32]);
-    let key = kdf::derive(&a.agree(&b.public()).expect("agree"), kdf::Purpose::ShareKey, 9, 0, 1);
+    let key = kdf::derive(
+        &a.agree(&b.public()).expect("agree"),
+        kdf::Purpose::ShareKey,
+        9,
+        0,
+        1,
+    );
     let header = aead::Header {
         round: 9,
         sender: 0,
@@ -1247,7 +1312,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
 /// An entry for `record` at height 1, signed by a threshold of the fixture's members.
 fn signed_entry(record: &RoundRecord) -> Entry {
     let net = net();
-    let mut e = Entry::round(1, Entry::genesis(net.genesis_text.as_bytes()).hash(), record);
+    let mut e = Entry::round(
+        1,
+        Entry::genesis(net.genesis_text.as_bytes()).hash(),
+        record,
+    );
     let msg = e.signing_hash();
     let t = net.genesis.threshold() as u32;
     e.signatures = (0..t)
