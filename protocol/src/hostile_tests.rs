@@ -398,3 +398,81 @@ fn equivocation_counts_in_the_anomaly_score() {
     );
     assert!(!h.peers.contains_key(&0));
 }
+
+/// Regression (found by the `signed_paillier` fuzz target, input in
+/// `tests/fuzz/regressions/signed_paillier/overflowing-update`): a member's update whose
+/// ciphertexts are well-formed and correctly signed but encrypt values outside the packing's
+/// range passes every check a member can make on ciphertexts, and makes the sum it is in
+/// undecodable. The round reports it as an error (no panic, nothing decrypted but the sum) and
+/// a sum formed without that update decrypts: a coordinator can still finish the round by
+/// leaving the update out (which update, the protocol cannot tell: see RELIABILITY-fuzz.md).
+#[test]
+fn paillier_out_of_range_update_spoils_only_the_sums_it_is_in() {
+    let mut rng = ChaCha20Rng::seed_from_u64(21);
+    let dealing = crate::crypto::paillier::deal(256, 2, 3, &mut rng).unwrap();
+    let n = net(3);
+    let params = paillier::RoundParams {
+        genesis: n.gh,
+        round: 4,
+        members: (0..3).map(|i| (i, n.keys[i as usize].public())).collect(),
+        len: 5,
+        min_contributors: 2,
+    };
+    let keys = paillier::Keys {
+        public: dealing.public,
+        verification: dealing.verification,
+    };
+    let packer = crate::crypto::paillier::pack::Packer::new(&keys.public, 16, 0.5, 3).unwrap();
+    let pool = crate::crypto::paillier::Pool::new();
+    pool.fill(&keys.public, 8, &mut rng);
+    let honest = |m: u32, rng: &mut ChaCha20Rng| {
+        paillier::encrypt_update(
+            &params,
+            &keys,
+            &packer,
+            &pool,
+            m,
+            &n.keys[m as usize],
+            &[0.1; 5],
+            rng,
+        )
+        .unwrap()
+        .0
+    };
+    // Member 2 encrypts 150 000 in the first slot (18 bits: 16 value bits, 2 headroom): more
+    // than three members' values can sum to, small enough not to carry into the next slot.
+    let big = crate::crypto::paillier::Plaintext::from_be_bytes(&150_000u32.to_be_bytes());
+    let ct = keys.public.encrypt(&big, &mut rng).unwrap();
+    let count = packer.plaintexts_for(5);
+    let cts = vec![ct; count];
+    let body = paillier::EncryptedUpdate {
+        round: 4,
+        member: 2,
+        clipped: 0,
+        ciphertexts: crate::crypto::paillier::encode_ciphertexts(&keys.public, &cts),
+    };
+    let hostile = paillier::Signed::sign(n.gh, body, &n.keys[2]);
+    let updates = [honest(0, &mut rng), honest(1, &mut rng), hostile];
+    let decrypt = |contributors: &[u32], rng: &mut ChaCha20Rng| {
+        let mut c = paillier::Collect::new(&params, &keys, &packer);
+        for u in &updates {
+            c.add_update(u)
+                .expect("every update passes the checks on ciphertexts");
+        }
+        let mut d = c.close_for(contributors).unwrap();
+        for i in 0..2u32 {
+            let part = d
+                .partial(&dealing.shares[i as usize], i, &n.keys[i as usize], rng)
+                .unwrap();
+            d.add_partial(&part).unwrap();
+        }
+        d.finish()
+    };
+    let spoiled = decrypt(&[0, 1, 2], &mut rng);
+    assert!(
+        matches!(spoiled, Err(paillier::PaillierError::Pack(_))),
+        "{spoiled:?}"
+    );
+    let out = decrypt(&[0, 1], &mut rng).expect("the honest members' sum decrypts");
+    assert_eq!(out.summary.decryptors, vec![0, 1]);
+}
