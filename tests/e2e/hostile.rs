@@ -73,7 +73,7 @@ fn assert_recorded_only_in(records: &[serde_json::Value], round: u64, culprit: u
 /// on its account.
 #[test]
 fn plain_equivocator_is_caught_left_out_and_recorded() {
-    let update_timeout = 30_000;
+    let update_timeout = 20_000;
     let mut net = Testnet::with_config(4, 3, update_timeout, SMALL_MODEL);
     net.set_fault(3, 2, "equivocate");
     net.start_all();
@@ -87,13 +87,23 @@ fn plain_equivocator_is_caught_left_out_and_recorded() {
     assert!(list(&r2["dropouts"]).contains(&3), "{r2}");
     assert!(!list(&r2["participants"]).contains(&3), "{r2}");
     assert_eq!(list(&records[3]["participants"]), vec![0, 1, 2, 3]);
-    // Round 2 closed as soon as the three honest updates were in (plus at most one failover if
-    // the equivocator happened to coordinate it): not after the update timeout.
+    // Round 2 closed as soon as the three honest updates were in: not after the update timeout.
+    // If the equivocator was its first coordinator, the others refused its proposal (it
+    // aggregates itself and leaves out its own evidence) and the next one took over: the next
+    // coordinator steps in after the update timeout and one failover timeout (half the update
+    // timeout here); the other half is headroom for training and evaluation.
     let took = records[2]["proposed_at_ms"].as_u64().unwrap()
         - records[1]["proposed_at_ms"].as_u64().unwrap();
+    let attempt = records[2]["attempt"].as_u64().unwrap();
+    let bound = if attempt == 0 {
+        update_timeout
+    } else {
+        assert_eq!(attempt, 1, "{}", records[2]);
+        2 * update_timeout
+    };
     assert!(
-        took < update_timeout,
-        "round 2 took {took} ms, the update timeout is {update_timeout} ms"
+        took < bound,
+        "round 2 (attempt {attempt}) took {took} ms, more than {bound} ms"
     );
     assert_caught(&net, &[0, 1, 2], 3);
 }

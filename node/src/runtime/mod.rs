@@ -1410,7 +1410,7 @@ impl Runtime {
             return Verdict::Ignore;
         };
         let sender = env.sender;
-        equivocation::observe(&mut cur.detector, &mut cur.state, &env, &bytes);
+        let caught = equivocation::observe(&mut cur.detector, &mut cur.state, &env, &bytes);
         let result = match env.payload {
             Payload::Secagg { attempt, msg } if secure_mode => {
                 let current = cur.secure.as_ref().map(|s| s.attempt);
@@ -1477,7 +1477,7 @@ impl Runtime {
                     ctx.genesis_hash,
                     &mut cur.detector,
                     &mut cur.state,
-                    &p.record,
+                    &p,
                 ) {
                     tracing::warn!(round, culprit = sender, %reason, "refused a proposal");
                     return Verdict::Reject;
@@ -1530,6 +1530,9 @@ impl Runtime {
                 tracing::warn!(round, culprit = sender, error = %e, "refused a message");
                 match e {
                     RoundError::AlreadyApproved => Verdict::Ignore,
+                    // The second version of an equivocator's update: signed by it, so the
+                    // relaying peer is not to blame, and others need it as evidence.
+                    RoundError::Equivocation { .. } if caught => Verdict::Accept,
                     _ => Verdict::Reject,
                 }
             }
