@@ -135,14 +135,15 @@ fn secagg_equivocator_and_mid_phase_staller_do_not_stall_the_round() {
 }
 
 /// Mode paillier: in round 2 member 3 sends two different encrypted updates, and member 2 sends
-/// no partial decryption (a stall after its update). The round decrypts with the other three
-/// (threshold 3 of 4) and records member 3's evidence.
+/// no partial decryption (a stall after its update). Five members, so that the three honest ones
+/// reach the signing threshold (3) whatever the two misbehaving ones approve: the round decrypts
+/// without member 2's partial and records member 3's evidence.
 #[test]
 fn paillier_equivocator_and_withheld_partial_do_not_stall_the_round() {
     let cfg = format!(
         "[spec]\nmode = \"paillier\"\n[spec.paillier]\nkey_bits = 512\nphase_timeout_ms = 8000\n{SMALL_MODEL}"
     );
-    let mut net = Testnet::with_config(4, 3, 30_000, &cfg);
+    let mut net = Testnet::with_config(5, 3, 30_000, &cfg);
     net.set_fault(3, 2, "equivocate");
     net.set_fault(2, 2, "stall");
     net.start_all();
@@ -154,5 +155,5 @@ fn paillier_equivocator_and_withheld_partial_do_not_stall_the_round() {
     assert_recorded_only_in(&records, 2, 3);
     let r2 = &records[2];
     assert!(!list(&r2["paillier"]["decryptors"]).contains(&2), "{r2}");
-    assert_caught(&net, &[0, 1], 3);
+    assert_caught(&net, &[0, 1, 4], 3);
 }
