@@ -21,7 +21,11 @@ fn run_dir(dir: &Path) -> usize {
         for f in files {
             let bytes = std::fs::read(&f).expect("corpus file reads");
             let result = std::panic::catch_unwind(|| body(&bytes));
-            assert!(result.is_ok(), "fuzz target {name} panics on {}", f.display());
+            assert!(
+                result.is_ok(),
+                "fuzz target {name} panics on {}",
+                f.display()
+            );
             ran += 1;
         }
     }
@@ -42,8 +46,14 @@ fn corpora_and_regressions_pass() {
 fn every_target_has_a_corpus() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus");
     for (name, _) in fuzz::TARGETS {
-        let n = std::fs::read_dir(root.join(name)).map(|d| d.count()).unwrap_or(0);
-        assert!(n > 0, "fuzz target {name} has no corpus in {}", root.display());
+        let n = std::fs::read_dir(root.join(name))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert!(
+            n > 0,
+            "fuzz target {name} has no corpus in {}",
+            root.display()
+        );
     }
 }
 
