@@ -212,6 +212,10 @@ fn summary(e: &Entry) -> serde_json::Value {
                             "member_from_round": a.effective_round,
                         }))
                         .collect::<Vec<_>>());
+                    // Members caught equivocating: the evidence itself (two signed envelopes
+                    // each) is checked by `audit verify` and exported with the body by `audit export`.
+                    v["equivocators"] =
+                        json!(r.evidence.iter().map(|x| x.member).collect::<Vec<_>>());
                     if !r.evictions.is_empty() {
                         v["evictions"] = json!(r
                             .evictions

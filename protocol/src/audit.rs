@@ -115,6 +115,10 @@ pub struct RoundRecord {
     /// signed votes), by index: from the next round on they are members. See
     /// [`check_membership`].
     pub admissions: Vec<AdmissionRecord>,
+    /// Members caught signing two different messages for one slot of this round, each with both
+    /// signed envelopes ([`crate::evidence`]), by member. Checked by [`Entry::verify`]. (Last
+    /// field: bincode encodes fields in order.)
+    pub evidence: Vec<crate::evidence::Equivocation>,
 }
 
 /// A round of group-wise secure aggregation: the active members were split into random groups of
@@ -310,6 +314,12 @@ pub enum VerifyError {
         index: u32,
         source: crate::admission::AdmissionError,
     },
+    #[error("height {height}: evidence against member {member}: {reason}")]
+    Evidence {
+        height: u64,
+        member: u32,
+        reason: String,
+    },
 }
 
 impl VerifyError {
@@ -332,7 +342,8 @@ impl VerifyError {
             | VerifyError::Membership { height, .. }
             | VerifyError::Paillier { height, .. }
             | VerifyError::Groups { height, .. }
-            | VerifyError::Admission { height, .. } => *height,
+            | VerifyError::Admission { height, .. }
+            | VerifyError::Evidence { height, .. } => *height,
         }
     }
 }
@@ -429,6 +440,13 @@ impl Entry {
                 // admitted members, whose keys are not in the genesis.
                 check_paillier(genesis, &record)
                     .map_err(|reason| VerifyError::Paillier { height, reason })?;
+                check_evidence(genesis, genesis_hash, &record).map_err(|(member, reason)| {
+                    VerifyError::Evidence {
+                        height,
+                        member,
+                        reason,
+                    }
+                })?;
                 self.verify_signatures(genesis, bls_set)
             }
             (_, kind) => Err(VerifyError::Kind { height, kind }),
@@ -598,6 +616,36 @@ pub fn check_groups(
     Ok(())
 }
 
+/// What a record's equivocation evidence must satisfy: one piece per member, sorted by member,
+/// each for this record's round and proving its member signed two different messages for one
+/// slot ([`crate::evidence::Equivocation::verify`]). On failure, the member and the reason.
+pub fn check_evidence(
+    genesis: &Genesis,
+    genesis_hash: Hash,
+    record: &RoundRecord,
+) -> Result<(), (u32, String)> {
+    let limit = genesis.spec.params.max_message_bytes;
+    let mut last = None;
+    for e in &record.evidence {
+        if last.is_some_and(|m| m >= e.member) {
+            return Err((e.member, "evidence is not one per member, sorted".into()));
+        }
+        last = Some(e.member);
+        if e.round != record.round {
+            return Err((
+                e.member,
+                format!(
+                    "it is for round {}, the record for round {}",
+                    e.round, record.round
+                ),
+            ));
+        }
+        e.verify(genesis, genesis_hash, limit)
+            .map_err(|err| (e.member, err.to_string()))?;
+    }
+    Ok(())
+}
+
 impl Entry {
     /// Member signatures (distinct genesis members, each valid, at least the threshold) and the
     /// threshold BLS signature over the signing hash.
@@ -715,12 +763,13 @@ pub fn check_membership(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::genesis::tests::sample;
 
     pub(crate) fn record(round: u64, base: Hash) -> RoundRecord {
         RoundRecord {
+            evidence: Vec::new(),
             round,
             mode: Mode::Plain,
             attempt: 0,

@@ -11,6 +11,7 @@
 //! - [`aggregate`]: FedAvg over flat updates, as the round uses it.
 //! - [`robust`]: robust aggregation rules (median, trimmed mean, Krum, Multi-Krum, centered
 //!   clipping, FoolsGold) and per-member anomaly scores with an EWMA history.
+//! - [`evidence`]: proof that a member signed two different messages for one slot (equivocation).
 //! - [`votes`]: signed eviction votes, their tally with quorum and expiry, eviction records.
 //! - [`admission`]: signed join requests, admission votes and their ballot, admission records.
 //! - [`membership`]: the member set as the log has it (genesis + admissions − evictions).
@@ -32,6 +33,7 @@ pub mod admission;
 pub mod aggregate;
 pub mod audit;
 pub mod dp;
+pub mod evidence;
 pub mod genesis;
 pub mod membership;
 pub mod model;
@@ -42,6 +44,9 @@ pub mod secagg;
 pub mod signed;
 pub mod votes;
 pub mod wire;
+
+#[cfg(test)]
+mod hostile_tests;
 
 pub use fedmesh_crypto as crypto;
 pub use fedmesh_crypto::Hash;

@@ -83,6 +83,9 @@ pub struct Round {
     approvals: BTreeMap<u32, Approval>,
     /// How the participants' updates are combined (genesis `[spec.robust]`).
     rule: crate::robust::Rule,
+    /// Members caught equivocating in this round ([`crate::evidence`]): none of their updates
+    /// is aggregated.
+    excluded: std::collections::BTreeSet<u32>,
 }
 
 /// The coordinator order for a round built on `prev_hash`: `active` members sorted by
@@ -124,6 +127,7 @@ impl Round {
             approved: None,
             approvals: BTreeMap::new(),
             rule: genesis.spec.robust.rule(),
+            excluded: Default::default(),
         }
     }
 
@@ -146,6 +150,12 @@ impl Round {
         let culprit = sender;
         if !self.is_active(sender) {
             return Err(RoundError::NotActive { culprit });
+        }
+        if self.excluded.contains(&sender) {
+            return Err(RoundError::Equivocation {
+                culprit,
+                what: "update",
+            });
         }
         if update.base_model != self.base_model {
             return Err(RoundError::WrongBase {
@@ -189,13 +199,29 @@ impl Round {
         self.updates.contains_key(&member)
     }
 
+    /// Leave `member` out of this round: it was caught signing two different updates (or other
+    /// messages) for it. Its update is dropped and no other is taken; a proposal that lists it
+    /// as a participant is refused. Different members may have received different versions
+    /// first, so aggregating either would split them.
+    pub fn exclude(&mut self, member: u32) {
+        self.excluded.insert(member);
+        self.updates.remove(&member);
+    }
+
+    /// Whether `member` was left out of this round for equivocating.
+    pub fn is_excluded(&self, member: u32) -> bool {
+        self.excluded.contains(&member)
+    }
+
     pub fn update_count(&self) -> usize {
         self.updates.len()
     }
 
     /// Every active member's update is in.
     pub fn has_all_updates(&self) -> bool {
-        self.order.iter().all(|m| self.updates.contains_key(m))
+        self.order
+            .iter()
+            .all(|m| self.updates.contains_key(m) || self.excluded.contains(m))
     }
 
     /// The members whose updates are in, sorted.
@@ -273,6 +299,7 @@ impl Round {
             height: self.height,
             prev_hash: self.prev_hash,
             record: RoundRecord {
+                evidence: Vec::new(),
                 round: self.round,
                 mode: crate::genesis::Mode::Plain,
                 attempt,
@@ -305,6 +332,12 @@ impl Round {
         let r = &p.record;
         let mut missing = Vec::new();
         for c in &r.participants {
+            if self.excluded.contains(&c.member) {
+                return Err(bad(format!(
+                    "member {} equivocated in this round; its update cannot be aggregated",
+                    c.member
+                )));
+            }
             match self.updates.get(&c.member) {
                 None => missing.push(c.member),
                 Some((u, h)) => {

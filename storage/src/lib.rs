@@ -528,8 +528,10 @@ fn key_height(key: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(bytes))
 }
 
-/// Decode the bytes stored under `height` and check that they are a sound entry for it.
-fn decode_entry(height: u64, bytes: &[u8]) -> Result<Entry, StoreError> {
+/// Decode the bytes stored under `height` and check that they are a sound entry for it: what the
+/// store does with every entry it reads back. Public so that the fuzz targets (`tests/fuzz`) run
+/// exactly this code on hostile bytes.
+pub fn decode_entry(height: u64, bytes: &[u8]) -> Result<Entry, StoreError> {
     let entry: Entry =
         codec::decode(bytes, codec::HARD_LIMIT).map_err(|e| StoreError::Corrupt {
             height,

@@ -7,6 +7,7 @@ use tempfile::TempDir;
 
 fn record(round: u64) -> RoundRecord {
     RoundRecord {
+        evidence: Vec::new(),
         round,
         mode: Mode::Plain,
         attempt: 0,

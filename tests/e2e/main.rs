@@ -7,4 +7,5 @@ mod dp;
 mod faults;
 mod groups;
 mod harness;
+mod hostile;
 mod network;

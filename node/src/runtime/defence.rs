@@ -301,6 +301,31 @@ impl Defence {
             .collect()
     }
 
+    /// Members caught equivocating in round `round` (evidence in its committed record): each
+    /// gets the highest round score ([`robust::score::CAP`]) in its history, so that it counts
+    /// towards a vote like any anomalous update, and the history is stored.
+    pub fn equivocated(&mut self, store: &Store, round: u64, members: &[u32]) {
+        if members.is_empty() {
+            return;
+        }
+        for &m in members {
+            self.history.record_misbehaviour(
+                round,
+                m,
+                self.spec.score_decay,
+                self.spec.score_threshold,
+            );
+            tracing::warn!(
+                round,
+                member = m,
+                "equivocation counted in the member's anomaly score"
+            );
+        }
+        if let Err(e) = store.put_state(HISTORY_KEY, &self.history.encode()) {
+            tracing::warn!(error = %e, "cannot store the score history");
+        }
+    }
+
     /// Count a vote (this member's own or a peer's) at round `now`; a new one is stored.
     pub fn count(
         &mut self,
@@ -466,6 +491,7 @@ mod tests {
                     decided: true,
                 }),
                 admissions: Vec::new(),
+                evidence: Vec::new(),
             }
         };
         let model = genesis.spec.robust.suspicion_model();

@@ -17,6 +17,8 @@
 
 mod admission;
 mod defence;
+mod equivocation;
+mod hostile;
 mod paillier;
 mod privacy;
 mod secure;
@@ -276,6 +278,8 @@ struct Current {
     secure_input: Option<Vec<u64>>,
     /// Mode `paillier`: this round's aggregation.
     paillier: Option<paillier::Round>,
+    /// Members' contradicting messages of this round ([`equivocation`]).
+    detector: fedmesh_protocol::evidence::Detector,
 }
 
 /// The running node.
@@ -496,6 +500,9 @@ impl Runtime {
                         attempt,
                         msg: Box::new(msg),
                     };
+                    if self.stalls(round, &payload) {
+                        continue;
+                    }
                     let env = Envelope::seal(
                         self.ctx.genesis_hash,
                         self.me(),
@@ -508,6 +515,7 @@ impl Runtime {
                         tracing::debug!(error = %e, "secagg: not published yet; retrying");
                         self.secure_unpublished.push((round, bytes));
                     }
+                    self.equivocate(&env).await;
                     self.ctx.fault(round, point).await;
                 }
                 secure::Action::Failed | secure::Action::Outcome(_) if grouped => {
@@ -674,6 +682,7 @@ impl Runtime {
             secure: None,
             secure_input: None,
             paillier: None,
+            detector: Default::default(),
         };
         if self.secure_mode() {
             cur.secure = Self::new_session(&self.ctx, &cur.state, 0);
@@ -870,7 +879,7 @@ impl Runtime {
         let Some(bytes) = self.current.as_ref().and_then(|c| c.unpublished.clone()) else {
             return;
         };
-        match self.net.publish(bytes).await {
+        match self.net.publish(bytes.clone()).await {
             Ok(()) => {}
             Err(e) if e.contains("Duplicate") => {}
             Err(e) => {
@@ -882,6 +891,11 @@ impl Runtime {
             c.unpublished = None;
             let round = c.state.round;
             self.ctx.fault(round, "update_sent").await;
+        }
+        if self.ctx.faults.at == "equivocate" {
+            if let Ok(env) = fedmesh_protocol::codec::decode::<Envelope>(&bytes, bytes.len()) {
+                self.equivocate(&env).await;
+            }
         }
     }
 
@@ -1027,6 +1041,12 @@ impl Runtime {
                 if cur.state.proposal().is_some() {
                     return; // someone else's proposal got here first
                 }
+                if participants.iter().any(|m| cur.state.is_excluded(*m)) {
+                    // A participant was caught equivocating while the model was evaluated:
+                    // aggregate again without it.
+                    cur.proposed = None;
+                    return;
+                }
                 let evictions = self.defence.evictions(round);
                 for e in &evictions {
                     tracing::info!(
@@ -1096,6 +1116,7 @@ impl Runtime {
                     height: cur.state.height,
                     prev_hash: cur.state.prev_hash,
                     record: RoundRecord {
+                        evidence: Vec::new(),
                         round,
                         mode: fedmesh_protocol::genesis::Mode::Secagg,
                         attempt,
@@ -1212,6 +1233,7 @@ impl Runtime {
                         paillier: None,
                         groups: Some(summary),
                         admissions: Vec::new(),
+                        evidence: Vec::new(),
                     },
                 };
                 if let Err(e) = privacy::attach(&self.ctx.genesis, &self.store, &mut p.record) {
@@ -1270,11 +1292,13 @@ impl Runtime {
     }
 
     /// As this round's coordinator: gossip `p`, adopt it, and approve it.
-    async fn propose(&mut self, p: Proposal, params: Arc<Vec<f32>>) {
+    async fn propose(&mut self, mut p: Proposal, params: Arc<Vec<f32>>) {
         let me = self.me();
+        let limit = self.params().max_message_bytes;
         let Some(cur) = self.current.as_mut() else {
             return;
         };
+        equivocation::attach(&mut p, &cur.detector, limit);
         let env = Envelope::seal(
             self.ctx.genesis_hash,
             me,
@@ -1442,6 +1466,8 @@ impl Runtime {
         );
         report_round(&entry, &record);
         self.ctx.fault_now(record.round, "appended");
+        self.defence
+            .equivocated(&self.store, record.round, &equivocation::culprits(&record));
         let mut votes = self.score_round(&record, &params);
         votes.extend(self.defence.observe_groups(
             &self.ctx.genesis,
@@ -1674,6 +1700,7 @@ impl Runtime {
             return Verdict::Ignore;
         };
         let sender = env.sender;
+        let caught = equivocation::observe(&mut cur.detector, &mut cur.state, &env, &bytes);
         let result = match env.payload {
             Payload::Secagg { attempt, msg } if secure_mode => {
                 let current = cur.secure.as_ref().map(|s| s.attempt);
@@ -1739,6 +1766,16 @@ impl Runtime {
                 if !cur.checked.insert(h) {
                     return Verdict::Ignore;
                 }
+                if let Err(reason) = equivocation::adopt(
+                    &ctx.genesis,
+                    ctx.genesis_hash,
+                    &mut cur.detector,
+                    &mut cur.state,
+                    &p,
+                ) {
+                    tracing::warn!(round, culprit = sender, %reason, "refused a proposal");
+                    return Verdict::Reject;
+                }
                 if let Err(reason) = self.defence.check(p.height, &p.record) {
                     tracing::warn!(round, culprit = sender, %reason, "refused a proposal");
                     return Verdict::Reject;
@@ -1800,6 +1837,9 @@ impl Runtime {
                 tracing::warn!(round, culprit = sender, error = %e, "refused a message");
                 match e {
                     RoundError::AlreadyApproved => Verdict::Ignore,
+                    // The second version of an equivocator's update: signed by it, so the
+                    // relaying peer is not to blame, and others need it as evidence.
+                    RoundError::Equivocation { .. } if caught => Verdict::Accept,
                     _ => Verdict::Reject,
                 }
             }

@@ -593,14 +593,18 @@ impl Runtime {
         };
         let round = cur.state.round;
         let own_update = matches!(msg, PaillierMsg::Update(_));
+        let payload = Payload::Paillier {
+            attempt: pr.attempt,
+            msg: Box::new(msg),
+        };
+        if self.stalls(round, &payload) {
+            return;
+        }
         let env = Envelope::seal(
             self.ctx.genesis_hash,
             self.me(),
             round,
-            Payload::Paillier {
-                attempt: pr.attempt,
-                msg: Box::new(msg),
-            },
+            payload,
             &self.ctx.keys.identity,
         );
         let bytes = env.encode();
@@ -617,6 +621,7 @@ impl Runtime {
         if let Err(e) = self.publish_or_keep(round, bytes).await {
             tracing::debug!(error = %e, "paillier: not published yet; retrying");
         }
+        self.equivocate(&env).await;
     }
 
     /// A paillier message of the current round (envelope verified).
@@ -926,6 +931,7 @@ impl Runtime {
             height: cur.state.height,
             prev_hash: cur.state.prev_hash,
             record: RoundRecord {
+                evidence: Vec::new(),
                 round: cur.state.round,
                 mode: Mode::Paillier,
                 attempt,

@@ -264,7 +264,9 @@ impl Session {
                         tracing::warn!(culprit = sender, error = %e, "secagg: shares refused");
                     }
                 }
-                self.shares.insert(sender, m);
+                // The first version counts, as at the coordinator: a second, different one is
+                // equivocation (caught and recorded by the runtime), never a replacement.
+                self.shares.entry(sender).or_insert(m);
             }
             SecaggMsg::Masked(m) if m.body.member == sender => {
                 if let Some((CoordState::Masked(c), _)) = self.coord.as_mut() {
@@ -272,7 +274,7 @@ impl Session {
                         tracing::warn!(culprit = sender, error = %e, "secagg: masked input refused");
                     }
                 }
-                self.masked.insert(sender, m);
+                self.masked.entry(sender).or_insert(m);
             }
             SecaggMsg::Consistency(m) if m.body.member == sender => {
                 if let Some((CoordState::Consistency(c), _)) = self.coord.as_mut() {
@@ -287,7 +289,7 @@ impl Session {
                         tracing::warn!(culprit = sender, error = %e, "secagg: unmask shares refused");
                     }
                 }
-                self.unmask.insert(sender, m);
+                self.unmask.entry(sender).or_insert(m);
             }
             // The coordinator's relays: advance this member's phase.
             relay if from_coordinator => {

@@ -71,6 +71,7 @@ fn record(round: u64) -> RoundRecord {
         paillier: None,
         groups: None,
         admissions: Vec::new(),
+        evidence: Vec::new(),
     }
 }
 

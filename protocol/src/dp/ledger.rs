@@ -264,6 +264,7 @@ mod tests {
 
     fn record(round: u64, participants: &[u32], privacy: Option<PrivacySummary>) -> RoundRecord {
         RoundRecord {
+            evidence: Vec::new(),
             round,
             mode: Mode::Plain,
             attempt: 0,

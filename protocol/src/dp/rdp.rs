@@ -50,7 +50,7 @@ pub fn gaussian(sigma: f64, order: f64) -> f64 {
 /// the signed sum ever cancel catastrophically, this falls back to that upper bound.
 ///
 /// # Domain
-/// Returns 0 for q = 0 and +∞ for σ = 0 or α = +∞. Out-of-domain inputs — q outside [0, 1],
+/// Returns 0 for q = 0 and +∞ for σ = 0 (or so small that 2σ² underflows) or α = +∞. Out-of-domain inputs — q outside [0, 1],
 /// σ < 0, α ≤ 1 or any NaN — give NaN; [`super::Accountant`] validates before calling this.
 pub fn subsampled_gaussian(q: f64, sigma: f64, order: f64) -> f64 {
     if !(0.0..=1.0).contains(&q) || sigma.is_nan() || sigma < 0.0 || order.is_nan() || order <= 1.0
@@ -60,7 +60,11 @@ pub fn subsampled_gaussian(q: f64, sigma: f64, order: f64) -> f64 {
     if q == 0.0 || sigma == f64::INFINITY {
         return 0.0;
     }
-    if sigma == 0.0 || order == f64::INFINITY {
+    // σ so small that 2σ² underflows (σ below ~10⁻¹⁵⁴) is no noise at all in f64: the same
+    // answer as σ = 0, at once. (Found by the `log_entry` fuzz target: such a σ in a log
+    // record made the fractional series run to its term cap at every order, minutes per member,
+    // only to answer +∞.)
+    if !(2.0 * sigma * sigma).is_normal() || order == f64::INFINITY {
         return f64::INFINITY;
     }
     if q == 1.0 {
@@ -186,6 +190,14 @@ mod tests {
     fn degenerate_and_invalid_inputs() {
         assert_eq!(subsampled_gaussian(0.0, 1.0, 2.0), 0.0);
         assert_eq!(subsampled_gaussian(0.1, 0.0, 2.0), f64::INFINITY);
+        // Regression (fuzz target `log_entry`): a σ whose square underflows is no noise, and
+        // the answer comes at once instead of after the fractional series' term cap.
+        let started = std::time::Instant::now();
+        for order in [1.1, 2.0, 2.5, 64.0] {
+            assert_eq!(subsampled_gaussian(3.05e-5, 2.6e-299, order), f64::INFINITY);
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert!(subsampled_gaussian(3.05e-5, 1e-100, 2.5).is_finite());
         assert_eq!(subsampled_gaussian(0.1, 1.0, f64::INFINITY), f64::INFINITY);
         assert!(subsampled_gaussian(1.5, 1.0, 2.0).is_nan());
         assert!(subsampled_gaussian(0.1, -1.0, 2.0).is_nan());

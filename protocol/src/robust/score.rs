@@ -222,6 +222,18 @@ impl History {
         }
     }
 
+    /// Fold in a round in which `member` was caught misbehaving beyond doubt (it signed two
+    /// different messages for one slot): its round score is [`CAP`], the worst there is.
+    pub fn record_misbehaviour(&mut self, round: u64, member: u32, decay: f64, threshold: f64) {
+        let decay = decay.clamp(0.0, 1.0);
+        let p = self.peers.entry(member).or_default();
+        p.ewma = decay * CAP + (1.0 - decay) * p.ewma;
+        p.last = CAP;
+        p.rounds += 1;
+        p.last_round = round;
+        p.streak = if p.ewma > threshold { p.streak + 1 } else { 0 };
+    }
+
     /// Members whose EWMA has been over the threshold for at least `patience` scored rounds in a
     /// row, with their EWMA, by member.
     pub fn suspects(&self, patience: u64) -> Vec<(u32, f64)> {

@@ -28,7 +28,7 @@ pub mod member;
 mod messages;
 pub mod quant;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::BTreeMap;
 

@@ -161,6 +161,7 @@ pub fn admission_phase(
         paillier: None,
         groups: None,
         admissions: ballot.ready(&log, round),
+        evidence: Vec::new(),
     };
     let change = log.apply(1, &record)?;
     for index in change.admitted {

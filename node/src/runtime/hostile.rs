@@ -1,0 +1,96 @@
+//! Hostile behaviour on purpose, for the fault-injection tests (`[faults]` in node.toml): a
+//! member that equivocates (`equivocate`: after each of its one-per-round messages of the fault
+//! round — update, masked input, encrypted update — it signs and gossips a second, different
+//! one for the same slot) or stalls mid-phase (`stall`: in mode secagg it stops after sharing
+//! its keys, in mode paillier after sending its encrypted update; it stays connected and keeps
+//! following the network). Honest nodes never take these paths.
+
+use fedmesh_protocol::wire::{Envelope, PaillierMsg, Payload, SecaggMsg};
+
+use super::Runtime;
+
+impl Runtime {
+    fn fault_now(&self, round: u64, at: &str) -> bool {
+        self.ctx.faults.round == round && self.ctx.faults.at == at
+    }
+
+    /// Fault `stall`: whether this member withholds `payload` in `round` (everything after its
+    /// key shares in mode secagg; its partial decryption in mode paillier).
+    pub(super) fn stalls(&self, round: u64, payload: &Payload) -> bool {
+        if !self.fault_now(round, "stall") {
+            return false;
+        }
+        let withheld = match payload {
+            Payload::Secagg { msg, .. } => {
+                !matches!(**msg, SecaggMsg::Advertise(_) | SecaggMsg::Shares(_))
+            }
+            Payload::Paillier { msg, .. } => matches!(**msg, PaillierMsg::Partial(_)),
+            _ => false,
+        };
+        if withheld {
+            tracing::warn!(
+                round,
+                what = payload.name(),
+                "fault injection: stalling mid-phase"
+            );
+        }
+        withheld
+    }
+
+    /// Fault `equivocate`: after `env` (this member's own message) went out, sign and gossip a
+    /// second, different message for the same slot.
+    pub(super) async fn equivocate(&mut self, env: &Envelope) {
+        if !self.fault_now(env.round, "equivocate") {
+            return;
+        }
+        let genesis = self.ctx.genesis_hash;
+        let key = &self.ctx.keys.identity;
+        let payload = match &env.payload {
+            Payload::Update(u) => {
+                let mut other = u.clone();
+                if let Some(v) = other.delta.first_mut() {
+                    *v += 0.01;
+                }
+                Payload::Update(other)
+            }
+            Payload::Secagg { attempt, msg } => match &**msg {
+                SecaggMsg::Masked(m) => {
+                    let mut body = m.body.clone();
+                    if let Some(b) = body.values.first_mut() {
+                        *b ^= 1;
+                    }
+                    Payload::Secagg {
+                        attempt: *attempt,
+                        msg: Box::new(SecaggMsg::Masked(fedmesh_protocol::signed::Signed::sign(
+                            genesis, body, key,
+                        ))),
+                    }
+                }
+                _ => return,
+            },
+            Payload::Paillier { attempt, msg } => match &**msg {
+                PaillierMsg::Update(u) => {
+                    let mut body = u.body.clone();
+                    body.clipped += 1;
+                    Payload::Paillier {
+                        attempt: *attempt,
+                        msg: Box::new(PaillierMsg::Update(fedmesh_protocol::signed::Signed::sign(
+                            genesis, body, key,
+                        ))),
+                    }
+                }
+                _ => return,
+            },
+            _ => return,
+        };
+        tracing::warn!(
+            round = env.round,
+            what = payload.name(),
+            "fault injection: equivocating (a second, different message for the same slot)"
+        );
+        let second = Envelope::seal(genesis, env.sender, env.round, payload, key);
+        if let Err(e) = self.publish_or_keep(env.round, second.encode()).await {
+            tracing::debug!(error = %e, "equivocation not published yet; retrying");
+        }
+    }
+}
