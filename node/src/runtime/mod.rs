@@ -371,13 +371,13 @@ impl Runtime {
                 "[spec.robust] group_size = {g}, but the network has only {n} members: no group \
                  can be formed; deal a genesis with group_size at most {n}"
             );
-            if n < g * fedmesh_protocol::robust::score::MIN_INPUTS {
+            if n < 3 * g {
                 tracing::warn!(
                     members = n,
                     group_size = g,
-                    "fewer than {} groups a round: group scores stay 0, so no group is flagged and \
-                     no member becomes a suspect; the rule still applies to the group means",
-                    fedmesh_protocol::robust::score::MIN_INPUTS
+                    "fewer than 3 groups a round: when the group means disagree there is no \
+                     majority of agreeing groups, the round is undecided and the model does not \
+                     move; use at least 3 × group_size members"
                 );
             }
         }
