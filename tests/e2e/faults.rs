@@ -279,9 +279,9 @@ fn cut_off_member_does_not_fork_and_catches_up_after_healing() {
     let route = |member: usize, proxy: u16| {
         format!("[[routes]]\nmember = {member}\naddrs = [\"/ip4/127.0.0.1/tcp/{proxy}\"]")
     };
-    for j in 0..k {
+    for (j, proxy) in out_of_k.iter().enumerate() {
         net.add_node_config(j, &route(k, into_k.port));
-        net.add_node_config(k, &route(j, out_of_k[j].port));
+        net.add_node_config(k, &route(j, proxy.port));
     }
     // No bootstrap address: each node dials the members' (routed) addresses only.
     for i in 0..4 {
