@@ -768,13 +768,22 @@ pub fn judge_groups(
         .map(|(rev, d)| robust::Input::new(rev.group, &d.mean, d.total_weight))
         .collect();
     let mut state = robust::State::default();
-    let judged = match suspicion::judge(&r.rule(), &inputs, r.score_threshold, &mut state) {
-        Err(robust::AggregateError::TooFew { .. }) => {
-            suspicion::judge(&robust::Rule::Mean, &inputs, r.score_threshold, &mut state)
-        }
-        other => other,
+    let rule = match robust::aggregate(&r.rule(), &inputs, &mut robust::State::default()) {
+        Err(robust::AggregateError::TooFew { .. }) => robust::Rule::Mean,
+        _ => r.rule(),
+    };
+    let mut judged = suspicion::judge(&rule, &inputs, r.score_threshold, &mut state)
+        .map_err(|e| format!("the rule does not apply to the group means: {e}"))?;
+    if !judged.decided {
+        // No majority of agreeing group means (late in training, group means agree less): the
+        // round flags nobody and is no evidence, but the model still moves by the genesis rule
+        // over every group mean rather than standing still. The node judges each round from its
+        // own sums alone (every member must reach the same answer from the log), so without this
+        // a network whose groups stop agreeing would stop training.
+        judged.update = robust::aggregate(&rule, &inputs, &mut robust::State::default())
+            .map_err(|e| format!("the rule does not apply to the group means: {e}"))?
+            .update;
     }
-    .map_err(|e| format!("the rule does not apply to the group means: {e}"))?;
     let revealed_sums: Vec<GroupSum> = used
         .iter()
         .zip(judged.scores.iter().zip(&judged.flagged))
