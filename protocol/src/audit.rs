@@ -138,8 +138,8 @@ pub struct GroupsSummary {
     /// through their session): nothing about them was unmasked. Sorted.
     pub skipped: Vec<u32>,
     /// False if the sums could not be judged (no largest set of agreeing group means, see
-    /// [`crate::robust::suspicion::judge`]): nothing is flagged, the model does not move, and the
-    /// round is no evidence for or against anyone.
+    /// [`crate::robust::suspicion::judge`]): nothing is flagged and the round is no evidence for
+    /// or against anyone (the node moves the model by the genesis rule over all group means).
     pub decided: bool,
 }
 
