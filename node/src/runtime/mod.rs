@@ -2648,6 +2648,7 @@ impl Runtime {
                 match result {
                     Ok(out) => {
                         tracing::info!(height = out.head.height, "caught up");
+                        self.count_caught_up_evidence(self.head.height + 1, out.head.height + 1);
                         self.head = out.head;
                         self.last = out.last;
                         if let Some(g) = out.global {
@@ -2688,6 +2689,30 @@ impl Runtime {
                 Ok(other) => tracing::debug!(%peer, ?other, "unexpected hello response"),
                 Err(e) => tracing::debug!(%peer, error = %e, "hello failed"),
             },
+        }
+    }
+}
+
+impl Runtime {
+    /// Entries appended by catching up (heights `from..to`) did not pass through this node's
+    /// commit: count the equivocations they record in the culprits' scores, as a commit does.
+    fn count_caught_up_evidence(&mut self, from: u64, to: u64) {
+        if from >= to {
+            return;
+        }
+        let entries = match self.store.range(from, to) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the entries appended by catching up");
+                return;
+            }
+        };
+        for entry in entries {
+            if let Ok(record) = entry.record() {
+                let culprits = equivocation::culprits(&record);
+                self.defence
+                    .equivocated(&self.store, record.round, &culprits);
+            }
         }
     }
 }
