@@ -186,16 +186,7 @@ impl Defence {
         let before = self.suspicion.clone();
         for entry in store.entries().skip(1) {
             let record = entry?.record()?;
-            if let Some(summary) = record.groups.as_ref().filter(|s| s.decided) {
-                let groups: Vec<Vec<u32>> = summary
-                    .revealed
-                    .iter()
-                    .map(|g| g.contributors.clone())
-                    .collect();
-                let flagged: Vec<bool> = summary.revealed.iter().map(|g| g.flagged).collect();
-                self.suspicion
-                    .observe(&model, record.round, &groups, &flagged);
-            }
+            self.observe_record(&model, &record);
         }
         for m in self.members.evicted() {
             self.suspicion.remove(*m);
@@ -204,6 +195,23 @@ impl Defence {
             store.put_state(SUSPICION_KEY, &self.suspicion.encode())?;
         }
         Ok(())
+    }
+
+    /// Fold a record's revealed groups and their flags into the suspicion table, if the round
+    /// was decided (an undecided round's flags are no evidence; rounds already observed count
+    /// once).
+    fn observe_record(&mut self, model: &robust::suspicion::Model, record: &RoundRecord) {
+        let Some(summary) = record.groups.as_ref().filter(|s| s.decided) else {
+            return;
+        };
+        let groups: Vec<Vec<u32>> = summary
+            .revealed
+            .iter()
+            .map(|g| g.contributors.clone())
+            .collect();
+        let flagged: Vec<bool> = summary.revealed.iter().map(|g| g.flagged).collect();
+        self.suspicion
+            .observe(model, record.round, &groups, &flagged);
     }
 
     /// Mode secagg with groups: fold a committed round's revealed groups and their flags into the
@@ -221,14 +229,7 @@ impl Defence {
             return Vec::new();
         };
         let model = self.spec.suspicion_model();
-        let groups: Vec<Vec<u32>> = summary
-            .revealed
-            .iter()
-            .map(|g| g.contributors.clone())
-            .collect();
-        let flagged: Vec<bool> = summary.revealed.iter().map(|g| g.flagged).collect();
-        self.suspicion
-            .observe(&model, record.round, &groups, &flagged);
+        self.observe_record(&model, record);
         if let Err(e) = store.put_state(SUSPICION_KEY, &self.suspicion.encode()) {
             tracing::warn!(error = %e, "cannot store the suspicion table");
         }
