@@ -236,13 +236,50 @@ pub struct SecureSummary {
     pub dropped_while_unmasking: Vec<u32>,
 }
 
+/// The first bytes of every round entry's body: a tag and the record format's version.
+///
+/// A build reads only its own version, so a log written by a build with another record format is
+/// refused up front with [`RecordDecodeError::Version`] (or [`RecordDecodeError::Unversioned`] for
+/// logs from before versions existed) instead of failing somewhere inside the record. Bump
+/// [`RECORD_VERSION`] whenever a field of [`RoundRecord`] or of anything it holds changes.
+pub const RECORD_TAG: [u8; 3] = *b"FMR";
+
+/// The round-record format this build writes and reads.
+pub const RECORD_VERSION: u8 = 1;
+
+/// Why a round entry's body is not a record this build can read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordDecodeError {
+    #[error("not a versioned round record (written by a build before record versions; start a new genesis or use that build)")]
+    Unversioned,
+    #[error("round record format version {found}; this build reads version {RECORD_VERSION} (use the build that wrote the log, or start a new genesis)")]
+    Version { found: u8 },
+    #[error(transparent)]
+    Decode(#[from] crate::codec::DecodeError),
+}
+
 impl RoundRecord {
+    /// [`RECORD_TAG`], [`RECORD_VERSION`], then the record.
     pub fn encode(&self) -> Vec<u8> {
-        crate::codec::encode(self)
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(&RECORD_TAG);
+        out.push(RECORD_VERSION);
+        out.extend_from_slice(&crate::codec::encode(self));
+        out
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Self, crate::codec::DecodeError> {
-        crate::codec::decode(bytes, crate::codec::HARD_LIMIT)
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordDecodeError> {
+        let Some(rest) = bytes.strip_prefix(&RECORD_TAG) else {
+            return Err(RecordDecodeError::Unversioned);
+        };
+        match rest.split_first() {
+            Some((&RECORD_VERSION, record)) => {
+                Ok(crate::codec::decode(record, crate::codec::HARD_LIMIT)?)
+            }
+            Some((&found, _)) => Err(RecordDecodeError::Version { found }),
+            None => Err(RecordDecodeError::Unversioned),
+        }
     }
 }
 
@@ -795,6 +832,34 @@ pub(crate) mod tests {
 
     /// A mode-paillier record must carry a summary with exactly `threshold` distinct decryptors,
     /// none of them rejected; other modes must carry none.
+    #[test]
+    fn records_carry_their_format_version_and_other_formats_are_refused() {
+        let r = record(3, Hash::of("test", b"base"));
+        let bytes = r.encode();
+        assert_eq!(&bytes[..3], &RECORD_TAG);
+        assert_eq!(bytes[3], RECORD_VERSION);
+        assert_eq!(RoundRecord::decode(&bytes).unwrap(), r);
+
+        // A record as builds before versions wrote it: the bare encoding.
+        let old = crate::codec::encode(&r);
+        assert!(matches!(
+            RoundRecord::decode(&old),
+            Err(RecordDecodeError::Unversioned)
+        ));
+        let mut newer = bytes.clone();
+        newer[3] = RECORD_VERSION + 1;
+        let err = RoundRecord::decode(&newer).unwrap_err();
+        assert!(matches!(err, RecordDecodeError::Version { found } if found == RECORD_VERSION + 1));
+        assert!(err.to_string().contains("new genesis"), "{err}");
+        for cut in [0, 2, 3] {
+            assert!(RoundRecord::decode(&bytes[..cut]).is_err());
+        }
+        assert!(matches!(
+            RoundRecord::decode(&bytes[..bytes.len() - 1]),
+            Err(RecordDecodeError::Decode(_))
+        ));
+    }
+
     #[test]
     fn paillier_summary_is_checked_on_its_own() {
         let (mut g, _, _) = sample(4);
