@@ -21,7 +21,7 @@ mod equivocation;
 mod hostile;
 mod paillier;
 mod privacy;
-mod secure;
+pub(crate) mod secure;
 pub(crate) mod sync;
 #[cfg(test)]
 mod tests;
@@ -2284,6 +2284,7 @@ impl Runtime {
             .collect();
         let (round, attempt) = (cur.state.round, att.attempt);
         cur.proposed = Some(attempt);
+        let baseline = group_baseline(&self.store, &self.ctx.layout, self.last.as_ref());
         match secure::judge_groups(
             &self.ctx.genesis,
             round,
@@ -2291,6 +2292,7 @@ impl Runtime {
             drawn,
             &revealed,
             self.global.len(),
+            &baseline,
         ) {
             Ok(judged) => {
                 tracing::info!(round, attempt, revealed = judged.summary.revealed.len(), skipped = ?judged.summary.skipped, "secagg: group sums ready; evaluating");
@@ -2364,6 +2366,7 @@ impl Runtime {
                     unmaskers: gs.unmaskers.clone(),
                 });
             }
+            let baseline = group_baseline(&self.store, &self.ctx.layout, self.last.as_ref());
             let judged = secure::judge_groups(
                 genesis,
                 p.record.round,
@@ -2371,6 +2374,7 @@ impl Runtime {
                 drawn,
                 &revealed,
                 self.global.len(),
+                &baseline,
             )?;
             if &judged.summary != summary {
                 return Err("the groups summary differs from the replayed judgement".into());
@@ -2795,4 +2799,53 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// How far back [`group_baseline`] looks for a round that moved the model.
+const BASELINE_LOOKBACK: u64 = 256;
+
+/// What the group judgement of the next round needs from the log (mode secagg with groups): the
+/// usual values recorded by the last round record (`last`), and the last update that moved the
+/// model — the difference of the checkpoints of the latest record (within
+/// [`BASELINE_LOOKBACK`] entries) whose new model differs from its base. Every member has those
+/// checkpoints (catching up stores each entry's), so a restarted or catching-up member judges as
+/// the others do. A checkpoint that cannot be read leaves the previous update out (this member
+/// then judges without a reference, and will not approve a proposal that used one).
+fn group_baseline(
+    store: &Store,
+    layout: &Layout,
+    last: Option<&RoundRecord>,
+) -> fedmesh_protocol::robust::suspicion::Baseline {
+    use fedmesh_protocol::robust::suspicion::Baseline;
+    let usual = last
+        .and_then(|r| r.groups.as_ref())
+        .map(|g| g.usual)
+        .unwrap_or_default();
+    let previous = (|| -> anyhow::Result<Option<Vec<f32>>> {
+        let Some(head) = store.height()? else {
+            return Ok(None);
+        };
+        for height in (1..=head).rev().take(BASELINE_LOOKBACK as usize) {
+            let Some(entry) = store.get(height)? else {
+                return Ok(None);
+            };
+            let record = entry.record()?;
+            if record.new_model == record.base_model {
+                continue;
+            }
+            let (Some(new), Some(old)) = (
+                store.checkpoint(layout, &record.new_model)?,
+                store.checkpoint(layout, &record.base_model)?,
+            ) else {
+                return Ok(None);
+            };
+            return Ok(Some(new.iter().zip(&old).map(|(a, b)| a - b).collect()));
+        }
+        Ok(None)
+    })()
+    .unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read the previous update from the log; judging without it");
+        None
+    });
+    Baseline::from_log(previous, usual)
 }
