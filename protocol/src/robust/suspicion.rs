@@ -202,7 +202,8 @@ pub const BASELINE_RELAX: f64 = 0.1;
 
 /// What [`judge`] carries from round to round (in [`State::groups`](super::State)): the last
 /// update that moved the model, the direction every group mean is compared with, and running
-/// averages of how the accepted groups compared with it.
+/// averages of how the accepted groups compared with it. In the node it is rebuilt from the log
+/// for every round ([`Baseline::from_log`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Baseline {
     /// The last non-zero update.
@@ -288,6 +289,12 @@ impl Baseline {
 ///
 /// Flagged groups are left out of the round's update: `rule` is applied to the others. If every
 /// group is flagged, the update is zero (the model waits for a round with a clean group).
+///
+/// `state.groups` must be a function of the log so that every member — restarted or catching up
+/// — judges alike: the node builds it with [`Baseline::from_log`] from the difference of the
+/// checkpoints of the last round that moved the model and the [`Usual`] values the last round
+/// record carries, and records `state.groups.usual()` after the round. (Any other state, such as a
+/// rule's own, should start from the default each round.)
 pub fn judge(
     rule: &Rule,
     groups: &[Input],
