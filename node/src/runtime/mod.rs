@@ -2849,3 +2849,103 @@ fn group_baseline(
     });
     Baseline::from_log(previous, usual)
 }
+
+#[cfg(test)]
+mod baseline_tests {
+    use super::*;
+    use fedmesh_protocol::audit::{GroupsSummary, Metrics};
+    use fedmesh_protocol::genesis::Mode;
+    use fedmesh_protocol::robust::suspicion::Usual;
+
+    fn record(round: u64, base: Hash, new: Hash, usual: Usual) -> RoundRecord {
+        RoundRecord {
+            round,
+            mode: Mode::Secagg,
+            attempt: 0,
+            coordinator: 0,
+            base_model: base,
+            new_model: new,
+            participants: Vec::new(),
+            dropouts: Vec::new(),
+            metrics: Metrics {
+                accuracy: 0.0,
+                loss: 0.0,
+                test_samples: 0,
+            },
+            proposed_at_ms: 0,
+            secure: None,
+            evictions: Vec::new(),
+            privacy: None,
+            paillier: None,
+            groups: Some(GroupsSummary {
+                size: 2,
+                drawn: Vec::new(),
+                revealed: Vec::new(),
+                skipped: Vec::new(),
+                decided: true,
+                usual,
+            }),
+            admissions: Vec::new(),
+            evidence: Vec::new(),
+        }
+    }
+
+    /// The next group judgement's baseline is read from the log alone: the usual values of the
+    /// last record, and the update of the latest round that moved the model (a round whose groups
+    /// were all flagged leaves the model, and so the reference, where it was); without the
+    /// checkpoints there is no previous update.
+    #[test]
+    fn group_baseline_is_a_function_of_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.init_genesis(&Entry::genesis(b"genesis")).unwrap();
+        let layout = Layout::new(vec![2, 2]).unwrap();
+        let len = layout.param_count();
+        let m0: Vec<f32> = (0..len).map(|i| i as f32).collect();
+        let m1: Vec<f32> = m0.iter().map(|v| v + 0.5).collect();
+        let m2: Vec<f32> = m1.iter().enumerate().map(|(i, v)| v - i as f32).collect();
+        let [h0, h1, h2] = [&m0, &m1, &m2].map(|m| store.put_checkpoint(&layout, m).unwrap());
+        let usual = |c: f64| Usual {
+            cosine: Some((c, 0.01)),
+            log_norm: Some(-1.0),
+        };
+        assert_eq!(
+            group_baseline(&store, &layout, None),
+            fedmesh_protocol::robust::suspicion::Baseline::default(),
+            "an empty log: nothing to judge against"
+        );
+        let mut prev = store.head().unwrap().unwrap();
+        let mut append = |r: &RoundRecord| {
+            let e = Entry::round(prev.height + 1, prev.hash(), r);
+            store.append(&e).unwrap();
+            prev = e;
+        };
+        let r1 = record(1, h0, h1, usual(0.9));
+        append(&r1);
+        let b = group_baseline(&store, &layout, Some(&r1));
+        let step1: Vec<f32> = m1.iter().zip(&m0).map(|(a, b)| a - b).collect();
+        assert_eq!(b.previous.as_deref(), Some(&step1[..]));
+        assert_eq!(b.usual(), usual(0.9));
+        // Round 2: every group flagged, the model stays; the reference is still round 1's move,
+        // the usual values are round 2's.
+        let r2 = record(2, h1, h1, usual(0.8));
+        append(&r2);
+        let b = group_baseline(&store, &layout, Some(&r2));
+        assert_eq!(b.previous.as_deref(), Some(&step1[..]));
+        assert_eq!(b.usual(), usual(0.8));
+        // Round 3 moves it again.
+        let r3 = record(3, h1, h2, usual(0.7));
+        append(&r3);
+        let b = group_baseline(&store, &layout, Some(&r3));
+        let step3: Vec<f32> = m2.iter().zip(&m1).map(|(a, b)| a - b).collect();
+        assert_eq!(b.previous.as_deref(), Some(&step3[..]));
+        // A member missing a checkpoint has no previous update (and will not approve).
+        let other = tempfile::tempdir().unwrap();
+        let bare = Store::open(other.path()).unwrap();
+        bare.init_genesis(&Entry::genesis(b"genesis")).unwrap();
+        let e = Entry::round(1, bare.head().unwrap().unwrap().hash(), &r1);
+        bare.append(&e).unwrap();
+        bare.put_checkpoint(&layout, &m1).unwrap();
+        assert_eq!(group_baseline(&bare, &layout, Some(&r1)).previous, None);
+    }
+}
