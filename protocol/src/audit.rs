@@ -139,8 +139,12 @@ pub struct GroupsSummary {
     pub skipped: Vec<u32>,
     /// False if the sums could not be judged (no largest set of agreeing group means, see
     /// [`crate::robust::suspicion::judge`]): nothing is flagged and the round is no evidence for
-    /// or against anyone (the node moves the model by the genesis rule over all group means).
+    /// or against anyone (the model does not move).
     pub decided: bool,
+    /// The judge's usual values after this round ([`crate::robust::suspicion::Usual`]): the next
+    /// round is judged against them and the update of the last round that moved the model (from
+    /// the stored checkpoints), so that the judgement is a function of the log.
+    pub usual: crate::robust::suspicion::Usual,
 }
 
 /// One revealed group sum.
@@ -634,6 +638,10 @@ pub fn check_groups(
         }
         contributors.extend_from_slice(&s.contributors);
     }
+    summary
+        .usual
+        .check()
+        .map_err(|e| format!("the groups summary's {e}"))?;
     let skipped: Vec<u32> = (0..drawn.len() as u32)
         .filter(|i| !revealed.contains(i))
         .collect();
@@ -928,6 +936,10 @@ pub(crate) mod tests {
             drawn,
             skipped: Vec::new(),
             decided: true,
+            usual: crate::robust::suspicion::Usual {
+                cosine: Some((0.8, 0.01)),
+                log_norm: Some(-1.2),
+            },
         });
         r
     }
@@ -1004,6 +1016,10 @@ pub(crate) mod tests {
         // Flags that do not follow from the scores and the genesis threshold (3.0).
         assert!(bad(&|r| groups(r).revealed[0].flagged = true).contains("flagged"));
         assert!(bad(&|r| groups(r).revealed[1].score = 7.5).contains("flagged"));
+        // Usual values the judge cannot produce (they steer the next round's judgement).
+        assert!(bad(&|r| groups(r).usual.cosine = Some((1.5, 0.01))).contains("usual cosine"));
+        assert!(bad(&|r| groups(r).usual.cosine = Some((0.5, -0.1))).contains("usual cosine"));
+        assert!(bad(&|r| groups(r).usual.log_norm = Some(f64::NAN)).contains("log-norm"));
         // An undecided round flags nobody.
         assert!(bad(&|r| {
             groups(r).decided = false;

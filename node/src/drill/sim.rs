@@ -340,6 +340,10 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
     let mut suspicion = suspicion::Suspicion::default();
     // Group draws chain from the previous round's result, as the node's chain head does.
     let mut head = world.network;
+    // Group rounds: what the node's log would hold for the next judgement (see
+    // `runtime::secure::judge_means`).
+    let mut last_move: Option<Vec<f32>> = None;
+    let mut usual = suspicion::Usual::default();
     // Per member: rounds over the threshold in which cosine, norm, similarity was the largest.
     let mut dominant: std::collections::BTreeMap<u32, [u64; 3]> = Default::default();
     // Per member: rounds in which each feature alone was over the threshold, and rounds scored.
@@ -445,8 +449,16 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
                     !inputs.is_empty(),
                     "round {round}: no group sum could be revealed"
                 );
-                let judged = suspicion::judge(&rule, &inputs, robust.score_threshold, &mut state)
-                    .with_context(|| format!("round {round}: judging group means"))?;
+                // The node's judgement: against what the log holds (the last update that moved
+                // the model, as a difference of models, and the last record's usual values).
+                let (judged, after) = crate::runtime::secure::judge_means(
+                    &rule,
+                    robust.score_threshold,
+                    &inputs,
+                    &suspicion::Baseline::from_log(last_move.clone(), usual),
+                )
+                .map_err(|e| anyhow::anyhow!("round {round}: judging group means: {e}"))?;
+                usual = after.usual();
                 let contributors: Vec<Vec<u32>> = revealed
                     .sums
                     .iter()
@@ -507,8 +519,12 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
                 (judged.update, scores)
             }
         };
+        let before = spec.groups.is_some().then(|| global.clone());
         for (g, d) in global.iter_mut().zip(&update) {
             *g += d;
+        }
+        if let Some(before) = before.filter(|b| *b != global) {
+            last_move = Some(global.iter().zip(&before).map(|(a, b)| a - b).collect());
         }
         let eval = train::evaluate(&world.layout, &global, &world.test)?;
         let attack_success = match &target_set {

@@ -490,6 +490,7 @@ mod tests {
                         .collect(),
                     skipped: Vec::new(),
                     decided: true,
+                    usual: Default::default(),
                 }),
                 admissions: Vec::new(),
                 evidence: Vec::new(),

@@ -21,7 +21,7 @@ mod equivocation;
 mod hostile;
 mod paillier;
 mod privacy;
-mod secure;
+pub(crate) mod secure;
 pub(crate) mod sync;
 #[cfg(test)]
 mod tests;
@@ -2284,6 +2284,7 @@ impl Runtime {
             .collect();
         let (round, attempt) = (cur.state.round, att.attempt);
         cur.proposed = Some(attempt);
+        let baseline = group_baseline(&self.store, &self.ctx.layout, self.last.as_ref());
         match secure::judge_groups(
             &self.ctx.genesis,
             round,
@@ -2291,6 +2292,7 @@ impl Runtime {
             drawn,
             &revealed,
             self.global.len(),
+            &baseline,
         ) {
             Ok(judged) => {
                 tracing::info!(round, attempt, revealed = judged.summary.revealed.len(), skipped = ?judged.summary.skipped, "secagg: group sums ready; evaluating");
@@ -2364,6 +2366,7 @@ impl Runtime {
                     unmaskers: gs.unmaskers.clone(),
                 });
             }
+            let baseline = group_baseline(&self.store, &self.ctx.layout, self.last.as_ref());
             let judged = secure::judge_groups(
                 genesis,
                 p.record.round,
@@ -2371,6 +2374,7 @@ impl Runtime {
                 drawn,
                 &revealed,
                 self.global.len(),
+                &baseline,
             )?;
             if &judged.summary != summary {
                 return Err("the groups summary differs from the replayed judgement".into());
@@ -2794,5 +2798,154 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// How far back [`group_baseline`] looks for a round that moved the model.
+const BASELINE_LOOKBACK: u64 = 256;
+
+/// What the group judgement of the next round needs from the log (mode secagg with groups): the
+/// usual values recorded by the last round record (`last`), and the last update that moved the
+/// model — the difference of the checkpoints of the latest record (within
+/// [`BASELINE_LOOKBACK`] entries) whose new model differs from its base. Every member has those
+/// checkpoints (catching up stores each entry's), so a restarted or catching-up member judges as
+/// the others do. A checkpoint that cannot be read leaves the previous update out (this member
+/// then judges without a reference, and will not approve a proposal that used one).
+fn group_baseline(
+    store: &Store,
+    layout: &Layout,
+    last: Option<&RoundRecord>,
+) -> fedmesh_protocol::robust::suspicion::Baseline {
+    use fedmesh_protocol::robust::suspicion::Baseline;
+    let usual = last
+        .and_then(|r| r.groups.as_ref())
+        .map(|g| g.usual)
+        .unwrap_or_default();
+    let previous = (|| -> anyhow::Result<Option<Vec<f32>>> {
+        let Some(head) = store.height()? else {
+            return Ok(None);
+        };
+        for height in (1..=head).rev().take(BASELINE_LOOKBACK as usize) {
+            let Some(entry) = store.get(height)? else {
+                return Ok(None);
+            };
+            let record = entry.record()?;
+            if record.new_model == record.base_model {
+                continue;
+            }
+            let (Some(new), Some(old)) = (
+                store.checkpoint(layout, &record.new_model)?,
+                store.checkpoint(layout, &record.base_model)?,
+            ) else {
+                return Ok(None);
+            };
+            return Ok(Some(new.iter().zip(&old).map(|(a, b)| a - b).collect()));
+        }
+        Ok(None)
+    })()
+    .unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read the previous update from the log; judging without it");
+        None
+    });
+    Baseline::from_log(previous, usual)
+}
+
+#[cfg(test)]
+mod baseline_tests {
+    use super::*;
+    use fedmesh_protocol::audit::{GroupsSummary, Metrics};
+    use fedmesh_protocol::genesis::Mode;
+    use fedmesh_protocol::robust::suspicion::Usual;
+
+    fn record(round: u64, base: Hash, new: Hash, usual: Usual) -> RoundRecord {
+        RoundRecord {
+            round,
+            mode: Mode::Secagg,
+            attempt: 0,
+            coordinator: 0,
+            base_model: base,
+            new_model: new,
+            participants: Vec::new(),
+            dropouts: Vec::new(),
+            metrics: Metrics {
+                accuracy: 0.0,
+                loss: 0.0,
+                test_samples: 0,
+            },
+            proposed_at_ms: 0,
+            secure: None,
+            evictions: Vec::new(),
+            privacy: None,
+            paillier: None,
+            groups: Some(GroupsSummary {
+                size: 2,
+                drawn: Vec::new(),
+                revealed: Vec::new(),
+                skipped: Vec::new(),
+                decided: true,
+                usual,
+            }),
+            admissions: Vec::new(),
+            evidence: Vec::new(),
+        }
+    }
+
+    /// The next group judgement's baseline is read from the log alone: the usual values of the
+    /// last record, and the update of the latest round that moved the model (a round whose groups
+    /// were all flagged leaves the model, and so the reference, where it was); without the
+    /// checkpoints there is no previous update.
+    #[test]
+    fn group_baseline_is_a_function_of_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.init_genesis(&Entry::genesis(b"genesis")).unwrap();
+        let layout = Layout::new(vec![2, 2]).unwrap();
+        let len = layout.param_count();
+        let m0: Vec<f32> = (0..len).map(|i| i as f32).collect();
+        let m1: Vec<f32> = m0.iter().map(|v| v + 0.5).collect();
+        let m2: Vec<f32> = m1.iter().enumerate().map(|(i, v)| v - i as f32).collect();
+        let [h0, h1, h2] = [&m0, &m1, &m2].map(|m| store.put_checkpoint(&layout, m).unwrap());
+        let usual = |c: f64| Usual {
+            cosine: Some((c, 0.01)),
+            log_norm: Some(-1.0),
+        };
+        assert_eq!(
+            group_baseline(&store, &layout, None),
+            fedmesh_protocol::robust::suspicion::Baseline::default(),
+            "an empty log: nothing to judge against"
+        );
+        let mut prev = store.head().unwrap().unwrap();
+        let mut append = |r: &RoundRecord| {
+            let e = Entry::round(prev.height + 1, prev.hash(), r);
+            store.append(&e).unwrap();
+            prev = e;
+        };
+        let r1 = record(1, h0, h1, usual(0.9));
+        append(&r1);
+        let b = group_baseline(&store, &layout, Some(&r1));
+        let step1: Vec<f32> = m1.iter().zip(&m0).map(|(a, b)| a - b).collect();
+        assert_eq!(b.previous.as_deref(), Some(&step1[..]));
+        assert_eq!(b.usual(), usual(0.9));
+        // Round 2: every group flagged, the model stays; the reference is still round 1's move,
+        // the usual values are round 2's.
+        let r2 = record(2, h1, h1, usual(0.8));
+        append(&r2);
+        let b = group_baseline(&store, &layout, Some(&r2));
+        assert_eq!(b.previous.as_deref(), Some(&step1[..]));
+        assert_eq!(b.usual(), usual(0.8));
+        // Round 3 moves it again.
+        let r3 = record(3, h1, h2, usual(0.7));
+        append(&r3);
+        let b = group_baseline(&store, &layout, Some(&r3));
+        let step3: Vec<f32> = m2.iter().zip(&m1).map(|(a, b)| a - b).collect();
+        assert_eq!(b.previous.as_deref(), Some(&step3[..]));
+        // A member missing a checkpoint has no previous update (and will not approve).
+        let other = tempfile::tempdir().unwrap();
+        let bare = Store::open(other.path()).unwrap();
+        bare.init_genesis(&Entry::genesis(b"genesis")).unwrap();
+        let e = Entry::round(1, bare.head().unwrap().unwrap().hash(), &r1);
+        bare.append(&e).unwrap();
+        bare.put_checkpoint(&layout, &m1).unwrap();
+        assert_eq!(group_baseline(&bare, &layout, Some(&r1)).previous, None);
     }
 }

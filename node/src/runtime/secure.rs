@@ -725,12 +725,36 @@ pub struct Judged {
     pub update: Vec<f32>,
 }
 
+/// Judge a round's group means as the node does, from what the log holds: `baseline` is the
+/// last update that moved the model (from the stored checkpoints) and the usual values recorded
+/// by the last round with groups ([`suspicion::Baseline::from_log`]). `rule` is applied to the
+/// kept means; if it cannot work on this few (Krum needs f + 3), their weighted mean is taken.
+/// Returns the judgement and the baseline after the round (its usual values go into the record).
+/// The in-process drill calls this too, so that its numbers describe the node.
+pub fn judge_means(
+    rule: &robust::Rule,
+    threshold: f64,
+    inputs: &[robust::Input],
+    baseline: &suspicion::Baseline,
+) -> Result<(suspicion::Judgement, suspicion::Baseline), String> {
+    let rule = match robust::aggregate(rule, inputs, &mut robust::State::default()) {
+        Err(robust::AggregateError::TooFew { .. }) => robust::Rule::Mean,
+        _ => rule.clone(),
+    };
+    let mut state = robust::State {
+        groups: baseline.clone(),
+        ..robust::State::default()
+    };
+    let judged = suspicion::judge(&rule, inputs, threshold, &mut state)
+        .map_err(|e| format!("the rule does not apply to the group means: {e}"))?;
+    Ok((judged, state.groups))
+}
+
 /// Apply the genesis rule to the revealed group sums of `attempt` of `round` (the coordinator to
 /// propose, every other member to check the proposal: both get the same answer from the same
-/// sums). A sum of fewer than g contributors, or one that does not decode to the model's length,
-/// is not used (its group counts as skipped). If the rule cannot work on this few groups (Krum
-/// needs f + 3), the groups' weighted mean is taken: with fewer than three groups nothing can be
-/// outvoted anyway. Fails if no group sum is usable.
+/// sums and the same log), judged against `baseline` (see [`judge_means`]). A sum of fewer than
+/// g contributors, or one that does not decode to the model's length, is not used (its group
+/// counts as skipped). Fails if no group sum is usable.
 pub fn judge_groups(
     genesis: &Genesis,
     round: u64,
@@ -738,6 +762,7 @@ pub fn judge_groups(
     drawn: &[Vec<u32>],
     revealed: &[Revealed],
     model_len: usize,
+    baseline: &suspicion::Baseline,
 ) -> Result<Judged, String> {
     let r = &genesis.spec.robust;
     let g = r.group_size;
@@ -767,23 +792,7 @@ pub fn judge_groups(
         .iter()
         .map(|(rev, d)| robust::Input::new(rev.group, &d.mean, d.total_weight))
         .collect();
-    let mut state = robust::State::default();
-    let rule = match robust::aggregate(&r.rule(), &inputs, &mut robust::State::default()) {
-        Err(robust::AggregateError::TooFew { .. }) => robust::Rule::Mean,
-        _ => r.rule(),
-    };
-    let mut judged = suspicion::judge(&rule, &inputs, r.score_threshold, &mut state)
-        .map_err(|e| format!("the rule does not apply to the group means: {e}"))?;
-    if !judged.decided {
-        // No majority of agreeing group means (late in training, group means agree less): the
-        // round flags nobody and is no evidence, but the model still moves by the genesis rule
-        // over every group mean rather than standing still. The node judges each round from its
-        // own sums alone (every member must reach the same answer from the log), so without this
-        // a network whose groups stop agreeing would stop training.
-        judged.update = robust::aggregate(&rule, &inputs, &mut robust::State::default())
-            .map_err(|e| format!("the rule does not apply to the group means: {e}"))?
-            .update;
-    }
+    let (judged, after) = judge_means(&r.rule(), r.score_threshold, &inputs, baseline)?;
     let revealed_sums: Vec<GroupSum> = used
         .iter()
         .zip(judged.scores.iter().zip(&judged.flagged))
@@ -808,6 +817,7 @@ pub fn judge_groups(
             revealed: revealed_sums,
             skipped,
             decided: judged.decided,
+            usual: after.usual(),
         },
         update: judged.update,
     })
@@ -937,7 +947,9 @@ mod tests {
         assert!(attempts.iter().all(|a| a.drawn.as_ref() == Some(&drawn)));
         let revealed = revealed_by_coordinator(&attempts[0]);
         assert_eq!(revealed.len(), 2);
-        let judged = judge_groups(&genesis, 1, 0, &drawn, &revealed, len).unwrap();
+        // Round 1: nothing in the log yet.
+        let first = suspicion::Baseline::default();
+        let judged = judge_groups(&genesis, 1, 0, &drawn, &revealed, len, &first).unwrap();
         let step = quantizer(&genesis).step() as f32;
         let mut means = Vec::new();
         for (s, group) in judged.summary.revealed.iter().zip(&drawn) {
@@ -971,9 +983,54 @@ mod tests {
                 }
             })
             .collect();
-        let again = judge_groups(&genesis, 1, 0, &drawn, &replayed, len).unwrap();
+        let again = judge_groups(&genesis, 1, 0, &drawn, &replayed, len, &first).unwrap();
         assert_eq!(again.summary, judged.summary);
         assert_eq!(again.update, judged.update);
+
+        // The next round is judged against what the log holds: the update that moved the model
+        // and the usual values of the record. Round 1 found its reference (both groups agree) and
+        // recorded a usual cosine; judged from the log, the same sums are scored against the
+        // update and pass, and the record's usual values move as the stateful judge's do.
+        assert!(judged.summary.decided);
+        let usual = judged.summary.usual;
+        assert!(usual.cosine.is_some(), "{usual:?}");
+        let from_log = suspicion::Baseline::from_log(Some(judged.update.clone()), usual);
+        let next = judge_groups(&genesis, 2, 0, &drawn, &replayed, len, &from_log).unwrap();
+        assert!(next.summary.decided);
+        assert!(next.summary.revealed.iter().all(|s| !s.flagged));
+        let mut state = robust::State {
+            groups: from_log.clone(),
+            ..robust::State::default()
+        };
+        let inputs: Vec<(Vec<f32>, u64)> = replayed
+            .iter()
+            .map(|r| {
+                let d = quantizer(&genesis).decode(&r.outcome.sum).unwrap();
+                (d.mean, d.total_weight)
+            })
+            .collect();
+        let inputs: Vec<robust::Input> = inputs
+            .iter()
+            .enumerate()
+            .map(|(j, (m, w))| robust::Input::new(j as u32, m, *w))
+            .collect();
+        let stateful = suspicion::judge(
+            &genesis.spec.robust.rule(),
+            &inputs,
+            genesis.spec.robust.score_threshold,
+            &mut state,
+        )
+        .unwrap();
+        assert_eq!(next.update, stateful.update);
+        assert_eq!(next.summary.usual, state.groups.usual());
+        assert!(
+            next.summary.usual.log_norm.is_some(),
+            "learned against the reference"
+        );
+        // A member without the previous update (no checkpoints) would judge otherwise, and so
+        // would not approve: the reference is part of the judgement.
+        let blind = judge_groups(&genesis, 2, 0, &drawn, &replayed, len, &first).unwrap();
+        assert_ne!(blind.summary.usual, next.summary.usual);
 
         // Member 5 never trains: its group keeps two members, below g = 3, and is not unmasked.
         let attempts = run(&genesis, gh, &keys, Some(5));
@@ -981,7 +1038,7 @@ mod tests {
         let five = drawn.iter().position(|g| g.contains(&5)).unwrap() as u32;
         assert_eq!(revealed.len(), 1);
         assert_ne!(revealed[0].group, five);
-        let judged = judge_groups(&genesis, 1, 0, &drawn, &revealed, len).unwrap();
+        let judged = judge_groups(&genesis, 1, 0, &drawn, &revealed, len, &first).unwrap();
         assert_eq!(judged.summary.skipped, vec![five]);
         assert!(judged
             .summary

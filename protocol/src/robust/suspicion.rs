@@ -202,7 +202,8 @@ pub const BASELINE_RELAX: f64 = 0.1;
 
 /// What [`judge`] carries from round to round (in [`State::groups`](super::State)): the last
 /// update that moved the model, the direction every group mean is compared with, and running
-/// averages of how the accepted groups compared with it.
+/// averages of how the accepted groups compared with it. In the node it is rebuilt from the log
+/// for every round ([`Baseline::from_log`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Baseline {
     /// The last non-zero update.
@@ -211,6 +212,60 @@ pub struct Baseline {
     pub cosine: Option<(f64, f64)>,
     /// Usual ln(‖group mean‖ / ‖previous update‖) of accepted groups (their median, averaged).
     pub log_norm: Option<f64>,
+}
+
+/// The usual values of a [`Baseline`]: how accepted group means compared with the reference so
+/// far. Every round record with groups carries them as they stand after the round
+/// ([`crate::audit::GroupsSummary::usual`]), so that the next round's judgement is a function of
+/// the log (these values) and the stored checkpoints (the previous update), and every member —
+/// restarted or catching up — judges alike.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usual {
+    /// Usual cos(group mean, previous update) of accepted groups, and its variance.
+    pub cosine: Option<(f64, f64)>,
+    /// Usual ln(‖group mean‖ / ‖previous update‖) of accepted groups.
+    pub log_norm: Option<f64>,
+}
+
+impl Usual {
+    /// Whether the values can be the result of [`judge`]: finite, a cosine in [−1, 1], a
+    /// variance ≥ 0. Describes the first problem found.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some((mean, var)) = self.cosine {
+            if !(-1.0..=1.0).contains(&mean) || !var.is_finite() || var < 0.0 {
+                return Err(format!(
+                    "usual cosine {mean} with variance {var} is out of range"
+                ));
+            }
+        }
+        if let Some(ln) = self.log_norm {
+            if !ln.is_finite() {
+                return Err(format!("usual log-norm ratio {ln} is not finite"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Baseline {
+    /// A baseline from what the log holds: the last non-zero update (the difference of the two
+    /// checkpoints of the last round that moved the model) and the usual values recorded by the
+    /// last round with groups.
+    pub fn from_log(previous: Option<Vec<f32>>, usual: Usual) -> Baseline {
+        Baseline {
+            previous,
+            cosine: usual.cosine,
+            log_norm: usual.log_norm,
+        }
+    }
+
+    /// The usual values (what a round record carries).
+    pub fn usual(&self) -> Usual {
+        Usual {
+            cosine: self.cosine,
+            log_norm: self.log_norm,
+        }
+    }
 }
 
 /// Combine a round's group means: `groups[j]` is group j's mean update (its `member` field the
@@ -234,6 +289,12 @@ pub struct Baseline {
 ///
 /// Flagged groups are left out of the round's update: `rule` is applied to the others. If every
 /// group is flagged, the update is zero (the model waits for a round with a clean group).
+///
+/// `state.groups` must be a function of the log so that every member — restarted or catching up
+/// — judges alike: the node builds it with [`Baseline::from_log`] from the difference of the
+/// checkpoints of the last round that moved the model and the [`Usual`] values the last round
+/// record carries, and records `state.groups.usual()` after the round. (Any other state, such as a
+/// rule's own, should start from the default each round.)
 pub fn judge(
     rule: &Rule,
     groups: &[Input],
