@@ -109,7 +109,9 @@ pub struct RoundRecord {
     /// Mode `paillier`: how the encrypted sum was formed and decrypted.
     pub paillier: Option<PaillierSummary>,
     /// Mode `secagg` with `[spec.robust] group_size` > 0: the round's random groups, which of
-    /// them revealed a sum, and the rule's judgement of each. See [`check_groups`].
+    /// them revealed a sum, and the rule's judgement of each. Mode `paillier`: present when the
+    /// round's sum did not decode and the round was closed with its groups' sums instead (the
+    /// groups whose sum did not decode flagged and left out). See [`check_groups`].
     pub groups: Option<GroupsSummary>,
     /// Identities admitted in this round (each with its signed join request and the quorum's
     /// signed votes), by index: from the next round on they are members. See
@@ -148,15 +150,17 @@ pub struct GroupsSummary {
 pub struct GroupSum {
     /// Index of the group in [`GroupsSummary::drawn`].
     pub group: u32,
-    /// Its secure-aggregation session ([`crate::secagg::group_session`]).
+    /// Its secure-aggregation session ([`crate::secagg::group_session`]); 0 in mode `paillier`.
     pub session: u64,
     /// Members whose masked input is in the sum (U3), sorted; at least g.
     pub contributors: Vec<u32>,
-    /// Members whose unmasking shares were used (U5), sorted.
+    /// Members whose unmasking shares were used (U5), sorted; in mode `paillier`, the members
+    /// whose partial decryptions decrypted the group's sum.
     pub unmaskers: Vec<u32>,
     /// Σ FedAvg weights of the contributors (revealed with the sum).
     pub total_weight: u64,
-    /// Hash of the revealed sum (quantized, as unmasked): [`group_sum_hash`].
+    /// Hash of the revealed sum (quantized, as unmasked): [`group_sum_hash`]; in mode
+    /// `paillier`, the hash of the group's encrypted sum, which its partials name.
     pub sum_hash: Hash,
     /// The group mean's anomaly score against the round's update.
     pub score: f64,
@@ -512,6 +516,9 @@ pub fn check_groups(
     record: &RoundRecord,
 ) -> Result<(), String> {
     let g = genesis.spec.robust.group_size;
+    if record.mode == Mode::Paillier {
+        return check_paillier_groups(genesis, prev_hash, active, record);
+    }
     let summary = match (&record.groups, record.mode == Mode::Secagg && g > 0) {
         (None, true) => return Err("a mode-secagg record with group_size > 0 has none".into()),
         (Some(_), false) => {
@@ -612,6 +619,84 @@ pub fn check_groups(
         return Err(format!(
             "participants {participants:?} are not the revealed groups' contributors {contributors:?}"
         ));
+    }
+    Ok(())
+}
+
+/// Mode `paillier`: a groups summary is present when the round's whole sum did not decode (some
+/// contributor's ciphertexts encrypt values outside the packing range) and the round was closed
+/// with the sums of its groups instead. It must hold: the size
+/// [`crate::paillier::group_size`]; as `drawn`, exactly the groups
+/// [`crate::paillier::round_groups`] gives for the record's participants (they partition them);
+/// every one of them in `revealed`, in order, with session 0 and `threshold` distinct sorted
+/// decryptors (`unmaskers`) that are genesis members; nothing skipped; `decided`; a group flagged
+/// exactly when its score is over the threshold — a group whose sum did not decode has score
+/// `f64::MAX` and a weight of 0, and is left out of the model. (That each group sum decrypts to
+/// what is recorded is checked by the members that sign the record, by decrypting it
+/// themselves.)
+fn check_paillier_groups(
+    genesis: &Genesis,
+    prev_hash: Hash,
+    active: &[u32],
+    record: &RoundRecord,
+) -> Result<(), String> {
+    let Some(summary) = &record.groups else {
+        return Ok(());
+    };
+    if record.paillier.is_none() {
+        return Err("a groups summary without a paillier summary".into());
+    }
+    let n = genesis.members.len();
+    let t = genesis.spec.paillier.threshold_for(n);
+    let g = crate::paillier::group_size(genesis.spec.robust.group_size, t);
+    if summary.size as usize != g {
+        return Err(format!(
+            "group size {} is not the genesis' {g}",
+            summary.size
+        ));
+    }
+    let participants: Vec<u32> = record.participants.iter().map(|c| c.member).collect();
+    let groups =
+        crate::paillier::round_groups(&prev_hash, record.round, active, &participants, g);
+    if groups.is_empty() || summary.drawn != groups {
+        return Err(format!(
+            "the groups {:?} are not the round's groups of its participants ({groups:?})",
+            summary.drawn
+        ));
+    }
+    if summary.revealed.len() != groups.len() || !summary.skipped.is_empty() || !summary.decided
+    {
+        return Err("every group of a paillier round is decrypted and decided".into());
+    }
+    let sorted = |v: &[u32]| v.windows(2).all(|w| w[0] < w[1]);
+    let threshold = genesis.spec.robust.score_threshold;
+    for (j, (s, members)) in summary.revealed.iter().zip(&groups).enumerate() {
+        if s.group as usize != j || s.session != 0 || &s.contributors != members {
+            return Err(format!(
+                "revealed group {} is not group {j} of the round with its members",
+                s.group
+            ));
+        }
+        if s.unmaskers.len() != t
+            || !sorted(&s.unmaskers)
+            || s.unmaskers.iter().any(|m| *m as usize >= n)
+        {
+            return Err(format!(
+                "group {j} was decrypted by {:?}; exactly {t} distinct genesis members, sorted",
+                s.unmaskers
+            ));
+        }
+        if s.score.is_nan() || s.flagged != (s.score > threshold) {
+            return Err(format!(
+                "group {j} has score {} and flagged = {}, but the threshold is {threshold}",
+                s.score, s.flagged
+            ));
+        }
+        if (s.score == f64::MAX) != (s.total_weight == 0) {
+            return Err(format!(
+                "group {j}: a sum that did not decode (score f64::MAX) has weight 0, and only it"
+            ));
+        }
     }
     Ok(())
 }

@@ -244,6 +244,9 @@ enum Purpose {
     ProposePaillier {
         attempt: u32,
         outcome: Box<fedmesh_protocol::paillier::Outcome>,
+        /// The round's groups when its whole sum did not decode (the outcome's sum is then the
+        /// sum of the groups that did).
+        groups: Option<Box<audit::GroupsSummary>>,
     },
     /// Checking `proposal` from `proposer`.
     Verify {
@@ -1243,8 +1246,12 @@ impl Runtime {
                 tracing::info!(round, attempt, accuracy = metrics.accuracy, ?flagged, dropouts = ?p.record.dropouts, "proposing the round record (group sums)");
                 self.propose(p, params).await;
             }
-            Purpose::ProposePaillier { attempt, outcome } => {
-                self.propose_paillier(attempt, *outcome, metrics, hash, params)
+            Purpose::ProposePaillier {
+                attempt,
+                outcome,
+                groups,
+            } => {
+                self.propose_paillier(attempt, *outcome, groups.map(|g| *g), metrics, hash, params)
                     .await;
             }
             Purpose::Verify { proposer, proposal } => {
@@ -1782,7 +1789,20 @@ impl Runtime {
                 }
                 if secure_mode || paillier_mode {
                     let checked = if paillier_mode {
-                        cur.state.check_paillier_proposal(&ctx.genesis, sender, &p)
+                        cur.state
+                            .check_paillier_proposal(&ctx.genesis, sender, &p)
+                            .and_then(|()| {
+                                audit::check_groups(
+                                    &ctx.genesis,
+                                    cur.state.prev_hash,
+                                    cur.state.order(),
+                                    &p.record,
+                                )
+                                .map_err(|reason| RoundError::BadProposal {
+                                    culprit: sender,
+                                    reason,
+                                })
+                            })
                     } else {
                         cur.state.check_secure_proposal(sender, &p).and_then(|()| {
                             audit::check_groups(
