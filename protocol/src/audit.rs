@@ -913,6 +913,106 @@ pub(crate) mod tests {
             .contains("mode-plain"));
     }
 
+    /// A mode-paillier record closed with its groups' sums (its sum did not decode): the groups
+    /// must be the round's groups of its participants (8 members, default threshold 5: groups
+    /// of at least 3), each decrypted by exactly `threshold` members, the undecodable one flagged
+    /// with weight 0; `audit verify` and the members refuse anything else.
+    #[test]
+    fn paillier_groups_summary_is_checked_against_the_round_groups() {
+        let (mut g, _, _) = sample(8);
+        g.spec.mode = Mode::Paillier;
+        let head = Hash::of("head", b"1");
+        let active: Vec<u32> = (0..8).collect();
+        let t = g.spec.paillier.threshold_for(8);
+        assert_eq!(crate::paillier::group_size(0, t), 3);
+        let groups = crate::paillier::round_groups(&head, 1, &active, &active, 3);
+        assert_eq!(groups.len(), 2);
+        let mut good = record(1, g.initial_model);
+        good.mode = Mode::Paillier;
+        good.participants = active
+            .iter()
+            .map(|&member| Contribution {
+                member,
+                num_samples: 0,
+                update_hash: Hash::ZERO,
+                train_loss: 0.0,
+            })
+            .collect();
+        good.paillier = Some(PaillierSummary {
+            sum_hash: Hash::of("sum", b""),
+            decryptors: (0..t as u32).collect(),
+            rejected: vec![],
+            clipped: 0,
+        });
+        good.groups = Some(GroupsSummary {
+            size: 3,
+            revealed: groups
+                .iter()
+                .enumerate()
+                .map(|(j, members)| GroupSum {
+                    group: j as u32,
+                    session: 0,
+                    contributors: members.clone(),
+                    unmaskers: (1..=t as u32).collect(),
+                    total_weight: if j == 0 { 0 } else { 4096 },
+                    sum_hash: Hash::of("group", &[j as u8]),
+                    score: if j == 0 { f64::MAX } else { 0.0 },
+                    flagged: j == 0,
+                })
+                .collect(),
+            drawn: groups.clone(),
+            skipped: vec![],
+            decided: true,
+        });
+        check_groups(&g, head, &active, &good).unwrap();
+        let mut plain_round = good.clone();
+        plain_round.groups = None;
+        check_groups(&g, head, &active, &plain_round).unwrap();
+        let bad = |f: &dyn Fn(&mut RoundRecord)| {
+            let mut r = good.clone();
+            f(&mut r);
+            check_groups(&g, head, &active, &r).expect_err(&format!("{:?}", r.groups))
+        };
+        // Other groups: from another head, regrouped by hand, or not cut to the participants.
+        let other = crate::paillier::round_groups(&Hash::of("head", b"2"), 1, &active, &active, 3);
+        assert!(bad(&|r| groups_of(r).drawn = other.clone()).contains("not the round's groups"));
+        assert!(bad(&|r| {
+            let s = groups_of(r);
+            let moved = s.drawn[0].pop().unwrap();
+            s.drawn[1].push(moved);
+        })
+        .contains("not the round's groups"));
+        assert!(bad(&|r| {
+            r.participants.pop();
+        })
+        .contains("not the round's groups"));
+        // A group left out, skipped or undecided; another group's members.
+        assert!(bad(&|r| {
+            groups_of(r).revealed.pop();
+        })
+        .contains("every group"));
+        assert!(bad(&|r| groups_of(r).skipped = vec![1]).contains("every group"));
+        assert!(bad(&|r| groups_of(r).decided = false).contains("every group"));
+        assert!(bad(&|r| groups_of(r).revealed[0].contributors.pop().map(drop).unwrap_or(()))
+            .contains("not group 0"));
+        // Too few decryptors, or not genesis members.
+        assert!(bad(&|r| {
+            groups_of(r).revealed[1].unmaskers.pop();
+        })
+        .contains("exactly"));
+        assert!(bad(&|r| *groups_of(r).revealed[1].unmaskers.last_mut().unwrap() = 99)
+            .contains("exactly"));
+        // Flags that do not follow from the scores; an undecodable group with a weight.
+        assert!(bad(&|r| groups_of(r).revealed[0].flagged = false).contains("flagged"));
+        assert!(bad(&|r| groups_of(r).revealed[0].total_weight = 7).contains("weight 0"));
+        assert!(bad(&|r| groups_of(r).size = 4).contains("group size"));
+        assert!(bad(&|r| r.paillier = None).contains("without a paillier summary"));
+    }
+
+    fn groups_of(r: &mut RoundRecord) -> &mut GroupsSummary {
+        r.groups.as_mut().unwrap()
+    }
+
     /// A mode-secagg record with groups, as an honest coordinator writes it for 8 members in
     /// groups of at least 3 on top of `head`: every drawn group revealed, none flagged.
     fn grouped_record(g: &Genesis, head: Hash) -> RoundRecord {
