@@ -393,7 +393,7 @@ impl<'a> Collect<'a> {
                 need,
             });
         }
-        let chosen: Vec<(&u32, &(Hash, u64, Vec<Ciphertext>))> = self
+        let chosen: Vec<_> = self
             .updates
             .iter()
             .filter(|(m, _)| wanted.contains(m))
