@@ -459,8 +459,9 @@ impl Entry {
 }
 
 /// What a record's paillier summary must satisfy on its own: present exactly in mode `paillier`;
-/// exactly `threshold` distinct decryptors, all genesis members, none of them rejected; rejected
-/// members distinct. (That the decryptors' partials decrypt the sum to the recorded model is
+/// exactly `threshold` distinct decryptors (none with `[spec.robust] group_size` > 0: then only
+/// the groups' sums are decrypted), all genesis members, none of them rejected; rejected members
+/// distinct. (That the decryptors' partials decrypt the sum to the recorded model is
 /// checked by the members that sign the record, by decrypting it themselves.)
 pub fn check_paillier(genesis: &Genesis, record: &RoundRecord) -> Result<(), String> {
     let summary = match (&record.paillier, record.mode) {
@@ -473,7 +474,15 @@ pub fn check_paillier(genesis: &Genesis, record: &RoundRecord) -> Result<(), Str
     };
     let t = genesis.spec.paillier.threshold_for(genesis.members.len());
     let sorted = |v: &[u32]| v.windows(2).all(|w| w[0] < w[1]);
-    if summary.decryptors.len() != t || !sorted(&summary.decryptors) {
+    if genesis.spec.robust.group_size > 0 {
+        // With groups the round's sum is never decrypted: only its groups' sums are.
+        if !summary.decryptors.is_empty() {
+            return Err(format!(
+                "decryptors {:?} of the round's sum, but with groups only group sums are decrypted",
+                summary.decryptors
+            ));
+        }
+    } else if summary.decryptors.len() != t || !sorted(&summary.decryptors) {
         return Err(format!(
             "{} decryptors {:?}; exactly {t} distinct members, sorted, decrypt a sum",
             summary.decryptors.len(),
@@ -623,15 +632,17 @@ pub fn check_groups(
     Ok(())
 }
 
-/// Mode `paillier`: a groups summary is present when the round's whole sum did not decode (some
-/// contributor's ciphertexts encrypt values outside the packing range) and the round was closed
-/// with the sums of its groups instead. It must hold: the size
+/// Mode `paillier`: a groups summary is present in every round with `[spec.robust] group_size`
+/// > 0, and otherwise when the round's whole sum did not decode (some contributor's ciphertexts
+/// encrypt values outside the packing range) and the round was closed with the sums of its
+/// groups instead. It must hold: the size
 /// [`crate::paillier::group_size`]; as `drawn`, exactly the groups
 /// [`crate::paillier::round_groups`] gives for the record's participants (they partition them);
 /// every one of them in `revealed`, in order, with session 0 and `threshold` distinct sorted
 /// decryptors (`unmaskers`) that are genesis members; nothing skipped; `decided`; a group flagged
 /// exactly when its score is over the threshold — a group whose sum did not decode has score
-/// `f64::MAX` and a weight of 0, and is left out of the model. (That each group sum decrypts to
+/// `f64::MAX` and a weight of 0, and is left out of the model; a group that decoded is flagged
+/// only by the rule of a decided round with groups configured. (That each group sum decrypts to
 /// what is recorded is checked by the members that sign the record, by decrypting it
 /// themselves.)
 fn check_paillier_groups(
@@ -640,8 +651,12 @@ fn check_paillier_groups(
     active: &[u32],
     record: &RoundRecord,
 ) -> Result<(), String> {
+    let grouped = genesis.spec.robust.group_size > 0;
     let Some(summary) = &record.groups else {
-        return Ok(());
+        return match grouped {
+            true => Err("a mode-paillier record with group_size > 0 has none".into()),
+            false => Ok(()),
+        };
     };
     if record.paillier.is_none() {
         return Err("a groups summary without a paillier summary".into());
@@ -664,7 +679,11 @@ fn check_paillier_groups(
             summary.drawn
         ));
     }
-    if summary.revealed.len() != groups.len() || !summary.skipped.is_empty() || !summary.decided
+    // Without configured groups (the fallback of an undecodable sum) no rule judges the groups:
+    // only the undecodable ones are flagged, and the round is decided.
+    if summary.revealed.len() != groups.len()
+        || !summary.skipped.is_empty()
+        || (!grouped && !summary.decided)
     {
         return Err("every group of a paillier round is decrypted and decided".into());
     }
@@ -695,6 +714,11 @@ fn check_paillier_groups(
         if (s.score == f64::MAX) != (s.total_weight == 0) {
             return Err(format!(
                 "group {j}: a sum that did not decode (score f64::MAX) has weight 0, and only it"
+            ));
+        }
+        if s.flagged && s.score != f64::MAX && (!grouped || !summary.decided) {
+            return Err(format!(
+                "group {j} decoded and is flagged, but no rule judged the round's groups"
             ));
         }
     }

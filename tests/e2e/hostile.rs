@@ -213,3 +213,38 @@ fn paillier_out_of_range_update_is_left_out_with_its_group_and_flagged() {
         net.tail_logs()
     );
 }
+
+/// Mode paillier with groups (`[spec.robust] group_size = 3`, 6 members): every round decrypts
+/// only the sums of its two random groups (never the round's sum: the record names no decryptor
+/// of it), judged by the genesis rule like mode secagg's groups. In round 2 member 5 sends an
+/// out-of-range update: its group's sum does not decode and is flagged with weight 0, the round
+/// still closes, and every log verifies with equal heads.
+#[test]
+fn paillier_groups_decrypt_only_group_sums_and_flag_an_out_of_range_group() {
+    let cfg = format!(
+        "[spec]\nmode = \"paillier\"\n[spec.paillier]\nkey_bits = 512\nphase_timeout_ms = 8000\n[spec.robust]\ngroup_size = 3\n{SMALL_MODEL}"
+    );
+    let mut net = Testnet::with_config(6, 3, 30_000, &cfg);
+    net.set_fault(5, 2, "out_of_range");
+    net.start_all();
+    net.wait_all(RUN_TIMEOUT);
+    let rounds = net.rounds(0);
+    assert_eq!(rounds.len(), 3, "{}", net.tail_logs());
+    net.assert_logs_agree();
+    let records = audit_show(&net, 0);
+    for (round, r) in records.iter().enumerate().skip(1) {
+        assert!(list(&r["paillier"]["decryptors"]).is_empty(), "{r}");
+        let revealed = r["groups"]["revealed"].as_array().expect("groups");
+        assert_eq!(revealed.len(), 2, "{r}");
+        for g in revealed {
+            let members = list(&g["contributors"]);
+            assert_eq!(members.len(), 3, "{r}");
+            assert_eq!(list(&g["unmaskers"]).len(), 4, "threshold 4 of 6: {r}");
+            let spoiled = round == 2 && members.contains(&5);
+            assert_eq!(g["total_weight"].as_u64() == Some(0), spoiled, "{r}");
+            if spoiled {
+                assert_eq!(g["flagged"].as_bool(), Some(true), "{r}");
+            }
+        }
+    }
+}

@@ -41,6 +41,7 @@ use fedmesh_protocol::audit::{
 };
 use fedmesh_protocol::genesis::{Genesis, Mode};
 use fedmesh_protocol::model;
+use fedmesh_protocol::robust;
 use fedmesh_protocol::paillier::{
     self as pl, Close, Collect, Decrypt, EncryptedUpdate, Keys, Outcome, Partial, RoundParams,
     Signed,
@@ -154,7 +155,8 @@ pub enum Done {
     },
     Formed {
         round: u64,
-        result: Result<Close, String>,
+        /// The announcement, and the record of the sum before its decryption.
+        result: Result<(Close, pl::Summary), String>,
     },
     OwnPartial {
         round: u64,
@@ -195,8 +197,7 @@ pub enum Done {
 /// The fallback of a round whose sum did not decode here: the sums of the round's groups
 /// ([`pl::round_groups`]), decrypted like the round's sum.
 struct Fallback {
-    /// The groups' size and the groups.
-    size: usize,
+    /// The groups (each of at least the round's group size).
     groups: Vec<Vec<u32>>,
     /// When this member found the round's sum undecodable: the groups' phase counts from it.
     started: Instant,
@@ -260,8 +261,16 @@ pub struct Round {
     finishing: bool,
     /// The sum as this member decrypted it.
     outcome: Option<Outcome>,
-    /// The sum's record when it was decrypted here and did not decode.
+    /// The sum's record when it was decrypted here and did not decode, or (with groups) when
+    /// this member moved to the groups' sums: the groups' sums are being decrypted.
     spoiled: Option<pl::Summary>,
+    /// The record of the sum this member formed (before its decryption).
+    whole: Option<pl::Summary>,
+    /// The chain head the round's groups are drawn from.
+    head: Hash,
+    /// `[spec.robust] group_size` > 0: the size of the groups whose sums every round decrypts
+    /// instead of the round's sum.
+    grouped: Option<usize>,
     /// Partials of group products received (the first per group and member).
     group_partials: BTreeMap<(u32, u32), Signed<Partial>>,
     /// The groups' sums, once the round's sum did not decode here.
@@ -319,6 +328,9 @@ impl Round {
             finishing: false,
             outcome: None,
             spoiled: None,
+            whole: None,
+            head: state.prev_hash,
+            grouped: Some(genesis.spec.robust.group_size).filter(|g| *g > 0),
             group_partials: BTreeMap::new(),
             fallback: None,
         })
@@ -438,16 +450,21 @@ impl Round {
         let contributors: Vec<u32> = summary.update_hashes.iter().map(|(m, _)| *m).collect();
         let groups = pl::round_groups(head, self.round, active, &contributors, size);
         self.spoiled = Some(summary);
-        if groups.is_empty() {
+        if self.grouped.is_some() {
+            tracing::info!(round = self.round, groups = ?groups, "paillier: decrypting the sums of the round's groups");
+        } else if groups.is_empty() {
             tracing::error!(round = self.round, contributors = ?contributors, size, "paillier: the round's sum does not decode, and its contributors are too few to form groups of {size}; the round cannot close");
             return;
+        } else {
+            tracing::warn!(round = self.round, groups = ?groups, "paillier: the round's sum does not decode (an out-of-range update); decrypting the sums of the round's groups instead");
         }
-        tracing::warn!(round = self.round, groups = ?groups, "paillier: the round's sum does not decode (an out-of-range update); decrypting the sums of the round's groups instead");
+        if groups.is_empty() {
+            return;
+        }
         // The attempt's deadline counts from here: the groups need a decryption phase of their own.
         self.heard = Some(Instant::now());
         self.gave_up = false;
         self.fallback = Some(Fallback {
-            size,
             groups: groups.clone(),
             started: Instant::now(),
             forming: true,
@@ -504,6 +521,13 @@ impl Round {
     }
 
     fn request_decrypt(&mut self) {
+        if let (Some(size), Some(whole)) = (self.grouped, self.whole.clone()) {
+            // With groups the round's sum is never decrypted: its groups' sums are.
+            let active: Vec<u32> = self.params.members.keys().copied().collect();
+            let head = self.head;
+            self.enter_fallback(whole, &head, &active, size);
+            return;
+        }
         if !self.decrypting {
             self.decrypting = true;
             self.send(Cmd::Decrypt);
@@ -574,8 +598,9 @@ fn worker(
                                         contributors: contributors.clone(),
                                         sum_hash: d.sum_hash(),
                                     };
+                                    let commitment = d.commitment();
                                     decrypt = Some(d);
-                                    close
+                                    (close, commitment)
                                 })
                                 .map_err(|e| e.to_string())
                         }
@@ -808,64 +833,94 @@ struct Closed {
     sum: Vec<i64>,
 }
 
-/// Close a round whose sum did not decode with its groups' sums: a group whose sum decodes to
-/// a vector with a positive weight counts (score 0); any other is left out and flagged (score
-/// `f64::MAX`, weight 0), so that its members gain suspicion. Coordinator and verifiers compute
-/// it alike from their own decryptions.
+/// Close a round with its groups' sums (every round with `[spec.robust] group_size` > 0, else a
+/// round whose sum did not decode). A group whose sum decodes to a vector with a positive weight
+/// counts: with groups configured the genesis rule judges the group means and scores them
+/// ([`super::secure::judge_means`], shared with mode secagg), else each scores 0 and the update
+/// is their FedAvg mean. Any other group is left out and flagged (score `f64::MAX`, weight 0), so
+/// that its members gain suspicion. Coordinator and verifiers compute it alike from their own
+/// decryptions.
 fn close_with_groups(
+    genesis: &Genesis,
     packer: &Packer,
-    clip: f32,
-    score_threshold: f64,
     len: usize,
-    size: usize,
     groups: &[Vec<u32>],
     results: &[GroupResult],
-) -> Closed {
+) -> Result<Closed, String> {
+    let spec = &genesis.spec;
+    let clip = spec.paillier.clip;
+    let configured = spec.robust.group_size;
+    let size = pl::group_size(
+        configured,
+        spec.paillier.threshold_for(genesis.members.len()),
+    );
     let mut sum: Vec<i64> = Vec::new();
-    let mut revealed = Vec::with_capacity(results.len());
-    for (j, (members, r)) in groups.iter().zip(results).enumerate() {
-        let weight = r
-            .sum
-            .as_ref()
-            .filter(|s| mean(packer, clip, s, len).is_ok())
-            .map(|s| {
-                let last = packer.dequantize(&s[s.len() - 1..])[0];
-                let total = f64::from(last) / f64::from(clip);
-                if sum.is_empty() {
-                    sum = s.clone();
-                } else {
-                    sum.iter_mut().zip(s).for_each(|(a, b)| *a += b);
-                }
-                ((total * WEIGHT_UNIT as f64).round() as u64).max(1)
-            });
-        let score = if weight.is_some() { 0.0 } else { f64::MAX };
-        revealed.push(GroupSum {
-            group: j as u32,
-            session: 0,
-            contributors: members.clone(),
-            unmaskers: r.summary.decryptors.clone(),
-            total_weight: weight.unwrap_or(0),
-            sum_hash: r.summary.sum_hash,
-            score,
-            flagged: score > score_threshold,
-        });
-    }
-    let update = if sum.is_empty() {
-        vec![0.0; len]
+    // Per group: its mean and weight, if its sum decodes.
+    let decoded: Vec<Option<(Vec<f32>, u64)>> = results
+        .iter()
+        .map(|r| {
+            let s = r.sum.as_ref()?;
+            let m = mean(packer, clip, s, len).ok()?;
+            let last = packer.dequantize(&s[s.len() - 1..])[0];
+            let total = f64::from(last) / f64::from(clip);
+            if sum.is_empty() {
+                sum = s.clone();
+            } else {
+                sum.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+            }
+            Some((m, ((total * WEIGHT_UNIT as f64).round() as u64).max(1)))
+        })
+        .collect();
+    let inputs: Vec<robust::Input> = decoded
+        .iter()
+        .enumerate()
+        .filter_map(|(j, d)| d.as_ref().map(|(m, w)| robust::Input::new(j as u32, m, *w)))
+        .collect();
+    // (score, flagged) of each decodable group, in order; whether the round was decided.
+    let (judged, decided, update) = if inputs.is_empty() {
+        (Vec::new(), true, vec![0.0; len])
+    } else if configured > 0 {
+        let j = super::secure::judge_means(genesis, &inputs)?;
+        let judged = j.scores.iter().map(|s| s.score).zip(j.flagged).collect();
+        (judged, j.decided, j.update)
     } else {
-        mean(packer, clip, &sum, len).unwrap_or_else(|_| vec![0.0; len])
+        let update = mean(packer, clip, &sum, len)?;
+        (vec![(0.0, false); inputs.len()], true, update)
     };
-    Closed {
+    let mut judged = judged.into_iter();
+    let revealed = groups
+        .iter()
+        .zip(results)
+        .zip(&decoded)
+        .enumerate()
+        .map(|(j, ((members, r), d))| {
+            let (score, flagged) = match d {
+                Some(_) => judged.next().unwrap_or((0.0, false)),
+                None => (f64::MAX, f64::MAX > spec.robust.score_threshold),
+            };
+            GroupSum {
+                group: j as u32,
+                session: 0,
+                contributors: members.clone(),
+                unmaskers: r.summary.decryptors.clone(),
+                total_weight: d.as_ref().map_or(0, |(_, w)| *w),
+                sum_hash: r.summary.sum_hash,
+                score,
+                flagged,
+            }
+        })
+        .collect();
+    Ok(Closed {
         summary: GroupsSummary {
             size: size as u32,
             drawn: groups.to_vec(),
             revealed,
             skipped: Vec::new(),
-            decided: true,
+            decided,
         },
         update,
         sum,
-    }
+    })
 }
 
 /// After training: weight, quantize, pack and encrypt the update (randomness from the pool), sign
@@ -1148,7 +1203,8 @@ impl Runtime {
             Done::Formed { result, .. } => {
                 pr.forming = false;
                 match result {
-                    Ok(close) => {
+                    Ok((close, commitment)) => {
+                        pr.whole = Some(commitment);
                         let wanted = pr.wanted.take();
                         pr.formed = Some(close.clone());
                         pr.forward_partials();
@@ -1246,8 +1302,10 @@ impl Runtime {
                 match result {
                     Ok(sums) => {
                         fb.sums = Some(sums);
-                        fb.decrypting = true;
-                        pr.send(Cmd::DecryptGroups);
+                        let first = !std::mem::replace(&mut fb.decrypting, true);
+                        if first {
+                            pr.send(Cmd::DecryptGroups);
+                        }
                         pr.forward_group_partials();
                     }
                     Err(e) => {
@@ -1325,8 +1383,6 @@ impl Runtime {
         let Some(setup) = self.ctx.paillier.clone() else {
             return;
         };
-        let spec = &self.ctx.genesis.spec;
-        let (clip, score_threshold) = (spec.paillier.clip, spec.robust.score_threshold);
         let Some(cur) = self.current.as_mut() else {
             return;
         };
@@ -1343,15 +1399,19 @@ impl Runtime {
         let Some(results) = fb.results.as_ref() else {
             return;
         };
-        let closed = close_with_groups(
+        let closed = match close_with_groups(
+            &self.ctx.genesis,
             &setup.packer,
-            clip,
-            score_threshold,
             self.global.len(),
-            fb.size,
             &fb.groups,
             results,
-        );
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(round = cur.state.round, error = %e, "paillier: cannot judge the groups' sums; not proposing");
+                return;
+            }
+        };
         let flagged: Vec<u32> = closed
             .summary
             .revealed
@@ -1568,7 +1628,7 @@ impl Runtime {
                 return;
             }
             if pr.spoiled.is_none() {
-                if !pr.finishing {
+                if pr.grouped.is_none() && !pr.finishing {
                     pr.finishing = true;
                     pr.send(Cmd::Finish);
                 }
@@ -1612,17 +1672,20 @@ impl Runtime {
                 }
                 return;
             };
-            let score_threshold = self.ctx.genesis.spec.robust.score_threshold;
-            let len = self.global.len();
-            let closed = close_with_groups(
+            let closed = match close_with_groups(
+                &self.ctx.genesis,
                 &setup.packer,
-                clip,
-                score_threshold,
-                len,
-                fb.size,
+                self.global.len(),
                 &fb.groups,
                 results,
-            );
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    refuse(&e);
+                    cur.waiting = None;
+                    return;
+                }
+            };
             let same = closed.summary.size == proposed.size
                 && closed.summary.skipped == proposed.skipped
                 && closed.summary.decided == proposed.decided

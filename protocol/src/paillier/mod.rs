@@ -603,6 +603,19 @@ impl Decrypt<'_> {
         })
     }
 
+    /// The record of this sum before (or without) its decryption: who is in it, its hash, no
+    /// decryptors (mode `paillier` with groups decrypts only the groups' sums).
+    pub fn commitment(&self) -> Summary {
+        Summary {
+            round: self.params.round,
+            update_hashes: self.update_hashes.iter().map(|(m, h)| (*m, *h)).collect(),
+            sum_hash: self.sum_hash,
+            decryptors: Vec::new(),
+            rejected: Vec::new(),
+            clipped: self.clipped,
+        }
+    }
+
     /// The first `threshold` good partials, by member index.
     fn chosen(&self) -> Result<Vec<PartialDecryption>, PaillierError> {
         let need = self.keys.verification.threshold();
