@@ -1031,6 +1031,38 @@ pub(crate) mod tests {
         assert!(bad(&|r| groups_of(r).revealed[0].total_weight = 7).contains("weight 0"));
         assert!(bad(&|r| groups_of(r).size = 4).contains("group size"));
         assert!(bad(&|r| r.paillier = None).contains("without a paillier summary"));
+        // Without configured groups no rule judges them: a group that decoded is never flagged.
+        assert!(bad(&|r| {
+            groups_of(r).revealed[1].score = 9.0;
+            groups_of(r).revealed[1].flagged = true;
+        })
+        .contains("no rule judged"));
+
+        // With group_size = 3 configured every round has groups, the round's sum has no
+        // decryptors, and the rule may flag a group that decoded (in a decided round) or decide
+        // nothing.
+        g.spec.robust.group_size = 3;
+        let mut grouped = good.clone();
+        grouped.paillier.as_mut().unwrap().decryptors.clear();
+        check_paillier(&g, &grouped).unwrap();
+        check_groups(&g, head, &active, &grouped).unwrap();
+        assert!(check_paillier(&g, &good).unwrap_err().contains("only group sums"));
+        let mut none = grouped.clone();
+        none.groups = None;
+        assert!(check_groups(&g, head, &active, &none)
+            .unwrap_err()
+            .contains("has none"));
+        let mut judged = grouped.clone();
+        groups_of(&mut judged).revealed[1].score = 9.0;
+        groups_of(&mut judged).revealed[1].flagged = true;
+        check_groups(&g, head, &active, &judged).unwrap();
+        groups_of(&mut judged).decided = false;
+        assert!(check_groups(&g, head, &active, &judged)
+            .unwrap_err()
+            .contains("no rule judged"));
+        groups_of(&mut judged).revealed[1].score = 0.5;
+        groups_of(&mut judged).revealed[1].flagged = false;
+        check_groups(&g, head, &active, &judged).unwrap();
     }
 
     fn groups_of(r: &mut RoundRecord) -> &mut GroupsSummary {

@@ -22,6 +22,17 @@
 //!    decryptors, the rejected). Every member checks it by decrypting the same sum from partials it
 //!    verified itself and approves if that gives the proposed model.
 //!
+//! **Group sums.** With `[spec.robust] group_size` > 0, step 4 decrypts instead the sums of the
+//! round's random groups ([`pl::round_groups`]: drawn from the chain head, cut to the announced
+//! contributors, each of at least g): every member forms each group's product itself, sends one
+//! partial per group ([`PaillierMsg::GroupPartial`]) and checks everyone's; the rule and scores
+//! work on the group means as in mode secagg. Without configured groups the same happens only
+//! when the round's sum, decrypted, does not decode (an out-of-range update, which no check on
+//! ciphertexts can catch): each member finds that out itself and moves to the groups' sums
+//! (at least [`pl::group_size`] members each), and the round closes without the groups that do
+//! not decode, which are flagged in the record. Every combination of the sums a round reveals
+//! is a sum over whole groups.
+//!
 //! The heavy steps (pool fill, encryption, checking updates, forming the sum, partial decryption,
 //! checking partials) run on one blocking worker per round, off the runtime task, each using all
 //! cores through rayon.
@@ -300,7 +311,9 @@ impl Round {
             min_contributors: genesis.spec.paillier.threshold_for(n),
         });
         setup.fill_pool(setup.packer.plaintexts_for(params.len));
-        let (tx, rx) = mpsc::channel(4 * n + 16);
+        // One update and one partial per member, and one partial per member and group (at most
+        // n groups), a few announcements.
+        let (tx, rx) = mpsc::channel(n * (n + 4) + 16);
         {
             let (ctx, params) = (ctx.clone(), params.clone());
             tokio::task::spawn_blocking(move || worker(ctx, setup, params, rx, work));
@@ -337,9 +350,8 @@ impl Round {
     }
 
     fn send(&self, cmd: Cmd) {
-        // The queue holds more than a round can legitimately need (one update and one partial
-        // per member, a few announcements): full means something is wrong, and the command is
-        // dropped rather than blocking the runtime.
+        // The queue holds more than a round can legitimately need (see `start`): full means
+        // something is wrong, and the command is dropped rather than blocking the runtime.
         if let Err(e) = self.worker.try_send(cmd) {
             tracing::error!(round = self.round, error = %e, "paillier: worker queue full or gone; command dropped");
         }
