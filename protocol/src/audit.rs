@@ -632,8 +632,8 @@ pub fn check_groups(
     Ok(())
 }
 
-/// Mode `paillier`: a groups summary is present in every round with `[spec.robust] group_size`
-/// > 0, and otherwise when the round's whole sum did not decode (some contributor's ciphertexts
+/// Mode `paillier`: a groups summary is present in every round with a `[spec.robust]
+/// group_size` over 0, and otherwise when the round's whole sum did not decode (some contributor's ciphertexts
 /// encrypt values outside the packing range) and the round was closed with the sums of its
 /// groups instead. It must hold: the size
 /// [`crate::paillier::group_size`]; as `drawn`, exactly the groups

@@ -797,6 +797,35 @@ pub fn judge_groups(
     })
 }
 
+/// The genesis rule and the group scores over revealed group means (modes secagg and paillier
+/// with groups, shared): if the rule cannot work on this few groups (Krum needs f + 3), the
+/// groups' weighted mean is taken; an undecided round flags nobody but still moves the model by
+/// the rule over every group mean.
+pub fn judge_means(
+    genesis: &Genesis,
+    inputs: &[robust::Input],
+) -> Result<suspicion::Judgement, String> {
+    let r = &genesis.spec.robust;
+    let mut state = robust::State::default();
+    let rule = match robust::aggregate(&r.rule(), inputs, &mut robust::State::default()) {
+        Err(robust::AggregateError::TooFew { .. }) => robust::Rule::Mean,
+        _ => r.rule(),
+    };
+    let mut judged = suspicion::judge(&rule, inputs, r.score_threshold, &mut state)
+        .map_err(|e| format!("the rule does not apply to the group means: {e}"))?;
+    if !judged.decided {
+        // No majority of agreeing group means (late in training, group means agree less): the
+        // round flags nobody and is no evidence, but the model still moves by the genesis rule
+        // over every group mean rather than standing still. The node judges each round from its
+        // own sums alone (every member must reach the same answer from the log), so without this
+        // a network whose groups stop agreeing would stop training.
+        judged.update = robust::aggregate(&rule, inputs, &mut robust::State::default())
+            .map_err(|e| format!("the rule does not apply to the group means: {e}"))?
+            .update;
+    }
+    Ok(judged)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
@@ -999,33 +1028,4 @@ mod tests {
             Err(SecaggError::Signature { culprit: 0, .. })
         ));
     }
-}
-
-/// The genesis rule and the group scores over revealed group means (modes secagg and paillier
-/// with groups, shared): if the rule cannot work on this few groups (Krum needs f + 3), the
-/// groups' weighted mean is taken; an undecided round flags nobody but still moves the model by
-/// the rule over every group mean.
-pub fn judge_means(
-    genesis: &Genesis,
-    inputs: &[robust::Input],
-) -> Result<suspicion::Judgement, String> {
-    let r = &genesis.spec.robust;
-    let mut state = robust::State::default();
-    let rule = match robust::aggregate(&r.rule(), inputs, &mut robust::State::default()) {
-        Err(robust::AggregateError::TooFew { .. }) => robust::Rule::Mean,
-        _ => r.rule(),
-    };
-    let mut judged = suspicion::judge(&rule, inputs, r.score_threshold, &mut state)
-        .map_err(|e| format!("the rule does not apply to the group means: {e}"))?;
-    if !judged.decided {
-        // No majority of agreeing group means (late in training, group means agree less): the
-        // round flags nobody and is no evidence, but the model still moves by the genesis rule
-        // over every group mean rather than standing still. The node judges each round from its
-        // own sums alone (every member must reach the same answer from the log), so without this
-        // a network whose groups stop agreeing would stop training.
-        judged.update = robust::aggregate(&rule, inputs, &mut robust::State::default())
-            .map_err(|e| format!("the rule does not apply to the group means: {e}"))?
-            .update;
-    }
-    Ok(judged)
 }
