@@ -5,7 +5,7 @@
 #   testnet/up.sh [-n N] [--rounds R] [--mode MODE] [--base-port P] [--config FILE]
 #                 [--group-size G]
 #
-# --group-size G (mode secagg): split each round's members into random groups of at least G;
+# --group-size G (modes secagg, paillier): split each round's members into random groups of at least G;
 # only group sums are revealed, and the config's robust rule and votes work on them.
 # Everything lives under testnet/run/ (genesis, member folders, logs, data dirs).
 set -euo pipefail
@@ -31,8 +31,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 if [ "$ROUNDS" -lt 1 ]; then echo "--rounds must be at least 1" >&2; exit 2; fi
-if [ -n "$GROUP_SIZE" ] && [ "$MODE" != secagg ]; then
-  echo "--group-size needs --mode secagg (groups are how secure aggregation stays robust)" >&2; exit 2
+if [ -n "$GROUP_SIZE" ] && [ "$MODE" != secagg ] && [ "$MODE" != paillier ]; then
+  echo "--group-size needs --mode secagg or paillier (groups are how secure aggregation stays robust)" >&2; exit 2
 fi
 
 if [ -n "$(alive_pids)" ]; then

@@ -268,7 +268,10 @@ pub struct Faults {
     ///   coordinator, after announcing the encrypted sum), `partial` (after gossiping its partial
     ///   decryption), or `bad_partial`: send a partial decryption that is wrong in one value,
     ///   with its proof, and keep running — the others must reject it, name this member and
-    ///   finish without it.
+    ///   finish without it; or `out_of_range`: send a well-formed, correctly signed encrypted
+    ///   update whose plaintexts hold values outside the packing range (the round's sum does not
+    ///   decode; the others must close the round with the sums of its groups and flag this
+    ///   member's group).
     /// - any mode: `equivocate` (after each of its one-per-round messages — update, masked input,
     ///   encrypted update — sign and send a second, different one for the same slot: the others
     ///   must catch it, leave it out, record the evidence and raise its anomaly score) or `stall`
@@ -279,7 +282,7 @@ pub struct Faults {
 
 impl Faults {
     /// The points at which a node can be made to fail.
-    pub const POINTS: [&'static str; 22] = [
+    pub const POINTS: [&'static str; 23] = [
         "coordinating",
         "training",
         "proposed",
@@ -297,6 +300,7 @@ impl Faults {
         "survivors",
         "consistency_list",
         "encrypted",
+        "out_of_range",
         "announce",
         "partial",
         "bad_partial",

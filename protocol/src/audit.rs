@@ -109,7 +109,9 @@ pub struct RoundRecord {
     /// Mode `paillier`: how the encrypted sum was formed and decrypted.
     pub paillier: Option<PaillierSummary>,
     /// Mode `secagg` with `[spec.robust] group_size` > 0: the round's random groups, which of
-    /// them revealed a sum, and the rule's judgement of each. See [`check_groups`].
+    /// them revealed a sum, and the rule's judgement of each. Mode `paillier`: present when the
+    /// round's sum did not decode and the round was closed with its groups' sums instead (the
+    /// groups whose sum did not decode flagged and left out). See [`check_groups`].
     pub groups: Option<GroupsSummary>,
     /// Identities admitted in this round (each with its signed join request and the quorum's
     /// signed votes), by index: from the next round on they are members. See
@@ -152,15 +154,17 @@ pub struct GroupsSummary {
 pub struct GroupSum {
     /// Index of the group in [`GroupsSummary::drawn`].
     pub group: u32,
-    /// Its secure-aggregation session ([`crate::secagg::group_session`]).
+    /// Its secure-aggregation session ([`crate::secagg::group_session`]); 0 in mode `paillier`.
     pub session: u64,
     /// Members whose masked input is in the sum (U3), sorted; at least g.
     pub contributors: Vec<u32>,
-    /// Members whose unmasking shares were used (U5), sorted.
+    /// Members whose unmasking shares were used (U5), sorted; in mode `paillier`, the members
+    /// whose partial decryptions decrypted the group's sum.
     pub unmaskers: Vec<u32>,
     /// Σ FedAvg weights of the contributors (revealed with the sum).
     pub total_weight: u64,
-    /// Hash of the revealed sum (quantized, as unmasked): [`group_sum_hash`].
+    /// Hash of the revealed sum (quantized, as unmasked): [`group_sum_hash`]; in mode
+    /// `paillier`, the hash of the group's encrypted sum, which its partials name.
     pub sum_hash: Hash,
     /// The group mean's anomaly score against the round's update.
     pub score: f64,
@@ -496,8 +500,9 @@ impl Entry {
 }
 
 /// What a record's paillier summary must satisfy on its own: present exactly in mode `paillier`;
-/// exactly `threshold` distinct decryptors, all genesis members, none of them rejected; rejected
-/// members distinct. (That the decryptors' partials decrypt the sum to the recorded model is
+/// exactly `threshold` distinct decryptors (none with `[spec.robust] group_size` > 0: then only
+/// the groups' sums are decrypted), all genesis members, none of them rejected; rejected members
+/// distinct. (That the decryptors' partials decrypt the sum to the recorded model is
 /// checked by the members that sign the record, by decrypting it themselves.)
 pub fn check_paillier(genesis: &Genesis, record: &RoundRecord) -> Result<(), String> {
     let summary = match (&record.paillier, record.mode) {
@@ -510,7 +515,15 @@ pub fn check_paillier(genesis: &Genesis, record: &RoundRecord) -> Result<(), Str
     };
     let t = genesis.spec.paillier.threshold_for(genesis.members.len());
     let sorted = |v: &[u32]| v.windows(2).all(|w| w[0] < w[1]);
-    if summary.decryptors.len() != t || !sorted(&summary.decryptors) {
+    if genesis.spec.robust.group_size > 0 {
+        // With groups the round's sum is never decrypted: only its groups' sums are.
+        if !summary.decryptors.is_empty() {
+            return Err(format!(
+                "decryptors {:?} of the round's sum, but with groups only group sums are decrypted",
+                summary.decryptors
+            ));
+        }
+    } else if summary.decryptors.len() != t || !sorted(&summary.decryptors) {
         return Err(format!(
             "{} decryptors {:?}; exactly {t} distinct members, sorted, decrypt a sum",
             summary.decryptors.len(),
@@ -553,6 +566,9 @@ pub fn check_groups(
     record: &RoundRecord,
 ) -> Result<(), String> {
     let g = genesis.spec.robust.group_size;
+    if record.mode == Mode::Paillier {
+        return check_paillier_groups(genesis, prev_hash, active, record);
+    }
     let summary = match (&record.groups, record.mode == Mode::Secagg && g > 0) {
         (None, true) => return Err("a mode-secagg record with group_size > 0 has none".into()),
         (Some(_), false) => {
@@ -657,6 +673,99 @@ pub fn check_groups(
         return Err(format!(
             "participants {participants:?} are not the revealed groups' contributors {contributors:?}"
         ));
+    }
+    Ok(())
+}
+
+/// Mode `paillier`: a groups summary is present in every round with a `[spec.robust]
+/// group_size` over 0, and otherwise when the round's whole sum did not decode (some contributor's ciphertexts
+/// encrypt values outside the packing range) and the round was closed with the sums of its
+/// groups instead. It must hold: the size
+/// [`crate::paillier::group_size`]; as `drawn`, exactly the groups
+/// [`crate::paillier::round_groups`] gives for the record's participants (they partition them);
+/// every one of them in `revealed`, in order, with session 0 and `threshold` distinct sorted
+/// decryptors (`unmaskers`) that are genesis members; nothing skipped; `decided`; a group flagged
+/// exactly when its score is over the threshold — a group whose sum did not decode has score
+/// `f64::MAX` and a weight of 0, and is left out of the model; a group that decoded is flagged
+/// only by the rule of a decided round with groups configured. (That each group sum decrypts to
+/// what is recorded is checked by the members that sign the record, by decrypting it
+/// themselves.)
+fn check_paillier_groups(
+    genesis: &Genesis,
+    prev_hash: Hash,
+    active: &[u32],
+    record: &RoundRecord,
+) -> Result<(), String> {
+    let grouped = genesis.spec.robust.group_size > 0;
+    let Some(summary) = &record.groups else {
+        return match grouped {
+            true => Err("a mode-paillier record with group_size > 0 has none".into()),
+            false => Ok(()),
+        };
+    };
+    if record.paillier.is_none() {
+        return Err("a groups summary without a paillier summary".into());
+    }
+    let n = genesis.members.len();
+    let t = genesis.spec.paillier.threshold_for(n);
+    let g = crate::paillier::group_size(genesis.spec.robust.group_size, t);
+    if summary.size as usize != g {
+        return Err(format!(
+            "group size {} is not the genesis' {g}",
+            summary.size
+        ));
+    }
+    let participants: Vec<u32> = record.participants.iter().map(|c| c.member).collect();
+    let groups =
+        crate::paillier::round_groups(&prev_hash, record.round, active, &participants, g);
+    if groups.is_empty() || summary.drawn != groups {
+        return Err(format!(
+            "the groups {:?} are not the round's groups of its participants ({groups:?})",
+            summary.drawn
+        ));
+    }
+    // Without configured groups (the fallback of an undecodable sum) no rule judges the groups:
+    // only the undecodable ones are flagged, and the round is decided.
+    if summary.revealed.len() != groups.len()
+        || !summary.skipped.is_empty()
+        || (!grouped && !summary.decided)
+    {
+        return Err("every group of a paillier round is decrypted and decided".into());
+    }
+    let sorted = |v: &[u32]| v.windows(2).all(|w| w[0] < w[1]);
+    let threshold = genesis.spec.robust.score_threshold;
+    for (j, (s, members)) in summary.revealed.iter().zip(&groups).enumerate() {
+        if s.group as usize != j || s.session != 0 || &s.contributors != members {
+            return Err(format!(
+                "revealed group {} is not group {j} of the round with its members",
+                s.group
+            ));
+        }
+        if s.unmaskers.len() != t
+            || !sorted(&s.unmaskers)
+            || s.unmaskers.iter().any(|m| *m as usize >= n)
+        {
+            return Err(format!(
+                "group {j} was decrypted by {:?}; exactly {t} distinct genesis members, sorted",
+                s.unmaskers
+            ));
+        }
+        if s.score.is_nan() || s.flagged != (s.score > threshold) {
+            return Err(format!(
+                "group {j} has score {} and flagged = {}, but the threshold is {threshold}",
+                s.score, s.flagged
+            ));
+        }
+        if (s.score == f64::MAX) != (s.total_weight == 0) {
+            return Err(format!(
+                "group {j}: a sum that did not decode (score f64::MAX) has weight 0, and only it"
+            ));
+        }
+        if s.flagged && s.score != f64::MAX && (!grouped || !summary.decided) {
+            return Err(format!(
+                "group {j} decoded and is flagged, but no rule judged the round's groups"
+            ));
+        }
     }
     Ok(())
 }
@@ -899,6 +1008,139 @@ pub(crate) mod tests {
         assert!(check_paillier(&g, &plain)
             .unwrap_err()
             .contains("mode-plain"));
+    }
+
+    /// A mode-paillier record closed with its groups' sums (its sum did not decode): the groups
+    /// must be the round's groups of its participants (8 members, default threshold 5: groups
+    /// of at least 3), each decrypted by exactly `threshold` members, the undecodable one flagged
+    /// with weight 0; `audit verify` and the members refuse anything else.
+    #[test]
+    fn paillier_groups_summary_is_checked_against_the_round_groups() {
+        let (mut g, _, _) = sample(8);
+        g.spec.mode = Mode::Paillier;
+        let head = Hash::of("head", b"1");
+        let active: Vec<u32> = (0..8).collect();
+        let t = g.spec.paillier.threshold_for(8);
+        assert_eq!(crate::paillier::group_size(0, t), 3);
+        let groups = crate::paillier::round_groups(&head, 1, &active, &active, 3);
+        assert_eq!(groups.len(), 2);
+        let mut good = record(1, g.initial_model);
+        good.mode = Mode::Paillier;
+        good.participants = active
+            .iter()
+            .map(|&member| Contribution {
+                member,
+                num_samples: 0,
+                update_hash: Hash::ZERO,
+                train_loss: 0.0,
+            })
+            .collect();
+        good.paillier = Some(PaillierSummary {
+            sum_hash: Hash::of("sum", b""),
+            decryptors: (0..t as u32).collect(),
+            rejected: vec![],
+            clipped: 0,
+        });
+        good.groups = Some(GroupsSummary {
+            size: 3,
+            revealed: groups
+                .iter()
+                .enumerate()
+                .map(|(j, members)| GroupSum {
+                    group: j as u32,
+                    session: 0,
+                    contributors: members.clone(),
+                    unmaskers: (1..=t as u32).collect(),
+                    total_weight: if j == 0 { 0 } else { 4096 },
+                    sum_hash: Hash::of("group", &[j as u8]),
+                    score: if j == 0 { f64::MAX } else { 0.0 },
+                    flagged: j == 0,
+                })
+                .collect(),
+            usual: Default::default(),
+            drawn: groups.clone(),
+            skipped: vec![],
+            decided: true,
+        });
+        check_groups(&g, head, &active, &good).unwrap();
+        let mut plain_round = good.clone();
+        plain_round.groups = None;
+        check_groups(&g, head, &active, &plain_round).unwrap();
+        let bad = |f: &dyn Fn(&mut RoundRecord)| {
+            let mut r = good.clone();
+            f(&mut r);
+            check_groups(&g, head, &active, &r).expect_err(&format!("{:?}", r.groups))
+        };
+        // Other groups: from another head, regrouped by hand, or not cut to the participants.
+        let other = crate::paillier::round_groups(&Hash::of("head", b"2"), 1, &active, &active, 3);
+        assert!(bad(&|r| groups_of(r).drawn = other.clone()).contains("not the round's groups"));
+        assert!(bad(&|r| {
+            let s = groups_of(r);
+            let moved = s.drawn[0].pop().unwrap();
+            s.drawn[1].push(moved);
+        })
+        .contains("not the round's groups"));
+        assert!(bad(&|r| {
+            r.participants.pop();
+        })
+        .contains("not the round's groups"));
+        // A group left out, skipped or undecided; another group's members.
+        assert!(bad(&|r| {
+            groups_of(r).revealed.pop();
+        })
+        .contains("every group"));
+        assert!(bad(&|r| groups_of(r).skipped = vec![1]).contains("every group"));
+        assert!(bad(&|r| groups_of(r).decided = false).contains("every group"));
+        assert!(bad(&|r| groups_of(r).revealed[0].contributors.pop().map(drop).unwrap_or(()))
+            .contains("not group 0"));
+        // Too few decryptors, or not genesis members.
+        assert!(bad(&|r| {
+            groups_of(r).revealed[1].unmaskers.pop();
+        })
+        .contains("exactly"));
+        assert!(bad(&|r| *groups_of(r).revealed[1].unmaskers.last_mut().unwrap() = 99)
+            .contains("exactly"));
+        // Flags that do not follow from the scores; an undecodable group with a weight.
+        assert!(bad(&|r| groups_of(r).revealed[0].flagged = false).contains("flagged"));
+        assert!(bad(&|r| groups_of(r).revealed[0].total_weight = 7).contains("weight 0"));
+        assert!(bad(&|r| groups_of(r).size = 4).contains("group size"));
+        assert!(bad(&|r| r.paillier = None).contains("without a paillier summary"));
+        // Without configured groups no rule judges them: a group that decoded is never flagged.
+        assert!(bad(&|r| {
+            groups_of(r).revealed[1].score = 9.0;
+            groups_of(r).revealed[1].flagged = true;
+        })
+        .contains("no rule judged"));
+
+        // With group_size = 3 configured every round has groups, the round's sum has no
+        // decryptors, and the rule may flag a group that decoded (in a decided round) or decide
+        // nothing.
+        g.spec.robust.group_size = 3;
+        let mut grouped = good.clone();
+        grouped.paillier.as_mut().unwrap().decryptors.clear();
+        check_paillier(&g, &grouped).unwrap();
+        check_groups(&g, head, &active, &grouped).unwrap();
+        assert!(check_paillier(&g, &good).unwrap_err().contains("only group sums"));
+        let mut none = grouped.clone();
+        none.groups = None;
+        assert!(check_groups(&g, head, &active, &none)
+            .unwrap_err()
+            .contains("has none"));
+        let mut judged = grouped.clone();
+        groups_of(&mut judged).revealed[1].score = 9.0;
+        groups_of(&mut judged).revealed[1].flagged = true;
+        check_groups(&g, head, &active, &judged).unwrap();
+        groups_of(&mut judged).decided = false;
+        assert!(check_groups(&g, head, &active, &judged)
+            .unwrap_err()
+            .contains("no rule judged"));
+        groups_of(&mut judged).revealed[1].score = 0.5;
+        groups_of(&mut judged).revealed[1].flagged = false;
+        check_groups(&g, head, &active, &judged).unwrap();
+    }
+
+    fn groups_of(r: &mut RoundRecord) -> &mut GroupsSummary {
+        r.groups.as_mut().unwrap()
     }
 
     /// A mode-secagg record with groups, as an honest coordinator writes it for 8 members in

@@ -27,6 +27,8 @@ pub enum Slot {
     PaillierUpdate,
     /// Mode `paillier`: the member's partial decryption of one attempt's sum.
     PaillierPartial,
+    /// Mode `paillier`: the member's partial decryption of one group's sum.
+    PaillierGroupPartial { group: u32 },
 }
 
 impl Slot {
@@ -52,6 +54,9 @@ impl Slot {
             Payload::Paillier { msg, .. } => match **msg {
                 PaillierMsg::Update(_) => Some(Slot::PaillierUpdate),
                 PaillierMsg::Partial(_) => Some(Slot::PaillierPartial),
+                PaillierMsg::GroupPartial { group, .. } => {
+                    Some(Slot::PaillierGroupPartial { group })
+                }
                 PaillierMsg::Close(_) => None,
             },
             Payload::Proposal(_)
@@ -69,6 +74,9 @@ impl Slot {
             Slot::Secagg { attempt, phase } => format!("secagg phase {phase} (attempt {attempt})"),
             Slot::PaillierUpdate => "paillier update".into(),
             Slot::PaillierPartial => "paillier partial decryption".into(),
+            Slot::PaillierGroupPartial { group } => {
+                format!("paillier partial decryption of group {group}")
+            }
         }
     }
 }

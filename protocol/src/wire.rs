@@ -141,6 +141,14 @@ pub enum PaillierMsg {
     Close(crate::paillier::Close),
     /// A member's partial decryption of that sum, with its proof.
     Partial(crate::paillier::Signed<crate::paillier::Partial>),
+    /// A member's partial decryption of one group's sum ([`crate::paillier::round_groups`]: in
+    /// the fallback after the round's sum did not decode), with its proof; `group` indexes the
+    /// round's groups, and the partial names the group product's hash. (Last variant: bincode
+    /// numbers variants in order.)
+    GroupPartial {
+        group: u32,
+        partial: crate::paillier::Signed<crate::paillier::Partial>,
+    },
 }
 
 impl Payload {

@@ -157,3 +157,94 @@ fn paillier_equivocator_and_withheld_partial_do_not_stall_the_round() {
     assert!(!list(&r2["paillier"]["decryptors"]).contains(&2), "{r2}");
     assert_caught(&net, &[0, 1, 4], 3);
 }
+
+/// Mode paillier: in round 2 member 5 sends a well-formed, correctly signed encrypted update
+/// whose plaintexts hold values outside the packing range. The round's sum does not decode (it
+/// used to stall the round for good: every attempt formed the same sum). Every member finds
+/// that out itself and decrypts the sums of the round's random groups instead (6 members,
+/// default threshold 4: groups of 3); the round closes with the group whose sum decodes, the
+/// other group — member 5's — is recorded as flagged (and counts in its members' suspicion),
+/// and the next round goes on with everyone.
+#[test]
+fn paillier_out_of_range_update_is_left_out_with_its_group_and_flagged() {
+    let cfg = format!(
+        "[spec]\nmode = \"paillier\"\n[spec.paillier]\nkey_bits = 512\nphase_timeout_ms = 8000\n{SMALL_MODEL}"
+    );
+    let update_timeout = 30_000;
+    let mut net = Testnet::with_config(6, 3, update_timeout, &cfg);
+    net.set_fault(5, 2, "out_of_range");
+    net.start_all();
+    net.wait_all(RUN_TIMEOUT);
+    let rounds = net.rounds(0);
+    assert_eq!(rounds.len(), 3, "{}", net.tail_logs());
+    net.assert_logs_agree();
+    let records = audit_show(&net, 0);
+    for r in [&records[1], &records[3]] {
+        assert!(r["groups"].is_null(), "rounds with in-range updates decode whole: {r}");
+    }
+    let r2 = &records[2];
+    assert_eq!(list(&r2["participants"]), vec![0, 1, 2, 3, 4, 5], "{r2}");
+    let revealed = r2["groups"]["revealed"].as_array().expect("round 2 has groups");
+    assert_eq!(revealed.len(), 2, "{r2}");
+    for g in revealed {
+        let members = list(&g["contributors"]);
+        assert_eq!(members.len(), 3, "{r2}");
+        let hostile = members.contains(&5);
+        assert_eq!(g["flagged"].as_bool(), Some(hostile), "{r2}");
+        assert_eq!(g["total_weight"].as_u64() == Some(0), hostile, "{r2}");
+    }
+    assert_ne!(
+        records[2]["new_model"], records[2]["base_model"],
+        "the honest group moved the model"
+    );
+    for i in 0..5 {
+        let log = std::fs::read_to_string(net.log_path(i)).unwrap();
+        assert!(
+            log.contains("decrypting the sums of the round's groups instead"),
+            "node {i} did not find the sum undecodable itself"
+        );
+    }
+    // Round 2 took one extra decryption phase, not a failover per coordinator.
+    let took = records[2]["proposed_at_ms"].as_u64().unwrap()
+        - records[1]["proposed_at_ms"].as_u64().unwrap();
+    assert!(
+        took < 2 * update_timeout,
+        "round 2 took {took} ms:\n{}",
+        net.tail_logs()
+    );
+}
+
+/// Mode paillier with groups (`[spec.robust] group_size = 3`, 6 members): every round decrypts
+/// only the sums of its two random groups (never the round's sum: the record names no decryptor
+/// of it), judged by the genesis rule like mode secagg's groups. In round 2 member 5 sends an
+/// out-of-range update: its group's sum does not decode and is flagged with weight 0, the round
+/// still closes, and every log verifies with equal heads.
+#[test]
+fn paillier_groups_decrypt_only_group_sums_and_flag_an_out_of_range_group() {
+    let cfg = format!(
+        "[spec]\nmode = \"paillier\"\n[spec.paillier]\nkey_bits = 512\nphase_timeout_ms = 8000\n[spec.robust]\ngroup_size = 3\n{SMALL_MODEL}"
+    );
+    let mut net = Testnet::with_config(6, 3, 30_000, &cfg);
+    net.set_fault(5, 2, "out_of_range");
+    net.start_all();
+    net.wait_all(RUN_TIMEOUT);
+    let rounds = net.rounds(0);
+    assert_eq!(rounds.len(), 3, "{}", net.tail_logs());
+    net.assert_logs_agree();
+    let records = audit_show(&net, 0);
+    for (round, r) in records.iter().enumerate().skip(1) {
+        assert!(list(&r["paillier"]["decryptors"]).is_empty(), "{r}");
+        let revealed = r["groups"]["revealed"].as_array().expect("groups");
+        assert_eq!(revealed.len(), 2, "{r}");
+        for g in revealed {
+            let members = list(&g["contributors"]);
+            assert_eq!(members.len(), 3, "{r}");
+            assert_eq!(list(&g["unmaskers"]).len(), 4, "threshold 4 of 6: {r}");
+            let spoiled = round == 2 && members.contains(&5);
+            assert_eq!(g["total_weight"].as_u64() == Some(0), spoiled, "{r}");
+            if spoiled {
+                assert_eq!(g["flagged"].as_bool(), Some(true), "{r}");
+            }
+        }
+    }
+}

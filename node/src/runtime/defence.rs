@@ -168,11 +168,10 @@ impl Defence {
         change
     }
 
-    /// Votes are cast with `[spec.robust] votes = true` in mode plain, and in mode secagg with
-    /// groups (`group_size` > 0).
+    /// Votes are cast with `[spec.robust] votes = true` in mode plain, and in modes secagg and
+    /// paillier with groups (`group_size` > 0).
     pub fn votes_on(&self, mode: Mode) -> bool {
-        self.spec.votes
-            && (mode == Mode::Plain || (mode == Mode::Secagg && self.spec.group_size > 0))
+        self.spec.votes && (mode == Mode::Plain || self.spec.group_size > 0)
     }
 
     /// Fold the groups of every record in the log into the suspicion table (rounds already

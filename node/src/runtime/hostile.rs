@@ -24,7 +24,10 @@ impl Runtime {
             Payload::Secagg { msg, .. } => {
                 !matches!(**msg, SecaggMsg::Advertise(_) | SecaggMsg::Shares(_))
             }
-            Payload::Paillier { msg, .. } => matches!(**msg, PaillierMsg::Partial(_)),
+            Payload::Paillier { msg, .. } => matches!(
+                **msg,
+                PaillierMsg::Partial(_) | PaillierMsg::GroupPartial { .. }
+            ),
             _ => false,
         };
         if withheld {

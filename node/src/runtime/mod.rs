@@ -94,17 +94,9 @@ pub struct Context {
 pub fn check_spec(spec: &fedmesh_protocol::genesis::Spec) -> anyhow::Result<()> {
     use fedmesh_protocol::genesis::{Mode, RuleKind};
     let r = &spec.robust;
-    if spec.mode == Mode::Paillier && r.group_size > 0 {
-        anyhow::bail!(
-            "[spec.robust] group_size = {}: groups are supported in mode secagg only (in mode \
-             paillier every member's ciphertext goes into one sum); use mode = \"secagg\" or \
-             group_size = 0",
-            r.group_size
-        );
-    }
     // With groups, the rule and the scores work on group sums and votes on group testing;
     // without, a secure mode reveals only one sum, which no rule or score can judge.
-    let grouped = spec.mode == Mode::Secagg && r.group_size > 0;
+    let grouped = matches!(spec.mode, Mode::Secagg | Mode::Paillier) && r.group_size > 0;
     if grouped && spec.dp.level == fedmesh_protocol::genesis::DpLevel::Member {
         // Each member adds 1/√n of the noise so that the sum of all n carries it in full; a
         // revealed group sum of s members carries only √(s/n) of it, which the privacy accounting
@@ -119,7 +111,7 @@ pub fn check_spec(spec: &fedmesh_protocol::genesis::Spec) -> anyhow::Result<()> 
     if spec.mode != Mode::Plain && !grouped && (r.rule != RuleKind::Mean || r.votes) {
         anyhow::bail!(
             "[spec.robust]: rule {:?} and votes = {} need more than one sum, but mode {} without \
-             groups reveals only the sum of everyone; set group_size (at least 2, mode secagg) so \
+             groups reveals only the sum of everyone; set group_size (at least 2) so \
              that they apply to the sums of random groups, or use rule = \"mean\" and \
              votes = false",
             r.rule,
@@ -244,6 +236,9 @@ enum Purpose {
     ProposePaillier {
         attempt: u32,
         outcome: Box<fedmesh_protocol::paillier::Outcome>,
+        /// The round's groups when its whole sum did not decode (the outcome's sum is then the
+        /// sum of the groups that did).
+        groups: Option<Box<audit::GroupsSummary>>,
     },
     /// Checking `proposal` from `proposer`.
     Verify {
@@ -364,7 +359,7 @@ impl Runtime {
                 )
             })?;
         let g = ctx.genesis.spec.robust.group_size;
-        if ctx.genesis.spec.mode == fedmesh_protocol::genesis::Mode::Secagg && g > 0 {
+        if ctx.genesis.spec.mode != fedmesh_protocol::genesis::Mode::Plain && g > 0 {
             let n = ctx.genesis.members.len();
             anyhow::ensure!(
                 n >= g,
@@ -1243,8 +1238,12 @@ impl Runtime {
                 tracing::info!(round, attempt, accuracy = metrics.accuracy, ?flagged, dropouts = ?p.record.dropouts, "proposing the round record (group sums)");
                 self.propose(p, params).await;
             }
-            Purpose::ProposePaillier { attempt, outcome } => {
-                self.propose_paillier(attempt, *outcome, metrics, hash, params)
+            Purpose::ProposePaillier {
+                attempt,
+                outcome,
+                groups,
+            } => {
+                self.propose_paillier(attempt, *outcome, groups.map(|g| *g), metrics, hash, params)
                     .await;
             }
             Purpose::Verify { proposer, proposal } => {
@@ -1782,7 +1781,20 @@ impl Runtime {
                 }
                 if secure_mode || paillier_mode {
                     let checked = if paillier_mode {
-                        cur.state.check_paillier_proposal(&ctx.genesis, sender, &p)
+                        cur.state
+                            .check_paillier_proposal(&ctx.genesis, sender, &p)
+                            .and_then(|()| {
+                                audit::check_groups(
+                                    &ctx.genesis,
+                                    cur.state.prev_hash,
+                                    cur.state.order(),
+                                    &p.record,
+                                )
+                                .map_err(|reason| RoundError::BadProposal {
+                                    culprit: sender,
+                                    reason,
+                                })
+                            })
                     } else {
                         cur.state.check_secure_proposal(sender, &p).and_then(|()| {
                             audit::check_groups(

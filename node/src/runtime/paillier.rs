@@ -22,6 +22,17 @@
 //!    decryptors, the rejected). Every member checks it by decrypting the same sum from partials it
 //!    verified itself and approves if that gives the proposed model.
 //!
+//! **Group sums.** With `[spec.robust] group_size` > 0, step 4 decrypts instead the sums of the
+//! round's random groups ([`pl::round_groups`]: drawn from the chain head, cut to the announced
+//! contributors, each of at least g): every member forms each group's product itself, sends one
+//! partial per group ([`PaillierMsg::GroupPartial`]) and checks everyone's; the rule and scores
+//! work on the group means as in mode secagg. Without configured groups the same happens only
+//! when the round's sum, decrypted, does not decode (an out-of-range update, which no check on
+//! ciphertexts can catch): each member finds that out itself and moves to the groups' sums
+//! (at least [`pl::group_size`] members each), and the round closes without the groups that do
+//! not decode, which are flagged in the record. Every combination of the sums a round reveals
+//! is a sum over whole groups.
+//!
 //! The heavy steps (pool fill, encryption, checking updates, forming the sum, partial decryption,
 //! checking partials) run on one blocking worker per round, off the runtime task, each using all
 //! cores through rayon.
@@ -36,9 +47,12 @@ use tokio::sync::mpsc;
 
 use fedmesh_crypto::paillier::{pack::Packer, Pool};
 use fedmesh_crypto::Hash;
-use fedmesh_protocol::audit::{Contribution, Metrics, PaillierSummary, RoundRecord};
+use fedmesh_protocol::audit::{
+    Contribution, GroupSum, GroupsSummary, Metrics, PaillierSummary, RoundRecord,
+};
 use fedmesh_protocol::genesis::{Genesis, Mode};
 use fedmesh_protocol::model;
+use fedmesh_protocol::robust::{self, suspicion};
 use fedmesh_protocol::paillier::{
     self as pl, Close, Collect, Decrypt, EncryptedUpdate, Keys, Outcome, Partial, RoundParams,
     Signed,
@@ -46,7 +60,7 @@ use fedmesh_protocol::paillier::{
 use fedmesh_protocol::round::Round as RoundState;
 use fedmesh_protocol::wire::{Envelope, PaillierMsg, Payload, Proposal};
 
-use super::{now_ms, Context, Purpose, Runtime, Work};
+use super::{group_baseline, now_ms, Context, Purpose, Runtime, Work};
 use crate::net::Verdict;
 
 /// FedAvg weights travel as fractions of this many samples: a member with `w` samples sends its
@@ -119,6 +133,24 @@ enum Cmd {
     Partial(Box<Signed<Partial>>),
     /// Decrypt the sum with the good partials so far.
     Finish,
+    /// The round's sum did not decode: form the product of each of these groups' updates (each
+    /// of at least the given size).
+    FormGroups(Vec<Vec<u32>>, usize),
+    /// Make this member's partial decryption of every group's product.
+    DecryptGroups,
+    /// Another member's partial decryption of a group's product.
+    GroupPartial(u32, Box<Signed<Partial>>),
+    /// Decrypt every group's product with the good partials so far.
+    FinishGroups,
+}
+
+/// One group's decrypted sum in the fallback of a round whose sum did not decode.
+#[derive(Debug, Clone)]
+pub struct GroupResult {
+    /// Who is in it, its product's hash, who decrypted it.
+    pub summary: pl::Summary,
+    /// Its per-value sums, `None` if it did not decode either.
+    pub sum: Option<Vec<i64>>,
 }
 
 /// What a round's worker (or an encryption) reports back to the runtime.
@@ -134,7 +166,8 @@ pub enum Done {
     },
     Formed {
         round: u64,
-        result: Result<Close, String>,
+        /// The announcement, and the record of the sum before its decryption.
+        result: Result<(Close, pl::Summary), String>,
     },
     OwnPartial {
         round: u64,
@@ -148,8 +181,59 @@ pub enum Done {
     },
     Finished {
         round: u64,
-        result: Result<Outcome, String>,
+        /// `Err((Some(summary), why))`: the sum was decrypted but does not decode.
+        result: Result<Outcome, (Option<pl::Summary>, String)>,
     },
+    GroupsFormed {
+        round: u64,
+        /// The hash of each group's product.
+        result: Result<Vec<Hash>, String>,
+    },
+    OwnGroupPartials {
+        round: u64,
+        result: Result<Vec<Signed<Partial>>, String>,
+    },
+    GroupPartial {
+        round: u64,
+        group: u32,
+        member: u32,
+        result: Result<(), (bool, String)>,
+    },
+    GroupsFinished {
+        round: u64,
+        result: Result<Vec<GroupResult>, String>,
+    },
+}
+
+/// The fallback of a round whose sum did not decode here: the sums of the round's groups
+/// ([`pl::round_groups`]), decrypted like the round's sum.
+struct Fallback {
+    /// The groups (each of at least the round's group size).
+    groups: Vec<Vec<u32>>,
+    /// When this member found the round's sum undecodable: the groups' phase counts from it.
+    started: Instant,
+    forming: bool,
+    /// The hash of each group's product, once formed.
+    sums: Option<Vec<Hash>>,
+    decrypting: bool,
+    /// (group, member) pairs whose partial went to the worker, and the verdicts.
+    forwarded: BTreeSet<(u32, u32)>,
+    good: BTreeMap<u32, BTreeSet<u32>>,
+    rejected: BTreeMap<u32, BTreeSet<u32>>,
+    finishing: bool,
+    results: Option<Vec<GroupResult>>,
+}
+
+impl Fallback {
+    /// Every group has `threshold` good partials, and every active member answered for every
+    /// group or the phase timeout passed since the fallback started.
+    fn ready(&self, active: usize, threshold: usize, phase: Duration) -> bool {
+        let count = |m: &BTreeMap<u32, BTreeSet<u32>>, j: u32| m.get(&j).map_or(0, |s| s.len());
+        let mut groups = 0..self.groups.len() as u32;
+        groups.clone().all(|j| count(&self.good, j) >= threshold)
+            && (self.started.elapsed() >= phase
+                || groups.all(|j| count(&self.good, j) + count(&self.rejected, j) >= active))
+    }
 }
 
 /// One round of mode `paillier` at one member.
@@ -188,6 +272,20 @@ pub struct Round {
     finishing: bool,
     /// The sum as this member decrypted it.
     outcome: Option<Outcome>,
+    /// The sum's record when it was decrypted here and did not decode, or (with groups) when
+    /// this member moved to the groups' sums: the groups' sums are being decrypted.
+    spoiled: Option<pl::Summary>,
+    /// The record of the sum this member formed (before its decryption).
+    whole: Option<pl::Summary>,
+    /// The chain head the round's groups are drawn from.
+    head: Hash,
+    /// `[spec.robust] group_size` > 0: the size of the groups whose sums every round decrypts
+    /// instead of the round's sum.
+    grouped: Option<usize>,
+    /// Partials of group products received (the first per group and member).
+    group_partials: BTreeMap<(u32, u32), Signed<Partial>>,
+    /// The groups' sums, once the round's sum did not decode here.
+    fallback: Option<Fallback>,
 }
 
 impl Round {
@@ -213,7 +311,9 @@ impl Round {
             min_contributors: genesis.spec.paillier.threshold_for(n),
         });
         setup.fill_pool(setup.packer.plaintexts_for(params.len));
-        let (tx, rx) = mpsc::channel(4 * n + 16);
+        // One update and one partial per member, and one partial per member and group (at most
+        // n groups), a few announcements.
+        let (tx, rx) = mpsc::channel(n * (n + 4) + 16);
         {
             let (ctx, params) = (ctx.clone(), params.clone());
             tokio::task::spawn_blocking(move || worker(ctx, setup, params, rx, work));
@@ -240,13 +340,18 @@ impl Round {
             rejected: BTreeSet::new(),
             finishing: false,
             outcome: None,
+            spoiled: None,
+            whole: None,
+            head: state.prev_hash,
+            grouped: Some(genesis.spec.robust.group_size).filter(|g| *g > 0),
+            group_partials: BTreeMap::new(),
+            fallback: None,
         })
     }
 
     fn send(&self, cmd: Cmd) {
-        // The queue holds more than a round can legitimately need (one update and one partial
-        // per member, a few announcements): full means something is wrong, and the command is
-        // dropped rather than blocking the runtime.
+        // The queue holds more than a round can legitimately need (see `start`): full means
+        // something is wrong, and the command is dropped rather than blocking the runtime.
         if let Err(e) = self.worker.try_send(cmd) {
             tracing::error!(round = self.round, error = %e, "paillier: worker queue full or gone; command dropped");
         }
@@ -314,6 +419,78 @@ impl Round {
         }
     }
 
+    fn on_group_partial(&mut self, group: u32, msg: Signed<Partial>) {
+        let key = (group, msg.body.member);
+        if self.group_partials.contains_key(&key) {
+            return;
+        }
+        self.group_partials.insert(key, msg);
+        self.forward_group_partials();
+    }
+
+    fn forward_group_partials(&mut self) {
+        let Some(fb) = self.fallback.as_mut() else {
+            return;
+        };
+        if fb.sums.is_none() {
+            return;
+        }
+        let new: Vec<(u32, u32)> = self
+            .group_partials
+            .keys()
+            .filter(|k| !fb.forwarded.contains(k) && (k.0 as usize) < fb.groups.len())
+            .copied()
+            .collect();
+        for (group, member) in new {
+            fb.forwarded.insert((group, member));
+            let msg = self.group_partials[&(group, member)].clone();
+            if let Err(e) = self.worker.try_send(Cmd::GroupPartial(group, Box::new(msg))) {
+                tracing::error!(round = self.round, error = %e, "paillier: worker queue full or gone; command dropped");
+            }
+        }
+    }
+
+    /// The round's sum was decrypted here and does not decode: some contributor's ciphertexts
+    /// encrypt values outside the packing range, and every attempt would form the same sum.
+    /// Decrypt the sums of the round's groups instead (the same groups at every member and in
+    /// every attempt: drawn from the chain head, cut to the sum's contributors), so that the
+    /// round closes with the groups whose sums decode and flags the others.
+    fn enter_fallback(&mut self, summary: pl::Summary, head: &Hash, active: &[u32], size: usize) {
+        if self.fallback.is_some() {
+            return;
+        }
+        let contributors: Vec<u32> = summary.update_hashes.iter().map(|(m, _)| *m).collect();
+        let groups = pl::round_groups(head, self.round, active, &contributors, size);
+        self.spoiled = Some(summary);
+        if self.grouped.is_some() {
+            tracing::info!(round = self.round, groups = ?groups, "paillier: decrypting the sums of the round's groups");
+        } else if groups.is_empty() {
+            tracing::error!(round = self.round, contributors = ?contributors, size, "paillier: the round's sum does not decode, and its contributors are too few to form groups of {size}; the round cannot close");
+            return;
+        } else {
+            tracing::warn!(round = self.round, groups = ?groups, "paillier: the round's sum does not decode (an out-of-range update); decrypting the sums of the round's groups instead");
+        }
+        if groups.is_empty() {
+            return;
+        }
+        // The attempt's deadline counts from here: the groups need a decryption phase of their own.
+        self.heard = Some(Instant::now());
+        self.gave_up = false;
+        self.fallback = Some(Fallback {
+            groups: groups.clone(),
+            started: Instant::now(),
+            forming: true,
+            sums: None,
+            decrypting: false,
+            forwarded: BTreeSet::new(),
+            good: BTreeMap::new(),
+            rejected: BTreeMap::new(),
+            finishing: false,
+            results: None,
+        });
+        self.send(Cmd::FormGroups(groups, size));
+    }
+
     /// An announcement from the coordinator of the attempt this member follows.
     fn on_close(&mut self, from: u32, close: Close) {
         let set = &close.contributors;
@@ -356,6 +533,13 @@ impl Round {
     }
 
     fn request_decrypt(&mut self) {
+        if let (Some(size), Some(whole)) = (self.grouped, self.whole.clone()) {
+            // With groups the round's sum is never decrypted: its groups' sums are.
+            let active: Vec<u32> = self.params.members.keys().copied().collect();
+            let head = self.head;
+            self.enter_fallback(whole, &head, &active, size);
+            return;
+        }
         if !self.decrypting {
             self.decrypting = true;
             self.send(Cmd::Decrypt);
@@ -386,6 +570,9 @@ fn worker(
     };
     let mut collect = Some(Collect::new(&params, &setup.keys, &setup.packer));
     let mut decrypt: Option<Decrypt<'_>> = None;
+    // The updates stay after the round's sum is formed: the groups' sums are formed from them.
+    let mut kept: Option<Collect<'_>> = None;
+    let mut groups: Vec<Decrypt<'_>> = Vec::new();
     while let Some(cmd) = rx.blocking_recv() {
         match cmd {
             Cmd::Update(msg) => {
@@ -413,7 +600,9 @@ fn worker(
                             Err(format!("member {m}'s update is not here"))
                         } else {
                             let started = Instant::now();
-                            c.close_for(&contributors)
+                            let formed = c.close_for(&contributors);
+                            kept = Some(c);
+                            formed
                                 .map(|d| {
                                     tracing::info!(round, contributors = ?contributors, ms = started.elapsed().as_millis() as u64, "paillier: formed the encrypted sum");
                                     let close = Close {
@@ -421,8 +610,9 @@ fn worker(
                                         contributors: contributors.clone(),
                                         sum_hash: d.sum_hash(),
                                     };
+                                    let commitment = d.commitment();
                                     decrypt = Some(d);
-                                    close
+                                    (close, commitment)
                                 })
                                 .map_err(|e| e.to_string())
                         }
@@ -471,10 +661,90 @@ fn worker(
             }
             Cmd::Finish => {
                 let result = match &decrypt {
-                    Some(d) => d.clone().finish().map_err(|e| e.to_string()),
-                    None => Err("no sum formed yet".into()),
+                    Some(d) => d.clone().finish().map_err(|e| match e {
+                        pl::PaillierError::Pack(_) => (d.summary().ok(), e.to_string()),
+                        e => (None, e.to_string()),
+                    }),
+                    None => Err((None, "no sum formed yet".into())),
                 };
                 reply(Done::Finished { round, result });
+            }
+            Cmd::FormGroups(members, size) => {
+                let result = match (&kept, groups.is_empty()) {
+                    (Some(c), true) => {
+                        let started = Instant::now();
+                        members
+                            .iter()
+                            .map(|g| c.close_group(g, size))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map(|formed| {
+                                groups = formed;
+                                tracing::info!(round, groups = groups.len(), ms = started.elapsed().as_millis() as u64, "paillier: formed the groups' encrypted sums");
+                                groups.iter().map(Decrypt::sum_hash).collect()
+                            })
+                            .map_err(|e| e.to_string())
+                    }
+                    (None, _) => Err("the round's sum is not formed".into()),
+                    (_, false) => Err("the groups' sums are already formed".into()),
+                };
+                reply(Done::GroupsFormed { round, result });
+            }
+            Cmd::DecryptGroups => {
+                let result = match ctx.keys.paillier.as_ref() {
+                    _ if groups.is_empty() => Err("no group sums formed".into()),
+                    Some(share) => {
+                        let started = Instant::now();
+                        groups
+                            .iter()
+                            .map(|d| {
+                                d.partial(share, me, &ctx.keys.identity, &mut rand::rngs::OsRng)
+                            })
+                            .collect::<Result<Vec<_>, _>>()
+                            .inspect(|_| {
+                                tracing::info!(round, groups = groups.len(), ms = started.elapsed().as_millis() as u64, "paillier: partial decryptions of the groups' sums made");
+                            })
+                            .map_err(|e| e.to_string())
+                    }
+                    None => Err("this member has no key share".into()),
+                };
+                reply(Done::OwnGroupPartials { round, result });
+            }
+            Cmd::GroupPartial(group, msg) => {
+                let member = msg.body.member;
+                let result = match groups.get_mut(group as usize) {
+                    Some(d) => d.add_partial(&msg).map(|_| ()).map_err(|e| {
+                        let rejected = matches!(e, pl::PaillierError::BadPartial { .. });
+                        (rejected, e.to_string())
+                    }),
+                    None => Err((false, format!("no group {group} formed"))),
+                };
+                reply(Done::GroupPartial {
+                    round,
+                    group,
+                    member,
+                    result,
+                });
+            }
+            Cmd::FinishGroups => {
+                let result = groups
+                    .iter()
+                    .map(|d| {
+                        let summary = d.summary()?;
+                        match d.decode() {
+                            Ok(sum) => Ok(GroupResult {
+                                summary,
+                                sum: Some(sum),
+                            }),
+                            Err(pl::PaillierError::Pack(e)) => {
+                                tracing::warn!(round, members = ?summary.update_hashes.iter().map(|(m, _)| m).collect::<Vec<_>>(), error = %e, "paillier: a group's sum does not decode");
+                                Ok(GroupResult { summary, sum: None })
+                            }
+                            Err(e) => Err(e),
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string());
+                reply(Done::GroupsFinished { round, result });
             }
         }
     }
@@ -499,6 +769,43 @@ fn tamper(
         "fault injection: sending a wrong partial decryption"
     );
     Signed::sign(params.genesis, body, &ctx.keys.identity)
+}
+
+/// Fault injection (`[faults] at = "out_of_range"`): an encrypted update that passes every check
+/// on ciphertexts (right count, each in `[1, n²)`, signed) but whose plaintexts hold, in their
+/// first slot, a value past what all active members' values can sum to — aimed at the middle of
+/// the gap between that limit and the slot's capacity, less the others' typical values, so that
+/// the round's sum and the sum of this member's group overflow without carrying into the next
+/// slot.
+fn out_of_range(
+    setup: &Setup,
+    params: &RoundParams,
+    ctx: &Context,
+) -> Result<Signed<EncryptedUpdate>, pl::PaillierError> {
+    let packer = &setup.packer;
+    let n = params.members.len().max(1) as u64;
+    let max = packer.max_level() as u64;
+    let capacity = 1u64 << packer.slot_bits().min(62);
+    let limit = n * 2 * max;
+    let value = ((limit + capacity) / 2).saturating_sub((n - 1) * max);
+    let plain = fedmesh_crypto::paillier::Plaintext::from_be_bytes(&value.to_be_bytes());
+    let count = packer.plaintexts_for(params.len);
+    let cts = (0..count)
+        .map(|_| setup.keys.public.encrypt(&plain, &mut rand::rngs::OsRng))
+        .collect::<Result<Vec<_>, _>>()?;
+    tracing::warn!(
+        round = params.round,
+        value,
+        limit,
+        "fault injection: sending an out-of-range encrypted update"
+    );
+    let body = EncryptedUpdate {
+        round: params.round,
+        member: ctx.keys.index,
+        clipped: 0,
+        ciphertexts: fedmesh_crypto::paillier::encode_ciphertexts(&setup.keys.public, &cts),
+    };
+    Ok(Signed::sign(params.genesis, body, &ctx.keys.identity))
 }
 
 /// Weight the update and append the weight (see [`WEIGHT_UNIT`]).
@@ -526,6 +833,117 @@ fn mean(packer: &Packer, clip: f32, sum: &[i64], len: usize) -> Result<Vec<f32>,
         .iter()
         .map(|x| (f64::from(*x) / total) as f32)
         .collect())
+}
+
+/// A round closed with its groups' sums.
+struct Closed {
+    /// What the record keeps of the groups.
+    summary: GroupsSummary,
+    /// The FedAvg mean of the groups whose sums decode (zero if none does: the model stands).
+    update: Vec<f32>,
+    /// Their sum.
+    sum: Vec<i64>,
+}
+
+/// Close a round with its groups' sums (every round with `[spec.robust] group_size` > 0, else a
+/// round whose sum did not decode). A group whose sum decodes to a vector with a positive weight
+/// counts: with groups configured the genesis rule judges the group means and scores them
+/// ([`super::secure::judge_means`], shared with mode secagg), else each scores 0 and the update
+/// is their FedAvg mean. Any other group is left out and flagged (score `f64::MAX`, weight 0), so
+/// that its members gain suspicion. Coordinator and verifiers compute it alike from their own
+/// decryptions.
+fn close_with_groups(
+    genesis: &Genesis,
+    packer: &Packer,
+    len: usize,
+    groups: &[Vec<u32>],
+    results: &[GroupResult],
+    baseline: &suspicion::Baseline,
+) -> Result<Closed, String> {
+    let spec = &genesis.spec;
+    let clip = spec.paillier.clip;
+    let configured = spec.robust.group_size;
+    let size = pl::group_size(
+        configured,
+        spec.paillier.threshold_for(genesis.members.len()),
+    );
+    let mut sum: Vec<i64> = Vec::new();
+    // Per group: its mean and weight, if its sum decodes.
+    let decoded: Vec<Option<(Vec<f32>, u64)>> = results
+        .iter()
+        .map(|r| {
+            let s = r.sum.as_ref()?;
+            let m = mean(packer, clip, s, len).ok()?;
+            let last = packer.dequantize(&s[s.len() - 1..])[0];
+            let total = f64::from(last) / f64::from(clip);
+            if sum.is_empty() {
+                sum = s.clone();
+            } else {
+                sum.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+            }
+            Some((m, ((total * WEIGHT_UNIT as f64).round() as u64).max(1)))
+        })
+        .collect();
+    let inputs: Vec<robust::Input> = decoded
+        .iter()
+        .enumerate()
+        .filter_map(|(j, d)| d.as_ref().map(|(m, w)| robust::Input::new(j as u32, m, *w)))
+        .collect();
+    // (score, flagged) of each decodable group, in order; whether the round was decided.
+    // The usual values go into the record for the next round's judgement; a fallback round
+    // (no groups configured) judges nothing and records none.
+    let (judged, decided, update, usual) = if inputs.is_empty() {
+        (Vec::new(), true, vec![0.0; len], baseline.usual())
+    } else if configured > 0 {
+        let r = &spec.robust;
+        let (j, after) =
+            super::secure::judge_means(&r.rule(), r.score_threshold, &inputs, baseline)?;
+        let judged = j.scores.iter().map(|s| s.score).zip(j.flagged).collect();
+        (judged, j.decided, j.update, after.usual())
+    } else {
+        let update = mean(packer, clip, &sum, len)?;
+        (
+            vec![(0.0, false); inputs.len()],
+            true,
+            update,
+            suspicion::Usual::default(),
+        )
+    };
+    let mut judged = judged.into_iter();
+    let revealed = groups
+        .iter()
+        .zip(results)
+        .zip(&decoded)
+        .enumerate()
+        .map(|(j, ((members, r), d))| {
+            let (score, flagged) = match d {
+                Some(_) => judged.next().unwrap_or((0.0, false)),
+                None => (f64::MAX, f64::MAX > spec.robust.score_threshold),
+            };
+            GroupSum {
+                group: j as u32,
+                session: 0,
+                contributors: members.clone(),
+                unmaskers: r.summary.decryptors.clone(),
+                total_weight: d.as_ref().map_or(0, |(_, w)| *w),
+                sum_hash: r.summary.sum_hash,
+                score,
+                flagged,
+            }
+        })
+        .collect();
+    Ok(Closed {
+        summary: GroupsSummary {
+            size: size as u32,
+            drawn: groups.to_vec(),
+            revealed,
+            skipped: Vec::new(),
+            decided,
+            usual,
+        },
+        update,
+        sum,
+    })
 }
 
 /// After training: weight, quantize, pack and encrypt the update (randomness from the pool), sign
@@ -561,6 +979,12 @@ pub fn encrypt(ctx: &Arc<Context>, round: &Round, delta: Vec<f32>, work: mpsc::S
             &values,
             &mut rand::rngs::OsRng,
         )
+        .and_then(|(msg, enc)| {
+            if ctx.faults.round == r && ctx.faults.at == "out_of_range" {
+                return out_of_range(&setup, &params, &ctx).map(|m| (m, enc));
+            }
+            Ok((msg, enc))
+        })
         .map(|(msg, enc)| {
             tracing::info!(
                 round = r,
@@ -643,6 +1067,11 @@ impl Runtime {
         match msg {
             PaillierMsg::Update(u) if u.body.member == sender => pr.on_update(u),
             PaillierMsg::Partial(p) if p.body.member == sender => pr.on_partial(p),
+            PaillierMsg::GroupPartial { group, partial }
+                if partial.body.member == sender && (group as usize) < cur.state.order().len() =>
+            {
+                pr.on_group_partial(group, partial)
+            }
             PaillierMsg::Close(c) if cur.state.coordinator(attempt) == sender => {
                 if attempt < pr.attempt {
                     return Verdict::Ignore;
@@ -744,13 +1173,23 @@ impl Runtime {
     /// Results of the round's heavy work.
     pub(super) async fn on_paillier_done(&mut self, done: Done) {
         let me = self.me();
+        let spec = &self.ctx.genesis.spec;
+        let clip = spec.paillier.clip;
+        let threshold = spec.paillier.threshold_for(self.ctx.genesis.members.len());
+        let size = pl::group_size(spec.robust.group_size, threshold);
+        let len = self.global.len();
+        let setup = self.ctx.paillier.clone();
         let round = match &done {
             Done::Encrypted { round, .. }
             | Done::Update { round, .. }
             | Done::Formed { round, .. }
             | Done::OwnPartial { round, .. }
             | Done::Partial { round, .. }
-            | Done::Finished { round, .. } => *round,
+            | Done::Finished { round, .. }
+            | Done::GroupsFormed { round, .. }
+            | Done::OwnGroupPartials { round, .. }
+            | Done::GroupPartial { round, .. }
+            | Done::GroupsFinished { round, .. } => *round,
         };
         let Some(cur) = self.current.as_mut().filter(|c| c.state.round == round) else {
             return;
@@ -787,7 +1226,8 @@ impl Runtime {
             Done::Formed { result, .. } => {
                 pr.forming = false;
                 match result {
-                    Ok(close) => {
+                    Ok((close, commitment)) => {
+                        pr.whole = Some(commitment);
                         let wanted = pr.wanted.take();
                         pr.formed = Some(close.clone());
                         pr.forward_partials();
@@ -823,6 +1263,17 @@ impl Runtime {
                 Ok(()) => {
                     tracing::debug!(round, member, "paillier: partial decryption verified");
                     pr.good.insert(member);
+                    // Every member decrypts the sum as soon as it can (the coordinator when its
+                    // phase ends): a member that finds it undecodable moves to the groups' sums.
+                    if !coordinating
+                        && pr.good.len() >= threshold
+                        && pr.outcome.is_none()
+                        && pr.spoiled.is_none()
+                        && !pr.finishing
+                    {
+                        pr.finishing = true;
+                        pr.send(Cmd::Finish);
+                    }
                 }
                 Err((true, e)) => {
                     tracing::warn!(round, culprit = member, error = %e, "paillier: partial decryption REJECTED (bad proof); its sender is named in the round record");
@@ -834,7 +1285,23 @@ impl Runtime {
             },
             Done::Finished { result, .. } => {
                 pr.finishing = false;
+                let head = cur.state.prev_hash;
+                let active = cur.state.order().to_vec();
+                let weightless = |o: &Outcome| {
+                    setup
+                        .as_ref()
+                        .and_then(|s| mean(&s.packer, clip, &o.sum, len).err())
+                };
                 match result {
+                    Ok(outcome) if weightless(&outcome).is_some() => {
+                        let why = weightless(&outcome).unwrap_or_default();
+                        tracing::warn!(round, error = %why, "paillier: the decrypted sum has no usable weight");
+                        pr.enter_fallback(outcome.summary, &head, &active, size);
+                    }
+                    Err((Some(summary), e)) => {
+                        tracing::warn!(round, error = %e, "paillier: the decrypted sum does not decode");
+                        pr.enter_fallback(summary, &head, &active, size);
+                    }
                     Ok(outcome) => {
                         pr.outcome = Some(outcome.clone());
                         if coordinating
@@ -845,13 +1312,155 @@ impl Runtime {
                             self.evaluate_paillier(outcome);
                         }
                     }
-                    Err(e) => {
+                    Err((_, e)) => {
                         tracing::warn!(round, error = %e, "paillier: cannot decrypt the sum yet")
+                    }
+                }
+            }
+            Done::GroupsFormed { result, .. } => {
+                let Some(fb) = pr.fallback.as_mut() else {
+                    return;
+                };
+                fb.forming = false;
+                match result {
+                    Ok(sums) => {
+                        fb.sums = Some(sums);
+                        let first = !std::mem::replace(&mut fb.decrypting, true);
+                        if first {
+                            pr.send(Cmd::DecryptGroups);
+                        }
+                        pr.forward_group_partials();
+                    }
+                    Err(e) => {
+                        tracing::error!(round, error = %e, "paillier: cannot form the groups' sums")
+                    }
+                }
+            }
+            Done::OwnGroupPartials { result, .. } => match result {
+                Ok(partials) => {
+                    for (j, p) in partials.iter().enumerate() {
+                        pr.on_group_partial(j as u32, p.clone());
+                    }
+                    for (j, p) in partials.into_iter().enumerate() {
+                        self.publish_paillier(PaillierMsg::GroupPartial {
+                            group: j as u32,
+                            partial: p,
+                        })
+                        .await;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(round, error = %e, "paillier: cannot decrypt the groups' sums")
+                }
+            },
+            Done::GroupPartial {
+                group,
+                member,
+                result,
+                ..
+            } => {
+                let Some(fb) = pr.fallback.as_mut() else {
+                    return;
+                };
+                match result {
+                    Ok(()) => {
+                        fb.good.entry(group).or_default().insert(member);
+                    }
+                    Err((true, e)) => {
+                        tracing::warn!(round, group, culprit = member, error = %e, "paillier: partial decryption of a group sum REJECTED (bad proof)");
+                        fb.rejected.entry(group).or_default().insert(member);
+                    }
+                    Err((false, e)) => {
+                        tracing::warn!(round, group, culprit = member, error = %e, "paillier: partial decryption of a group sum refused")
+                    }
+                }
+            }
+            Done::GroupsFinished { result, .. } => {
+                let Some(fb) = pr.fallback.as_mut() else {
+                    return;
+                };
+                fb.finishing = false;
+                match result {
+                    Ok(results) => {
+                        fb.results = Some(results);
+                        if coordinating
+                            && !cur.evaluating
+                            && cur.state.proposal().is_none()
+                            && cur.waiting.is_none()
+                        {
+                            self.evaluate_paillier_groups();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(round, error = %e, "paillier: cannot decrypt the groups' sums yet")
                     }
                 }
             }
         }
         self.maybe_verify();
+    }
+
+    /// Coordinator: the groups' sums of a round whose sum did not decode give the next model
+    /// (from the groups whose sums decode); evaluate it, then propose.
+    fn evaluate_paillier_groups(&mut self) {
+        let Some(setup) = self.ctx.paillier.clone() else {
+            return;
+        };
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        let Some(pr) = cur.paillier.as_ref() else {
+            return;
+        };
+        let attempt = pr.attempt;
+        if cur.proposed.is_some_and(|a| a >= attempt) {
+            return;
+        }
+        let (Some(fb), Some(spoiled)) = (pr.fallback.as_ref(), pr.spoiled.as_ref()) else {
+            return;
+        };
+        let Some(results) = fb.results.as_ref() else {
+            return;
+        };
+        let closed = match close_with_groups(
+            &self.ctx.genesis,
+            &setup.packer,
+            self.global.len(),
+            &fb.groups,
+            results,
+            &group_baseline(&self.store, &self.ctx.layout, self.last.as_ref()),
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(round = cur.state.round, error = %e, "paillier: cannot judge the groups' sums; not proposing");
+                return;
+            }
+        };
+        let flagged: Vec<u32> = closed
+            .summary
+            .revealed
+            .iter()
+            .filter(|g| g.flagged)
+            .map(|g| g.group)
+            .collect();
+        tracing::info!(round = cur.state.round, attempt, ?flagged, "paillier: the groups' sums decrypted; evaluating the round without the flagged groups");
+        let params = Arc::new(model::apply(&self.global, &closed.update));
+        let outcome = Outcome {
+            sum: closed.sum,
+            summary: spoiled.clone(),
+        };
+        cur.evaluating = true;
+        cur.proposed = Some(attempt);
+        let round = cur.state.round;
+        self.evaluate(
+            round,
+            Purpose::ProposePaillier {
+                attempt,
+                outcome: Box::new(outcome),
+                groups: Some(Box::new(closed.summary)),
+            },
+            params,
+        );
     }
 
     /// Coordinator: the decrypted sum gives the next model; evaluate it, then propose.
@@ -881,6 +1490,7 @@ impl Runtime {
                     Purpose::ProposePaillier {
                         attempt,
                         outcome: Box::new(outcome),
+                        groups: None,
                     },
                     params,
                 );
@@ -894,6 +1504,7 @@ impl Runtime {
         &mut self,
         attempt: u32,
         outcome: Outcome,
+        groups: Option<GroupsSummary>,
         metrics: Metrics,
         new_model: Hash,
         params: Arc<Vec<f32>>,
@@ -952,7 +1563,7 @@ impl Runtime {
                     clipped: s.clipped,
                 }),
                 privacy: None,
-                groups: None,
+                groups,
             },
         };
         if let Err(e) = super::privacy::attach(&self.ctx.genesis, &self.store, &mut p.record) {
@@ -1030,6 +1641,94 @@ impl Runtime {
         let checked = |m: &u32| pr.good.contains(m) || pr.rejected.contains(m);
         if !s.decryptors.iter().chain(&s.rejected).all(checked) {
             return; // partials still to arrive or to be checked
+        }
+        if let Some(proposed) = p.record.groups.as_ref() {
+            // Closed with the groups' sums: only if the sum does not decode here either, with
+            // the same groups, each decrypted by members whose partials verified here, to the
+            // same flags and weights and the same model.
+            if pr.outcome.is_some() {
+                refuse("the round is closed with group sums, but its sum decodes here");
+                cur.waiting = None;
+                return;
+            }
+            if pr.spoiled.is_none() {
+                if pr.grouped.is_none() && !pr.finishing {
+                    pr.finishing = true;
+                    pr.send(Cmd::Finish);
+                }
+                return;
+            }
+            let Some(fb) = pr.fallback.as_mut() else {
+                refuse("its contributors are too few for groups here");
+                cur.waiting = None;
+                return;
+            };
+            let Some(sums) = fb.sums.as_ref() else {
+                return; // the groups' sums are being formed
+            };
+            if proposed.drawn != fb.groups
+                || proposed.revealed.len() != sums.len()
+                || proposed.revealed.iter().zip(sums).any(|(g, h)| g.sum_hash != *h)
+            {
+                refuse("other groups, or other group sums");
+                cur.waiting = None;
+                return;
+            }
+            let empty = BTreeSet::new();
+            let mut pending = false;
+            for g in &proposed.revealed {
+                let good = fb.good.get(&g.group).unwrap_or(&empty);
+                let rejected = fb.rejected.get(&g.group).unwrap_or(&empty);
+                if g.unmaskers.iter().any(|m| rejected.contains(m)) {
+                    refuse("a group's decryptor's partial is bad here");
+                    cur.waiting = None;
+                    return;
+                }
+                pending |= !g.unmaskers.iter().all(|m| good.contains(m));
+            }
+            if pending {
+                return; // partials still to arrive or to be checked
+            }
+            let Some(results) = fb.results.as_ref() else {
+                if !fb.finishing {
+                    fb.finishing = true;
+                    pr.send(Cmd::FinishGroups);
+                }
+                return;
+            };
+            let closed = match close_with_groups(
+                &self.ctx.genesis,
+                &setup.packer,
+                self.global.len(),
+                &fb.groups,
+                results,
+                &group_baseline(&self.store, &self.ctx.layout, self.last.as_ref()),
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    refuse(&e);
+                    cur.waiting = None;
+                    return;
+                }
+            };
+            let same = closed.summary.size == proposed.size
+                && closed.summary.skipped == proposed.skipped
+                && closed.summary.decided == proposed.decided
+                && closed.summary.revealed.iter().zip(&proposed.revealed).all(|(a, b)| {
+                    GroupSum {
+                        unmaskers: b.unmaskers.clone(),
+                        ..a.clone()
+                    } == *b
+                });
+            if !same {
+                refuse("the groups' flags or weights differ from this member's decryption");
+                cur.waiting = None;
+                return;
+            }
+            let (proposer, p) = cur.waiting.take().expect("checked");
+            let params = Arc::new(model::apply(&self.global, &closed.update));
+            self.verify_model(proposer, p, params, "the groups' sums");
+            return;
         }
         let Some(outcome) = pr.outcome.as_ref() else {
             if !pr.finishing {
@@ -1115,6 +1814,21 @@ impl Runtime {
                     }
                 }
                 None => {}
+            }
+        } else if pr.spoiled.is_some() {
+            // The sum did not decode: decrypt the groups' sums, then propose from them.
+            if let Some(fb) = pr.fallback.as_mut() {
+                if fb.results.is_none() && !fb.finishing && fb.sums.is_some() {
+                    if fb.ready(active, threshold, phase) {
+                        fb.finishing = true;
+                        pr.send(Cmd::FinishGroups);
+                    }
+                } else if fb.results.is_some()
+                    && !cur.evaluating
+                    && cur.proposed.is_none_or(|a| a < pr.attempt)
+                {
+                    self.evaluate_paillier_groups();
+                }
             }
         } else if pr.outcome.is_none() && !pr.finishing && !pr.gave_up {
             if pr.ready_to_finish(active, threshold, phase) {

@@ -214,9 +214,9 @@ async fn hostile_member_is_refused_penalised_and_the_node_keeps_going() {
     node_task.abort();
 }
 
-/// Robust rules and votes in a secure mode need more than one revealed sum: refused in mode
-/// secagg without groups (the error says to set group_size) and in mode paillier, allowed in
-/// mode secagg with groups.
+/// Robust rules and votes in a secure mode need more than one revealed sum: refused in modes
+/// secagg and paillier without groups (the error says to set group_size), allowed in both with
+/// groups (member-level DP still refused with groups).
 #[test]
 fn robust_rules_and_votes_in_secure_modes_need_groups() {
     use fedmesh_protocol::genesis::{Mode, RuleKind, Spec};
@@ -236,8 +236,11 @@ fn robust_rules_and_votes_in_secure_modes_need_groups() {
     spec.dp.level = fedmesh_protocol::genesis::DpLevel::Record;
     super::check_spec(&spec).unwrap();
     spec.mode = Mode::Paillier;
+    super::check_spec(&spec).unwrap();
+    spec.dp.level = fedmesh_protocol::genesis::DpLevel::Member;
     let err = super::check_spec(&spec).unwrap_err().to_string();
-    assert!(err.contains("mode secagg only"), "{err}");
+    assert!(err.contains("level = \"record\""), "{err}");
+    spec.dp.level = fedmesh_protocol::genesis::DpLevel::Record;
     spec.robust.group_size = 0;
     assert!(super::check_spec(&spec).is_err());
     spec.robust.rule = RuleKind::Mean;

@@ -15,7 +15,7 @@
 //! A member's FedAvg weight is the node's business: to keep it hidden, put it inside the vector
 //! (e.g. as its last element), as mode `secagg` does.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
@@ -358,37 +358,53 @@ impl<'a> Collect<'a> {
         self.updates.keys().copied().collect()
     }
 
-    /// Form the product of the collected updates (all cores): the encryption of their sum.
     /// Form the product of exactly the updates of `contributors` (e.g. the set the coordinator
-    /// announced), so that every member decrypts the same sum; other updates are left out. A
-    /// listed member whose update this collector lacks is an error (fetch it, then retry).
-    pub fn close_for(mut self, contributors: &[u32]) -> Result<Decrypt<'a>, PaillierError> {
-        let wanted: std::collections::BTreeSet<u32> = contributors.iter().copied().collect();
+    /// announced), so that every member decrypts the same sum; other updates are left out (and
+    /// stay here: [`Collect::close_group`] may still use them). A listed member whose update this
+    /// collector lacks is an error (fetch it, then retry).
+    pub fn close_for(&self, contributors: &[u32]) -> Result<Decrypt<'a>, PaillierError> {
+        let wanted: BTreeSet<u32> = contributors.iter().copied().collect();
+        self.product(&wanted, self.params.min_contributors.max(1))
+    }
+
+    /// Form the product of all collected updates (all cores): the encryption of their sum.
+    pub fn close(self) -> Result<Decrypt<'a>, PaillierError> {
+        let all: BTreeSet<u32> = self.updates.keys().copied().collect();
+        self.product(&all, self.params.min_contributors.max(1))
+    }
+
+    /// Form the product of one group's updates (mode `paillier` with groups, or the fallback of a
+    /// sum that did not decode, see [`round_groups`]). Refused unless the group has at least
+    /// `size` members (and at least 2): no member decrypts a product of fewer. A listed member
+    /// whose update this collector lacks is an error.
+    pub fn close_group(&self, members: &[u32], size: usize) -> Result<Decrypt<'a>, PaillierError> {
+        let wanted: BTreeSet<u32> = members.iter().copied().collect();
+        self.product(&wanted, size.max(2))
+    }
+
+    /// The product of the updates of `wanted`, refused with fewer than `need`.
+    fn product(&self, wanted: &BTreeSet<u32>, need: usize) -> Result<Decrypt<'a>, PaillierError> {
         if let Some(&member) = wanted.iter().find(|m| !self.updates.contains_key(m)) {
             return Err(PaillierError::MissingUpdate { member });
         }
-        self.updates.retain(|m, _| wanted.contains(m));
-        self.close()
-    }
-
-    pub fn close(self) -> Result<Decrypt<'a>, PaillierError> {
-        let need = self.params.min_contributors.max(1);
-        if self.updates.len() < need {
+        if wanted.len() < need {
             return Err(PaillierError::TooFewUpdates {
-                have: self.updates.len(),
+                have: wanted.len(),
                 need,
             });
         }
-        let vectors: Vec<&[Ciphertext]> = self
+        let chosen: Vec<_> = self
             .updates
-            .values()
-            .map(|(_, _, c)| c.as_slice())
+            .iter()
+            .filter(|(m, _)| wanted.contains(m))
             .collect();
+        let vectors: Vec<&[Ciphertext]> =
+            chosen.iter().map(|(_, (_, _, c))| c.as_slice()).collect();
         let sum = paillier::sum(&self.keys.public, &vectors).expect("equal lengths were checked");
         let sum_bytes = paillier::encode_ciphertexts(&self.keys.public, &sum);
         let sum_hash = Hash::of("fedmesh paillier v1 sum ciphertexts", &sum_bytes);
-        let update_hashes = self.updates.iter().map(|(m, (h, _, _))| (*m, *h)).collect();
-        let clipped = self.updates.values().map(|(_, c, _)| *c).sum();
+        let update_hashes = chosen.iter().map(|(m, (h, _, _))| (**m, *h)).collect();
+        let clipped = chosen.iter().map(|(_, (_, c, _))| *c).sum();
         let context = proof_context(self.params, sum_hash);
         Ok(Decrypt {
             params: self.params,
@@ -403,6 +419,43 @@ impl<'a> Collect<'a> {
             rejected: Vec::new(),
         })
     }
+}
+
+/// The size of the groups of a paillier round's group sums: `[spec.robust] group_size` if set,
+/// else (the fallback of a sum that does not decode) `max(3, ⌈min_contributors / 2⌉)`: at least
+/// three members, so that no revealed sum is one member's update or a pair's (where each learns
+/// the other's), and about half the decryption threshold, so that a network of n members has
+/// about n/4 groups with the default threshold (n/2 + 1) — at least two from 6 members on. A
+/// smaller network, whose sum does not decode, has one group: the round closes with the model
+/// unchanged and that group flagged.
+pub fn group_size(configured: usize, min_contributors: usize) -> usize {
+    if configured > 0 {
+        configured
+    } else {
+        min_contributors.div_ceil(2).max(3)
+    }
+}
+
+/// The groups whose sums a paillier round decrypts: the round's random groups
+/// ([`crate::robust::groups::draw`] from the chain head `head` over the `active` members, the
+/// same for every attempt of the round), each cut to the members whose update is in the
+/// round's sum (`contributors`), small ones merged ([`crate::robust::groups::settle`]). They
+/// partition `contributors` into groups of at least `size`, so any sum formed from the group
+/// sums and the whole sum covers at least `size` members, provided every contributor is an
+/// active member (the collector accepts no other). Empty when fewer than `size` members
+/// contributed.
+pub fn round_groups(
+    head: &Hash,
+    round: u64,
+    active: &[u32],
+    contributors: &[u32],
+    size: usize,
+) -> Vec<Vec<u32>> {
+    let Ok(drawn) = crate::robust::groups::draw(head, round, active, size) else {
+        return Vec::new();
+    };
+    let live: BTreeSet<u32> = contributors.iter().copied().collect();
+    crate::robust::groups::settle(&drawn, &live, size)
 }
 
 /// What every proof of the round is bound to: network, round and the sum being decrypted.
@@ -517,6 +570,54 @@ impl Decrypt<'_> {
 
     /// Decrypt the sum with the first `threshold` good partials (by member index).
     pub fn finish(self) -> Result<Outcome, PaillierError> {
+        let sum = self.decode()?;
+        Ok(Outcome {
+            sum,
+            summary: self.summary()?,
+        })
+    }
+
+    /// Decrypt and unpack the sum with the first `threshold` good partials (by member index).
+    /// [`PaillierError::Pack`] means the plaintext is no sum of in-range updates: some
+    /// contributor's ciphertexts encrypt values outside the packing range.
+    pub fn decode(&self) -> Result<Vec<i64>, PaillierError> {
+        let chosen = self.chosen()?;
+        let plain = paillier::combine(&self.keys.public, &self.keys.verification, &chosen)?;
+        let contributors = self.update_hashes.len();
+        Ok(self
+            .packer
+            .unpack_sum(&plain, self.params.len, contributors)?)
+    }
+
+    /// The record of this sum (who contributed, who decrypts it, who was rejected) once
+    /// `threshold` good partials are in, whether or not it decodes.
+    pub fn summary(&self) -> Result<Summary, PaillierError> {
+        let decryptors = self.chosen()?.iter().map(PartialDecryption::index).collect();
+        Ok(Summary {
+            round: self.params.round,
+            update_hashes: self.update_hashes.iter().map(|(m, h)| (*m, *h)).collect(),
+            sum_hash: self.sum_hash,
+            decryptors,
+            rejected: self.rejected.clone(),
+            clipped: self.clipped,
+        })
+    }
+
+    /// The record of this sum before (or without) its decryption: who is in it, its hash, no
+    /// decryptors (mode `paillier` with groups decrypts only the groups' sums).
+    pub fn commitment(&self) -> Summary {
+        Summary {
+            round: self.params.round,
+            update_hashes: self.update_hashes.iter().map(|(m, h)| (*m, *h)).collect(),
+            sum_hash: self.sum_hash,
+            decryptors: Vec::new(),
+            rejected: Vec::new(),
+            clipped: self.clipped,
+        }
+    }
+
+    /// The first `threshold` good partials, by member index.
+    fn chosen(&self) -> Result<Vec<PartialDecryption>, PaillierError> {
         let need = self.keys.verification.threshold();
         if self.good.len() < need {
             return Err(PaillierError::TooFewPartials {
@@ -524,24 +625,12 @@ impl Decrypt<'_> {
                 need,
             });
         }
-        let chosen: Vec<PartialDecryption> = self.good.values().take(need).cloned().collect();
-        let decryptors = chosen.iter().map(PartialDecryption::index).collect();
-        let plain = paillier::combine(&self.keys.public, &self.keys.verification, &chosen)?;
-        let contributors = self.update_hashes.len();
-        let sum = self
-            .packer
-            .unpack_sum(&plain, self.params.len, contributors)?;
-        Ok(Outcome {
-            sum,
-            summary: Summary {
-                round: self.params.round,
-                update_hashes: self.update_hashes.into_iter().collect(),
-                sum_hash: self.sum_hash,
-                decryptors,
-                rejected: self.rejected,
-                clipped: self.clipped,
-            },
-        })
+        Ok(self.good.values().take(need).cloned().collect())
+    }
+
+    /// Members whose partial for this sum verified.
+    pub fn good_members(&self) -> impl Iterator<Item = u32> + '_ {
+        self.good.keys().copied()
     }
 }
 

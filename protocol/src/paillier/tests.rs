@@ -298,3 +298,157 @@ fn closing_on_an_announced_set_gives_the_same_sum() {
         Err(PaillierError::MissingUpdate { member: 2 })
     ));
 }
+
+/// Every member's quantized values for `values` (the packing is deterministic given the rng).
+fn encrypt_each(
+    net: &Net,
+    values: &[Vec<f32>],
+    rng: &mut ChaCha20Rng,
+) -> (Vec<Signed<EncryptedUpdate>>, Vec<Vec<i64>>) {
+    let pool = Pool::new();
+    values
+        .iter()
+        .enumerate()
+        .map(|(m, v)| {
+            let (msg, enc) = encrypt_update(
+                &net.params,
+                &net.keys,
+                &net.packer,
+                &pool,
+                m as u32,
+                &net.ids[m],
+                v,
+                rng,
+            )
+            .unwrap();
+            (msg, enc.quantized)
+        })
+        .unzip()
+}
+
+/// Decrypt `d` with the first `THRESHOLD` members' partials.
+fn decrypt_with_threshold<'a>(mut d: Decrypt<'a>, rng: &mut ChaCha20Rng) -> Decrypt<'a> {
+    let net = net();
+    for m in 0..THRESHOLD as u32 {
+        let p = d
+            .partial(&net.shares[m as usize], m, &net.ids[m as usize], rng)
+            .unwrap();
+        d.add_partial(&p).unwrap();
+    }
+    d
+}
+
+/// Group products: each group's product decrypts to the plain sum of exactly its members'
+/// values; the groups partition the contributors; a product of fewer members than the group
+/// size is refused; a partial of the round's sum does not count for a group's product.
+#[test]
+fn group_products_decrypt_to_their_members_sums_and_small_groups_are_refused() {
+    let net = net();
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let values: Vec<Vec<f32>> = (0..N)
+        .map(|_| (0..LEN).map(|_| rng.gen_range(-0.4f32..0.4)).collect())
+        .collect();
+    let (msgs, quantized) = encrypt_each(net, &values, &mut rng);
+    let mut collect = Collect::new(&net.params, &net.keys, &net.packer);
+    for m in &msgs {
+        collect.add_update(m).unwrap();
+    }
+    let all: Vec<u32> = (0..N).collect();
+    let groups = round_groups(&Hash::of("head", b"g"), net.params.round, &all, &all, 2);
+    assert_eq!(groups.len(), 2, "5 members, groups of at least 2");
+    let mut covered: Vec<u32> = groups.concat();
+    covered.sort_unstable();
+    assert_eq!(covered, all, "the groups partition the contributors");
+
+    let whole = collect.close_for(&all).unwrap();
+    for group in &groups {
+        let d = collect.close_group(group, 2).unwrap();
+        assert_ne!(d.sum_hash(), whole.sum_hash());
+        // The round's sum's partial names another product: refused.
+        let mut wrong = d.clone();
+        let p = whole
+            .partial(&net.shares[0], 0, &net.ids[0], &mut rng)
+            .unwrap();
+        assert!(matches!(
+            wrong.add_partial(&p),
+            Err(PaillierError::WrongSum { culprit: 0, .. })
+        ));
+        let sum = decrypt_with_threshold(d, &mut rng).finish().unwrap().sum;
+        let expected: Vec<i64> = (0..LEN)
+            .map(|i| group.iter().map(|&m| quantized[m as usize][i]).sum())
+            .collect();
+        assert_eq!(sum, expected, "group {group:?}");
+    }
+    // Fewer than the group size (or than 2): refused before anything is decrypted.
+    assert!(matches!(
+        collect.close_group(&[0, 1], 3),
+        Err(PaillierError::TooFewUpdates { have: 2, need: 3 })
+    ));
+    assert!(matches!(
+        collect.close_group(&[3], 0),
+        Err(PaillierError::TooFewUpdates { have: 1, need: 2 })
+    ));
+    // Round groups need `size` contributors: fewer give no group at all.
+    assert!(round_groups(&Hash::ZERO, 1, &all, &[0, 1], 3).is_empty());
+    assert_eq!(group_size(0, 3), 3);
+    assert_eq!(group_size(0, 11), 6);
+    assert_eq!(group_size(4, 11), 4);
+}
+
+/// An update whose plaintexts are out of range (well-formed, signed, right count) spoils the
+/// round's sum (`Pack` error, yet its record can still be made: who decrypted it) and the sum of
+/// its own group, while the other group's sum decodes to its members' plain sum.
+#[test]
+fn an_out_of_range_update_spoils_only_its_group() {
+    let net = net();
+    let mut rng = ChaCha20Rng::seed_from_u64(6);
+    let values: Vec<Vec<f32>> = (0..N)
+        .map(|_| (0..LEN).map(|_| rng.gen_range(-0.05f32..0.05)).collect())
+        .collect();
+    let (mut msgs, quantized) = encrypt_each(net, &values, &mut rng);
+    // Member 4: slot 0 of every plaintext past what 5 members can sum to, without carrying.
+    let max = net.packer.max_level() as u64;
+    let capacity = 1u64 << net.packer.slot_bits();
+    let value = (N as u64 * 2 * max + capacity) / 2 - (N as u64 - 1) * max;
+    let big = paillier::Plaintext::from_be_bytes(&value.to_be_bytes());
+    let count = net.packer.plaintexts_for(LEN);
+    let cts: Vec<_> = (0..count)
+        .map(|_| net.keys.public.encrypt(&big, &mut rng).unwrap())
+        .collect();
+    msgs[4] = Signed::sign(
+        net.params.genesis,
+        EncryptedUpdate {
+            round: net.params.round,
+            member: 4,
+            clipped: 0,
+            ciphertexts: paillier::encode_ciphertexts(&net.keys.public, &cts),
+        },
+        &net.ids[4],
+    );
+    let mut collect = Collect::new(&net.params, &net.keys, &net.packer);
+    for m in &msgs {
+        collect.add_update(m).expect("it passes every check on ciphertexts");
+    }
+    let all: Vec<u32> = (0..N).collect();
+    let whole = decrypt_with_threshold(collect.close_for(&all).unwrap(), &mut rng);
+    assert!(matches!(whole.decode(), Err(PaillierError::Pack(_))));
+    let summary = whole.summary().unwrap();
+    assert_eq!(summary.decryptors, vec![0, 1, 2]);
+    assert_eq!(summary.update_hashes.len(), N as usize);
+
+    let groups = round_groups(&Hash::of("head", b"o"), net.params.round, &all, &all, 2);
+    for group in &groups {
+        let d = decrypt_with_threshold(collect.close_group(group, 2).unwrap(), &mut rng);
+        if group.contains(&4) {
+            assert!(
+                matches!(d.decode(), Err(PaillierError::Pack(_))),
+                "group {group:?} holds the out-of-range update"
+            );
+        } else {
+            let expected: Vec<i64> = (0..LEN)
+                .map(|i| group.iter().map(|&m| quantized[m as usize][i]).sum())
+                .collect();
+            assert_eq!(d.decode().unwrap(), expected, "group {group:?}");
+        }
+    }
+}

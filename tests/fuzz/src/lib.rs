@@ -524,6 +524,15 @@ pub fn signed_paillier(data: &[u8]) {
                         let _ = d.add_partial(s);
                     }
                     wire::PaillierMsg::Close(close) => drop(c.close_for(&close.contributors)),
+                    wire::PaillierMsg::GroupPartial { partial, .. } => {
+                        for u in &p.updates {
+                            c.add_update(u).expect("honest update");
+                        }
+                        let all = c.contributors();
+                        if let Ok(mut d) = c.close_group(&all, 2) {
+                            let _ = d.add_partial(partial);
+                        }
+                    }
                 }
             }
         }
