@@ -172,6 +172,11 @@ fn plain_nodes_killed_at_every_point_lose_nothing_and_rejoin() {
 /// its consistency signature (3), after sending its unmasking shares (4), after sharing its keys
 /// (5) — and is restarted at once. Every round completes, nothing committed is lost, every log
 /// verifies with equal heads, and every victim rejoins.
+///
+/// Regression (a restarted secagg member recorded as equivocating): a member restarted within
+/// an attempt it had advertised keys in sits that attempt out instead of advertising fresh keys
+/// for the same slot, so no record names anyone as an equivocator and no node raises anyone's
+/// score for it.
 #[test]
 fn secagg_nodes_killed_in_every_phase_and_the_coordinator_mid_round() {
     let rounds = 6;
@@ -195,6 +200,22 @@ fn secagg_nodes_killed_in_every_phase_and_the_coordinator_mid_round() {
     let died = run_with_crashes(&mut net, &crashes);
     let watcher = others[1];
     let reports = check_after(&net, &died, rounds, watcher);
+    for r in net.audit_show(watcher).iter().skip(1) {
+        assert!(
+            members(&r["equivocators"]).is_empty(),
+            "a restarted member was recorded as an equivocator: {r}"
+        );
+    }
+    let mut sat_out = 0;
+    for i in 0..net.n {
+        let log = std::fs::read_to_string(net.log_path(i)).unwrap();
+        assert!(
+            !log.contains("EQUIVOCATION") && !log.contains("equivocation counted"),
+            "node {i} caught or scored an equivocation:\n{}",
+            net.tail_logs()
+        );
+        sat_out += log.matches("sitting it out").count();
+    }
     let r1 = reports.iter().find(|r| r["round"] == 1).unwrap();
     assert!(
         r1["attempt"].as_u64().unwrap() >= 1 && r1["coordinator"].as_u64() != Some(c1 as u64),
@@ -209,7 +230,7 @@ fn secagg_nodes_killed_in_every_phase_and_the_coordinator_mid_round() {
         "round 1 committed {took} ms after its coordinator died (one session timeout: {session_limit} ms)"
     );
     eprintln!(
-        "secagg crash test: {} kills, {rounds} rounds in {:?}; round 1 committed {took} ms after its coordinator died",
+        "secagg crash test: {} kills, {rounds} rounds in {:?}; round 1 committed {took} ms after its coordinator died; {sat_out} attempts sat out after a restart",
         died.len(),
         started.elapsed()
     );
