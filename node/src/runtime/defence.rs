@@ -672,6 +672,20 @@ mod tests {
         }
         assert!(d.own_votes(0, 1 + expiry).is_empty(), "expired");
         assert_eq!(d.own_votes(3, 2), vec![vote(3, 2)]);
+        // A member that missed the votes when they were cast (it was down, or gossip had no peer
+        // yet) hears them repeated in a later round, the last one they are valid in, and they
+        // still make the quorum there.
+        let last = expiry;
+        let peer_store = Store::open(&dir.path().join("peer")).unwrap();
+        peer_store.init_genesis(&Entry::genesis(&bytes)).unwrap();
+        let mut peer = Defence::load(&genesis, gh, &peer_store).unwrap();
+        let repeated = [d.own_votes(0, last), d.own_votes(1, last), vec![vote(2, 3)]].concat();
+        for v in &repeated {
+            peer.count(&peer_store, v, last).unwrap();
+        }
+        let ready = peer.evictions(last);
+        assert_eq!(ready.len(), 1);
+        assert_eq!((ready[0].target, ready[0].votes.len()), (3, 3));
         // The third vote completes the quorum; once the eviction is committed, the votes against
         // the evicted member are spent, and its own vote against member 2 goes with it.
         d.count(&store, &vote(2, 3), 2).unwrap();
