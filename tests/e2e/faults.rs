@@ -236,6 +236,81 @@ fn secagg_nodes_killed_in_every_phase_and_the_coordinator_mid_round() {
     );
 }
 
+/// Regression (eviction votes lost when the round moved on): five members in mode plain with
+/// votes; member 4 poisons every round (sign flip, ×4). An eviction needs 4 of the 5 votes, so
+/// every honest member's. Member 2 dies (SIGKILL) right after counting its vote, stored but not
+/// yet gossiped, and restarts at once. Restarted, it gossips its stored vote again when its next
+/// round starts, so member 4 is evicted within three rounds of that vote with member 2 among the
+/// voters. Before the fix the vote died with the process (it sat in the round's publish queue
+/// only), and the quorum waited until the vote expired and member 2 voted anew.
+#[test]
+fn a_vote_stored_but_not_gossiped_before_a_crash_still_evicts() {
+    let rounds = 8;
+    let mut net = Testnet::with_config(
+        5,
+        rounds,
+        6_000,
+        "[spec.robust]\nrule = \"median\"\nvotes = true\nwarmup_rounds = 1\npatience = 2\n",
+    );
+    net.add_node_config(4, "[attack]\nkind = \"sign_flip\"\nscale = 4.0");
+    // The first round from round 1 on in which member 2 votes.
+    net.set_fault(2, 1, "voted");
+    net.start_all();
+    let code = net.wait_exit(2, WAIT);
+    assert_eq!(
+        code,
+        Some(137),
+        "member 2 died of SIGKILL\n{}",
+        net.tail_logs()
+    );
+    let log = std::fs::read_to_string(net.log_path(2)).unwrap();
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("fault injection"))
+        .unwrap_or("");
+    assert!(line.contains("voted"), "its last fault line: {line}");
+    let voted_in: u64 = line
+        .split("round=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no round in {line}"));
+    net.clear_fault(2);
+    net.start(2);
+    net.wait_all(WAIT);
+    let entries = net.audit_show(0);
+    let eviction = entries
+        .iter()
+        .find(|e| e["evicted"].as_array().is_some_and(|a| !a.is_empty()))
+        .unwrap_or_else(|| panic!("no eviction in the log:\n{}", net.tail_logs()));
+    assert_eq!(eviction["evicted"], serde_json::json!([4]), "{eviction}");
+    let at = eviction["round"].as_u64().unwrap();
+    // Without the repeat the quorum waits for the vote to expire (`vote_expiry_rounds` = 3):
+    // member 2 votes anew when it commits round voted_in + 3, an eviction in round
+    // voted_in + 4 at the earliest.
+    assert!(
+        at <= voted_in + 3,
+        "member 2 voted in round {voted_in} and died; the eviction came only in round {at}"
+    );
+    let voters = members(&eviction["evictions"][0]["voters"]);
+    assert!(
+        voters.contains(&2),
+        "member 2's vote is in the eviction: {eviction}"
+    );
+    let mut heads = Vec::new();
+    for i in 0..4 {
+        let (ok, v) = net.verify(i);
+        assert!(ok, "node {i}'s log does not verify: {v}");
+        assert_eq!(v["rounds"].as_u64(), Some(rounds), "node {i}: {v}");
+        heads.push(v["head"].clone());
+    }
+    assert!(
+        heads.windows(2).all(|w| w[0] == w[1]),
+        "heads differ: {heads:?}"
+    );
+    eprintln!("vote crash test: member 2 voted in round {voted_in} and died; member 4 evicted in round {at}");
+}
+
 /// Mode paillier (512-bit test key, 25k-parameter model), 4 nodes, threshold 3, 5 rounds. Round
 /// 1's coordinator dies right after announcing the encrypted sum: the next coordinator announces
 /// the same sum and finishes the round within one attempt timeout (phase + failover) plus one

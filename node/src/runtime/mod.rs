@@ -1486,11 +1486,18 @@ impl Runtime {
             &record,
         ));
         let change = self.defence.committed(&self.store, entry.height, &record);
+        let round = record.round;
         self.head = entry;
         self.last = Some(record);
         self.global = params;
+        let voted = !votes.is_empty();
         for vote in votes {
             self.cast_vote(vote);
+        }
+        if voted && self.ctx.faults.hits_from(round, "voted") {
+            // Fault injection: the votes are counted and stored, not yet gossiped.
+            tracing::warn!(round, at = "voted", "fault injection: killing this node");
+            die();
         }
         self.on_admitted(&change.admitted);
         if self.on_evicted(&change.evicted) {
