@@ -1079,4 +1079,34 @@ mod tests {
             Err(SecaggError::Signature { culprit: 0, .. })
         ));
     }
+
+    /// Regression (a restarted secagg member recorded as an equivocator): with the marker of an
+    /// advertisement in attempt 1 of round 1 stored, member 1 sends nothing in attempts 0 and 1
+    /// of round 1, and advertises again in attempt 2 and in round 2; without a marker it
+    /// advertises at once.
+    #[test]
+    fn a_member_sits_out_the_attempts_it_advertised_in_before_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (genesis, gh, keys) = network(dir.path());
+        let store = Store::open(&dir.path().join("data")).unwrap();
+        let head = Hash::of("test head", b"1");
+        let active: Vec<u32> = (0..6).collect();
+        let q = quantizer(&genesis);
+        let input = q
+            .encode(&update(1, genesis.layout().param_count()), 10)
+            .unwrap()
+            .values;
+        let advertises = |round: u64, attempt: u32| {
+            let mut a = Attempt::new(&genesis, gh, round, attempt, head, &active, 0, 1).unwrap();
+            a.join(input.clone(), &keys[1], &store)
+                .iter()
+                .any(|x| matches!(x, Action::Publish(SecaggMsg::Advertise(_))))
+        };
+        assert!(advertises(1, 0), "no marker: it takes part");
+        remember_advertised(&store, 1, 1).unwrap();
+        assert!(!advertises(1, 0));
+        assert!(!advertises(1, 1));
+        assert!(advertises(1, 2), "the next attempt, with fresh keys");
+        assert!(advertises(2, 0), "the next round");
+    }
 }
