@@ -6,7 +6,9 @@
 - no committed round is lost: every (height, entry hash) any node reported as committed, in any
   of its lives, is in its final log at that height;
 - memory: the RSS of the nodes that are never killed (the "witnesses", members 0 and 1) grows by
-  at most --max-growth from round 10 to round R.
+  at most --max-growth from round 10 to round R;
+- no record carries equivocation evidence: every member is honest, so evidence would be a false
+  accusation (a member restarted mid-round must not look like an equivocator).
 
 Writes OUT/soak.json (every number) and prints a summary; exits 1 if a check fails.
 """
@@ -229,6 +231,7 @@ def main():
         if c != 0:
             failures.append(f"node {i} exited with {c} (see {nodes[i].log})")
     heads, rounds_in_log, lost = {}, {}, {}
+    evidence = []  # {round, member}: equivocation evidence in node 0's log
     genesis = os.path.join(run, "net", "genesis.toml")
     for nd in nodes:
         data_dir = os.path.join(run, "net", "data", f"member-{nd.i}")
@@ -246,10 +249,17 @@ def main():
         for line in shown.stdout.splitlines():
             e = json.loads(line)
             in_log[e["height"]] = e["hash"]
+            if nd.i == 0:
+                # Every member here is honest: evidence against one is a false accusation (a
+                # restarted member must never look like an equivocator).
+                for m in e.get("equivocators") or []:
+                    evidence.append({"round": e.get("round"), "member": m})
         missing = [h for h, hh in nd.reported.items() if in_log.get(h) != hh]
         lost[nd.i] = len(missing)
         if missing:
             failures.append(f"node {nd.i} lost or changed committed heights {sorted(missing)[:10]}")
+    if evidence:
+        failures.append(f"records carry equivocation evidence against honest members: {evidence}")
     if len(set(heads.values())) != 1:
         failures.append(f"heads differ: {heads}")
     for i, r in rounds_in_log.items():
@@ -283,6 +293,7 @@ def main():
         "kill_log": kills, "rounds_with_dropouts": dropout_rounds,
         "rounds_in_each_log": rounds_in_log, "heads_equal": len(set(heads.values())) == 1,
         "head": heads.get(0), "committed_entries_lost": sum(lost.values()),
+        "equivocation_evidence": evidence,
         "witness_rss": growth,
         "witness_rss_every_10_rounds_kib": {w: {r: kib for r, kib in sorted(nodes[w].rss_at.items()) if r % 10 == 0 or r == 1}
                                              for w in WITNESSES}, "peak_rss_kib_max": max(peaks) if peaks else None,

@@ -276,7 +276,10 @@ pub struct Faults {
     ///   encrypted update — sign and send a second, different one for the same slot: the others
     ///   must catch it, leave it out, record the evidence and raise its anomaly score) or `stall`
     ///   (mode secagg: stop sending after the key shares; mode paillier: send no partial
-    ///   decryption; stay connected).
+    ///   decryption; stay connected);
+    /// - with eviction votes on: `voted` (right after counting its own eviction votes, stored but
+    ///   not yet gossiped — in the first round from `round` on in which it casts any, since when
+    ///   a member starts to vote depends on the scores).
     pub at: String,
 }
 
@@ -306,6 +309,7 @@ impl Faults {
         "bad_partial",
         "equivocate",
         "stall",
+        "voted",
     ];
 
     pub fn validate(&self, file: &Path) -> anyhow::Result<()> {
@@ -323,6 +327,12 @@ impl Faults {
     /// Whether the plan says to fail at `at` in `round`.
     pub fn hits(&self, round: u64, at: &str) -> bool {
         self.round != 0 && self.round == round && self.at == at
+    }
+
+    /// Whether the plan says to fail at `at` in `round` or any later round (for points whose
+    /// round is not known in advance, such as `voted`).
+    pub fn hits_from(&self, round: u64, at: &str) -> bool {
+        self.round != 0 && round >= self.round && self.at == at
     }
 }
 

@@ -172,6 +172,11 @@ fn plain_nodes_killed_at_every_point_lose_nothing_and_rejoin() {
 /// its consistency signature (3), after sending its unmasking shares (4), after sharing its keys
 /// (5) — and is restarted at once. Every round completes, nothing committed is lost, every log
 /// verifies with equal heads, and every victim rejoins.
+///
+/// Regression (a restarted secagg member recorded as equivocating): a member restarted within
+/// an attempt it had advertised keys in sits that attempt out instead of advertising fresh keys
+/// for the same slot, so no record names anyone as an equivocator and no node raises anyone's
+/// score for it.
 #[test]
 fn secagg_nodes_killed_in_every_phase_and_the_coordinator_mid_round() {
     let rounds = 6;
@@ -195,6 +200,22 @@ fn secagg_nodes_killed_in_every_phase_and_the_coordinator_mid_round() {
     let died = run_with_crashes(&mut net, &crashes);
     let watcher = others[1];
     let reports = check_after(&net, &died, rounds, watcher);
+    for r in net.audit_show(watcher).iter().skip(1) {
+        assert!(
+            members(&r["equivocators"]).is_empty(),
+            "a restarted member was recorded as an equivocator: {r}"
+        );
+    }
+    let mut sat_out = 0;
+    for i in 0..net.n {
+        let log = std::fs::read_to_string(net.log_path(i)).unwrap();
+        assert!(
+            !log.contains("EQUIVOCATION") && !log.contains("equivocation counted"),
+            "node {i} caught or scored an equivocation:\n{}",
+            net.tail_logs()
+        );
+        sat_out += log.matches("sitting it out").count();
+    }
     let r1 = reports.iter().find(|r| r["round"] == 1).unwrap();
     assert!(
         r1["attempt"].as_u64().unwrap() >= 1 && r1["coordinator"].as_u64() != Some(c1 as u64),
@@ -209,10 +230,85 @@ fn secagg_nodes_killed_in_every_phase_and_the_coordinator_mid_round() {
         "round 1 committed {took} ms after its coordinator died (one session timeout: {session_limit} ms)"
     );
     eprintln!(
-        "secagg crash test: {} kills, {rounds} rounds in {:?}; round 1 committed {took} ms after its coordinator died",
+        "secagg crash test: {} kills, {rounds} rounds in {:?}; round 1 committed {took} ms after its coordinator died; {sat_out} attempts sat out after a restart",
         died.len(),
         started.elapsed()
     );
+}
+
+/// Regression (eviction votes lost when the round moved on): five members in mode plain with
+/// votes; member 4 poisons every round (sign flip, ×4). An eviction needs 4 of the 5 votes, so
+/// every honest member's. Member 2 dies (SIGKILL) right after counting its vote, stored but not
+/// yet gossiped, and restarts at once. Restarted, it gossips its stored vote again when its next
+/// round starts, so member 4 is evicted within three rounds of that vote with member 2 among the
+/// voters. Before the fix the vote died with the process (it sat in the round's publish queue
+/// only), and the quorum waited until the vote expired and member 2 voted anew.
+#[test]
+fn a_vote_stored_but_not_gossiped_before_a_crash_still_evicts() {
+    let rounds = 8;
+    let mut net = Testnet::with_config(
+        5,
+        rounds,
+        6_000,
+        "[spec.robust]\nrule = \"median\"\nvotes = true\nwarmup_rounds = 1\npatience = 2\n",
+    );
+    net.add_node_config(4, "[attack]\nkind = \"sign_flip\"\nscale = 4.0");
+    // The first round from round 1 on in which member 2 votes.
+    net.set_fault(2, 1, "voted");
+    net.start_all();
+    let code = net.wait_exit(2, WAIT);
+    assert_eq!(
+        code,
+        Some(137),
+        "member 2 died of SIGKILL\n{}",
+        net.tail_logs()
+    );
+    let log = std::fs::read_to_string(net.log_path(2)).unwrap();
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("fault injection"))
+        .unwrap_or("");
+    assert!(line.contains("voted"), "its last fault line: {line}");
+    let voted_in: u64 = line
+        .split("round=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no round in {line}"));
+    net.clear_fault(2);
+    net.start(2);
+    net.wait_all(WAIT);
+    let entries = net.audit_show(0);
+    let eviction = entries
+        .iter()
+        .find(|e| e["evicted"].as_array().is_some_and(|a| !a.is_empty()))
+        .unwrap_or_else(|| panic!("no eviction in the log:\n{}", net.tail_logs()));
+    assert_eq!(eviction["evicted"], serde_json::json!([4]), "{eviction}");
+    let at = eviction["round"].as_u64().unwrap();
+    // Without the repeat the quorum waits for the vote to expire (`vote_expiry_rounds` = 3):
+    // member 2 votes anew when it commits round voted_in + 3, an eviction in round
+    // voted_in + 4 at the earliest.
+    assert!(
+        at <= voted_in + 3,
+        "member 2 voted in round {voted_in} and died; the eviction came only in round {at}"
+    );
+    let voters = members(&eviction["evictions"][0]["voters"]);
+    assert!(
+        voters.contains(&2),
+        "member 2's vote is in the eviction: {eviction}"
+    );
+    let mut heads = Vec::new();
+    for i in 0..4 {
+        let (ok, v) = net.verify(i);
+        assert!(ok, "node {i}'s log does not verify: {v}");
+        assert_eq!(v["rounds"].as_u64(), Some(rounds), "node {i}: {v}");
+        heads.push(v["head"].clone());
+    }
+    assert!(
+        heads.windows(2).all(|w| w[0] == w[1]),
+        "heads differ: {heads:?}"
+    );
+    eprintln!("vote crash test: member 2 voted in round {voted_in} and died; member 4 evicted in round {at}");
 }
 
 /// Mode paillier (512-bit test key, 25k-parameter model), 4 nodes, threshold 3, 5 rounds. Round

@@ -341,6 +341,24 @@ impl Defence {
         Ok(out)
     }
 
+    /// `me`'s own votes still pending at round `now`, to gossip again: counted, still valid at
+    /// `now` (cast no more than the expiry ago), and against a target that is still a member.
+    /// A vote spent by a committed eviction is gone already (the evicted target's votes are
+    /// dropped with it).
+    pub fn own_votes(&self, me: u32, now: u64) -> Vec<SignedVote> {
+        let expiry = self.spec.vote_expiry_rounds.max(1);
+        self.votes
+            .iter()
+            .filter(|v| {
+                v.vote.voter == me
+                    && v.vote.round <= now
+                    && v.vote.round + expiry > now
+                    && self.tally.is_active(v.vote.target)
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Eviction records for a proposal of round `round`: every member with a quorum of valid
     /// votes.
     pub fn evictions(&mut self, round: u64) -> Vec<EvictionRecord> {
@@ -592,5 +610,114 @@ mod tests {
         assert!(d
             .evictions(1 + genesis.spec.robust.vote_expiry_rounds)
             .is_empty());
+    }
+
+    /// Regression (eviction votes lost when the round moved on): a member's own vote stays
+    /// pending, to be gossiped again as each round starts, across rounds and restarts, until it
+    /// expires or an eviction record for its target is committed; other members' votes are
+    /// theirs to repeat.
+    #[test]
+    fn own_votes_stay_pending_until_spent_or_expired() {
+        use fedmesh_protocol::audit::Metrics;
+        let dir = tempfile::tempdir().unwrap();
+        let dealer_cfg = dir.path().join("dealer.toml");
+        std::fs::write(&dealer_cfg, "[spec.robust]\nvotes = true\n").unwrap();
+        crate::dealer::run(&crate::dealer::Request {
+            members: 4,
+            out: dir.path().join("net"),
+            config: Some(dealer_cfg),
+            base_port: Some(7000),
+            rounds: Some(0),
+            data_path: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/mnist_5k.csv.gz").into()),
+            mode: None,
+        })
+        .unwrap();
+        let bytes = std::fs::read(dir.path().join("net/genesis.toml")).unwrap();
+        let (genesis, gh) = Genesis::parse(&bytes).unwrap();
+        let expiry = genesis.spec.robust.vote_expiry_rounds;
+        let keys: Vec<_> = (0..4)
+            .map(|i| {
+                crate::keys::MemberKeys::load(&dir.path().join(format!("net/member-{i}")), &genesis)
+                    .unwrap()
+                    .identity
+            })
+            .collect();
+        let vote = |voter: u32, target: u32| {
+            let v = Vote {
+                round: 1,
+                voter,
+                target,
+                score: 9.0,
+                evidence: Hash::ZERO,
+            };
+            SignedVote::sign(gh, v, &keys[voter as usize])
+        };
+        let data = dir.path().join("data");
+        {
+            let store = Store::open(&data).unwrap();
+            store.init_genesis(&Entry::genesis(&bytes)).unwrap();
+            let mut d = Defence::load(&genesis, gh, &store).unwrap();
+            d.count(&store, &vote(0, 3), 1).unwrap();
+            d.count(&store, &vote(1, 3), 1).unwrap();
+            d.count(&store, &vote(3, 2), 1).unwrap();
+            assert_eq!(d.own_votes(0, 1), vec![vote(0, 3)]);
+            store.flush().unwrap();
+        }
+        // The round moved on and the node restarted: the vote is still there to repeat, in every
+        // round until it expires.
+        let store = Store::open(&data).unwrap();
+        let mut d = Defence::load(&genesis, gh, &store).unwrap();
+        for now in 2..1 + expiry {
+            assert_eq!(d.own_votes(0, now), vec![vote(0, 3)], "round {now}");
+        }
+        assert!(d.own_votes(0, 1 + expiry).is_empty(), "expired");
+        assert_eq!(d.own_votes(3, 2), vec![vote(3, 2)]);
+        // A member that missed the votes when they were cast (it was down, or gossip had no peer
+        // yet) hears them repeated in a later round, the last one they are valid in, and they
+        // still make the quorum there.
+        let last = expiry;
+        let peer_store = Store::open(&dir.path().join("peer")).unwrap();
+        peer_store.init_genesis(&Entry::genesis(&bytes)).unwrap();
+        let mut peer = Defence::load(&genesis, gh, &peer_store).unwrap();
+        let repeated = [d.own_votes(0, last), d.own_votes(1, last), vec![vote(2, 3)]].concat();
+        for v in &repeated {
+            peer.count(&peer_store, v, last).unwrap();
+        }
+        let ready = peer.evictions(last);
+        assert_eq!(ready.len(), 1);
+        assert_eq!((ready[0].target, ready[0].votes.len()), (3, 3));
+        // The third vote completes the quorum; once the eviction is committed, the votes against
+        // the evicted member are spent, and its own vote against member 2 goes with it.
+        d.count(&store, &vote(2, 3), 2).unwrap();
+        let evictions = d.evictions(2);
+        assert_eq!(evictions.len(), 1);
+        let record = RoundRecord {
+            round: 2,
+            mode: Mode::Plain,
+            attempt: 0,
+            coordinator: 0,
+            base_model: Hash::ZERO,
+            new_model: Hash::ZERO,
+            participants: Vec::new(),
+            dropouts: Vec::new(),
+            metrics: Metrics {
+                accuracy: 0.0,
+                loss: 0.0,
+                test_samples: 0,
+            },
+            proposed_at_ms: 0,
+            secure: None,
+            evictions,
+            privacy: None,
+            paillier: None,
+            groups: None,
+            admissions: Vec::new(),
+            evidence: Vec::new(),
+        };
+        let change = d.committed(&store, 1, &record);
+        assert_eq!(change.evicted, vec![3]);
+        assert!(d.own_votes(0, 3).is_empty());
+        assert!(d.own_votes(1, 3).is_empty());
+        assert!(d.own_votes(3, 3).is_empty(), "an evicted member's votes go");
     }
 }

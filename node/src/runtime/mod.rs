@@ -506,6 +506,14 @@ impl Runtime {
                         &self.ctx.keys.identity,
                     );
                     let bytes = env.encode();
+                    if point == "advertise" {
+                        // Durable before the keys leave: restarted within this attempt, this
+                        // member sits it out rather than advertise other keys for the same slot.
+                        if let Err(e) = secure::remember_advertised(&self.store, round, attempt) {
+                            tracing::error!(round, attempt, error = %e, "secagg: cannot record the advertisement durably; not advertising in this attempt");
+                            continue;
+                        }
+                    }
                     if let Err(e) = self.net.publish(bytes.clone()).await {
                         tracing::debug!(error = %e, "secagg: not published yet; retrying");
                         self.secure_unpublished.push((round, bytes));
@@ -635,6 +643,7 @@ impl Runtime {
         if self.syncing {
             return;
         }
+        self.repeat_votes();
         let active = self.defence.active();
         let base = self.ctx.layout.hash(&self.global);
         let mut state = Round::new(
@@ -686,7 +695,8 @@ impl Runtime {
             cur.paillier = paillier::Round::start(&self.ctx, &cur.state, self.work_tx.clone());
         }
         // After a restart mid-round, resend the update already sent instead of making a new one
-        // (mode secagg retrains: a restarted member joins the next session with fresh keys). In
+        // (mode secagg retrains, and sits out the attempt it had advertised keys in: it joins the
+        // next attempt or round with fresh keys, see `secure::Attempt::join`). In
         // mode paillier a new encryption would differ from the ciphertext the others already
         // summed, and this member would refuse to decrypt their sum.
         let saved = (!self.secure_mode())
@@ -830,7 +840,7 @@ impl Runtime {
                         "trained; joining secure aggregation"
                     );
                     cur.secure_input = Some(encoded.values.clone());
-                    session.set_input(encoded.values, &self.ctx.keys.identity)
+                    session.join(encoded.values, &self.ctx.keys.identity, &self.store)
                 }
                 Err(e) => {
                     tracing::error!(round, error = %e, "cannot quantize the update; this member sits the round out");
@@ -1475,11 +1485,18 @@ impl Runtime {
             &record,
         ));
         let change = self.defence.committed(&self.store, entry.height, &record);
+        let round = record.round;
         self.head = entry;
         self.last = Some(record);
         self.global = params;
+        let voted = !votes.is_empty();
         for vote in votes {
             self.cast_vote(vote);
+        }
+        if voted && self.ctx.faults.hits_from(round, "voted") {
+            // Fault injection: the votes are counted and stored, not yet gossiped.
+            tracing::warn!(round, at = "voted", "fault injection: killing this node");
+            die();
         }
         self.on_admitted(&change.admitted);
         if self.on_evicted(&change.evicted) {
@@ -1532,7 +1549,8 @@ impl Runtime {
         votes
     }
 
-    /// Sign, count and gossip this member's vote (retried until gossip takes it).
+    /// Sign and count this member's vote. Counting stores it (sled), and it is gossiped with the
+    /// member's other pending votes when the next round starts ([`Runtime::repeat_votes`]).
     fn cast_vote(&mut self, vote: fedmesh_protocol::votes::Vote) {
         let signed = fedmesh_protocol::votes::SignedVote::sign(
             self.ctx.genesis_hash,
@@ -1542,16 +1560,37 @@ impl Runtime {
         let round = self.next_round();
         if let Err(e) = self.defence.count(&self.store, &signed, round) {
             tracing::warn!(error = %e, "own vote not counted");
-            return;
         }
-        let env = Envelope::seal(
-            self.ctx.genesis_hash,
-            self.me(),
-            round,
-            Payload::Vote(signed),
-            &self.ctx.keys.identity,
-        );
-        self.secure_unpublished.push((round, env.encode()));
+    }
+
+    /// Gossip every eviction vote of this member that is still pending (no eviction record for
+    /// it committed, its target still a member, not expired), in an envelope of the round about
+    /// to start. Called each time a round starts, so that a vote outlives the round it was cast
+    /// in: a member that missed it (restarting, catching up, or gossip had no peers when it was
+    /// cast) hears it again, as with admission votes. Each is retried in the background for a
+    /// while; the receivers count a vote once (`Outcome::Known` after that).
+    fn repeat_votes(&self) {
+        let round = self.next_round();
+        for signed in self.defence.own_votes(self.me(), round) {
+            let env = Envelope::seal(
+                self.ctx.genesis_hash,
+                self.me(),
+                round,
+                Payload::Vote(signed),
+                &self.ctx.keys.identity,
+            );
+            let bytes = env.encode();
+            let net = self.net.clone();
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    match net.publish(bytes.clone()).await {
+                        Ok(()) => return,
+                        Err(e) if e.contains("Duplicate") => return,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                    }
+                }
+            });
+        }
     }
 
     /// Members the last record evicted: block their peers; if this member is one of them, stop.
@@ -1719,8 +1758,11 @@ impl Runtime {
                     if let (Some(session), Some(input)) =
                         (cur.secure.as_mut(), cur.secure_input.clone())
                     {
-                        self.secure_pending
-                            .extend(session.set_input(input, &ctx.keys.identity));
+                        self.secure_pending.extend(session.join(
+                            input,
+                            &ctx.keys.identity,
+                            &self.store,
+                        ));
                     }
                 }
                 if let Some(session) = cur.secure.as_mut() {
@@ -2195,7 +2237,7 @@ impl Runtime {
                 if let (Some(session), Some(input)) =
                     (cur.secure.as_mut(), cur.secure_input.clone())
                 {
-                    actions.extend(session.set_input(input, &ctx.keys.identity));
+                    actions.extend(session.join(input, &ctx.keys.identity, &self.store));
                 }
             }
         }

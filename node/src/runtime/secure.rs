@@ -28,6 +28,42 @@ use fedmesh_protocol::secagg::{
     RoundParams, SecaggError, Shares, SharesFor, Signed, Survivors, Unmask,
 };
 use fedmesh_protocol::wire::SecaggMsg;
+use fedmesh_storage::{Store, StoreError};
+
+/// State key: the last (round, attempt) this member advertised secagg keys in.
+const ADVERTISED_KEY: &str = "secagg-advertised";
+
+/// Record durably (flushed before it returns) that this member advertises its keys in `attempt`
+/// of `round`: called before the advertisement is published, so that a member restarted within
+/// that attempt knows it already spoke there ([`Attempt::join`]).
+pub fn remember_advertised(store: &Store, round: u64, attempt: u32) -> Result<(), StoreError> {
+    store.put_state(
+        ADVERTISED_KEY,
+        &fedmesh_protocol::codec::encode(&(round, attempt)),
+    )
+}
+
+/// Whether this member advertised keys, before a restart, in `attempt` of `round` or in a later
+/// attempt of it (attempts only move forward, so the stored one is the last). A stored value
+/// that cannot be read counts as advertised (sitting an attempt out is safe, speaking twice is
+/// not); one that does not decode (a damaged data dir) does not, or the member would sit out
+/// for good.
+fn advertised_in(store: &Store, round: u64, attempt: u32) -> bool {
+    match store.get_state(ADVERTISED_KEY) {
+        Ok(None) => false,
+        Ok(Some(bytes)) => match fedmesh_protocol::codec::decode::<(u64, u32)>(&bytes, 64) {
+            Ok((r, a)) => r == round && attempt <= a,
+            Err(e) => {
+                tracing::warn!(error = %e, "the stored secagg advertisement marker does not decode; ignoring it");
+                false
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the secagg advertisement marker; sitting this attempt out");
+            true
+        }
+    }
+}
 
 /// The parameters of session `attempt` of `round`.
 pub fn params(
@@ -590,6 +626,8 @@ fn session_of(msg: &SecaggMsg) -> Option<u64> {
 /// One attempt of a round at one member: a single session of all active members, or (with
 /// groups) one session per drawn group.
 pub struct Attempt {
+    /// The round this attempt belongs to.
+    pub round: u64,
     /// 0 for the round's first coordinator, 1 after one failover, …
     pub attempt: u32,
     /// The groups drawn for the round; `None` without groups.
@@ -635,6 +673,7 @@ impl Attempt {
             (Some(drawn), sessions)
         };
         Ok(Attempt {
+            round,
             attempt,
             drawn,
             sessions,
@@ -652,6 +691,31 @@ impl Attempt {
             Some(session) => session.set_input(input, key),
             None => Vec::new(),
         }
+    }
+
+    /// This member's quantized input is ready: join this attempt ([`Attempt::set_input`]) —
+    /// unless this member advertised keys in it (or a later attempt of the round) before a
+    /// restart. It then sits the attempt out, a dropout like any other, and joins the next
+    /// attempt or round: fresh keys in the same session would be a second, different signed
+    /// message for one slot, which the others rightly record as equivocation. Resending the old
+    /// advertisement is not an option: its key-agreement secrets died with the process, and
+    /// nothing may be masked under keys this member no longer holds.
+    pub fn join(
+        &mut self,
+        input: Vec<u64>,
+        key: &identity::SecretKey,
+        store: &Store,
+    ) -> Vec<Action> {
+        if advertised_in(store, self.round, self.attempt) {
+            tracing::info!(
+                round = self.round,
+                attempt = self.attempt,
+                "secagg: restarted within an attempt this member already advertised keys in; \
+                 sitting it out (a dropout) until the next attempt or round"
+            );
+            return Vec::new();
+        }
+        self.set_input(input, key)
     }
 
     /// A message of this attempt from `sender`: to the session it names.
@@ -1071,5 +1135,35 @@ mod tests {
             moved.verify(&group1),
             Err(SecaggError::Signature { culprit: 0, .. })
         ));
+    }
+
+    /// Regression (a restarted secagg member recorded as an equivocator): with the marker of an
+    /// advertisement in attempt 1 of round 1 stored, member 1 sends nothing in attempts 0 and 1
+    /// of round 1, and advertises again in attempt 2 and in round 2; without a marker it
+    /// advertises at once.
+    #[test]
+    fn a_member_sits_out_the_attempts_it_advertised_in_before_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (genesis, gh, keys) = network(dir.path());
+        let store = Store::open(&dir.path().join("data")).unwrap();
+        let head = Hash::of("test head", b"1");
+        let active: Vec<u32> = (0..6).collect();
+        let q = quantizer(&genesis);
+        let input = q
+            .encode(&update(1, genesis.layout().param_count()), 10)
+            .unwrap()
+            .values;
+        let advertises = |round: u64, attempt: u32| {
+            let mut a = Attempt::new(&genesis, gh, round, attempt, head, &active, 0, 1).unwrap();
+            a.join(input.clone(), &keys[1], &store)
+                .iter()
+                .any(|x| matches!(x, Action::Publish(SecaggMsg::Advertise(_))))
+        };
+        assert!(advertises(1, 0), "no marker: it takes part");
+        remember_advertised(&store, 1, 1).unwrap();
+        assert!(!advertises(1, 0));
+        assert!(!advertises(1, 1));
+        assert!(advertises(1, 2), "the next attempt, with fresh keys");
+        assert!(advertises(2, 0), "the next round");
     }
 }
