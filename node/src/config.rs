@@ -285,7 +285,7 @@ pub struct Faults {
 
 impl Faults {
     /// The points at which a node can be made to fail.
-    pub const POINTS: [&'static str; 23] = [
+    pub const POINTS: [&'static str; 24] = [
         "coordinating",
         "training",
         "proposed",
