@@ -178,9 +178,9 @@ impl Defence {
     /// observed count once), so that rounds appended by catching up, or before a lost table,
     /// count too. Evicted members are left out.
     fn observe_log(&mut self, store: &Store) -> anyhow::Result<()> {
-        if self.spec.group_size == 0 {
-            return Ok(());
-        }
+        // Also without configured groups: a paillier round whose sum did not decode closes with
+        // its random groups' sums and flags the group that spoiled it, and a node that appended
+        // such a round by catching up must count it as one that committed it did.
         let model = self.spec.suspicion_model();
         let before = self.suspicion.clone();
         for entry in store.entries().skip(1) {
