@@ -716,8 +716,7 @@ fn check_paillier_groups(
         ));
     }
     let participants: Vec<u32> = record.participants.iter().map(|c| c.member).collect();
-    let groups =
-        crate::paillier::round_groups(&prev_hash, record.round, active, &participants, g);
+    let groups = crate::paillier::round_groups(&prev_hash, record.round, active, &participants, g);
     if groups.is_empty() || summary.drawn != groups {
         return Err(format!(
             "the groups {:?} are not the round's groups of its participants ({groups:?})",
@@ -1091,15 +1090,21 @@ pub(crate) mod tests {
         .contains("every group"));
         assert!(bad(&|r| groups_of(r).skipped = vec![1]).contains("every group"));
         assert!(bad(&|r| groups_of(r).decided = false).contains("every group"));
-        assert!(bad(&|r| groups_of(r).revealed[0].contributors.pop().map(drop).unwrap_or(()))
-            .contains("not group 0"));
+        assert!(bad(&|r| groups_of(r).revealed[0]
+            .contributors
+            .pop()
+            .map(drop)
+            .unwrap_or(()))
+        .contains("not group 0"));
         // Too few decryptors, or not genesis members.
         assert!(bad(&|r| {
             groups_of(r).revealed[1].unmaskers.pop();
         })
         .contains("exactly"));
-        assert!(bad(&|r| *groups_of(r).revealed[1].unmaskers.last_mut().unwrap() = 99)
-            .contains("exactly"));
+        assert!(
+            bad(&|r| *groups_of(r).revealed[1].unmaskers.last_mut().unwrap() = 99)
+                .contains("exactly")
+        );
         // Flags that do not follow from the scores; an undecodable group with a weight.
         assert!(bad(&|r| groups_of(r).revealed[0].flagged = false).contains("flagged"));
         assert!(bad(&|r| groups_of(r).revealed[0].total_weight = 7).contains("weight 0"));
@@ -1120,7 +1125,9 @@ pub(crate) mod tests {
         grouped.paillier.as_mut().unwrap().decryptors.clear();
         check_paillier(&g, &grouped).unwrap();
         check_groups(&g, head, &active, &grouped).unwrap();
-        assert!(check_paillier(&g, &good).unwrap_err().contains("only group sums"));
+        assert!(check_paillier(&g, &good)
+            .unwrap_err()
+            .contains("only group sums"));
         let mut none = grouped.clone();
         none.groups = None;
         assert!(check_groups(&g, head, &active, &none)

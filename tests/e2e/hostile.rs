@@ -180,11 +180,16 @@ fn paillier_out_of_range_update_is_left_out_with_its_group_and_flagged() {
     net.assert_logs_agree();
     let records = audit_show(&net, 0);
     for r in [&records[1], &records[3]] {
-        assert!(r["groups"].is_null(), "rounds with in-range updates decode whole: {r}");
+        assert!(
+            r["groups"].is_null(),
+            "rounds with in-range updates decode whole: {r}"
+        );
     }
     let r2 = &records[2];
     assert_eq!(list(&r2["participants"]), vec![0, 1, 2, 3, 4, 5], "{r2}");
-    let revealed = r2["groups"]["revealed"].as_array().expect("round 2 has groups");
+    let revealed = r2["groups"]["revealed"]
+        .as_array()
+        .expect("round 2 has groups");
     assert_eq!(revealed.len(), 2, "{r2}");
     for g in revealed {
         let members = list(&g["contributors"]);

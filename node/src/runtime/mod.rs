@@ -1832,9 +1832,11 @@ impl Runtime {
                                     cur.state.order(),
                                     &p.record,
                                 )
-                                .map_err(|reason| RoundError::BadProposal {
-                                    culprit: sender,
-                                    reason,
+                                .map_err(|reason| {
+                                    RoundError::BadProposal {
+                                        culprit: sender,
+                                        reason,
+                                    }
                                 })
                             })
                     } else {

@@ -52,11 +52,11 @@ use fedmesh_protocol::audit::{
 };
 use fedmesh_protocol::genesis::{Genesis, Mode};
 use fedmesh_protocol::model;
-use fedmesh_protocol::robust::{self, suspicion};
 use fedmesh_protocol::paillier::{
     self as pl, Close, Collect, Decrypt, EncryptedUpdate, Keys, Outcome, Partial, RoundParams,
     Signed,
 };
+use fedmesh_protocol::robust::{self, suspicion};
 use fedmesh_protocol::round::Round as RoundState;
 use fedmesh_protocol::wire::{Envelope, PaillierMsg, Payload, Proposal};
 
@@ -444,7 +444,10 @@ impl Round {
         for (group, member) in new {
             fb.forwarded.insert((group, member));
             let msg = self.group_partials[&(group, member)].clone();
-            if let Err(e) = self.worker.try_send(Cmd::GroupPartial(group, Box::new(msg))) {
+            if let Err(e) = self
+                .worker
+                .try_send(Cmd::GroupPartial(group, Box::new(msg)))
+            {
                 tracing::error!(round = self.round, error = %e, "paillier: worker queue full or gone; command dropped");
             }
         }
@@ -679,7 +682,12 @@ fn worker(
                             .collect::<Result<Vec<_>, _>>()
                             .map(|formed| {
                                 groups = formed;
-                                tracing::info!(round, groups = groups.len(), ms = started.elapsed().as_millis() as u64, "paillier: formed the groups' encrypted sums");
+                                tracing::info!(
+                                    round,
+                                    groups = groups.len(),
+                                    ms = started.elapsed().as_millis() as u64,
+                                    "paillier: formed the groups' encrypted sums"
+                                );
                                 groups.iter().map(Decrypt::sum_hash).collect()
                             })
                             .map_err(|e| e.to_string())
@@ -701,7 +709,12 @@ fn worker(
                             })
                             .collect::<Result<Vec<_>, _>>()
                             .inspect(|_| {
-                                tracing::info!(round, groups = groups.len(), ms = started.elapsed().as_millis() as u64, "paillier: partial decryptions of the groups' sums made");
+                                tracing::info!(
+                                    round,
+                                    groups = groups.len(),
+                                    ms = started.elapsed().as_millis() as u64,
+                                    "paillier: partial decryptions of the groups' sums made"
+                                );
                             })
                             .map_err(|e| e.to_string())
                     }
@@ -1443,7 +1456,12 @@ impl Runtime {
             .filter(|g| g.flagged)
             .map(|g| g.group)
             .collect();
-        tracing::info!(round = cur.state.round, attempt, ?flagged, "paillier: the groups' sums decrypted; evaluating the round without the flagged groups");
+        tracing::info!(
+            round = cur.state.round,
+            attempt,
+            ?flagged,
+            "paillier: the groups' sums decrypted; evaluating the round without the flagged groups"
+        );
         let params = Arc::new(model::apply(&self.global, &closed.update));
         let outcome = Outcome {
             sum: closed.sum,
@@ -1668,7 +1686,11 @@ impl Runtime {
             };
             if proposed.drawn != fb.groups
                 || proposed.revealed.len() != sums.len()
-                || proposed.revealed.iter().zip(sums).any(|(g, h)| g.sum_hash != *h)
+                || proposed
+                    .revealed
+                    .iter()
+                    .zip(sums)
+                    .any(|(g, h)| g.sum_hash != *h)
             {
                 refuse("other groups, or other group sums");
                 cur.waiting = None;
@@ -1714,12 +1736,17 @@ impl Runtime {
             let same = closed.summary.size == proposed.size
                 && closed.summary.skipped == proposed.skipped
                 && closed.summary.decided == proposed.decided
-                && closed.summary.revealed.iter().zip(&proposed.revealed).all(|(a, b)| {
-                    GroupSum {
-                        unmaskers: b.unmaskers.clone(),
-                        ..a.clone()
-                    } == *b
-                });
+                && closed
+                    .summary
+                    .revealed
+                    .iter()
+                    .zip(&proposed.revealed)
+                    .all(|(a, b)| {
+                        GroupSum {
+                            unmaskers: b.unmaskers.clone(),
+                            ..a.clone()
+                        } == *b
+                    });
             if !same {
                 refuse("the groups' flags or weights differ from this member's decryption");
                 cur.waiting = None;

@@ -592,7 +592,11 @@ impl Decrypt<'_> {
     /// The record of this sum (who contributed, who decrypts it, who was rejected) once
     /// `threshold` good partials are in, whether or not it decodes.
     pub fn summary(&self) -> Result<Summary, PaillierError> {
-        let decryptors = self.chosen()?.iter().map(PartialDecryption::index).collect();
+        let decryptors = self
+            .chosen()?
+            .iter()
+            .map(PartialDecryption::index)
+            .collect();
         Ok(Summary {
             round: self.params.round,
             update_hashes: self.update_hashes.iter().map(|(m, h)| (*m, *h)).collect(),

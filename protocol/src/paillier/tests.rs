@@ -427,7 +427,9 @@ fn an_out_of_range_update_spoils_only_its_group() {
     );
     let mut collect = Collect::new(&net.params, &net.keys, &net.packer);
     for m in &msgs {
-        collect.add_update(m).expect("it passes every check on ciphertexts");
+        collect
+            .add_update(m)
+            .expect("it passes every check on ciphertexts");
     }
     let all: Vec<u32> = (0..N).collect();
     let whole = decrypt_with_threshold(collect.close_for(&all).unwrap(), &mut rng);
