@@ -1483,6 +1483,9 @@ impl Runtime {
             self.cast_vote(vote);
         }
         self.on_admitted(&change.admitted);
+        // The round's buffers (updates, masks, failover sessions, served checkpoints) are
+        // freed by now: give the pages back before the next round allocates.
+        crate::memory::release("round committed");
         if self.on_evicted(&change.evicted) {
             return;
         }
@@ -2513,7 +2516,9 @@ impl Runtime {
                     Err(e) => Response::Refused(e.to_string()),
                 }
             }
-            Request::Checkpoint(hash) => match self.store.checkpoint_bytes(&hash) {
+            Request::Checkpoint(hash) => match self.store.checkpoint_bytes(&hash).inspect(|_| {
+                crate::memory::trace("serving a checkpoint");
+            }) {
                 Ok(b) => Response::Checkpoint(b),
                 Err(e) => Response::Refused(e.to_string()),
             },
@@ -2674,6 +2679,8 @@ impl Runtime {
                         tracing::error!(error = %e, "cannot replay the member set from the log")
                     }
                 }
+                // Catching up read and decoded up to a batch of entries and their checkpoints.
+                crate::memory::release("caught up");
                 self.start_round();
             }
             Work::Paillier(done) => {
