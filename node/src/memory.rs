@@ -29,7 +29,6 @@
 //!
 //! On targets other than Linux with glibc both remedies are no-ops (the trace logs zeros for
 //! the allocator's counters).
-#![allow(unsafe_code)]
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -154,6 +153,7 @@ pub(crate) fn init(threshold: usize) {
 /// training step shrank and regrew its heap by a layer's size, page-faulting each time (a
 /// hundred times the page faults, twice the CPU time). The node trims once per round instead
 /// ([`release`]), so the automatic trim can wait for this much.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 const AUTO_TRIM_THRESHOLD: libc::c_int = 32 * 1024 * 1024;
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
