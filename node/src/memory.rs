@@ -19,7 +19,8 @@
 //!   gradients, one batch) stay below it and keep being reused from the heap: a threshold
 //!   below them (glibc's initial 128 KiB) made training map, zero-fill and unmap them at every
 //!   step, which doubled its CPU time.
-//! - [`release`] calls `malloc_trim(0)` once per committed round and after catching up, which
+//! - [`release`] calls `malloc_trim(0)` when a round starts (after a commit or after catching
+//!   up, once the last round's state is dropped), which
 //!   hands back every whole free page of every arena (not only the top of the main heap).
 //!
 //! Environment (read once):
@@ -180,7 +181,7 @@ fn fix_mmap_threshold(_bytes: usize) -> bool {
 ///
 /// Cost: it walks every arena under its lock, so other threads that allocate wait for it; with
 /// [`init`]'s threshold a node's heap stays small and one call took ≈ 0.2 ms (median; see
-/// RELIABILITY.md, Soak). It is called once per round and after catching up, never per message.
+/// RELIABILITY.md, Soak). It is called once per round, never per message.
 pub(crate) fn release(after: &str) {
     let s = settings();
     if !s.release {

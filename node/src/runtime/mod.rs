@@ -627,6 +627,10 @@ impl Runtime {
 
     fn start_round(&mut self) {
         self.current = None;
+        // The last round's buffers (updates, masks, failover sessions, the messages kept as
+        // evidence) and what catching up decoded are freed by now: give the pages back before
+        // this round allocates. Once per round (after a commit, after catching up, at start).
+        crate::memory::release("round over");
         let round = self.next_round();
         if let Some(target) = self.ctx.rounds {
             if round > target {
@@ -1483,9 +1487,6 @@ impl Runtime {
             self.cast_vote(vote);
         }
         self.on_admitted(&change.admitted);
-        // The round's buffers (updates, masks, failover sessions, served checkpoints) are
-        // freed by now: give the pages back before the next round allocates.
-        crate::memory::release("round committed");
         if self.on_evicted(&change.evicted) {
             return;
         }
@@ -2679,8 +2680,6 @@ impl Runtime {
                         tracing::error!(error = %e, "cannot replay the member set from the log")
                     }
                 }
-                // Catching up read and decoded up to a batch of entries and their checkpoints.
-                crate::memory::release("caught up");
                 self.start_round();
             }
             Work::Paillier(done) => {
