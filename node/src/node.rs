@@ -28,6 +28,11 @@ pub fn run(cfg: config::Node) -> anyhow::Result<()> {
         rt.block_on(join_first(&cfg))?;
     }
     let prepared = prepare(&cfg, false)?;
+    // Before the runtime allocates models and messages: bursts must not become the footprint.
+    crate::memory::init(crate::memory::mmap_threshold(
+        &prepared.ctx.layout,
+        prepared.ctx.genesis.spec.train.batch_size,
+    ));
     let span = tracing::info_span!("node", member = prepared.ctx.keys.index);
     rt.block_on(serve(prepared).instrument(span))
 }

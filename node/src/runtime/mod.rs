@@ -630,6 +630,10 @@ impl Runtime {
 
     fn start_round(&mut self) {
         self.current = None;
+        // The last round's buffers (updates, masks, failover sessions, the messages kept as
+        // evidence) and what catching up decoded are freed by now: give the pages back before
+        // this round allocates. Once per round (after a commit, after catching up, at start).
+        crate::memory::release("round over");
         let round = self.next_round();
         if let Some(target) = self.ctx.rounds {
             if round > target {
@@ -2573,7 +2577,9 @@ impl Runtime {
                     Err(e) => Response::Refused(e.to_string()),
                 }
             }
-            Request::Checkpoint(hash) => match self.store.checkpoint_bytes(&hash) {
+            Request::Checkpoint(hash) => match self.store.checkpoint_bytes(&hash).inspect(|_| {
+                crate::memory::trace("serving a checkpoint");
+            }) {
                 Ok(b) => Response::Checkpoint(b),
                 Err(e) => Response::Refused(e.to_string()),
             },

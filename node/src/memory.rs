@@ -1,0 +1,289 @@
+//! The process heap: keeping bursts from becoming the node's footprint, and an optional trace.
+//!
+//! A node's steady state is small (one global model, a few updates), but every round has a
+//! burst: each member's update or masked input (one model, ≈ 400 KB) arrives by gossip and
+//! libp2p-gossipsub copies it into its message cache and into the send queue of every peer it
+//! forwards to, so for a moment a node holds tens of model-sized buffers; kills make it worse
+//! (reconnections, catch-up, failover sessions). With glibc's defaults such blocks start out as
+//! separate mmaps, but the first time one is freed glibc raises its mmap threshold to that size
+//! (up to 32 MiB), and from then on they are carved from the heap. Long-lived small objects
+//! allocated during a burst then pin the heap's high pages, the free space stays with the
+//! process, and the resident set rises in steps and stays at the largest burst so far.
+//!
+//! Two remedies, both glibc-only and set here in one place:
+//! - [`init`] fixes the mmap threshold (`mallopt(M_MMAP_THRESHOLD)`) just above the largest
+//!   tensor local training allocates ([`mmap_threshold`]), which also turns the dynamic raise
+//!   off: every whole-model buffer (an update, a message carrying one, a mask, a checkpoint) is
+//!   larger than any one layer, so it is its own mmap and goes back to the OS when freed, and
+//!   bursts of them never enter the heap. Training's per-step tensors (one layer's weights or
+//!   gradients, one batch) stay below it and keep being reused from the heap: a threshold
+//!   below them (glibc's initial 128 KiB) made training map, zero-fill and unmap them at every
+//!   step, which doubled its CPU time.
+//! - [`release`] calls `malloc_trim(0)` when a round starts (after a commit or after catching
+//!   up, once the last round's state is dropped), which
+//!   hands back every whole free page of every arena (not only the top of the main heap).
+//!
+//! Environment (read once):
+//! - `FEDMESH_MALLOC_RELEASE=0` turns both off (glibc's defaults; to measure what they do).
+//! - `FEDMESH_MEMTRACE=1` logs, at every [`trace`] point and every [`release`], the RSS and
+//!   glibc's `mallinfo2` counters (target `memtrace`, level info), and what each trim cost.
+//!
+//! On targets other than Linux with glibc both remedies are no-ops (the trace logs zeros for
+//! the allocator's counters).
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+struct Settings {
+    release: bool,
+    trace: bool,
+}
+
+fn settings() -> &'static Settings {
+    static SETTINGS: OnceLock<Settings> = OnceLock::new();
+    SETTINGS.get_or_init(|| {
+        let on = |name: &str, default: bool| match std::env::var(name) {
+            Ok(v) => !matches!(v.trim(), "0" | "false" | "no" | "off" | ""),
+            Err(_) => default,
+        };
+        Settings {
+            release: on("FEDMESH_MALLOC_RELEASE", true),
+            trace: on("FEDMESH_MEMTRACE", false),
+        }
+    })
+}
+
+/// What the allocator holds, in KiB (glibc's `mallinfo2`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Heap {
+    /// Obtained with `brk`/`sbrk` and in arenas (`arena`).
+    arena: u64,
+    /// Obtained as separate `mmap`s for large blocks (`hblkhd`).
+    mmap: u64,
+    /// In use by the program (`uordblks`).
+    in_use: u64,
+    /// Free inside the arenas, kept by the allocator (`fordblks`).
+    free: u64,
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap() -> Option<Heap> {
+    // SAFETY: `mallinfo2` takes no arguments, only reads the allocator's counters under its
+    // locks and returns a plain struct by value; glibc ≥ 2.33 has it (Debian 12: 2.36).
+    let m = unsafe { libc::mallinfo2() };
+    Some(Heap {
+        arena: m.arena as u64 / 1024,
+        mmap: m.hblkhd as u64 / 1024,
+        in_use: m.uordblks as u64 / 1024,
+        free: m.fordblks as u64 / 1024,
+    })
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn heap() -> Option<Heap> {
+    None
+}
+
+/// Resident set size of this process in KiB (Linux: VmRSS), if known.
+pub(crate) fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Log the RSS and the allocator's counters at `point`, if `FEDMESH_MEMTRACE` is set.
+pub(crate) fn trace(point: &str) {
+    if !settings().trace {
+        return;
+    }
+    let h = heap().unwrap_or_default();
+    tracing::info!(
+        target: "memtrace",
+        point,
+        rss_kib = rss_kib().unwrap_or(0),
+        arena_kib = h.arena,
+        mmap_kib = h.mmap,
+        in_use_kib = h.in_use,
+        free_kib = h.free,
+        "memory"
+    );
+}
+
+/// glibc's initial mmap threshold, the least [`mmap_threshold`] returns.
+const MIN_MMAP_THRESHOLD: usize = 128 * 1024;
+/// glibc's largest mmap threshold on 64-bit targets (`DEFAULT_MMAP_THRESHOLD_MAX`).
+const MAX_MMAP_THRESHOLD: usize = 32 * 1024 * 1024;
+
+/// The mmap threshold for a model: one page above the largest tensor one training step
+/// allocates (a layer's weight matrix, its gradient or optimizer state; one batch of inputs or
+/// activations), and at least glibc's initial 128 KiB. Every buffer of the whole model
+/// (`4 × param_count` bytes or more) is above it, since the model is at least its largest
+/// layer plus that layer's bias; if a batch is larger than the model, the threshold stays at
+/// the model's size (whole-model buffers are what must not stay in the heap).
+pub(crate) fn mmap_threshold(layout: &fedmesh_protocol::model::Layout, batch_size: usize) -> usize {
+    const PAGE: usize = 4096;
+    let f32s = std::mem::size_of::<f32>();
+    let largest_layer = layout.tensors().iter().map(|t| t.len()).max().unwrap_or(0);
+    let widest = layout.layers.iter().copied().max().unwrap_or(0);
+    let step = largest_layer.max(batch_size.saturating_mul(widest)).saturating_mul(f32s);
+    let model = layout.param_count().saturating_mul(f32s);
+    let above_step = (step / PAGE + 1).saturating_mul(PAGE);
+    above_step
+        .min(model)
+        .clamp(MIN_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD)
+}
+
+/// Fix glibc's mmap threshold at `threshold` bytes (see the module doc and
+/// [`mmap_threshold`]), unless `FEDMESH_MALLOC_RELEASE=0`. Call once, before the node
+/// allocates models and messages.
+pub(crate) fn init(threshold: usize) {
+    if !settings().release {
+        tracing::info!(target: "memtrace", "FEDMESH_MALLOC_RELEASE=0: glibc's default allocator settings");
+        return;
+    }
+    if fix_mmap_threshold(threshold) {
+        tracing::debug!(threshold, "allocator: blocks from this size on are their own mmaps");
+    } else {
+        tracing::warn!(threshold, "could not fix the allocator's mmap threshold; memory may grow after bursts");
+    }
+    trace("start");
+}
+
+/// Free space at the top of a heap from which glibc's `free` shrinks the heap by itself. Fixing
+/// the mmap threshold also fixes this one (at 128 KiB, with no dynamic raise), and then every
+/// training step shrank and regrew its heap by a layer's size, page-faulting each time (a
+/// hundred times the page faults, twice the CPU time). The node trims once per round instead
+/// ([`release`]), so the automatic trim can wait for this much.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const AUTO_TRIM_THRESHOLD: libc::c_int = 32 * 1024 * 1024;
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn fix_mmap_threshold(bytes: usize) -> bool {
+    let Ok(value) = libc::c_int::try_from(bytes) else {
+        return false;
+    };
+    // SAFETY: `mallopt` only changes an allocator parameter (under its lock); M_MMAP_THRESHOLD
+    // with a value up to glibc's maximum (32 MiB on 64-bit) and any non-negative
+    // M_TRIM_THRESHOLD are valid. It returns 1 on success.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, value) == 1
+            && libc::mallopt(libc::M_TRIM_THRESHOLD, AUTO_TRIM_THRESHOLD) == 1
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn fix_mmap_threshold(_bytes: usize) -> bool {
+    true
+}
+
+/// Give the heap's free pages back to the OS after a burst (`malloc_trim(0)`), unless
+/// `FEDMESH_MALLOC_RELEASE=0`. `after` names the moment, for the trace.
+///
+/// Cost: it walks every arena under its lock, so other threads that allocate wait for it; with
+/// [`init`]'s threshold a node's heap stays small and one call took ≈ 0.2 ms (median; see
+/// RELIABILITY.md, Soak). It is called once per round, never per message.
+pub(crate) fn release(after: &str) {
+    let s = settings();
+    if !s.release {
+        trace(after);
+        return;
+    }
+    let before = s.trace.then(rss_kib).flatten();
+    let start = Instant::now();
+    trim();
+    let took = start.elapsed();
+    if s.trace {
+        let h = heap().unwrap_or_default();
+        tracing::info!(
+            target: "memtrace",
+            point = after,
+            rss_before_kib = before.unwrap_or(0),
+            rss_kib = rss_kib().unwrap_or(0),
+            arena_kib = h.arena,
+            mmap_kib = h.mmap,
+            in_use_kib = h.in_use,
+            free_kib = h.free,
+            trim_us = took.as_micros() as u64,
+            "memory released"
+        );
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() {
+    // SAFETY: `malloc_trim` only returns free memory of the allocator's own arenas to the OS
+    // (under the arenas' locks); it touches no memory the program holds. Its result (whether
+    // anything was released) needs no handling.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedmesh_protocol::model::Layout;
+
+    /// The default MLP: whole-model buffers above the threshold, training tensors below it.
+    #[test]
+    fn threshold_separates_the_model_from_training_tensors() {
+        let layout = Layout {
+            layers: vec![784, 128, 10],
+        };
+        let t = mmap_threshold(&layout, 32);
+        let model = layout.param_count() * 4;
+        let weight = 784 * 128 * 4;
+        assert!(weight < t, "a layer's weights ({weight} B) must stay in the heap ({t})");
+        assert!(32 * 784 * 4 < t);
+        assert!(model >= t, "the model ({model} B) must be its own mmap ({t})");
+    }
+
+    /// Small models keep glibc's initial threshold; a batch larger than the model does not
+    /// lift the threshold above the model.
+    #[test]
+    fn threshold_bounds() {
+        let tiny = Layout {
+            layers: vec![4, 3, 2],
+        };
+        assert_eq!(mmap_threshold(&tiny, 32), MIN_MMAP_THRESHOLD);
+        let layout = Layout {
+            layers: vec![784, 128, 10],
+        };
+        assert_eq!(
+            mmap_threshold(&layout, 4096),
+            layout.param_count() * 4,
+            "capped at the model's size"
+        );
+    }
+
+    /// A burst of freed model-sized blocks that glibc kept is given back by `release`: the
+    /// allocator's free space shrinks to (almost) nothing and the RSS drops.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn trim_gives_back_a_freed_burst() {
+        // Free one large block first so that glibc raises its mmap threshold, as a node does
+        // after its first model-sized buffer; the burst then lands inside the heap.
+        drop(std::hint::black_box(vec![1u8; 8 << 20]));
+        let burst: Vec<Vec<u8>> = (0..64)
+            .map(|i| std::hint::black_box(vec![i as u8; 400 << 10]))
+            .collect();
+        let keep = std::hint::black_box(vec![7u8; 1024]); // stays above the burst in the heap
+        drop(burst);
+        let free_before = heap().expect("glibc").free;
+        assert!(
+            free_before >= 20 << 10,
+            "the burst should sit free in the heap ({free_before} KiB)"
+        );
+        let rss_before = rss_kib().expect("linux");
+        trim();
+        let rss_after = rss_kib().expect("linux");
+        assert!(
+            rss_after + (16 << 10) < rss_before,
+            "RSS {rss_before} → {rss_after} KiB: the freed burst was not given back"
+        );
+        assert_eq!(keep[0], 7);
+    }
+}
