@@ -125,7 +125,9 @@ pub(crate) fn mmap_threshold(layout: &fedmesh_protocol::model::Layout, batch_siz
     let f32s = std::mem::size_of::<f32>();
     let largest_layer = layout.tensors().iter().map(|t| t.len()).max().unwrap_or(0);
     let widest = layout.layers.iter().copied().max().unwrap_or(0);
-    let step = largest_layer.max(batch_size.saturating_mul(widest)).saturating_mul(f32s);
+    let step = largest_layer
+        .max(batch_size.saturating_mul(widest))
+        .saturating_mul(f32s);
     let model = layout.param_count().saturating_mul(f32s);
     let above_step = (step / PAGE + 1).saturating_mul(PAGE);
     above_step
@@ -142,9 +144,15 @@ pub(crate) fn init(threshold: usize) {
         return;
     }
     if fix_mmap_threshold(threshold) {
-        tracing::debug!(threshold, "allocator: blocks from this size on are their own mmaps");
+        tracing::debug!(
+            threshold,
+            "allocator: blocks from this size on are their own mmaps"
+        );
     } else {
-        tracing::warn!(threshold, "could not fix the allocator's mmap threshold; memory may grow after bursts");
+        tracing::warn!(
+            threshold,
+            "could not fix the allocator's mmap threshold; memory may grow after bursts"
+        );
     }
     trace("start");
 }
@@ -236,9 +244,15 @@ mod tests {
         let t = mmap_threshold(&layout, 32);
         let model = layout.param_count() * 4;
         let weight = 784 * 128 * 4;
-        assert!(weight < t, "a layer's weights ({weight} B) must stay in the heap ({t})");
+        assert!(
+            weight < t,
+            "a layer's weights ({weight} B) must stay in the heap ({t})"
+        );
         assert!(32 * 784 * 4 < t);
-        assert!(model >= t, "the model ({model} B) must be its own mmap ({t})");
+        assert!(
+            model >= t,
+            "the model ({model} B) must be its own mmap ({t})"
+        );
     }
 
     /// Small models keep glibc's initial threshold; a batch larger than the model does not

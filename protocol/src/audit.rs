@@ -268,6 +268,36 @@ pub enum RecordDecodeError {
 }
 
 impl RoundRecord {
+    /// A record of `round` in `mode` that moved `base_model` to `new_model`, everything else
+    /// empty: attempt 0, coordinator 0, no participants, dropouts, evictions, admissions or
+    /// evidence, no summaries, zero metrics. Tests and drills fill in what they need with
+    /// `RoundRecord { field, ..RoundRecord::new(..) }`.
+    pub fn new(round: u64, mode: Mode, base_model: Hash, new_model: Hash) -> Self {
+        RoundRecord {
+            round,
+            mode,
+            attempt: 0,
+            coordinator: 0,
+            base_model,
+            new_model,
+            participants: Vec::new(),
+            dropouts: Vec::new(),
+            metrics: Metrics {
+                accuracy: 0.0,
+                loss: 0.0,
+                test_samples: 0,
+            },
+            proposed_at_ms: 0,
+            secure: None,
+            evictions: Vec::new(),
+            privacy: None,
+            paillier: None,
+            groups: None,
+            admissions: Vec::new(),
+            evidence: Vec::new(),
+        }
+    }
+
     /// [`RECORD_TAG`], [`RECORD_VERSION`], then the record.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(512);
@@ -922,27 +952,17 @@ pub(crate) mod tests {
 
     pub(crate) fn record(round: u64, base: Hash) -> RoundRecord {
         RoundRecord {
-            evidence: Vec::new(),
-            round,
-            mode: Mode::Plain,
-            attempt: 0,
-            coordinator: 0,
-            base_model: base,
-            new_model: Hash::of("m", &round.to_le_bytes()),
-            participants: vec![],
-            dropouts: vec![],
             metrics: Metrics {
                 accuracy: 0.5,
                 loss: 1.0,
                 test_samples: 10,
             },
-            proposed_at_ms: 0,
-            secure: None,
-            evictions: Vec::new(),
-            privacy: None,
-            paillier: None,
-            groups: None,
-            admissions: Vec::new(),
+            ..RoundRecord::new(
+                round,
+                Mode::Plain,
+                base,
+                Hash::of("m", &round.to_le_bytes()),
+            )
         }
     }
 

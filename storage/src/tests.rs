@@ -7,27 +7,19 @@ use tempfile::TempDir;
 
 fn record(round: u64) -> RoundRecord {
     RoundRecord {
-        evidence: Vec::new(),
-        round,
-        mode: Mode::Plain,
-        attempt: 0,
         coordinator: (round % 3) as u32,
-        base_model: Hash::of("test base", &round.to_le_bytes()),
-        new_model: Hash::of("test model", &round.to_le_bytes()),
-        participants: vec![],
-        dropouts: vec![],
         metrics: Metrics {
             accuracy: 0.5,
             loss: 1.25,
             test_samples: 100,
         },
-        secure: None,
-        evictions: Vec::new(),
-        privacy: None,
-        paillier: None,
-        groups: None,
-        admissions: Vec::new(),
         proposed_at_ms: 1_700_000_000_000 + round,
+        ..RoundRecord::new(
+            round,
+            Mode::Plain,
+            Hash::of("test base", &round.to_le_bytes()),
+            Hash::of("test model", &round.to_le_bytes()),
+        )
     }
 }
 

@@ -441,7 +441,7 @@ mod tests {
     /// in sled is the same after a restart.
     #[test]
     fn flagged_groups_make_a_suspect_and_a_vote() {
-        use fedmesh_protocol::audit::{GroupSum, GroupsSummary, Metrics};
+        use fedmesh_protocol::audit::{GroupSum, GroupsSummary};
         let dir = tempfile::tempdir().unwrap();
         let dealer_cfg = dir.path().join("dealer.toml");
         std::fs::write(
@@ -470,24 +470,6 @@ mod tests {
             let others: Vec<u32> = (0..5).filter(|m| *m != partner).collect();
             let groups = [vec![partner, 5], others[..2].to_vec(), others[2..].to_vec()];
             RoundRecord {
-                round,
-                mode: Mode::Secagg,
-                attempt: 0,
-                coordinator: 0,
-                base_model: Hash::ZERO,
-                new_model: Hash::ZERO,
-                participants: Vec::new(),
-                dropouts: Vec::new(),
-                metrics: Metrics {
-                    accuracy: 0.0,
-                    loss: 0.0,
-                    test_samples: 0,
-                },
-                proposed_at_ms: 0,
-                secure: None,
-                evictions: Vec::new(),
-                privacy: None,
-                paillier: None,
                 groups: Some(GroupsSummary {
                     size: 2,
                     drawn: groups.to_vec(),
@@ -509,8 +491,7 @@ mod tests {
                     decided: true,
                     usual: Default::default(),
                 }),
-                admissions: Vec::new(),
-                evidence: Vec::new(),
+                ..RoundRecord::new(round, Mode::Secagg, Hash::ZERO, Hash::ZERO)
             }
         };
         let model = genesis.spec.robust.suspicion_model();
@@ -618,7 +599,6 @@ mod tests {
     /// theirs to repeat.
     #[test]
     fn own_votes_stay_pending_until_spent_or_expired() {
-        use fedmesh_protocol::audit::Metrics;
         let dir = tempfile::tempdir().unwrap();
         let dealer_cfg = dir.path().join("dealer.toml");
         std::fs::write(&dealer_cfg, "[spec.robust]\nvotes = true\n").unwrap();
@@ -692,27 +672,8 @@ mod tests {
         let evictions = d.evictions(2);
         assert_eq!(evictions.len(), 1);
         let record = RoundRecord {
-            round: 2,
-            mode: Mode::Plain,
-            attempt: 0,
-            coordinator: 0,
-            base_model: Hash::ZERO,
-            new_model: Hash::ZERO,
-            participants: Vec::new(),
-            dropouts: Vec::new(),
-            metrics: Metrics {
-                accuracy: 0.0,
-                loss: 0.0,
-                test_samples: 0,
-            },
-            proposed_at_ms: 0,
-            secure: None,
             evictions,
-            privacy: None,
-            paillier: None,
-            groups: None,
-            admissions: Vec::new(),
-            evidence: Vec::new(),
+            ..RoundRecord::new(2, Mode::Plain, Hash::ZERO, Hash::ZERO)
         };
         let change = d.committed(&store, 1, &record);
         assert_eq!(change.evicted, vec![3]);

@@ -2915,30 +2915,12 @@ fn group_baseline(
 #[cfg(test)]
 mod baseline_tests {
     use super::*;
-    use fedmesh_protocol::audit::{GroupsSummary, Metrics};
+    use fedmesh_protocol::audit::GroupsSummary;
     use fedmesh_protocol::genesis::Mode;
     use fedmesh_protocol::robust::suspicion::Usual;
 
     fn record(round: u64, base: Hash, new: Hash, usual: Usual) -> RoundRecord {
         RoundRecord {
-            round,
-            mode: Mode::Secagg,
-            attempt: 0,
-            coordinator: 0,
-            base_model: base,
-            new_model: new,
-            participants: Vec::new(),
-            dropouts: Vec::new(),
-            metrics: Metrics {
-                accuracy: 0.0,
-                loss: 0.0,
-                test_samples: 0,
-            },
-            proposed_at_ms: 0,
-            secure: None,
-            evictions: Vec::new(),
-            privacy: None,
-            paillier: None,
             groups: Some(GroupsSummary {
                 size: 2,
                 drawn: Vec::new(),
@@ -2947,8 +2929,7 @@ mod baseline_tests {
                 decided: true,
                 usual,
             }),
-            admissions: Vec::new(),
-            evidence: Vec::new(),
+            ..RoundRecord::new(round, Mode::Secagg, base, new)
         }
     }
 

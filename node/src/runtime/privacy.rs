@@ -286,13 +286,6 @@ mod tests {
 
     fn record(round: u64, participants: &[u32], privacy: Option<PrivacySummary>) -> RoundRecord {
         RoundRecord {
-            evidence: Vec::new(),
-            round,
-            mode: Mode::Plain,
-            attempt: 0,
-            coordinator: 0,
-            base_model: Hash::ZERO,
-            new_model: Hash::ZERO,
             participants: participants
                 .iter()
                 .map(|m| Contribution {
@@ -302,19 +295,13 @@ mod tests {
                     train_loss: 0.0,
                 })
                 .collect(),
-            dropouts: vec![],
             metrics: Metrics {
                 accuracy: 0.0,
                 loss: 0.0,
                 test_samples: 1,
             },
-            proposed_at_ms: 0,
-            secure: None,
-            evictions: Vec::new(),
-            admissions: Vec::new(),
-            paillier: None,
-            groups: None,
             privacy,
+            ..RoundRecord::new(round, Mode::Plain, Hash::ZERO, Hash::ZERO)
         }
     }
 

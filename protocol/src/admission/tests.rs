@@ -51,27 +51,12 @@ fn vote(
 
 fn record(round: u64) -> RoundRecord {
     RoundRecord {
-        round,
-        mode: Mode::Plain,
-        attempt: 0,
-        coordinator: 0,
-        base_model: Hash::ZERO,
-        new_model: Hash::ZERO,
-        participants: vec![],
-        dropouts: vec![],
         metrics: Metrics {
             accuracy: 0.5,
             loss: 1.0,
             test_samples: 10,
         },
-        proposed_at_ms: 0,
-        secure: None,
-        evictions: Vec::new(),
-        privacy: None,
-        paillier: None,
-        groups: None,
-        admissions: Vec::new(),
-        evidence: Vec::new(),
+        ..RoundRecord::new(round, Mode::Plain, Hash::ZERO, Hash::ZERO)
     }
 }
 

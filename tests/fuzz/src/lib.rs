@@ -913,15 +913,6 @@ fn with_mode(mode: u8, bytes: &[u8]) -> Vec<u8> {
 fn sample_record() -> RoundRecord {
     let net = net();
     RoundRecord {
-        evidence: Vec::new(),
-        groups: None,
-        admissions: Vec::new(),
-        round: 1,
-        mode: genesis::Mode::Plain,
-        attempt: 0,
-        coordinator: 0,
-        base_model: net.genesis.initial_model,
-        new_model: Hash::of("fuzz", b"new model"),
         participants: (0..3)
             .map(|m| audit::Contribution {
                 member: m,
@@ -937,10 +928,12 @@ fn sample_record() -> RoundRecord {
             test_samples: 1000,
         },
         proposed_at_ms: 1_700_000_000_000,
-        secure: None,
-        evictions: Vec::new(),
-        privacy: None,
-        paillier: None,
+        ..RoundRecord::new(
+            1,
+            genesis::Mode::Plain,
+            net.genesis.initial_model,
+            Hash::of("fuzz", b"new model"),
+        )
     }
 }
 

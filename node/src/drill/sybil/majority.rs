@@ -22,7 +22,7 @@ use fedmesh_crypto::identity;
 use fedmesh_protocol::admission::{
     AdmissionError, AdmissionVote, Ballot, JoinRequest, SignedAdmissionVote, SignedJoinRequest,
 };
-use fedmesh_protocol::audit::{Metrics, RoundRecord};
+use fedmesh_protocol::audit::RoundRecord;
 use fedmesh_protocol::genesis::Mode;
 use fedmesh_protocol::membership::Members;
 use fedmesh_protocol::Hash;
@@ -141,27 +141,8 @@ pub fn admission_phase(
         .unwrap_or(0);
     // The coordinator proposes what has a quorum; the record is checked like every member does.
     let record = RoundRecord {
-        round,
-        mode: Mode::Plain,
-        attempt: 0,
-        coordinator: 0,
-        base_model: Hash::ZERO,
-        new_model: Hash::ZERO,
-        participants: Vec::new(),
-        dropouts: Vec::new(),
-        metrics: Metrics {
-            accuracy: 0.0,
-            loss: 0.0,
-            test_samples: 0,
-        },
-        proposed_at_ms: 0,
-        secure: None,
-        evictions: Vec::new(),
-        privacy: None,
-        paillier: None,
-        groups: None,
         admissions: ballot.ready(&log, round),
-        evidence: Vec::new(),
+        ..RoundRecord::new(round, Mode::Plain, Hash::ZERO, Hash::ZERO)
     };
     let change = log.apply(1, &record)?;
     for index in change.admitted {
