@@ -111,11 +111,14 @@ fn mean<T>(v: &[(u32, T, f64)]) -> f64 {
     v.iter().map(|x| x.2).sum::<f64>() / v.len().max(1) as f64
 }
 
+/// Each member's result with its own time in seconds, and the wall time of all of them.
+type Timed<T> = (Vec<(u32, T, f64)>, f64);
+
 /// Run `f` for every member on all cores; returns results with each member's own time.
 fn par_members<S: Send, T: Send>(
     states: Vec<(u32, S)>,
     f: impl Fn(u32, S) -> anyhow::Result<T> + Sync,
-) -> anyhow::Result<(Vec<(u32, T, f64)>, f64)> {
+) -> anyhow::Result<Timed<T>> {
     use rayon::prelude::*;
     let wall = Instant::now();
     let out: anyhow::Result<Vec<_>> = states

@@ -839,6 +839,8 @@ impl Spec {
                 return Err(GenesisError::Zero { field });
             }
         }
+        // Written as "not greater than zero" so that NaN is refused too.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if !(self.train.learning_rate > 0.0) {
             return Err(GenesisError::Zero {
                 field: "spec.train.learning_rate",
@@ -846,6 +848,7 @@ impl Spec {
         }
         self.robust.validate()?;
         if let Partition::Dirichlet { alpha } = self.data.partition {
+            #[allow(clippy::neg_cmp_op_on_partial_ord)] // NaN is refused too
             if !(alpha > 0.0) {
                 return Err(GenesisError::Alpha(alpha));
             }

@@ -102,7 +102,7 @@ pub enum SecaggMsg {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Payload {
     Update(Update),
-    Proposal(Proposal),
+    Proposal(Box<Proposal>),
     Approval(Approval),
     Status(Status),
     /// Mode `secagg`: a message of session `round × 64 + attempt`.

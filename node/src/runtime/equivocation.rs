@@ -79,7 +79,7 @@ pub(super) fn adopt(
 /// round, variant tag, signature).
 fn proposal_size(p: &Proposal) -> usize {
     const FRAME: usize = 160;
-    fedmesh_protocol::codec::encode(&Payload::Proposal(p.clone())).len() + FRAME
+    fedmesh_protocol::codec::encode(&Payload::Proposal(Box::new(p.clone()))).len() + FRAME
 }
 
 /// Put the evidence this coordinator holds into its proposal, by member, as far as the signed

@@ -1316,7 +1316,7 @@ impl Runtime {
             self.ctx.genesis_hash,
             me,
             cur.state.round,
-            Payload::Proposal(p.clone()),
+            Payload::Proposal(Box::new(p.clone())),
             &self.ctx.keys.identity,
         );
         cur.state.set_proposal(p);
@@ -1862,7 +1862,7 @@ impl Runtime {
                     return match checked {
                         Ok(()) => {
                             if cur.waiting.is_none() && cur.state.proposal().is_none() {
-                                cur.waiting = Some((sender, p));
+                                cur.waiting = Some((sender, *p));
                             }
                             Verdict::Accept
                         }
@@ -1881,7 +1881,7 @@ impl Runtime {
                         );
                     }
                     if cur.waiting.is_none() && cur.state.proposal().is_none() {
-                        cur.waiting = Some((sender, p));
+                        cur.waiting = Some((sender, *p));
                     }
                 })
             }

@@ -352,7 +352,7 @@ proptest! {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let degree = if sparse { graph::suggested_degree(n as usize) } else { 0 };
         let neighbours = if degree == 0 || degree >= n as usize - 1 { n as usize - 1 } else { degree };
-        let threshold = ((neighbours + 1) / 2 + 1).max(2);
+        let threshold = (neighbours.div_ceil(2) + 1).max(2);
         let (params, keys) = setup(n, threshold, degree, 48, 12);
         let inputs = random_inputs(n, 12, 48, &mut rng);
         let mut drops = Drops::default();

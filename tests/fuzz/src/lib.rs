@@ -1063,11 +1063,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         head: Hash::of("fuzz", b"head"),
         sent_at_ms: 5,
     });
-    let proposal = Payload::Proposal(wire::Proposal {
+    let proposal = Payload::Proposal(Box::new(wire::Proposal {
         height: 1,
         prev_hash: net.genesis_hash,
         record: sample_record(),
-    });
+    }));
     let vote_payload = Payload::Vote(sample_votes(3, &[1]).remove(0));
     for payload in [update, status, proposal, vote_payload] {
         let env = Envelope::seal(net.genesis_hash, 1, 1, payload.clone(), &net.keys[1]);
