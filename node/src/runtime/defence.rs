@@ -530,16 +530,14 @@ mod tests {
         assert_eq!(again.suspicion, table);
     }
 
-    /// Votes counted before a restart still count after it: two of the three votes needed are in
-    /// when the node stops; after it reopens its store, one more vote completes the quorum.
-    #[test]
-    fn pending_votes_survive_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let dealer_cfg = dir.path().join("dealer.toml");
+    /// A four-member network with eviction votes on, dealt into `dir/net`: its genesis file's
+    /// bytes, the parsed genesis and its hash.
+    fn voting_network(dir: &std::path::Path) -> (Vec<u8>, Genesis, Hash) {
+        let dealer_cfg = dir.join("dealer.toml");
         std::fs::write(&dealer_cfg, "[spec.robust]\nvotes = true\n").unwrap();
         crate::dealer::run(&crate::dealer::Request {
             members: 4,
-            out: dir.path().join("net"),
+            out: dir.join("net"),
             config: Some(dealer_cfg),
             base_port: Some(7000),
             rounds: Some(0),
@@ -547,8 +545,17 @@ mod tests {
             mode: None,
         })
         .unwrap();
-        let bytes = std::fs::read(dir.path().join("net/genesis.toml")).unwrap();
+        let bytes = std::fs::read(dir.join("net/genesis.toml")).unwrap();
         let (genesis, gh) = Genesis::parse(&bytes).unwrap();
+        (bytes, genesis, gh)
+    }
+
+    /// Votes counted before a restart still count after it: two of the three votes needed are in
+    /// when the node stops; after it reopens its store, one more vote completes the quorum.
+    #[test]
+    fn pending_votes_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bytes, genesis, gh) = voting_network(dir.path());
         let keys: Vec<_> = (0..3)
             .map(|i| {
                 crate::keys::MemberKeys::load(&dir.path().join(format!("net/member-{i}")), &genesis)
@@ -600,20 +607,7 @@ mod tests {
     #[test]
     fn own_votes_stay_pending_until_spent_or_expired() {
         let dir = tempfile::tempdir().unwrap();
-        let dealer_cfg = dir.path().join("dealer.toml");
-        std::fs::write(&dealer_cfg, "[spec.robust]\nvotes = true\n").unwrap();
-        crate::dealer::run(&crate::dealer::Request {
-            members: 4,
-            out: dir.path().join("net"),
-            config: Some(dealer_cfg),
-            base_port: Some(7000),
-            rounds: Some(0),
-            data_path: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/mnist_5k.csv.gz").into()),
-            mode: None,
-        })
-        .unwrap();
-        let bytes = std::fs::read(dir.path().join("net/genesis.toml")).unwrap();
-        let (genesis, gh) = Genesis::parse(&bytes).unwrap();
+        let (bytes, genesis, gh) = voting_network(dir.path());
         let expiry = genesis.spec.robust.vote_expiry_rounds;
         let keys: Vec<_> = (0..4)
             .map(|i| {
