@@ -531,8 +531,15 @@ mod tests {
     }
 
     /// A four-member network with eviction votes on, dealt into `dir/net`: its genesis file's
-    /// bytes, the parsed genesis and its hash.
-    fn voting_network(dir: &std::path::Path) -> (Vec<u8>, Genesis, Hash) {
+    /// bytes, the parsed genesis, its hash and every member's identity key.
+    fn voting_network(
+        dir: &std::path::Path,
+    ) -> (
+        Vec<u8>,
+        Genesis,
+        Hash,
+        Vec<fedmesh_crypto::identity::SecretKey>,
+    ) {
         let dealer_cfg = dir.join("dealer.toml");
         std::fs::write(&dealer_cfg, "[spec.robust]\nvotes = true\n").unwrap();
         crate::dealer::run(&crate::dealer::Request {
@@ -547,7 +554,14 @@ mod tests {
         .unwrap();
         let bytes = std::fs::read(dir.join("net/genesis.toml")).unwrap();
         let (genesis, gh) = Genesis::parse(&bytes).unwrap();
-        (bytes, genesis, gh)
+        let keys = (0..4)
+            .map(|i| {
+                crate::keys::MemberKeys::load(&dir.join(format!("net/member-{i}")), &genesis)
+                    .unwrap()
+                    .identity
+            })
+            .collect();
+        (bytes, genesis, gh, keys)
     }
 
     /// Votes counted before a restart still count after it: two of the three votes needed are in
@@ -555,14 +569,7 @@ mod tests {
     #[test]
     fn pending_votes_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let (bytes, genesis, gh) = voting_network(dir.path());
-        let keys: Vec<_> = (0..3)
-            .map(|i| {
-                crate::keys::MemberKeys::load(&dir.path().join(format!("net/member-{i}")), &genesis)
-                    .unwrap()
-                    .identity
-            })
-            .collect();
+        let (bytes, genesis, gh, keys) = voting_network(dir.path());
         let vote = |voter: u32| {
             let v = Vote {
                 round: 1,
@@ -607,15 +614,8 @@ mod tests {
     #[test]
     fn own_votes_stay_pending_until_spent_or_expired() {
         let dir = tempfile::tempdir().unwrap();
-        let (bytes, genesis, gh) = voting_network(dir.path());
+        let (bytes, genesis, gh, keys) = voting_network(dir.path());
         let expiry = genesis.spec.robust.vote_expiry_rounds;
-        let keys: Vec<_> = (0..4)
-            .map(|i| {
-                crate::keys::MemberKeys::load(&dir.path().join(format!("net/member-{i}")), &genesis)
-                    .unwrap()
-                    .identity
-            })
-            .collect();
         let vote = |voter: u32, target: u32| {
             let v = Vote {
                 round: 1,
