@@ -216,6 +216,12 @@ fn summary(e: &Entry) -> serde_json::Value {
                     // each) is checked by `audit verify` and exported with the body by `audit export`.
                     v["equivocators"] =
                         json!(r.evidence.iter().map(|x| x.member).collect::<Vec<_>>());
+                    // Late evidence (of the round before) shows which round it is for.
+                    v["evidence"] = json!(r
+                        .evidence
+                        .iter()
+                        .map(|x| json!({ "member": x.member, "round": x.round }))
+                        .collect::<Vec<_>>());
                     if !r.evictions.is_empty() {
                         v["evictions"] = json!(r
                             .evictions

@@ -274,7 +274,10 @@ pub struct Faults {
     ///   member's group).
     /// - any mode: `equivocate` (after each of its one-per-round messages — update, masked input,
     ///   encrypted update — sign and send a second, different one for the same slot: the others
-    ///   must catch it, leave it out, record the evidence and raise its anomaly score) or `stall`
+    ///   must catch it, leave it out, record the evidence and raise its anomaly score),
+    ///   `equivocate_late` (mode plain: the second update is signed at once but gossiped only
+    ///   after the round was committed: the others must record the evidence in the next record)
+    ///   or `stall`
     ///   (mode secagg: stop sending after the key shares; mode paillier: send no partial
     ///   decryption; stay connected);
     /// - with eviction votes on: `voted` (right after counting its own eviction votes, stored but
@@ -285,7 +288,7 @@ pub struct Faults {
 
 impl Faults {
     /// The points at which a node can be made to fail.
-    pub const POINTS: [&'static str; 24] = [
+    pub const POINTS: [&'static str; 25] = [
         "coordinating",
         "training",
         "proposed",
@@ -308,6 +311,7 @@ impl Faults {
         "partial",
         "bad_partial",
         "equivocate",
+        "equivocate_late",
         "stall",
         "voted",
     ];

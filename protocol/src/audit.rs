@@ -117,9 +117,12 @@ pub struct RoundRecord {
     /// signed votes), by index: from the next round on they are members. See
     /// [`check_membership`].
     pub admissions: Vec<AdmissionRecord>,
-    /// Members caught signing two different messages for one slot of this round, each with both
-    /// signed envelopes ([`crate::evidence`]), by member. Checked by [`Entry::verify`]. (Last
-    /// field: bincode encodes fields in order.)
+    /// Members caught signing two different messages for one slot, each with both signed
+    /// envelopes ([`crate::evidence`]), sorted by member and round: of this round, or of one of
+    /// the [`EVIDENCE_WINDOW`] rounds before it when the second message arrived after that
+    /// round's record was approved ("late" evidence). Checked by [`Entry::verify`]; that no
+    /// piece is recorded twice, by [`check_membership`]. (Last field: bincode encodes fields in
+    /// order.)
     pub evidence: Vec<crate::evidence::Equivocation>,
 }
 
@@ -799,9 +802,16 @@ fn check_paillier_groups(
     Ok(())
 }
 
-/// What a record's equivocation evidence must satisfy: one piece per member, sorted by member,
-/// each for this record's round and proving its member signed two different messages for one
-/// slot ([`crate::evidence::Equivocation::verify`]). On failure, the member and the reason.
+/// Rounds after its own in which evidence of an equivocation may still be recorded: a second
+/// message that reaches the members only after its round's record was approved is recorded in
+/// the next record instead of being lost. Nodes keep the messages of this many past rounds to
+/// catch such late contradictions.
+pub const EVIDENCE_WINDOW: u64 = 1;
+
+/// What a record's equivocation evidence must satisfy: sorted by member and round, each piece
+/// for a distinct (member, round), the round this record's or at most [`EVIDENCE_WINDOW`]
+/// before it, and proving its member signed two different messages for one slot
+/// ([`crate::evidence::Equivocation::verify`]). On failure, the member and the reason.
 pub fn check_evidence(
     genesis: &Genesis,
     genesis_hash: Hash,
@@ -810,16 +820,22 @@ pub fn check_evidence(
     let limit = genesis.spec.params.max_message_bytes;
     let mut last = None;
     for e in &record.evidence {
-        if last.is_some_and(|m| m >= e.member) {
-            return Err((e.member, "evidence is not one per member, sorted".into()));
+        if last.is_some_and(|k| k >= (e.member, e.round)) {
+            return Err((
+                e.member,
+                "evidence is not one per member and round, sorted".into(),
+            ));
         }
-        last = Some(e.member);
-        if e.round != record.round {
+        last = Some((e.member, e.round));
+        if e.round > record.round || e.round + EVIDENCE_WINDOW < record.round {
             return Err((
                 e.member,
                 format!(
-                    "it is for round {}, the record for round {}",
-                    e.round, record.round
+                    "it is for round {}, the record for round {} takes evidence of rounds {} to {}",
+                    e.round,
+                    record.round,
+                    record.round.saturating_sub(EVIDENCE_WINDOW),
+                    record.round
                 ),
             ));
         }

@@ -460,10 +460,29 @@ mod tests {
                 ..
             })
         ));
-        let mut other_round = record.clone();
-        other_round.round = 2;
+        // Late evidence: the next round's record may carry it, a later one may not.
+        let mut late = record.clone();
+        late.round = 1 + crate::audit::EVIDENCE_WINDOW;
+        signed(&late).verify(&g, gh, &set).unwrap();
+        let mut too_late = record.clone();
+        too_late.round = 2 + crate::audit::EVIDENCE_WINDOW;
+        let err = signed(&too_late).verify(&g, gh, &set).unwrap_err();
+        assert!(
+            matches!(&err, VerifyError::Evidence { height: 1, member: 2, reason } if reason.contains("takes evidence of rounds")),
+            "{err}"
+        );
+        // Evidence of a later round than the record's.
+        let (_, c) = sealed(gh, &keys, 2, 2, update(0.1));
+        let (_, d) = sealed(gh, &keys, 2, 2, update(0.2));
+        let mut future = record.clone();
+        future.evidence = vec![Equivocation {
+            member: 2,
+            round: 2,
+            first: c,
+            second: d,
+        }];
         assert!(matches!(
-            signed(&other_round).verify(&g, gh, &set),
+            signed(&future).verify(&g, gh, &set),
             Err(VerifyError::Evidence {
                 height: 1,
                 member: 2,
@@ -476,5 +495,48 @@ mod tests {
             signed(&twice).verify(&g, gh, &set),
             Err(VerifyError::Evidence { member: 2, .. })
         ));
+    }
+
+    /// A late piece of evidence is recorded once: a record that repeats evidence an earlier
+    /// record of the window already holds breaks the log (it would count twice in the score);
+    /// after the window the walker forgets it (no later record may carry it anyway).
+    #[test]
+    fn the_same_evidence_cannot_be_recorded_twice() {
+        use crate::audit::{check_membership, VerifyError};
+        use crate::membership::Members;
+        let (g, h, keys) = setup();
+        let (_, a) = sealed(h, &keys, 1, 1, update(0.1));
+        let (_, b) = sealed(h, &keys, 1, 1, update(0.2));
+        let piece = Equivocation {
+            member: 1,
+            round: 1,
+            first: a,
+            second: b,
+        };
+        let mut members = Members::new(&g, h);
+        let mut r1 = crate::audit::tests::record(1, g.initial_model);
+        r1.evidence = vec![piece.clone()];
+        check_membership(&mut members, 1, &r1).unwrap();
+        let mut r2 = crate::audit::tests::record(2, r1.new_model);
+        r2.evidence = vec![piece.clone()];
+        let before = members.clone();
+        let err = check_membership(&mut members, 2, &r2).unwrap_err();
+        assert!(
+            matches!(&err, VerifyError::Evidence { height: 2, member: 1, reason } if reason.contains("already")),
+            "{err}"
+        );
+        assert_eq!(members, before, "nothing changes on error");
+        // Recorded late instead (round 1's record had none): accepted once.
+        let mut members = Members::new(&g, h);
+        let r1 = crate::audit::tests::record(1, g.initial_model);
+        check_membership(&mut members, 1, &r1).unwrap();
+        check_membership(&mut members, 2, &r2).unwrap();
+        let r3 = crate::audit::tests::record(3, r2.new_model);
+        check_membership(&mut members, 3, &r3).unwrap();
+        assert_eq!(
+            members.recorded_evidence(),
+            0,
+            "round 1 is out of every later window"
+        );
     }
 }

@@ -56,6 +56,9 @@ pub struct Members {
     genesis_len: u32,
     all: BTreeMap<u32, Member>,
     evicted: BTreeSet<u32>,
+    /// (round, member) of the equivocation evidence in the records of the last
+    /// [`crate::audit::EVIDENCE_WINDOW`] rounds: a piece may be recorded once.
+    evidence: BTreeSet<(u64, u32)>,
 }
 
 impl Members {
@@ -83,6 +86,7 @@ impl Members {
                 })
                 .collect(),
             evicted: BTreeSet::new(),
+            evidence: BTreeSet::new(),
         }
     }
 
@@ -119,7 +123,13 @@ impl Members {
             genesis_len: all.len() as u32,
             all,
             evicted: BTreeSet::new(),
+            evidence: BTreeSet::new(),
         }
+    }
+
+    /// How many pieces of equivocation evidence the window of recent records holds.
+    pub fn recorded_evidence(&self) -> usize {
+        self.evidence.len()
     }
 
     /// The network's genesis hash (what votes and requests are bound to).
@@ -232,9 +242,23 @@ impl Members {
     /// window; admissions the same (see [`crate::admission::AdmissionRecord::verify`]), with
     /// consecutive indices from [`Members::next_index`] and at most
     /// [`MAX_ADMISSIONS_PER_ROUND`] of them. Quorums count the members active before the record.
+    /// Equivocation evidence already in one of the last [`crate::audit::EVIDENCE_WINDOW`]
+    /// records is not recorded again (a late piece would otherwise count twice in a score).
     pub fn apply(&mut self, height: u64, record: &RoundRecord) -> Result<Change, VerifyError> {
         let fail = |reason: String| VerifyError::Membership { height, reason };
         let round = record.round;
+        for e in &record.evidence {
+            if self.evidence.contains(&(e.round, e.member)) {
+                return Err(VerifyError::Evidence {
+                    height,
+                    member: e.member,
+                    reason: format!(
+                        "its equivocation in round {} is already in an earlier record",
+                        e.round
+                    ),
+                });
+            }
+        }
         let listed = record
             .participants
             .iter()
@@ -327,6 +351,11 @@ impl Members {
         // above used the set before this record).
         let evicted: Vec<u32> = record.evictions.iter().map(|r| r.target).collect();
         self.evicted.extend(evicted.iter().copied());
+        self.evidence
+            .extend(record.evidence.iter().map(|e| (e.round, e.member)));
+        // Evidence of a round no later record may take can be forgotten.
+        let oldest = (round + 1).saturating_sub(crate::audit::EVIDENCE_WINDOW);
+        self.evidence.retain(|&(r, _)| r >= oldest);
         let mut admitted = Vec::with_capacity(record.admissions.len());
         for rec in &record.admissions {
             let r = &rec.request.request;

@@ -1,7 +1,8 @@
 //! Hostile behaviour on purpose, for the fault-injection tests (`[faults]` in node.toml): a
 //! member that equivocates (`equivocate`: after each of its one-per-round messages of the fault
 //! round — update, masked input, encrypted update — it signs and gossips a second, different
-//! one for the same slot) or stalls mid-phase (`stall`: in mode secagg it stops after sharing
+//! one for the same slot; `equivocate_late`: mode plain, it signs a second update at once but
+//! gossips it only after the round has been committed) or stalls mid-phase (`stall`: in mode secagg it stops after sharing
 //! its keys, in mode paillier after sending its encrypted update; it stays connected and keeps
 //! following the network). Honest nodes never take these paths.
 
@@ -41,9 +42,12 @@ impl Runtime {
     }
 
     /// Fault `equivocate`: after `env` (this member's own message) went out, sign and gossip a
-    /// second, different message for the same slot.
+    /// second, different message for the same slot. Fault `equivocate_late`: sign the second
+    /// update now, hold it until the round is over here ([`Runtime::release_late_equivocation`]).
     pub(super) async fn equivocate(&mut self, env: &Envelope) {
-        if !self.fault_now(env.round, "equivocate") {
+        let late = self.fault_now(env.round, "equivocate_late")
+            && matches!(env.payload, Payload::Update(_));
+        if !late && !self.fault_now(env.round, "equivocate") {
             return;
         }
         let genesis = self.ctx.genesis_hash;
@@ -92,8 +96,33 @@ impl Runtime {
             "fault injection: equivocating (a second, different message for the same slot)"
         );
         let second = Envelope::seal(genesis, env.sender, env.round, payload, key);
+        if late {
+            self.held_equivocation = Some((env.round, second.encode()));
+            return;
+        }
         if let Err(e) = self.publish_or_keep(env.round, second.encode()).await {
             tracing::debug!(error = %e, "equivocation not published yet; retrying");
+        }
+    }
+
+    /// Fault `equivocate_late`: gossip the held second update once its round is over here.
+    pub(super) async fn release_late_equivocation(&mut self) {
+        let Some((round, _)) = &self.held_equivocation else {
+            return;
+        };
+        if self.next_round() <= *round {
+            return;
+        }
+        let Some((round, bytes)) = self.held_equivocation.take() else {
+            return;
+        };
+        tracing::warn!(
+            round,
+            "fault injection: equivocating late (a second update for a round already committed)"
+        );
+        if let Err(e) = self.net.publish(bytes.clone()).await {
+            tracing::debug!(error = %e, "late equivocation not published yet; retrying");
+            self.held_equivocation = Some((round, bytes));
         }
     }
 }

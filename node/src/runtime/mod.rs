@@ -288,6 +288,10 @@ pub struct Runtime {
     current: Option<Current>,
     /// Messages for the next round, held until it starts (bounded: `EARLY_PER_SENDER` per member).
     early: Vec<(Envelope, Vec<u8>)>,
+    /// Equivocation found after its round ([`equivocation::Late`]).
+    late: equivocation::Late,
+    /// Fault `equivocate_late` only: the second update, held until its round is over.
+    held_equivocation: Option<(u64, Vec<u8>)>,
     /// Last known log height of each connected peer.
     peer_heights: HashMap<PeerId, u64>,
     syncing: bool,
@@ -410,6 +414,8 @@ impl Runtime {
             global: Arc::new(global),
             current: None,
             early: Vec::new(),
+            late: Default::default(),
+            held_equivocation: None,
             peer_heights: HashMap::new(),
             syncing: false,
             behind: None,
@@ -629,7 +635,10 @@ impl Runtime {
     // ----- rounds -------------------------------------------------------------------------
 
     fn start_round(&mut self) {
-        self.current = None;
+        if let Some(cur) = self.current.take() {
+            let record = self.last.as_ref().filter(|r| r.round == cur.state.round);
+            self.late.retire(cur.state.round, cur.detector, record);
+        }
         // The last round's buffers (updates, masks, failover sessions, the messages kept as
         // evidence) and what catching up decoded are freed by now: give the pages back before
         // this round allocates. Once per round (after a commit, after catching up, at start).
@@ -901,7 +910,7 @@ impl Runtime {
             let round = c.state.round;
             self.ctx.fault(round, "update_sent").await;
         }
-        if self.ctx.faults.at == "equivocate" {
+        if self.ctx.faults.at.starts_with("equivocate") {
             if let Ok(env) = fedmesh_protocol::codec::decode::<Envelope>(&bytes, bytes.len()) {
                 self.equivocate(&env).await;
             }
@@ -924,6 +933,7 @@ impl Runtime {
         }
         self.publish_update().await;
         self.retry_unpublished().await;
+        self.release_late_equivocation().await;
         self.check_behind();
         self.maybe_propose();
         self.maybe_fetch_missing();
@@ -1311,7 +1321,7 @@ impl Runtime {
         let Some(cur) = self.current.as_mut() else {
             return;
         };
-        equivocation::attach(&mut p, &cur.detector, limit);
+        equivocation::attach(&mut p, &cur.detector, &self.late, limit);
         let env = Envelope::seal(
             self.ctx.genesis_hash,
             me,
@@ -1481,6 +1491,7 @@ impl Runtime {
         self.ctx.fault_now(record.round, "appended");
         self.defence
             .equivocated(&self.store, record.round, &equivocation::culprits(&record));
+        self.late.committed(&record);
         let mut votes = self.score_round(&record, &params);
         votes.extend(self.defence.observe_groups(
             &self.ctx.genesis,
@@ -1712,8 +1723,16 @@ impl Runtime {
             }
             return Verdict::Accept;
         }
-        if env.round < round || self.syncing {
+        if self.syncing {
             return Verdict::Ignore;
+        }
+        if env.round < round {
+            // A finished round's message: only its equivocation still matters (late evidence
+            // for the next record). A message proving it is passed on, the rest is dropped.
+            return match self.late.observe(&env, &bytes) {
+                Some(true) => Verdict::Accept,
+                _ => Verdict::Ignore,
+            };
         }
         if env.round > round || self.current.is_none() {
             // A peer is ahead: keep the next round's messages, catch up if further behind.
@@ -1815,6 +1834,7 @@ impl Runtime {
                     &ctx.genesis,
                     ctx.genesis_hash,
                     &mut cur.detector,
+                    &mut self.late,
                     &mut cur.state,
                     &p,
                 ) {
@@ -2778,6 +2798,7 @@ impl Runtime {
                 let culprits = equivocation::culprits(&record);
                 self.defence
                     .equivocated(&self.store, record.round, &culprits);
+                self.late.committed(&record);
             }
         }
     }
