@@ -897,6 +897,13 @@ impl Runtime {
         let Some(bytes) = self.current.as_ref().and_then(|c| c.unpublished.clone()) else {
             return;
         };
+        if self.held_equivocation.is_some() {
+            // Fault `equivocate_late`: the held second update of the last round goes out first
+            // (on this stream, so every peer sees it before this update and so before this
+            // round can close); else it could arrive after the next record was approved too,
+            // beyond the evidence window.
+            return;
+        }
         match self.net.publish(bytes.clone()).await {
             Ok(()) => {}
             Err(e) if e.contains("Duplicate") => {}
