@@ -242,6 +242,11 @@ struct PoisoningArgs {
     /// sharing its keys).
     #[arg(long, default_value_t = 0.0)]
     dropout: f64,
+    /// Group rounds: public reference rows set aside before the partition (genesis
+    /// `spec.robust.reference_rows`); every group mean is also judged by the change of the
+    /// model's hinge loss on them. 0 = off.
+    #[arg(long, default_value_t = 0)]
+    reference_rows: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -796,6 +801,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 modes: a.modes,
                 group_size: a.group_size,
                 dropout: a.dropout,
+                reference_rows: a.reference_rows,
             })?;
             Ok(ExitCode::SUCCESS)
         }

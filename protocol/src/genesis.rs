@@ -372,7 +372,24 @@ pub struct RobustSpec {
     pub group_false_alarm: f64,
     /// Group testing: posterior probability of "attacker" at which members vote, in (0, 1).
     pub group_confidence: f64,
+    /// Groups: public reference rows (FLTrust's root data set, peer to peer), at most
+    /// [`MAX_REFERENCE_ROWS`]; 0 = off. Every member sets the same rows aside — for MNIST the
+    /// rows just before the test split in each class, taken out of the training pool before the
+    /// partition; for synthetic data rows of the common mix from their own stream of the seed —
+    /// and every group mean is also judged by what it does to the model on them
+    /// ([`crate::robust::reference`]). Not serialized when 0, so genesis files without it keep
+    /// their hash.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub reference_rows: usize,
 }
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
+/// The most public reference rows genesis may ask for (`spec.robust.reference_rows`): every
+/// member scores every group mean on all of them every round.
+pub const MAX_REFERENCE_ROWS: usize = 10_000;
 
 impl Default for RobustSpec {
     fn default() -> Self {
@@ -396,6 +413,7 @@ impl Default for RobustSpec {
             group_detection: 0.9,
             group_false_alarm: 0.05,
             group_confidence: 0.99,
+            reference_rows: 0,
         }
     }
 }
@@ -482,6 +500,21 @@ impl RobustSpec {
             if !open(value) {
                 return bad(field, format!("must be in (0, 1), found {value}"));
             }
+        }
+        if self.reference_rows > MAX_REFERENCE_ROWS {
+            return bad(
+                "reference_rows",
+                format!(
+                    "must be at most {MAX_REFERENCE_ROWS}, found {}",
+                    self.reference_rows
+                ),
+            );
+        }
+        if self.reference_rows > 0 && self.group_size == 0 {
+            return bad(
+                "reference_rows",
+                "scores group means: set group_size too, or leave reference_rows at 0".into(),
+            );
         }
         if !(self.group_false_alarm >= 0.0 && self.group_false_alarm < self.group_detection) {
             return bad(

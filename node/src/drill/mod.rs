@@ -32,6 +32,7 @@ use rand::SeedableRng;
 use serde::Serialize;
 
 use fedmesh_crypto::{identity, Hash};
+use fedmesh_protocol::robust;
 use fedmesh_protocol::genesis::{
     DataSource, DataSpec, ModelSpec, Partition, RobustSpec, RuleKind, TrainSpec,
 };
@@ -64,6 +65,9 @@ pub struct Poisoning {
     pub group_size: Option<usize>,
     /// Group rounds: per member and round, the probability of dropping out.
     pub dropout: f64,
+    /// Group rounds: public reference rows (`--reference-rows`, genesis
+    /// `spec.robust.reference_rows`); 0 = off.
+    pub reference_rows: usize,
 }
 
 /// Group size of the secure modes when `--group-size` is not given.
@@ -333,12 +337,18 @@ pub fn poisoning(p: &Poisoning) -> anyhow::Result<()> {
 }
 
 fn build_world(p: &Poisoning) -> anyhow::Result<World> {
-    world(p.members, p.non_iid, p.seed, &p.data)
+    world(p.members, p.non_iid, p.seed, &p.data, p.reference_rows)
 }
 
 /// The drill's world: `members` MNIST shards from `data` (IID, or Dirichlet(α) non-IID), 1000
 /// test rows, the default model and training, and one seeded identity key per member.
-fn world(members: u32, non_iid: Option<f64>, seed: u64, data_file: &Path) -> anyhow::Result<World> {
+fn world(
+    members: u32,
+    non_iid: Option<f64>,
+    seed: u64,
+    data_file: &Path,
+    reference_rows: usize,
+) -> anyhow::Result<World> {
     let p = Poisoning {
         attack: String::new(),
         fraction: 0.0,
@@ -358,6 +368,7 @@ fn world(members: u32, non_iid: Option<f64>, seed: u64, data_file: &Path) -> any
         modes: Vec::new(),
         group_size: None,
         dropout: 0.0,
+        reference_rows: 0,
     };
     let model = ModelSpec::default();
     let layout = model.layout()?;
@@ -371,8 +382,18 @@ fn world(members: u32, non_iid: Option<f64>, seed: u64, data_file: &Path) -> any
         test_rows: 1000,
         ..DataSpec::default()
     };
-    let (shards, test) = crate::train::load_all(&data, &p.data, p.members)
+    let all = crate::train::load_all(&data, &p.data, p.members, reference_rows)
         .with_context(|| format!("loading {} for {} members", p.data.display(), p.members))?;
+    let reference = (reference_rows > 0)
+        .then(|| {
+            robust::reference::Set::new(
+                all.reference.features,
+                all.reference.classes,
+                all.reference.x,
+                all.reference.y,
+            )
+        })
+        .transpose()?;
     let keys = (0..p.members)
         .map(|i| {
             let seed = Hash::of(
@@ -385,8 +406,9 @@ fn world(members: u32, non_iid: Option<f64>, seed: u64, data_file: &Path) -> any
     Ok(World {
         init: layout.init(model.init_seed),
         layout,
-        shards,
-        test,
+        shards: all.shards,
+        test: all.test,
+        reference,
         train: TrainSpec::default(),
         keys,
         network: Hash::of("fedmesh drill network", &p.seed.to_le_bytes()),
@@ -509,6 +531,7 @@ fn run_one(
     let mut robust = robust.clone();
     if let Some(g) = groups {
         robust.group_size = g.size;
+        robust.reference_rows = world.reference.as_ref().map_or(0, |r| r.len());
     }
     let robust = &robust;
     sim::run(
