@@ -244,9 +244,10 @@ struct PoisoningArgs {
     dropout: f64,
     /// Group rounds: public reference rows set aside before the partition (genesis
     /// `spec.robust.reference_rows`); every group mean is also judged by the change of the
-    /// model's hinge loss on them. 0 = off.
-    #[arg(long, default_value_t = 0)]
-    reference_rows: usize,
+    /// model's hinge loss on them. 0 = off. Default: 500 when a run uses groups (every run of
+    /// the drill, FedAvg and clean ones too, then trains without those rows), else 0.
+    #[arg(long)]
+    reference_rows: Option<usize>,
 }
 
 #[derive(clap::Args, Debug)]

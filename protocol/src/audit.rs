@@ -1417,6 +1417,57 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn reference_values_are_checked_against_the_genesis_and_the_flags() {
+        let (mut g, _, _) = sample(8);
+        g.spec.mode = Mode::Secagg;
+        g.spec.robust.group_size = 3;
+        let head = Hash::of("head", b"1");
+        let active: Vec<u32> = (0..8).collect();
+        let plain = grouped_record(&g, head);
+        // Without reference rows in genesis, no reference values.
+        let mut with = plain.clone();
+        groups(&mut with).reference_loss = Some(0.5);
+        // Loss 0.5: the best group lowers it by 0.05, the other by 0.04 (deviation
+        // 0.01 / (0.5 · REFERENCE_SPREAD), under the threshold of 3).
+        assert_eq!(groups(&mut with).revealed.len(), 2);
+        for (s, e) in groups(&mut with).revealed.iter_mut().zip([-0.05, -0.04]) {
+            s.reference = Some(e);
+            s.score = s.score.max(1.0);
+        }
+        assert!(check_groups(&g, head, &active, &with)
+            .unwrap_err()
+            .contains("no reference rows"));
+        g.spec.robust.reference_rows = 100;
+        check_groups(&g, head, &active, &with).unwrap();
+        // Missing where genesis asks for them.
+        assert!(check_groups(&g, head, &active, &plain)
+            .unwrap_err()
+            .contains("no reference loss"));
+        let bad = |f: &dyn Fn(&mut RoundRecord)| {
+            let mut r = with.clone();
+            f(&mut r);
+            check_groups(&g, head, &active, &r).expect_err(&format!("{:?}", r.groups))
+        };
+        // A group whose effect is far worse than the best one's (here: it raises the loss by
+        // 0.1, deviation ≈ 10) but is not flagged: a coordinator hiding a flipper's group.
+        assert!(bad(&|r| groups(r).revealed[1].reference = Some(0.1)).contains("deviation"));
+        // A value left out, a NaN, a negative loss.
+        assert!(bad(&|r| groups(r).revealed[1].reference = None).contains("no reference value"));
+        assert!(bad(&|r| groups(r).revealed[0].reference = Some(f64::NAN)).contains("not finite"));
+        assert!(bad(&|r| groups(r).reference_loss = Some(-1.0)).contains("≥ 0"));
+        // Flagged with its score, the worse group passes.
+        let mut flagged = with.clone();
+        let s = &mut groups(&mut flagged).revealed[1];
+        s.reference = Some(0.1);
+        s.score = 20.0;
+        s.flagged = true;
+        check_groups(&g, head, &active, &flagged).unwrap();
+        // The record round-trips with its reference values.
+        let decoded = RoundRecord::decode(&with.encode()).unwrap();
+        assert_eq!(decoded, with);
+    }
+
+    #[test]
     fn signed_entry_verifies_and_tampering_is_caught() {
         let (g, keys, shares) = sample(4);
         let text = g.to_toml();

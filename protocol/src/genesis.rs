@@ -1162,6 +1162,34 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn reference_rows_are_optional_bounded_and_need_groups() {
+        let (g, _, _) = sample(4);
+        // Off by default and not written, so older genesis files keep their bytes and hash.
+        assert_eq!(g.spec.robust.reference_rows, 0);
+        assert!(!g.to_toml().contains("reference_rows"));
+        let spec: Spec =
+            toml::from_str("[robust]\ngroup_size = 5\nreference_rows = 500\n").unwrap();
+        assert_eq!(spec.robust.reference_rows, 500);
+        spec.robust.validate().unwrap();
+        let mut with = g.clone();
+        with.spec.robust = spec.robust.clone();
+        let (back, _) = Genesis::parse(with.to_toml().as_bytes()).unwrap();
+        assert_eq!(back.spec.robust.reference_rows, 500);
+        let too_many = RobustSpec {
+            reference_rows: MAX_REFERENCE_ROWS + 1,
+            ..spec.robust.clone()
+        };
+        let err = too_many.validate().unwrap_err().to_string();
+        assert!(err.contains("reference_rows") && err.contains("at most"), "{err}");
+        let without_groups = RobustSpec {
+            group_size: 0,
+            ..spec.robust
+        };
+        let err = without_groups.validate().unwrap_err().to_string();
+        assert!(err.contains("group_size"), "{err}");
+    }
+
+    #[test]
     fn dp_section_defaults_to_none_and_is_validated() {
         // Without DP the file is what it was before [spec.dp] existed.
         let (g, _, _) = sample(4);

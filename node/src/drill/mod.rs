@@ -66,9 +66,14 @@ pub struct Poisoning {
     /// Group rounds: per member and round, the probability of dropping out.
     pub dropout: f64,
     /// Group rounds: public reference rows (`--reference-rows`, genesis
-    /// `spec.robust.reference_rows`); 0 = off.
-    pub reference_rows: usize,
+    /// `spec.robust.reference_rows`); 0 = off; None = [`DEFAULT_REFERENCE_ROWS`] when a run uses
+    /// groups, else 0.
+    pub reference_rows: Option<usize>,
 }
+
+/// Public reference rows of drills with groups when `--reference-rows` is not given (the shipped
+/// group configs use the same).
+pub const DEFAULT_REFERENCE_ROWS: usize = 500;
 
 /// Group size of the secure modes when `--group-size` is not given.
 pub const DEFAULT_GROUP_SIZE: usize = 5;
@@ -337,7 +342,15 @@ pub fn poisoning(p: &Poisoning) -> anyhow::Result<()> {
 }
 
 fn build_world(p: &Poisoning) -> anyhow::Result<World> {
-    world(p.members, p.non_iid, p.seed, &p.data, p.reference_rows)
+    let grouped = p.group_size.is_some()
+        || p
+            .mode_names()
+            .iter()
+            .any(|m| Mode::parse(m).is_ok_and(|m| m != Mode::Plain));
+    let rows = p
+        .reference_rows
+        .unwrap_or(if grouped { DEFAULT_REFERENCE_ROWS } else { 0 });
+    world(p.members, p.non_iid, p.seed, &p.data, rows)
 }
 
 /// The drill's world: `members` MNIST shards from `data` (IID, or Dirichlet(α) non-IID), 1000
@@ -368,7 +381,7 @@ fn world(
         modes: Vec::new(),
         group_size: None,
         dropout: 0.0,
-        reference_rows: 0,
+        reference_rows: Some(0),
     };
     let model = ModelSpec::default();
     let layout = model.layout()?;

@@ -558,7 +558,7 @@ fn write_case(
         modes: Vec::new(),
         group_size: None,
         dropout: 0.0,
-        reference_rows: 0,
+        reference_rows: Some(0),
     };
     write(
         &dir.join("accuracy.svg"),

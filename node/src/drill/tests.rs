@@ -31,7 +31,7 @@ fn small(out: &Path) -> Poisoning {
         modes: Vec::new(),
         group_size: None,
         dropout: 0.0,
-        reference_rows: 0,
+        reference_rows: Some(0),
     }
 }
 

@@ -730,4 +730,38 @@ mod tests {
         ));
         assert!(split(all, &s, &mnist_path(), 1, 2, 0).unwrap().train.len() == 1);
     }
+
+    #[test]
+    fn reference_rows_are_public_balanced_and_in_no_shard_nor_the_test_split() {
+        let all = mnist();
+        let s = spec(Partition::Iid);
+        let members = 4;
+        let loaded: Vec<MemberData> = (0..members)
+            .map(|m| split(all, &s, &mnist_path(), m, members, 500).unwrap())
+            .collect();
+        // The same rows for every member: the 50 rows before each digit's test rows.
+        let reference = &loaded[0].reference;
+        assert!(loaded.iter().all(|d| d.reference == *reference));
+        let rows: Vec<usize> = (0..10).flat_map(|c| c * 500 + 350..c * 500 + 400).collect();
+        assert_eq!(*reference, all.select(&rows));
+        // The test split is unchanged, and the shards share the rest of the file.
+        let without = split(all, &s, &mnist_path(), 0, members, 0).unwrap();
+        assert_eq!(loaded[0].test, without.test);
+        let train: usize = loaded.iter().map(|d| d.train.len()).sum();
+        assert_eq!(train, 5000 - 1000 - 500);
+        // A row of the reference set in no shard: the pixel rows do not occur in any shard
+        // (the file has no duplicate images among these rows).
+        let key = |d: &Dataset, i: usize| d.row(i).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let held: HashSet<Vec<u32>> = (0..reference.len()).map(|i| key(reference, i)).collect();
+        for d in &loaded {
+            assert!((0..d.train.len()).all(|i| !held.contains(&key(&d.train, i))));
+        }
+        // Too many for the file: a clear error that names the setting.
+        let err = split(all, &s, &mnist_path(), 0, members, 4000).unwrap_err();
+        assert!(
+            matches!(err, DataError::TooFewRowsForReference { reference_rows: 4000, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("spec.robust.reference_rows"), "{err}");
+    }
 }

@@ -536,6 +536,15 @@ mod tests {
     fn shape_determinism_and_standardization() {
         let a = generate(&spec(0.5), 1, 4, 0).unwrap();
         assert_eq!(a, generate(&spec(0.5), 1, 4, 0).unwrap());
+        assert!(a.reference.is_empty());
+        // Public reference rows: the same for every member, not the test split, and they do not
+        // change the member's own rows.
+        let r1 = generate(&spec(0.5), 1, 4, 30).unwrap();
+        let r3 = generate(&spec(0.5), 3, 4, 30).unwrap();
+        assert_eq!(r1.reference.len(), 30);
+        assert_eq!(r1.reference, r3.reference);
+        assert_ne!(r1.reference.x[..], r1.test.x[..30 * SYNTHETIC_FEATURES]);
+        assert_eq!((r1.train, r1.test), (a.train.clone(), a.test.clone()));
         assert_eq!((a.train.features, a.train.classes), (SYNTHETIC_FEATURES, 2));
         assert_eq!(a.train.len(), 3000);
         assert_eq!(a.train.x.len(), 3000 * SYNTHETIC_FEATURES);
