@@ -854,10 +854,16 @@ fn check_reference(
                 which.push(s);
             }
             (Some(e), true) => {
-                return Err(format!("group {}'s reference value {e} is not finite", s.group))
+                return Err(format!(
+                    "group {}'s reference value {e} is not finite",
+                    s.group
+                ))
             }
             (None, true) => {
-                return Err(format!("group {} was judged but has no reference value", s.group))
+                return Err(format!(
+                    "group {} was judged but has no reference value",
+                    s.group
+                ))
             }
             (Some(_), false) => {
                 return Err(format!(

@@ -1180,7 +1180,10 @@ pub(crate) mod tests {
             ..spec.robust.clone()
         };
         let err = too_many.validate().unwrap_err().to_string();
-        assert!(err.contains("reference_rows") && err.contains("at most"), "{err}");
+        assert!(
+            err.contains("reference_rows") && err.contains("at most"),
+            "{err}"
+        );
         let without_groups = RobustSpec {
             group_size: 0,
             ..spec.robust

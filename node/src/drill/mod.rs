@@ -32,10 +32,10 @@ use rand::SeedableRng;
 use serde::Serialize;
 
 use fedmesh_crypto::{identity, Hash};
-use fedmesh_protocol::robust;
 use fedmesh_protocol::genesis::{
     DataSource, DataSpec, ModelSpec, Partition, RobustSpec, RuleKind, TrainSpec,
 };
+use fedmesh_protocol::robust;
 
 use crate::attack;
 use sim::{Run, RunSpec, World};
@@ -343,8 +343,7 @@ pub fn poisoning(p: &Poisoning) -> anyhow::Result<()> {
 
 fn build_world(p: &Poisoning) -> anyhow::Result<World> {
     let grouped = p.group_size.is_some()
-        || p
-            .mode_names()
+        || p.mode_names()
             .iter()
             .any(|m| Mode::parse(m).is_ok_and(|m| m != Mode::Plain));
     let rows = p

@@ -759,9 +759,18 @@ mod tests {
         // Too many for the file: a clear error that names the setting.
         let err = split(all, &s, &mnist_path(), 0, members, 4000).unwrap_err();
         assert!(
-            matches!(err, DataError::TooFewRowsForReference { reference_rows: 4000, .. }),
+            matches!(
+                err,
+                DataError::TooFewRowsForReference {
+                    reference_rows: 4000,
+                    ..
+                }
+            ),
             "{err}"
         );
-        assert!(err.to_string().contains("spec.robust.reference_rows"), "{err}");
+        assert!(
+            err.to_string().contains("spec.robust.reference_rows"),
+            "{err}"
+        );
     }
 }

@@ -41,7 +41,11 @@ pub enum ReferenceError {
     },
     /// A label is not one of the classes.
     #[error("reference row {row} has class {label}, not one of 0..{classes}")]
-    Label { row: usize, label: u32, classes: usize },
+    Label {
+        row: usize,
+        label: u32,
+        classes: usize,
+    },
     /// A feature value is NaN or infinite.
     #[error("reference row {row} holds a value that is not finite")]
     NotFinite { row: usize },
@@ -151,7 +155,10 @@ pub fn loss(layout: &Layout, params: &[f32], set: &Set) -> Result<f64, Reference
             offset += inputs * outputs + outputs;
             for o in 0..outputs {
                 let mut s = f64::from(bias[o]);
-                for (wv, av) in weight[o * inputs..(o + 1) * inputs].iter().zip(&a[..inputs]) {
+                for (wv, av) in weight[o * inputs..(o + 1) * inputs]
+                    .iter()
+                    .zip(&a[..inputs])
+                {
                     s += f64::from(*wv) * av;
                 }
                 z[o] = if l < last { s.max(0.0) } else { s };
@@ -228,7 +235,9 @@ mod tests {
         let l = layout(&[16, 8, 4]);
         let model = l.init(7);
         let update: Vec<f32> = l.init(8).iter().map(|v| v * 0.1).collect();
-        let x: Vec<f32> = (0..16 * 50).map(|i| ((i * 37) % 101) as f32 / 101.0).collect();
+        let x: Vec<f32> = (0..16 * 50)
+            .map(|i| ((i * 37) % 101) as f32 / 101.0)
+            .collect();
         let y: Vec<u32> = (0..50).map(|i| (i * 7 % 4) as u32).collect();
         let set = Set::new(16, 4, x, y).unwrap();
         let a = effects(&l, &model, &[&update], &set).unwrap();
@@ -237,8 +246,19 @@ mod tests {
         // Pinned: a change of summation order or precision changes these bits, and members of
         // different builds would then disagree on group proposals.
         let before = loss(&l, &model, &set).unwrap();
-        assert_eq!(before.to_bits(), PINNED_LOSS, "{before:e} = {:#x}", before.to_bits());
-        assert_eq!(a[0].to_bits(), PINNED_EFFECT, "{:e} = {:#x}", a[0], a[0].to_bits());
+        assert_eq!(
+            before.to_bits(),
+            PINNED_LOSS,
+            "{before:e} = {:#x}",
+            before.to_bits()
+        );
+        assert_eq!(
+            a[0].to_bits(),
+            PINNED_EFFECT,
+            "{:e} = {:#x}",
+            a[0],
+            a[0].to_bits()
+        );
     }
 
     const PINNED_LOSS: u64 = 0x3ff251593ece736a;
@@ -252,7 +272,11 @@ mod tests {
         ));
         assert!(matches!(
             Set::new(2, 2, vec![0.0; 4], vec![0, 2]),
-            Err(ReferenceError::Label { row: 1, label: 2, .. })
+            Err(ReferenceError::Label {
+                row: 1,
+                label: 2,
+                ..
+            })
         ));
         assert!(matches!(
             Set::new(2, 2, vec![0.0, 0.0, f32::NAN, 0.0], vec![0, 1]),
@@ -265,11 +289,17 @@ mod tests {
         ));
         assert!(matches!(
             loss(&layout(&[2, 2]), &params[..5], &rows()),
-            Err(ReferenceError::Length { found: 5, expected: 6 })
+            Err(ReferenceError::Length {
+                found: 5,
+                expected: 6
+            })
         ));
         assert!(matches!(
             effects(&layout(&[2, 2]), &params, &[&params[..4]], &rows()),
-            Err(ReferenceError::Length { found: 4, expected: 6 })
+            Err(ReferenceError::Length {
+                found: 4,
+                expected: 6
+            })
         ));
     }
 }

@@ -797,8 +797,8 @@ mod tests {
     #[test]
     fn a_group_mean_with_flipped_labels_is_flagged_by_the_reference_rows() {
         let layout = crate::model::Layout::new(vec![2, 2]).unwrap();
-        let set = crate::robust::reference::Set::new(2, 2, vec![1.0, 0.0, 0.0, 1.0], vec![0, 1])
-            .unwrap();
+        let set =
+            crate::robust::reference::Set::new(2, 2, vec![1.0, 0.0, 0.0, 1.0], vec![0, 1]).unwrap();
         let model = vec![0.0f32; 6];
         let clean = [0.5f32, 0.0, 0.0, 0.5, 0.0, 0.0];
         let clean2 = [0.51f32, 0.0, 0.0, 0.5, 0.0, 0.0];
@@ -820,7 +820,12 @@ mod tests {
             ..State::default()
         };
         let blind = judge(&Rule::Mean, &inputs, 3.0, &mut state).unwrap();
-        assert_eq!(blind.flagged, vec![false, false, false], "{:?}", blind.scores);
+        assert_eq!(
+            blind.flagged,
+            vec![false, false, false],
+            "{:?}",
+            blind.scores
+        );
         assert_eq!(blind.reference, None);
 
         let public = Reference {
