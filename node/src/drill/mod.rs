@@ -893,6 +893,9 @@ fn command_line(p: &Poisoning) -> String {
     if p.dropout > 0.0 {
         let _ = write!(c, " --dropout {}", p.dropout);
     }
+    if let Some(r) = p.reference_rows {
+        let _ = write!(c, " --reference-rows {r}");
+    }
     if p.matrix {
         let _ = write!(
             c,
