@@ -4,8 +4,11 @@
 # (revealed groups, ! = flagged, evictions) and the wall time.
 #
 #   testnet/groups_attack.sh [-n N] [--group-size G] [--rounds R] [--rule RULE] [--clean]
-#                            [--base-port P]
+#                            [--base-port P] [--reference-rows R]
 #
+# --reference-rows R (default 0 = off): public reference rows the group means are also judged on
+# (genesis spec.robust.reference_rows). With this script's groups of 3 it flags honest groups
+# (BENCHMARKS.md, "Group testing over the network").
 # Uses $FEDMESH_BIN (default target/release/fedmesh); everything lives under
 # $FEDMESH_TESTNET_DIR/groups-attack (default testnet/run/groups-attack).
 set -euo pipefail
@@ -17,7 +20,8 @@ ROUNDS=10
 RULE=median
 ATTACK=1
 BASE_PORT=7400
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
+REFERENCE_ROWS=0
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     -n) N="$2"; shift 2 ;;
@@ -26,6 +30,7 @@ while [ $# -gt 0 ]; do
     --rule) RULE="$2"; shift 2 ;;
     --clean) ATTACK=0; shift ;;
     --base-port) BASE_PORT="$2"; shift 2 ;;
+    --reference-rows) REFERENCE_ROWS="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -41,6 +46,7 @@ phase_timeout_ms = 15000
 [spec.robust]
 rule = "$RULE"
 group_size = $G
+reference_rows = $REFERENCE_ROWS
 votes = true
 warmup_rounds = 1
 [spec.params]

@@ -121,7 +121,8 @@ pub fn run(
     }
 }
 
-/// A record's groups summary, for `audit show` and the node's round reports.
+/// A record's groups summary, for `audit show` and the node's round reports (with public
+/// reference rows: each judged group's effect on the reference loss, and that loss).
 pub fn groups_json(g: &fedmesh_protocol::audit::GroupsSummary) -> serde_json::Value {
     json!({
         "size": g.size,
@@ -135,8 +136,11 @@ pub fn groups_json(g: &fedmesh_protocol::audit::GroupsSummary) -> serde_json::Va
             "sum_hash": s.sum_hash.to_string(),
             "score": s.score,
             "flagged": s.flagged,
+            "reference": s.reference,
         })).collect::<Vec<_>>(),
         "skipped": g.skipped,
+        "decided": g.decided,
+        "reference_loss": g.reference_loss,
     })
 }
 

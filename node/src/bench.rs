@@ -31,7 +31,7 @@ fn time<F: FnMut()>(repeats: usize, mut f: F) -> f64 {
 /// Time local training and evaluation of the default MLP on one member's MNIST shard.
 pub fn train(data_path: &Path, members: u32, repeats: usize, json: bool) -> anyhow::Result<()> {
     let spec = DataSpec::default();
-    let data = train::load(&spec, data_path, 0, members)?;
+    let data = train::load(&spec, data_path, 0, members, 0)?;
     let layout = Layout::new(vec![784, 128, 10])?;
     let init = layout.init(1);
     let mut rows = Vec::new();
@@ -832,7 +832,7 @@ pub fn dp(b: &DpBench, json: bool) -> anyhow::Result<()> {
         ..DataSpec::default()
     };
     let shards = (0..b.members)
-        .map(|m| train::load(&spec, &b.data, m, b.members))
+        .map(|m| train::load(&spec, &b.data, m, b.members, 0))
         .collect::<Result<Vec<_>, _>>()?;
     let layout = Layout::new(b.layers.clone())?;
     let init = layout.init(b.seed);

@@ -242,6 +242,12 @@ struct PoisoningArgs {
     /// sharing its keys).
     #[arg(long, default_value_t = 0.0)]
     dropout: f64,
+    /// Group rounds: public reference rows set aside before the partition (genesis
+    /// `spec.robust.reference_rows`); every group mean is also judged by the change of the
+    /// model's hinge loss on them. 0 = off. Default: 500 when a run uses groups (every run of
+    /// the drill, FedAvg and clean ones too, then trains without those rows), else 0.
+    #[arg(long)]
+    reference_rows: Option<usize>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -796,6 +802,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 modes: a.modes,
                 group_size: a.group_size,
                 dropout: a.dropout,
+                reference_rows: a.reference_rows,
             })?;
             Ok(ExitCode::SUCCESS)
         }

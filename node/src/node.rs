@@ -189,6 +189,7 @@ pub fn prepare(cfg: &config::Node, init_logging: bool) -> anyhow::Result<Prepare
         &cfg.data_path,
         me,
         (genesis.members.len() as u32).max(me + 1),
+        genesis.spec.robust.reference_rows,
     )
     .with_context(|| format!("loading member {me}'s data"))?;
     crate::runtime::check_spec(&genesis.spec)?;

@@ -150,6 +150,10 @@ pub struct GroupsSummary {
     /// round is judged against them and the update of the last round that moved the model (from
     /// the stored checkpoints), so that the judgement is a function of the log.
     pub usual: crate::robust::suspicion::Usual,
+    /// With genesis `spec.robust.reference_rows` > 0 and a decided round: the model's hinge loss
+    /// on the public reference rows before the round ([`crate::robust::reference::loss`]); each
+    /// judged group's effect on it is its [`GroupSum::reference`]. None otherwise.
+    pub reference_loss: Option<f64>,
 }
 
 /// One revealed group sum.
@@ -173,6 +177,10 @@ pub struct GroupSum {
     pub score: f64,
     /// Whether the score is over `[spec.robust] score_threshold`.
     pub flagged: bool,
+    /// With [`GroupsSummary::reference_loss`]: the change of the reference loss when the group
+    /// mean is applied to the model ([`crate::robust::reference::effects`]); None for a group
+    /// that was not judged (a paillier sum that did not decode) or without reference rows.
+    pub reference: Option<f64>,
 }
 
 /// Commitment to a revealed group sum (the unmasked vector in Z_(2^bits), weight last).
@@ -256,7 +264,7 @@ pub struct SecureSummary {
 pub const RECORD_TAG: [u8; 3] = *b"FMR";
 
 /// The round-record format this build writes and reads.
-pub const RECORD_VERSION: u8 = 1;
+pub const RECORD_VERSION: u8 = 2;
 
 /// Why a round entry's body is not a record this build can read.
 #[derive(Debug, thiserror::Error)]
@@ -691,6 +699,7 @@ pub fn check_groups(
         .usual
         .check()
         .map_err(|e| format!("the groups summary's {e}"))?;
+    check_reference(genesis, summary, |_| true)?;
     let skipped: Vec<u32> = (0..drawn.len() as u32)
         .filter(|i| !revealed.contains(i))
         .collect();
@@ -796,6 +805,86 @@ fn check_paillier_groups(
         if s.flagged && s.score != f64::MAX && (!grouped || !summary.decided) {
             return Err(format!(
                 "group {j} decoded and is flagged, but no rule judged the round's groups"
+            ));
+        }
+    }
+    check_reference(genesis, summary, |s| s.total_weight > 0)?;
+    Ok(())
+}
+
+/// The reference values of a groups summary: present exactly when genesis asks for reference
+/// rows and the round was decided, then on every judged group (`judged`) and no other; finite;
+/// and a group whose reference deviation
+/// ([`crate::robust::suspicion::ReferenceScores::deviations`]) is over the threshold is
+/// flagged with at least that score. (That the values are the right ones for the model is what
+/// every member checks by replaying the judgement before it approves.)
+fn check_reference(
+    genesis: &Genesis,
+    summary: &GroupsSummary,
+    judged: impl Fn(&GroupSum) -> bool,
+) -> Result<(), String> {
+    let rows = genesis.spec.robust.reference_rows;
+    let Some(loss) = summary.reference_loss else {
+        if let Some(s) = summary.revealed.iter().find(|s| s.reference.is_some()) {
+            return Err(format!(
+                "group {} has a reference value, but the summary has no reference loss",
+                s.group
+            ));
+        }
+        if rows > 0 && summary.decided && summary.revealed.iter().any(&judged) {
+            return Err(format!(
+                "the genesis asks for {rows} reference rows, but the decided round has no \
+                 reference loss"
+            ));
+        }
+        return Ok(());
+    };
+    if rows == 0 {
+        return Err("a reference loss, but the genesis has no reference rows".into());
+    }
+    if !summary.decided {
+        return Err("a reference loss in a round that was not decided".into());
+    }
+    if !(loss.is_finite() && loss >= 0.0) {
+        return Err(format!("reference loss {loss} is not a finite value ≥ 0"));
+    }
+    let mut effects = Vec::new();
+    let mut which = Vec::new();
+    for s in &summary.revealed {
+        match (s.reference, judged(s)) {
+            (Some(e), true) if e.is_finite() => {
+                effects.push(e);
+                which.push(s);
+            }
+            (Some(e), true) => {
+                return Err(format!(
+                    "group {}'s reference value {e} is not finite",
+                    s.group
+                ))
+            }
+            (None, true) => {
+                return Err(format!(
+                    "group {} was judged but has no reference value",
+                    s.group
+                ))
+            }
+            (Some(_), false) => {
+                return Err(format!(
+                    "group {} was not judged but has a reference value",
+                    s.group
+                ))
+            }
+            (None, false) => {}
+        }
+    }
+    let threshold = genesis.spec.robust.score_threshold;
+    let deviations = crate::robust::suspicion::ReferenceScores { loss, effects }.deviations();
+    for (s, dev) in which.iter().zip(deviations) {
+        let dev = dev.min(crate::robust::score::CAP);
+        if s.score < dev || (dev > threshold && !s.flagged) {
+            return Err(format!(
+                "group {} has reference deviation {dev:.3} but score {} (flagged = {})",
+                s.group, s.score, s.flagged
             ));
         }
     }
@@ -1090,9 +1179,11 @@ pub(crate) mod tests {
                     sum_hash: Hash::of("group", &[j as u8]),
                     score: if j == 0 { f64::MAX } else { 0.0 },
                     flagged: j == 0,
+                    reference: None,
                 })
                 .collect(),
             usual: Default::default(),
+            reference_loss: None,
             drawn: groups.clone(),
             skipped: vec![],
             decided: true,
@@ -1216,6 +1307,7 @@ pub(crate) mod tests {
                     sum_hash: group_sum_hash(&[j as u64]),
                     score: 0.5,
                     flagged: false,
+                    reference: None,
                 })
                 .collect(),
             drawn,
@@ -1225,6 +1317,7 @@ pub(crate) mod tests {
                 cosine: Some((0.8, 0.01)),
                 log_norm: Some(-1.2),
             },
+            reference_loss: None,
         });
         r
     }
@@ -1343,6 +1436,57 @@ pub(crate) mod tests {
             .unwrap_err()
             .contains("no groups"));
         check_groups(&g, head, &active, &none).unwrap();
+    }
+
+    #[test]
+    fn reference_values_are_checked_against_the_genesis_and_the_flags() {
+        let (mut g, _, _) = sample(8);
+        g.spec.mode = Mode::Secagg;
+        g.spec.robust.group_size = 3;
+        let head = Hash::of("head", b"1");
+        let active: Vec<u32> = (0..8).collect();
+        let plain = grouped_record(&g, head);
+        // Without reference rows in genesis, no reference values.
+        let mut with = plain.clone();
+        groups(&mut with).reference_loss = Some(0.5);
+        // Loss 0.5: the best group lowers it by 0.05, the other by 0.04 (deviation
+        // 0.01 / (0.5 · REFERENCE_SPREAD), under the threshold of 3).
+        assert_eq!(groups(&mut with).revealed.len(), 2);
+        for (s, e) in groups(&mut with).revealed.iter_mut().zip([-0.05, -0.04]) {
+            s.reference = Some(e);
+            s.score = s.score.max(1.0);
+        }
+        assert!(check_groups(&g, head, &active, &with)
+            .unwrap_err()
+            .contains("no reference rows"));
+        g.spec.robust.reference_rows = 100;
+        check_groups(&g, head, &active, &with).unwrap();
+        // Missing where genesis asks for them.
+        assert!(check_groups(&g, head, &active, &plain)
+            .unwrap_err()
+            .contains("no reference loss"));
+        let bad = |f: &dyn Fn(&mut RoundRecord)| {
+            let mut r = with.clone();
+            f(&mut r);
+            check_groups(&g, head, &active, &r).expect_err(&format!("{:?}", r.groups))
+        };
+        // A group whose effect is far worse than the best one's (here: it raises the loss by
+        // 0.1, deviation ≈ 10) but is not flagged: a coordinator hiding a flipper's group.
+        assert!(bad(&|r| groups(r).revealed[1].reference = Some(0.1)).contains("deviation"));
+        // A value left out, a NaN, a negative loss.
+        assert!(bad(&|r| groups(r).revealed[1].reference = None).contains("no reference value"));
+        assert!(bad(&|r| groups(r).revealed[0].reference = Some(f64::NAN)).contains("not finite"));
+        assert!(bad(&|r| groups(r).reference_loss = Some(-1.0)).contains("≥ 0"));
+        // Flagged with its score, the worse group passes.
+        let mut flagged = with.clone();
+        let s = &mut groups(&mut flagged).revealed[1];
+        s.reference = Some(0.1);
+        s.score = 20.0;
+        s.flagged = true;
+        check_groups(&g, head, &active, &flagged).unwrap();
+        // The record round-trips with its reference values.
+        let decoded = RoundRecord::decode(&with.encode()).unwrap();
+        assert_eq!(decoded, with);
     }
 
     #[test]

@@ -372,7 +372,24 @@ pub struct RobustSpec {
     pub group_false_alarm: f64,
     /// Group testing: posterior probability of "attacker" at which members vote, in (0, 1).
     pub group_confidence: f64,
+    /// Groups: public reference rows (FLTrust's root data set, peer to peer), at most
+    /// [`MAX_REFERENCE_ROWS`]; 0 = off. Every member sets the same rows aside — for MNIST the
+    /// rows just before the test split in each class, taken out of the training pool before the
+    /// partition; for synthetic data rows of the common mix from their own stream of the seed —
+    /// and every group mean is also judged by what it does to the model on them
+    /// ([`crate::robust::reference`]). Not serialized when 0, so genesis files without it keep
+    /// their hash.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub reference_rows: usize,
 }
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
+/// The most public reference rows genesis may ask for (`spec.robust.reference_rows`): every
+/// member scores every group mean on all of them every round.
+pub const MAX_REFERENCE_ROWS: usize = 10_000;
 
 impl Default for RobustSpec {
     fn default() -> Self {
@@ -396,6 +413,7 @@ impl Default for RobustSpec {
             group_detection: 0.9,
             group_false_alarm: 0.05,
             group_confidence: 0.99,
+            reference_rows: 0,
         }
     }
 }
@@ -482,6 +500,21 @@ impl RobustSpec {
             if !open(value) {
                 return bad(field, format!("must be in (0, 1), found {value}"));
             }
+        }
+        if self.reference_rows > MAX_REFERENCE_ROWS {
+            return bad(
+                "reference_rows",
+                format!(
+                    "must be at most {MAX_REFERENCE_ROWS}, found {}",
+                    self.reference_rows
+                ),
+            );
+        }
+        if self.reference_rows > 0 && self.group_size == 0 {
+            return bad(
+                "reference_rows",
+                "scores group means: set group_size too, or leave reference_rows at 0".into(),
+            );
         }
         if !(self.group_false_alarm >= 0.0 && self.group_false_alarm < self.group_detection) {
             return bad(
@@ -1126,6 +1159,37 @@ pub(crate) mod tests {
         );
         let err = toml::from_str::<Spec>("[robust]\nrule = 'bogus'\n").unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn reference_rows_are_optional_bounded_and_need_groups() {
+        let (g, _, _) = sample(4);
+        // Off by default and not written, so older genesis files keep their bytes and hash.
+        assert_eq!(g.spec.robust.reference_rows, 0);
+        assert!(!g.to_toml().contains("reference_rows"));
+        let spec: Spec =
+            toml::from_str("[robust]\ngroup_size = 5\nreference_rows = 500\n").unwrap();
+        assert_eq!(spec.robust.reference_rows, 500);
+        spec.robust.validate().unwrap();
+        let mut with = g.clone();
+        with.spec.robust = spec.robust.clone();
+        let (back, _) = Genesis::parse(with.to_toml().as_bytes()).unwrap();
+        assert_eq!(back.spec.robust.reference_rows, 500);
+        let too_many = RobustSpec {
+            reference_rows: MAX_REFERENCE_ROWS + 1,
+            ..spec.robust.clone()
+        };
+        let err = too_many.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("reference_rows") && err.contains("at most"),
+            "{err}"
+        );
+        let without_groups = RobustSpec {
+            group_size: 0,
+            ..spec.robust
+        };
+        let err = without_groups.validate().unwrap_err().to_string();
+        assert!(err.contains("group_size"), "{err}");
     }
 
     #[test]

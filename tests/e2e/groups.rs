@@ -78,9 +78,11 @@ fn check_record_groups(r: &Value, g: u64) {
     );
 }
 
-/// Six nodes in groups of three, with the coordinate-wise median over the group means: every
-/// round reveals two group sums of three, the records say so, every log verifies (groups redrawn
-/// from the head, at least g contributors per sum) and all heads agree, and the model learns.
+/// Six nodes in groups of three, with the coordinate-wise median over the group means and 200
+/// public reference rows: every round reveals two group sums of three, the records say so (with
+/// the reference loss and every group's effect on it in decided rounds, which every member
+/// recomputed before it signed), every log verifies (groups redrawn from the head, at least g
+/// contributors per sum) and all heads agree, and the model learns.
 #[test]
 fn secagg_groups_reveal_only_sums_of_at_least_g() {
     let mut net = Testnet::with_config(
@@ -88,7 +90,7 @@ fn secagg_groups_reveal_only_sums_of_at_least_g() {
         3,
         30_000,
         "[spec]\nmode = \"secagg\"\n[spec.secagg]\nphase_timeout_ms = 15000\n\
-         [spec.robust]\nrule = \"median\"\ngroup_size = 3\n",
+         [spec.robust]\nrule = \"median\"\ngroup_size = 3\nreference_rows = 200\n",
     );
     net.start_all();
     net.wait_all(RUN_TIMEOUT);
@@ -104,6 +106,11 @@ fn secagg_groups_reveal_only_sums_of_at_least_g() {
             2,
             "six members, groups of at least three: {r}"
         );
+        let decided = r["groups"]["decided"].as_bool().unwrap();
+        assert_eq!(r["groups"]["reference_loss"].is_f64(), decided, "{r}");
+        for g in r["groups"]["revealed"].as_array().unwrap() {
+            assert_eq!(g["reference"].is_f64(), decided, "{r}");
+        }
     }
     net.assert_logs_agree();
     let last = rounds.last().unwrap()["accuracy"].as_f64().unwrap();

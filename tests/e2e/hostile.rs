@@ -283,11 +283,12 @@ fn paillier_out_of_range_update_is_left_out_with_its_group_and_flagged() {
 /// only the sums of its two random groups (never the round's sum: the record names no decryptor
 /// of it), judged by the genesis rule like mode secagg's groups. In round 2 member 5 sends an
 /// out-of-range update: its group's sum does not decode and is flagged with weight 0, the round
-/// still closes, and every log verifies with equal heads.
+/// still closes, and every log verifies with equal heads. With 100 public reference rows, every
+/// decoded group carries its reference effect, the undecodable one none.
 #[test]
 fn paillier_groups_decrypt_only_group_sums_and_flag_an_out_of_range_group() {
     let cfg = format!(
-        "[spec]\nmode = \"paillier\"\n[spec.paillier]\nkey_bits = 512\nphase_timeout_ms = 8000\n[spec.robust]\ngroup_size = 3\n{SMALL_MODEL}"
+        "[spec]\nmode = \"paillier\"\n[spec.paillier]\nkey_bits = 512\nphase_timeout_ms = 8000\n[spec.robust]\ngroup_size = 3\nreference_rows = 100\n{SMALL_MODEL}"
     );
     let mut net = Testnet::with_config(6, 3, 30_000, &cfg);
     net.set_fault(5, 2, "out_of_range");
@@ -309,6 +310,11 @@ fn paillier_groups_decrypt_only_group_sums_and_flag_an_out_of_range_group() {
             assert_eq!(g["total_weight"].as_u64() == Some(0), spoiled, "{r}");
             if spoiled {
                 assert_eq!(g["flagged"].as_bool(), Some(true), "{r}");
+            }
+            // Public reference rows: every group mean that was judged carries its effect on
+            // the reference loss; the undecodable one was not judged.
+            if r["groups"]["decided"].as_bool() == Some(true) {
+                assert_eq!(g["reference"].is_f64(), !spoiled, "{r}");
             }
         }
     }

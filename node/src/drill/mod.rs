@@ -35,6 +35,7 @@ use fedmesh_crypto::{identity, Hash};
 use fedmesh_protocol::genesis::{
     DataSource, DataSpec, ModelSpec, Partition, RobustSpec, RuleKind, TrainSpec,
 };
+use fedmesh_protocol::robust;
 
 use crate::attack;
 use sim::{Run, RunSpec, World};
@@ -64,7 +65,15 @@ pub struct Poisoning {
     pub group_size: Option<usize>,
     /// Group rounds: per member and round, the probability of dropping out.
     pub dropout: f64,
+    /// Group rounds: public reference rows (`--reference-rows`, genesis
+    /// `spec.robust.reference_rows`); 0 = off; None = [`DEFAULT_REFERENCE_ROWS`] when a run uses
+    /// groups, else 0.
+    pub reference_rows: Option<usize>,
 }
+
+/// Public reference rows of drills with groups when `--reference-rows` is not given (the shipped
+/// group configs use the same).
+pub const DEFAULT_REFERENCE_ROWS: usize = 500;
 
 /// Group size of the secure modes when `--group-size` is not given.
 pub const DEFAULT_GROUP_SIZE: usize = 5;
@@ -333,12 +342,25 @@ pub fn poisoning(p: &Poisoning) -> anyhow::Result<()> {
 }
 
 fn build_world(p: &Poisoning) -> anyhow::Result<World> {
-    world(p.members, p.non_iid, p.seed, &p.data)
+    let grouped = p.group_size.is_some()
+        || p.mode_names()
+            .iter()
+            .any(|m| Mode::parse(m).is_ok_and(|m| m != Mode::Plain));
+    let rows = p
+        .reference_rows
+        .unwrap_or(if grouped { DEFAULT_REFERENCE_ROWS } else { 0 });
+    world(p.members, p.non_iid, p.seed, &p.data, rows)
 }
 
 /// The drill's world: `members` MNIST shards from `data` (IID, or Dirichlet(α) non-IID), 1000
 /// test rows, the default model and training, and one seeded identity key per member.
-fn world(members: u32, non_iid: Option<f64>, seed: u64, data_file: &Path) -> anyhow::Result<World> {
+fn world(
+    members: u32,
+    non_iid: Option<f64>,
+    seed: u64,
+    data_file: &Path,
+    reference_rows: usize,
+) -> anyhow::Result<World> {
     let p = Poisoning {
         attack: String::new(),
         fraction: 0.0,
@@ -358,6 +380,7 @@ fn world(members: u32, non_iid: Option<f64>, seed: u64, data_file: &Path) -> any
         modes: Vec::new(),
         group_size: None,
         dropout: 0.0,
+        reference_rows: Some(0),
     };
     let model = ModelSpec::default();
     let layout = model.layout()?;
@@ -371,8 +394,18 @@ fn world(members: u32, non_iid: Option<f64>, seed: u64, data_file: &Path) -> any
         test_rows: 1000,
         ..DataSpec::default()
     };
-    let (shards, test) = crate::train::load_all(&data, &p.data, p.members)
+    let all = crate::train::load_all(&data, &p.data, p.members, reference_rows)
         .with_context(|| format!("loading {} for {} members", p.data.display(), p.members))?;
+    let reference = (reference_rows > 0)
+        .then(|| {
+            robust::reference::Set::new(
+                all.reference.features,
+                all.reference.classes,
+                all.reference.x,
+                all.reference.y,
+            )
+        })
+        .transpose()?;
     let keys = (0..p.members)
         .map(|i| {
             let seed = Hash::of(
@@ -385,8 +418,9 @@ fn world(members: u32, non_iid: Option<f64>, seed: u64, data_file: &Path) -> any
     Ok(World {
         init: layout.init(model.init_seed),
         layout,
-        shards,
-        test,
+        shards: all.shards,
+        test: all.test,
+        reference,
         train: TrainSpec::default(),
         keys,
         network: Hash::of("fedmesh drill network", &p.seed.to_le_bytes()),
@@ -509,6 +543,7 @@ fn run_one(
     let mut robust = robust.clone();
     if let Some(g) = groups {
         robust.group_size = g.size;
+        robust.reference_rows = world.reference.as_ref().map_or(0, |r| r.len());
     }
     let robust = &robust;
     sim::run(
@@ -857,6 +892,9 @@ fn command_line(p: &Poisoning) -> String {
     }
     if p.dropout > 0.0 {
         let _ = write!(c, " --dropout {}", p.dropout);
+    }
+    if let Some(r) = p.reference_rows {
+        let _ = write!(c, " --reference-rows {r}");
     }
     if p.matrix {
         let _ = write!(

@@ -24,6 +24,8 @@ pub struct World {
     pub init: Vec<f32>,
     pub shards: Vec<Dataset>,
     pub test: Dataset,
+    /// Group rounds: the public reference rows (genesis `spec.robust.reference_rows`), if any.
+    pub reference: Option<robust::reference::Set>,
     pub train: TrainSpec,
     pub keys: Vec<identity::SecretKey>,
     /// Stands in for the genesis hash that votes are bound to.
@@ -451,11 +453,17 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
                 );
                 // The node's judgement: against what the log holds (the last update that moved
                 // the model, as a difference of models, and the last record's usual values).
+                let public = world.reference.as_ref().map(|set| suspicion::Reference {
+                    layout: &world.layout,
+                    model: &global,
+                    set,
+                });
                 let (judged, after) = crate::runtime::secure::judge_means(
                     &rule,
                     robust.score_threshold,
                     &inputs,
                     &suspicion::Baseline::from_log(last_move.clone(), usual),
+                    public.as_ref(),
                 )
                 .map_err(|e| anyhow::anyhow!("round {round}: judging group means: {e}"))?;
                 usual = after.usual();
@@ -489,6 +497,15 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
                 }
                 group_stat = Some(stat);
                 if std::env::var_os("FEDMESH_DRILL_TRACE").is_some() {
+                    if let Some(set) = &world.reference {
+                        let means: Vec<&[f32]> = inputs.iter().map(|i| i.values).collect();
+                        let eff = robust::reference::effects(&world.layout, &global, &means, set)?;
+                        let before = robust::reference::loss(&world.layout, &global, set)?;
+                        for (group, e) in contributors.iter().zip(&eff) {
+                            let bad = group.iter().filter(|&&m| is_attacker(m)).count();
+                            eprintln!("reftrace round {round} attackers {bad} before {before:.5} effect {e:.6}");
+                        }
+                    }
                     for ((group, sc), flag) in
                         contributors.iter().zip(&judged.scores).zip(&judged.flagged)
                     {

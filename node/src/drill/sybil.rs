@@ -242,7 +242,7 @@ fn scenario_name(s: Scenario) -> &'static str {
 }
 
 fn world(s: &Sybil, members: u32) -> anyhow::Result<World> {
-    super::world(members, s.non_iid, s.seed, &s.data)
+    super::world(members, s.non_iid, s.seed, &s.data, 0)
         .with_context(|| format!("loading {} for {members} members", s.data.display()))
 }
 
@@ -410,6 +410,7 @@ fn first_members(world: &World, k: usize) -> World {
         init: world.init.clone(),
         shards: world.shards[..k.min(world.shards.len())].to_vec(),
         test: world.test.clone(),
+        reference: world.reference.clone(),
         train: world.train.clone(),
         keys: world.keys[..k.min(world.keys.len())].to_vec(),
         network: world.network,
@@ -557,6 +558,7 @@ fn write_case(
         modes: Vec::new(),
         group_size: None,
         dropout: 0.0,
+        reference_rows: Some(0),
     };
     write(
         &dir.join("accuracy.svg"),

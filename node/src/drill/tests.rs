@@ -31,6 +31,7 @@ fn small(out: &Path) -> Poisoning {
         modes: Vec::new(),
         group_size: None,
         dropout: 0.0,
+        reference_rows: Some(0),
     }
 }
 
@@ -143,7 +144,7 @@ fn random_updates(members: u32, len: usize, seed: u64) -> BTreeMap<u32, (Vec<f32
 /// Every revealed sum of the secure path covers at least g members even with members dropping
 /// before and during the protocol, and it is the weighted mean of exactly its contributors.
 fn check_reveal(mode: Mode, rounds: u64, dropout: f64) {
-    let world = world(12, None, 3, &mnist()).unwrap();
+    let world = world(12, None, 3, &mnist(), 0).unwrap();
     let settings = groups::Settings {
         mode,
         size: 4,

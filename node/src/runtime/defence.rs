@@ -485,11 +485,13 @@ mod tests {
                             sum_hash: Hash::ZERO,
                             score: if j == 0 { 9.0 } else { 0.1 },
                             flagged: j == 0,
+                            reference: None,
                         })
                         .collect(),
                     skipped: Vec::new(),
                     decided: true,
                     usual: Default::default(),
+                    reference_loss: None,
                 }),
                 ..RoundRecord::new(round, Mode::Secagg, Hash::ZERO, Hash::ZERO)
             }

@@ -2372,15 +2372,18 @@ impl Runtime {
         let (round, attempt) = (cur.state.round, att.attempt);
         cur.proposed = Some(attempt);
         let baseline = group_baseline(&self.store, &self.ctx.layout, self.last.as_ref());
-        match secure::judge_groups(
-            &self.ctx.genesis,
-            round,
-            attempt,
-            drawn,
-            &revealed,
-            self.global.len(),
-            &baseline,
-        ) {
+        match secure::with_reference(&self.ctx, &self.global, |public| {
+            secure::judge_groups(
+                &self.ctx.genesis,
+                round,
+                attempt,
+                drawn,
+                &revealed,
+                self.global.len(),
+                &baseline,
+                public,
+            )
+        }) {
             Ok(judged) => {
                 tracing::info!(round, attempt, revealed = judged.summary.revealed.len(), skipped = ?judged.summary.skipped, "secagg: group sums ready; evaluating");
                 let params = Arc::new(model::apply(&self.global, &judged.update));
@@ -2454,15 +2457,18 @@ impl Runtime {
                 });
             }
             let baseline = group_baseline(&self.store, &self.ctx.layout, self.last.as_ref());
-            let judged = secure::judge_groups(
-                genesis,
-                p.record.round,
-                p.record.attempt,
-                drawn,
-                &revealed,
-                self.global.len(),
-                &baseline,
-            )?;
+            let judged = secure::with_reference(&self.ctx, &self.global, |public| {
+                secure::judge_groups(
+                    genesis,
+                    p.record.round,
+                    p.record.attempt,
+                    drawn,
+                    &revealed,
+                    self.global.len(),
+                    &baseline,
+                    public,
+                )
+            })?;
             if &judged.summary != summary {
                 return Err("the groups summary differs from the replayed judgement".into());
             }
@@ -2956,6 +2962,7 @@ mod baseline_tests {
                 skipped: Vec::new(),
                 decided: true,
                 usual,
+                reference_loss: None,
             }),
             ..RoundRecord::new(round, Mode::Secagg, base, new)
         }

@@ -872,6 +872,7 @@ fn close_with_groups(
     groups: &[Vec<u32>],
     results: &[GroupResult],
     baseline: &suspicion::Baseline,
+    public: Option<&suspicion::Reference>,
 ) -> Result<Closed, String> {
     let spec = &genesis.spec;
     let clip = spec.paillier.clip;
@@ -905,21 +906,35 @@ fn close_with_groups(
     // (score, flagged) of each decodable group, in order; whether the round was decided.
     // The usual values go into the record for the next round's judgement; a fallback round
     // (no groups configured) judges nothing and records none.
-    let (judged, decided, update, usual) = if inputs.is_empty() {
-        (Vec::new(), true, vec![0.0; len], baseline.usual())
+    let (judged, decided, update, usual, reference) = if inputs.is_empty() {
+        (Vec::new(), true, vec![0.0; len], baseline.usual(), None)
     } else if configured > 0 {
         let r = &spec.robust;
         let (j, after) =
-            super::secure::judge_means(&r.rule(), r.score_threshold, &inputs, baseline)?;
-        let judged = j.scores.iter().map(|s| s.score).zip(j.flagged).collect();
-        (judged, j.decided, j.update, after.usual())
+            super::secure::judge_means(&r.rule(), r.score_threshold, &inputs, baseline, public)?;
+        let effects = j.reference.as_ref().map(|r| r.effects.clone());
+        let judged: Vec<(f64, bool, Option<f64>)> = j
+            .scores
+            .iter()
+            .zip(j.flagged)
+            .enumerate()
+            .map(|(i, (s, f))| (s.score, f, effects.as_ref().map(|e| e[i])))
+            .collect();
+        (
+            judged,
+            j.decided,
+            j.update,
+            after.usual(),
+            j.reference.map(|r| r.loss),
+        )
     } else {
         let update = mean(packer, clip, &sum, len)?;
         (
-            vec![(0.0, false); inputs.len()],
+            vec![(0.0, false, None); inputs.len()],
             true,
             update,
             suspicion::Usual::default(),
+            None,
         )
     };
     let mut judged = judged.into_iter();
@@ -929,9 +944,9 @@ fn close_with_groups(
         .zip(&decoded)
         .enumerate()
         .map(|(j, ((members, r), d))| {
-            let (score, flagged) = match d {
-                Some(_) => judged.next().unwrap_or((0.0, false)),
-                None => (f64::MAX, f64::MAX > spec.robust.score_threshold),
+            let (score, flagged, reference) = match d {
+                Some(_) => judged.next().unwrap_or((0.0, false, None)),
+                None => (f64::MAX, f64::MAX > spec.robust.score_threshold, None),
             };
             GroupSum {
                 group: j as u32,
@@ -942,6 +957,7 @@ fn close_with_groups(
                 sum_hash: r.summary.sum_hash,
                 score,
                 flagged,
+                reference,
             }
         })
         .collect();
@@ -953,6 +969,7 @@ fn close_with_groups(
             skipped: Vec::new(),
             decided,
             usual,
+            reference_loss: reference,
         },
         update,
         sum,
@@ -1435,14 +1452,17 @@ impl Runtime {
         let Some(results) = fb.results.as_ref() else {
             return;
         };
-        let closed = match close_with_groups(
-            &self.ctx.genesis,
-            &setup.packer,
-            self.global.len(),
-            &fb.groups,
-            results,
-            &group_baseline(&self.store, &self.ctx.layout, self.last.as_ref()),
-        ) {
+        let closed = match super::secure::with_reference(&self.ctx, &self.global, |public| {
+            close_with_groups(
+                &self.ctx.genesis,
+                &setup.packer,
+                self.global.len(),
+                &fb.groups,
+                results,
+                &group_baseline(&self.store, &self.ctx.layout, self.last.as_ref()),
+                public,
+            )
+        }) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(round = cur.state.round, error = %e, "paillier: cannot judge the groups' sums; not proposing");
@@ -1718,14 +1738,17 @@ impl Runtime {
                 }
                 return;
             };
-            let closed = match close_with_groups(
-                &self.ctx.genesis,
-                &setup.packer,
-                self.global.len(),
-                &fb.groups,
-                results,
-                &group_baseline(&self.store, &self.ctx.layout, self.last.as_ref()),
-            ) {
+            let closed = match super::secure::with_reference(&self.ctx, &self.global, |public| {
+                close_with_groups(
+                    &self.ctx.genesis,
+                    &setup.packer,
+                    self.global.len(),
+                    &fb.groups,
+                    results,
+                    &group_baseline(&self.store, &self.ctx.layout, self.last.as_ref()),
+                    public,
+                )
+            }) {
                 Ok(c) => c,
                 Err(e) => {
                     refuse(&e);
@@ -1736,6 +1759,7 @@ impl Runtime {
             let same = closed.summary.size == proposed.size
                 && closed.summary.skipped == proposed.skipped
                 && closed.summary.decided == proposed.decided
+                && closed.summary.reference_loss == proposed.reference_loss
                 && closed
                     .summary
                     .revealed

@@ -795,11 +795,16 @@ pub struct Judged {
 /// kept means; if it cannot work on this few (Krum needs f + 3), their weighted mean is taken.
 /// Returns the judgement and the baseline after the round (its usual values go into the record).
 /// The in-process drill calls this too, so that its numbers describe the node.
+///
+/// `public`: with genesis `spec.robust.reference_rows` > 0, the model before the round and the
+/// public reference rows ([`reference_set`]); every group mean is then also scored by what it
+/// does to the model's loss on them ([`suspicion::judge_with`]).
 pub fn judge_means(
     rule: &robust::Rule,
     threshold: f64,
     inputs: &[robust::Input],
     baseline: &suspicion::Baseline,
+    public: Option<&suspicion::Reference>,
 ) -> Result<(suspicion::Judgement, suspicion::Baseline), String> {
     let rule = match robust::aggregate(rule, inputs, &mut robust::State::default()) {
         Err(robust::AggregateError::TooFew { .. }) => robust::Rule::Mean,
@@ -809,9 +814,48 @@ pub fn judge_means(
         groups: baseline.clone(),
         ..robust::State::default()
     };
-    let judged = suspicion::judge(&rule, inputs, threshold, &mut state)
+    let judged = suspicion::judge_with(&rule, inputs, threshold, &mut state, public)
         .map_err(|e| format!("the rule does not apply to the group means: {e}"))?;
     Ok((judged, state.groups))
+}
+
+/// Run `judge` with the public reference rows of `ctx` and the model `model` before the round
+/// (None when genesis asks for no reference rows): the argument of [`judge_groups`] and the
+/// paillier close.
+pub fn with_reference<T>(
+    ctx: &super::Context,
+    model: &[f32],
+    judge: impl FnOnce(Option<&suspicion::Reference>) -> Result<T, String>,
+) -> Result<T, String> {
+    let set = reference_set(&ctx.genesis, &ctx.data.reference)?;
+    let public = set.as_ref().map(|set| suspicion::Reference {
+        layout: &ctx.layout,
+        model,
+        set,
+    });
+    judge(public.as_ref())
+}
+
+/// The public reference rows genesis asks for (`spec.robust.reference_rows`), from this member's
+/// data ([`crate::train::MemberData::reference`]); None when genesis asks for none. Fails if the
+/// data holds another number of rows (it was loaded for another genesis).
+pub fn reference_set(
+    genesis: &Genesis,
+    rows: &crate::train::Dataset,
+) -> Result<Option<robust::reference::Set>, String> {
+    let want = genesis.spec.robust.reference_rows;
+    if want == 0 {
+        return Ok(None);
+    }
+    if rows.len() != want {
+        return Err(format!(
+            "the genesis asks for {want} reference rows, but this member's data holds {}",
+            rows.len()
+        ));
+    }
+    robust::reference::Set::new(rows.features, rows.classes, rows.x.clone(), rows.y.clone())
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// Apply the genesis rule to the revealed group sums of `attempt` of `round` (the coordinator to
@@ -819,6 +863,9 @@ pub fn judge_means(
 /// sums and the same log), judged against `baseline` (see [`judge_means`]). A sum of fewer than
 /// g contributors, or one that does not decode to the model's length, is not used (its group
 /// counts as skipped). Fails if no group sum is usable.
+// The round's facts come from different places (log, sessions, checkpoints, public rows); a
+// struct for them would only be built to be taken apart here.
+#[allow(clippy::too_many_arguments)]
 pub fn judge_groups(
     genesis: &Genesis,
     round: u64,
@@ -827,6 +874,7 @@ pub fn judge_groups(
     revealed: &[Revealed],
     model_len: usize,
     baseline: &suspicion::Baseline,
+    public: Option<&suspicion::Reference>,
 ) -> Result<Judged, String> {
     let r = &genesis.spec.robust;
     let g = r.group_size;
@@ -856,11 +904,13 @@ pub fn judge_groups(
         .iter()
         .map(|(rev, d)| robust::Input::new(rev.group, &d.mean, d.total_weight))
         .collect();
-    let (judged, after) = judge_means(&r.rule(), r.score_threshold, &inputs, baseline)?;
+    let (judged, after) = judge_means(&r.rule(), r.score_threshold, &inputs, baseline, public)?;
+    let effects = judged.reference.as_ref().map(|r| &r.effects);
     let revealed_sums: Vec<GroupSum> = used
         .iter()
         .zip(judged.scores.iter().zip(&judged.flagged))
-        .map(|((rev, d), (score, flagged))| GroupSum {
+        .enumerate()
+        .map(|(j, ((rev, d), (score, flagged)))| GroupSum {
             group: rev.group,
             session: secagg::group_session(round, attempt, rev.group),
             contributors: rev.outcome.survivors.clone(),
@@ -869,6 +919,7 @@ pub fn judge_groups(
             sum_hash: fedmesh_protocol::audit::group_sum_hash(&rev.outcome.sum),
             score: score.score,
             flagged: *flagged,
+            reference: effects.map(|e| e[j]),
         })
         .collect();
     let skipped = (0..drawn.len() as u32)
@@ -882,6 +933,7 @@ pub fn judge_groups(
             skipped,
             decided: judged.decided,
             usual: after.usual(),
+            reference_loss: judged.reference.as_ref().map(|r| r.loss),
         },
         update: judged.update,
     })
@@ -1013,7 +1065,7 @@ mod tests {
         assert_eq!(revealed.len(), 2);
         // Round 1: nothing in the log yet.
         let first = suspicion::Baseline::default();
-        let judged = judge_groups(&genesis, 1, 0, &drawn, &revealed, len, &first).unwrap();
+        let judged = judge_groups(&genesis, 1, 0, &drawn, &revealed, len, &first, None).unwrap();
         let step = quantizer(&genesis).step() as f32;
         let mut means = Vec::new();
         for (s, group) in judged.summary.revealed.iter().zip(&drawn) {
@@ -1047,7 +1099,7 @@ mod tests {
                 }
             })
             .collect();
-        let again = judge_groups(&genesis, 1, 0, &drawn, &replayed, len, &first).unwrap();
+        let again = judge_groups(&genesis, 1, 0, &drawn, &replayed, len, &first, None).unwrap();
         assert_eq!(again.summary, judged.summary);
         assert_eq!(again.update, judged.update);
 
@@ -1059,7 +1111,7 @@ mod tests {
         let usual = judged.summary.usual;
         assert!(usual.cosine.is_some(), "{usual:?}");
         let from_log = suspicion::Baseline::from_log(Some(judged.update.clone()), usual);
-        let next = judge_groups(&genesis, 2, 0, &drawn, &replayed, len, &from_log).unwrap();
+        let next = judge_groups(&genesis, 2, 0, &drawn, &replayed, len, &from_log, None).unwrap();
         assert!(next.summary.decided);
         assert!(next.summary.revealed.iter().all(|s| !s.flagged));
         let mut state = robust::State {
@@ -1093,7 +1145,7 @@ mod tests {
         );
         // A member without the previous update (no checkpoints) would judge otherwise, and so
         // would not approve: the reference is part of the judgement.
-        let blind = judge_groups(&genesis, 2, 0, &drawn, &replayed, len, &first).unwrap();
+        let blind = judge_groups(&genesis, 2, 0, &drawn, &replayed, len, &first, None).unwrap();
         assert_ne!(blind.summary.usual, next.summary.usual);
 
         // Member 5 never trains: its group keeps two members, below g = 3, and is not unmasked.
@@ -1102,7 +1154,7 @@ mod tests {
         let five = drawn.iter().position(|g| g.contains(&5)).unwrap() as u32;
         assert_eq!(revealed.len(), 1);
         assert_ne!(revealed[0].group, five);
-        let judged = judge_groups(&genesis, 1, 0, &drawn, &revealed, len, &first).unwrap();
+        let judged = judge_groups(&genesis, 1, 0, &drawn, &revealed, len, &first, None).unwrap();
         assert_eq!(judged.summary.skipped, vec![five]);
         assert!(judged
             .summary

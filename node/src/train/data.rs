@@ -73,6 +73,19 @@ pub enum DataError {
         test_rows: usize,
         members: usize,
     },
+    /// Not enough rows for the test split, the public reference rows and one training row per
+    /// member.
+    #[error(
+        "{} has {rows} rows, but spec.data.test_rows is {test_rows}, spec.robust.reference_rows          is {reference_rows} and {members} member(s) need at least one training row each; lower          spec.robust.reference_rows or use a larger file",
+        path.display()
+    )]
+    TooFewRowsForReference {
+        path: PathBuf,
+        rows: usize,
+        test_rows: usize,
+        reference_rows: usize,
+        members: usize,
+    },
     /// The member index is not below the member count.
     #[error("member index {member} is out of range for {members} member(s)")]
     Member { member: u32, members: u32 },
@@ -238,12 +251,18 @@ fn quote(field: &[u8]) -> String {
 /// 1000 test rows). It does not depend on the seed, so accuracies are comparable across networks.
 /// Taking simply the last rows of the file would not do: `data/mnist_5k.csv.gz` is sorted by label,
 /// so its last 1000 rows are all 8s and 9s, digits the members would then never train on.
+///
+/// The public reference rows (`reference_rows`, genesis `spec.robust.reference_rows`; 0 = none)
+/// are held out the same way, right after the test split: the next rows of each class from the
+/// end, round-robin over the classes. They leave the training pool *before* the partition, so no
+/// member trains on them and none is in the test split; every member derives the same rows.
 pub(super) fn split(
     all: &Dataset,
     spec: &DataSpec,
     path: &Path,
     member: usize,
     members: usize,
+    reference_rows: usize,
 ) -> Result<MemberData, DataError> {
     let rows = all.len();
     if rows < spec.test_rows.saturating_add(members) {
@@ -254,14 +273,36 @@ pub(super) fn split(
             members,
         });
     }
+    if rows
+        < spec
+            .test_rows
+            .saturating_add(reference_rows)
+            .saturating_add(members)
+    {
+        return Err(DataError::TooFewRowsForReference {
+            path: path.into(),
+            rows,
+            test_rows: spec.test_rows,
+            reference_rows,
+            members,
+        });
+    }
     let test = held_out(&all.y, all.classes, spec.test_rows);
     let mut is_test = vec![false; rows];
     test.iter().for_each(|i| is_test[*i] = true);
-    let train: Vec<usize> = (0..rows).filter(|i| !is_test[*i]).collect();
+    // The same round-robin continued: its first `test_rows` picks are the test split.
+    let reference: Vec<usize> = held_out(&all.y, all.classes, spec.test_rows + reference_rows)
+        .into_iter()
+        .filter(|i| !is_test[*i])
+        .collect();
+    let mut held = is_test;
+    reference.iter().for_each(|i| held[*i] = true);
+    let train: Vec<usize> = (0..rows).filter(|i| !held[*i]).collect();
     let shards = shards(&train, &all.y, all.classes, spec, members)?;
     Ok(MemberData {
         train: all.select(&shards[member]),
         test: all.select(&test),
+        reference: all.select(&reference),
     })
 }
 
@@ -464,14 +505,14 @@ mod tests {
         let path = mnist_path();
         let mut total = 0;
         for (m, shard) in shards.iter().enumerate() {
-            let d = split(all, &s, &path, m, 3).unwrap();
+            let d = split(all, &s, &path, m, 3, 0).unwrap();
             assert_eq!(d.train, all.select(shard));
             assert_eq!(d.test, all.select(&held_out(&all.y, 10, 1000)));
             total += d.train.len();
         }
         assert_eq!(total, 4000);
         // `load` reads the file itself and gives the same shard.
-        let loaded = super::super::load(&s, &path, 1, 3).unwrap();
+        let loaded = super::super::load(&s, &path, 1, 3, 0).unwrap();
         assert_eq!(loaded.train, all.select(&shards[1]));
         assert_eq!(loaded.test.len(), 1000);
     }
@@ -535,7 +576,7 @@ mod tests {
         // Through `split`: member shards of the real file add up to the 4000 training rows.
         let d = spec(Partition::Dirichlet { alpha: 0.1 });
         let sizes: Vec<usize> = (0..5)
-            .map(|m| split(all, &d, &mnist_path(), m, 5).unwrap().train.len())
+            .map(|m| split(all, &d, &mnist_path(), m, 5, 0).unwrap().train.len())
             .collect();
         assert_eq!(sizes, skewed.iter().map(Vec::len).collect::<Vec<_>>());
         eprintln!("dirichlet alpha 0.1 shard sizes {sizes:?}, mean dominant-class share {skew:.3}");
@@ -677,7 +718,7 @@ mod tests {
             test_rows: 4998,
             ..spec(Partition::Iid)
         };
-        let err = split(all, &s, &mnist_path(), 0, 3).unwrap_err();
+        let err = split(all, &s, &mnist_path(), 0, 3, 0).unwrap_err();
         assert!(matches!(
             err,
             DataError::TooFewRows {
@@ -687,6 +728,49 @@ mod tests {
                 ..
             }
         ));
-        assert!(split(all, &s, &mnist_path(), 1, 2).unwrap().train.len() == 1);
+        assert!(split(all, &s, &mnist_path(), 1, 2, 0).unwrap().train.len() == 1);
+    }
+
+    #[test]
+    fn reference_rows_are_public_balanced_and_in_no_shard_nor_the_test_split() {
+        let all = mnist();
+        let s = spec(Partition::Iid);
+        let members = 4;
+        let loaded: Vec<MemberData> = (0..members)
+            .map(|m| split(all, &s, &mnist_path(), m, members, 500).unwrap())
+            .collect();
+        // The same rows for every member: the 50 rows before each digit's test rows.
+        let reference = &loaded[0].reference;
+        assert!(loaded.iter().all(|d| d.reference == *reference));
+        let rows: Vec<usize> = (0..10).flat_map(|c| c * 500 + 350..c * 500 + 400).collect();
+        assert_eq!(*reference, all.select(&rows));
+        // The test split is unchanged, and the shards share the rest of the file.
+        let without = split(all, &s, &mnist_path(), 0, members, 0).unwrap();
+        assert_eq!(loaded[0].test, without.test);
+        let train: usize = loaded.iter().map(|d| d.train.len()).sum();
+        assert_eq!(train, 5000 - 1000 - 500);
+        // A row of the reference set in no shard: the pixel rows do not occur in any shard
+        // (the file has no duplicate images among these rows).
+        let key = |d: &Dataset, i: usize| d.row(i).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let held: HashSet<Vec<u32>> = (0..reference.len()).map(|i| key(reference, i)).collect();
+        for d in &loaded {
+            assert!((0..d.train.len()).all(|i| !held.contains(&key(&d.train, i))));
+        }
+        // Too many for the file: a clear error that names the setting.
+        let err = split(all, &s, &mnist_path(), 0, members, 4000).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DataError::TooFewRowsForReference {
+                    reference_rows: 4000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("spec.robust.reference_rows"),
+            "{err}"
+        );
     }
 }

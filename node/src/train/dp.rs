@@ -574,7 +574,7 @@ mod tests {
             partition: Partition::Iid,
             ..DataSpec::default()
         };
-        let d = data::split(mnist(), &spec, &mnist_path(), 0, 1).unwrap();
+        let d = data::split(mnist(), &spec, &mnist_path(), 0, 1, 0).unwrap();
         let layout = Layout::new(vec![784, 128, 10]).unwrap();
         let train_spec = TrainSpec {
             optimizer: Optimizer::Sgd,

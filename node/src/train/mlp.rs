@@ -328,7 +328,7 @@ mod tests {
             partition: Partition::Iid,
             ..DataSpec::default()
         };
-        data::split(mnist(), &spec, &mnist_path(), 0, 4).unwrap()
+        data::split(mnist(), &spec, &mnist_path(), 0, 4, 0).unwrap()
     }
 
     fn sgd(epochs: usize) -> TrainSpec {

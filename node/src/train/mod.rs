@@ -92,6 +92,10 @@ pub struct MemberData {
     pub train: Dataset,
     /// The held-out rows every member evaluates on.
     pub test: Dataset,
+    /// The public reference rows (genesis `spec.robust.reference_rows`; empty when 0): the same
+    /// on every member, in no member's shard and not in the test split. Group means are scored
+    /// by what they do to the model on them ([`fedmesh_protocol::robust::reference`]).
+    pub reference: Dataset,
 }
 
 /// Load the data for member `member` of `members`.
@@ -118,12 +122,21 @@ pub struct MemberData {
 ///   the member index for the member's own rows). About 94 % is reachable with a small MLP and
 ///   about 90 % with a linear model; 2 % label noise keeps anything from reaching 100 %.
 ///
+/// `reference_rows` public reference rows (genesis `spec.robust.reference_rows`, 0 = none) are
+/// set aside for every member alike ([`MemberData::reference`]):
+/// - MNIST: taken out of the training pool *before* the partition — the rows just before the test
+///   split in each class (the same round-robin from the end of each class, continued), so they
+///   do not depend on the seed, are in nobody's shard and not in the test split. A file too small
+///   for the test split, the reference rows and one row per member is an error.
+/// - synthetic: `reference_rows` rows of the common mix from their own stream of `spec.seed`.
+///
 /// Errors name the file and line and say what to do; a bad file never panics.
 pub fn load(
     spec: &DataSpec,
     path: &Path,
     member: u32,
     members: u32,
+    reference_rows: usize,
 ) -> Result<MemberData, DataError> {
     if member >= members {
         return Err(DataError::Member { member, members });
@@ -137,19 +150,39 @@ pub fn load(
     match spec.source {
         DataSource::Mnist => {
             let all = data::read_csv(path)?;
-            data::split(&all, spec, path, member as usize, members as usize)
+            data::split(
+                &all,
+                spec,
+                path,
+                member as usize,
+                members as usize,
+                reference_rows,
+            )
         }
-        DataSource::Synthetic => synthetic::generate(spec, member, members),
+        DataSource::Synthetic => synthetic::generate(spec, member, members, reference_rows),
     }
 }
 
-/// Load every member's training shard (by member index) and the shared test split, reading the
-/// MNIST file once: what [`load`] gives each member, for in-process drills.
+/// Every member's data as [`load`] gives it, reading the MNIST file once, for in-process drills.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AllData {
+    /// Every member's training shard, by member index.
+    pub shards: Vec<Dataset>,
+    /// The shared test split.
+    pub test: Dataset,
+    /// The public reference rows ([`MemberData::reference`]).
+    pub reference: Dataset,
+}
+
+/// Load every member's training shard (by member index), the shared test split and the public
+/// reference rows, reading the MNIST file once: what [`load`] gives each member, for in-process
+/// drills.
 pub fn load_all(
     spec: &DataSpec,
     path: &Path,
     members: u32,
-) -> Result<(Vec<Dataset>, Dataset), DataError> {
+    reference_rows: usize,
+) -> Result<AllData, DataError> {
     if members == 0 {
         return Err(DataError::Member {
             member: 0,
@@ -161,16 +194,28 @@ pub fn load_all(
         DataSource::Synthetic => None,
     };
     let mut shards = Vec::with_capacity(members as usize);
-    let mut test = None;
+    let mut shared = None;
     for m in 0..members {
         let d = match &all {
-            Some(all) => data::split(all, spec, path, m as usize, members as usize)?,
-            None => load(spec, path, m, members)?,
+            Some(all) => data::split(
+                all,
+                spec,
+                path,
+                m as usize,
+                members as usize,
+                reference_rows,
+            )?,
+            None => load(spec, path, m, members, reference_rows)?,
         };
         shards.push(d.train);
-        test.get_or_insert(d.test);
+        shared.get_or_insert((d.test, d.reference));
     }
-    Ok((shards, test.expect("at least one member")))
+    let (test, reference) = shared.expect("at least one member");
+    Ok(AllData {
+        shards,
+        test,
+        reference,
+    })
 }
 
 /// Why training or evaluation refused to run or failed.
@@ -289,6 +334,8 @@ mod streams {
     pub const SYNTHETIC_TEST: u64 = 1 << 16;
     /// Synthetic: the reference sample that fixes the standardization.
     pub const SYNTHETIC_REFERENCE: u64 = (1 << 16) + 1;
+    /// Synthetic: the public reference rows (genesis `spec.robust.reference_rows`).
+    pub const SYNTHETIC_PUBLIC: u64 = (1 << 16) + 2;
     /// Synthetic: member `i`'s traffic mix uses `SYNTHETIC_MIX + i`.
     pub const SYNTHETIC_MIX: u64 = 1 << 32;
     /// Synthetic: member `i`'s training rows use `SYNTHETIC_ROWS + i`.
@@ -360,7 +407,7 @@ mod tests {
             synthetic_rows_per_member: 10,
             ..DataSpec::default()
         };
-        let err = load(&spec, Path::new("unused"), 3, 3).unwrap_err();
+        let err = load(&spec, Path::new("unused"), 3, 3, 0).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -375,7 +422,7 @@ mod tests {
             test_rows: 0,
             ..spec
         };
-        let err = load(&bad, Path::new("unused"), 0, 1).unwrap_err();
+        let err = load(&bad, Path::new("unused"), 0, 1, 0).unwrap_err();
         assert!(err.to_string().contains("spec.data.test_rows"), "{err}");
     }
 }

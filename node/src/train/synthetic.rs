@@ -449,10 +449,12 @@ fn standardize(
 }
 
 /// Member `member`'s training rows and the shared test split.
+/// `reference_rows` public reference rows of the common mix come from their own stream.
 pub(super) fn generate(
     spec: &DataSpec,
     member: u32,
     members: u32,
+    reference_rows: usize,
 ) -> Result<MemberData, DataError> {
     debug_assert!(member < members);
     let skew = spec.synthetic_skew;
@@ -490,9 +492,22 @@ pub(super) fn generate(
         &mut rng(spec.seed, streams::SYNTHETIC_ROWS + u64::from(member)),
         n,
     );
+    if reference_rows > MAX_ROWS {
+        return Err(DataError::Spec {
+            field: "spec.robust.reference_rows",
+            problem: format!(
+                "must be at most {MAX_ROWS} for synthetic data, found {reference_rows}"
+            ),
+        });
+    }
+    let public = unskewed.rows(
+        &mut rng(spec.seed, streams::SYNTHETIC_PUBLIC),
+        reference_rows,
+    );
     Ok(MemberData {
         train: standardize(&train, &scale),
         test: standardize(&test, &scale),
+        reference: standardize(&public, &scale),
     })
 }
 
@@ -519,8 +534,17 @@ mod tests {
 
     #[test]
     fn shape_determinism_and_standardization() {
-        let a = generate(&spec(0.5), 1, 4).unwrap();
-        assert_eq!(a, generate(&spec(0.5), 1, 4).unwrap());
+        let a = generate(&spec(0.5), 1, 4, 0).unwrap();
+        assert_eq!(a, generate(&spec(0.5), 1, 4, 0).unwrap());
+        assert!(a.reference.is_empty());
+        // Public reference rows: the same for every member, not the test split, and they do not
+        // change the member's own rows.
+        let r1 = generate(&spec(0.5), 1, 4, 30).unwrap();
+        let r3 = generate(&spec(0.5), 3, 4, 30).unwrap();
+        assert_eq!(r1.reference.len(), 30);
+        assert_eq!(r1.reference, r3.reference);
+        assert_ne!(r1.reference.x[..], r1.test.x[..30 * SYNTHETIC_FEATURES]);
+        assert_eq!((r1.train, r1.test), (a.train.clone(), a.test.clone()));
         assert_eq!((a.train.features, a.train.classes), (SYNTHETIC_FEATURES, 2));
         assert_eq!(a.train.len(), 3000);
         assert_eq!(a.train.x.len(), 3000 * SYNTHETIC_FEATURES);
@@ -528,7 +552,7 @@ mod tests {
         assert!(a.train.x.iter().chain(&a.test.x).all(|v| v.is_finite()));
         assert!(a.train.y.iter().all(|l| *l < 2));
         // The test split is shared: other members, other skews, same rows.
-        let b = generate(&spec(1.0), 3, 4).unwrap();
+        let b = generate(&spec(1.0), 3, 4, 0).unwrap();
         assert_eq!(a.test, b.test);
         assert_ne!(a.train, b.train);
         let other_seed = generate(
@@ -538,6 +562,7 @@ mod tests {
             },
             1,
             4,
+            0,
         )
         .unwrap();
         assert_ne!(a.test, other_seed.test);
@@ -583,13 +608,13 @@ mod tests {
         }
         // And the rows follow the mix.
         let rates: Vec<f64> = (0..4)
-            .map(|m| threat_rate(&generate(&spec(1.0), m, 4).unwrap().train))
+            .map(|m| threat_rate(&generate(&spec(1.0), m, 4, 0).unwrap().train))
             .collect();
         let spread =
             rates.iter().copied().fold(0.0, f64::max) - rates.iter().copied().fold(1.0, f64::min);
         assert!(spread > 0.1, "{rates:?}");
 
-        let err = generate(&spec(1.5), 0, 1).unwrap_err();
+        let err = generate(&spec(1.5), 0, 1, 0).unwrap_err();
         assert!(
             err.to_string().contains("spec.data.synthetic_skew"),
             "{err}"
@@ -601,6 +626,7 @@ mod tests {
             },
             0,
             1,
+            0,
         )
         .unwrap_err();
         assert!(
@@ -611,7 +637,7 @@ mod tests {
 
     #[test]
     fn learnable_but_not_trivial() {
-        let data = generate(&spec(0.5), 0, 4).unwrap();
+        let data = generate(&spec(0.5), 0, 4, 0).unwrap();
         let majority = 1.0 - threat_rate(&data.test);
         let adam = TrainSpec {
             optimizer: Optimizer::Adam,

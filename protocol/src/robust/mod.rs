@@ -21,6 +21,7 @@
 
 pub mod groups;
 mod linalg;
+pub mod reference;
 pub mod score;
 pub mod suspicion;
 
@@ -157,6 +158,8 @@ pub enum AggregateError {
     },
     #[error("{rule}: {problem}")]
     Parameter { rule: &'static str, problem: String },
+    #[error("reference score: {0}")]
+    Reference(#[from] reference::ReferenceError),
 }
 
 /// Check the inputs: non-empty, equal lengths, finite values, distinct members.

@@ -310,6 +310,7 @@ fn select(world: &World, which: impl IntoIterator<Item = u32>) -> World {
         init: world.init.clone(),
         shards: which.iter().map(|&i| world.shards[i].clone()).collect(),
         test: world.test.clone(),
+        reference: world.reference.clone(),
         train: world.train.clone(),
         keys: which.iter().map(|&i| world.keys[i].clone()).collect(),
         network: world.network,
@@ -336,6 +337,7 @@ mod tests {
                 x: Vec::new(),
                 y: Vec::new(),
             },
+            reference: None,
             train: Default::default(),
             keys: (0..16u8)
                 .map(|i| identity::SecretKey::from_seed([i + 1; 32]))
