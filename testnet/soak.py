@@ -324,6 +324,18 @@ def main():
             failures.append(f"node {w}'s RSS after the round-start trim grew {growth[w]['growth']:.1%} "
                             f"from round 10 to {args.rounds} (limit {args.max_growth:.0%})")
     every10 = lambda rss: {r: kib for r, kib in sorted(rss.items()) if r % 10 == 0 or r == 1}
+
+    def window_growth(rss):
+        """Median of the after-trim samples of rounds 6-15 against that of the last ten rounds:
+        the level around round 10 and round R, less sensitive to one round's leftovers (reported
+        beside the point samples, not judged)."""
+        early = sorted(v for r, v in rss.items() if 6 <= r <= 15)
+        late = sorted(v for r, v in rss.items() if args.rounds - 9 <= r <= args.rounds)
+        if not early or not late:
+            return None
+        a, b = early[len(early) // 2], late[len(late) // 2]
+        return {"median_rounds_6_15_kib": a, f"median_rounds_{args.rounds - 9}_{args.rounds}_kib": b,
+                "growth": round(b / a - 1, 4)}
     peaks = [max(nd.peaks) for nd in nodes if nd.peaks]
     dropout_rounds = 0
     with open(nodes[0].out) as f:
@@ -344,6 +356,7 @@ def main():
         "witness_rss_judged_on": "after_trim",
         "witness_rss": growth,
         "witness_rss_at_report": growth_at_report,
+        "witness_rss_after_trim_window_medians": {w: window_growth(nodes[w].rss_trimmed) for w in WITNESSES},
         "witness_rss_after_trim_every_10_rounds_kib": {w: every10(nodes[w].rss_trimmed) for w in WITNESSES},
         "witness_rss_after_trim_anon_file_every_10_rounds_kib": {w: every10(nodes[w].rss_trimmed_parts) for w in WITNESSES},
         "witness_rss_every_10_rounds_kib": {w: every10(nodes[w].rss_at) for w in WITNESSES},

@@ -23,6 +23,14 @@
 //!   up, once the last round's state is dropped), which
 //!   hands back every whole free page of every arena (not only the top of the main heap).
 //!
+//! The threshold is not a guarantee: glibc serves a request above it from a free chunk of an
+//! arena when one is large enough (the threshold only decides what happens when the arena would
+//! have to grow). Over a 100-round soak the bursts leave such chunks, and whole-model buffers
+//! end up in the arenas again (after the trims, secagg witnesses: mmaps 39–43 → 35–38 MB, in
+//! use in the arenas 5–9 → 13–16 MB, with a flat live heap). That is the slow growth left in
+//! the soak (RELIABILITY.md, "Soak": heaptrack and `mallinfo2` figures, and what would remove
+//! it).
+//!
 //! Environment (read once):
 //! - `FEDMESH_MALLOC_RELEASE=0` turns both off (glibc's defaults; to measure what they do).
 //! - `FEDMESH_MEMTRACE=1` logs, at every [`trace`] point and every [`release`], the RSS and
