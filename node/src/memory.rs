@@ -27,9 +27,9 @@
 //! arena when one is large enough (the threshold only decides what happens when the arena would
 //! have to grow). Over a 100-round soak the bursts leave such chunks, and whole-model buffers
 //! end up in the arenas again (after the trims, secagg witnesses: mmaps 39–43 → 35–38 MB, in
-//! use in the arenas 5–9 → 13–16 MB, with a flat live heap). That is the slow growth left in
-//! the soak (RELIABILITY.md, "Soak": heaptrack and `mallinfo2` figures, and what would remove
-//! it).
+//! use in the arenas 5–9 → 13–16 MB). Mapping every such block directly was tried and made the
+//! soak's RSS grow more (RELIABILITY.md, "Soak": heaptrack and `mallinfo2` figures, the
+//! experiment, and what is left).
 //!
 //! Environment (read once):
 //! - `FEDMESH_MALLOC_RELEASE=0` turns both off (glibc's defaults; to measure what they do).
