@@ -178,9 +178,10 @@ def main():
                    help="run witness 0 under this command, e.g. 'heaptrack -o OUT/heaptrack.node0' "
                         "(its RSS figures then include the wrapper's overhead)")
     p.add_argument("--profile-until", type=int, default=0,
-                   help="with --wrap-witness: SIGKILL witness 0 right after its round-start trim "
-                        "following this round, so that the profiler's 'leaked' list is what the "
-                        "node held at that fixed point (the soak then fails its checks for member 0)")
+                   help="with --wrap-witness: SIGKILL witness 0 when the driver sees the after-trim "
+                        "report following this round (within its 0.5 s poll), so that the profiler's "
+                        "'leaked' list is what the node held then (the soak then fails its checks "
+                        "for member 0)")
     args = p.parse_args()
     rng = random.Random(args.seed)
     kmin, kmax = map(int, args.kill_every.split("-"))
