@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Soak test: an N-node testnet runs R rounds while random nodes are killed (SIGKILL) and restarted
 # every few rounds; at the end every log must verify, all heads be equal, no committed round be
-# lost, and the RSS of the never-killed nodes grow by at most 10 % from round 10 to round R.
+# lost, and the RSS of the never-killed nodes (right after their round-start trim) grow by at most
+# 10 % from round 10 to round R.
 #
 #   testnet/soak.sh [-n 8] [--rounds 100] [--mode plain|secagg] [--seed S] [--out DIR] [soak.py flags]
 #
 # Uses the dev build (deps at opt-level 3) under `nice -n 10`; FEDMESH_BIN overrides the binary.
 # Results: DIR/soak.json (default testnet/run-soak-MODE/), node logs beside it.
+# Heap profile of a witness: --wrap-witness 'heaptrack -o /tmp/ht-node0' runs member 0 under
+# heaptrack; --profile-until R SIGKILLs it when the driver sees round R's after-trim report (within
+# its 0.5 s poll), so `heaptrack_print -l` lists what it held then (`-d` diffs two profiles). Such a run
+# is a profile, not a soak verdict (member 0's checks fail; its RSS includes heaptrack's).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
@@ -16,7 +21,7 @@ MODE=plain
 SEED=1
 OUT=""
 EXTRA=()
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     -n) N="$2"; shift 2 ;;

@@ -23,6 +23,14 @@
 //!   up, once the last round's state is dropped), which
 //!   hands back every whole free page of every arena (not only the top of the main heap).
 //!
+//! The threshold is not a guarantee: glibc serves a request above it from a free chunk of an
+//! arena when one is large enough (the threshold only decides what happens when the arena would
+//! have to grow). Over a 100-round soak the bursts leave such chunks, and whole-model buffers
+//! end up in the arenas again (after the trims, secagg witnesses: mmaps 39–43 → 35–38 MB, in
+//! use in the arenas 5–9 → 13–16 MB). Mapping every such block directly was tried and made the
+//! soak's RSS grow more (RELIABILITY.md, "Soak": heaptrack and `mallinfo2` figures, the
+//! experiment, and what is left).
+//!
 //! Environment (read once):
 //! - `FEDMESH_MALLOC_RELEASE=0` turns both off (glibc's defaults; to measure what they do).
 //! - `FEDMESH_MEMTRACE=1` logs, at every [`trace`] point and every [`release`], the RSS and
@@ -86,9 +94,40 @@ fn heap() -> Option<Heap> {
 
 /// Resident set size of this process in KiB (Linux: VmRSS), if known.
 pub(crate) fn rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    resident().map(|r| r.total_kib)
+}
+
+/// The resident set of this process, in KiB, and what it is made of (Linux `/proc/self/status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Resident {
+    /// `VmRSS`: everything resident.
+    pub total_kib: u64,
+    /// `RssAnon`: the heap, mmaps of large blocks, thread stacks: what the allocator governs.
+    pub anon_kib: u64,
+    /// `RssFile`: pages of the binary and libraries that have been executed or read; grows when
+    /// a code path runs for the first time (catch-up, failover), not with data.
+    pub file_kib: u64,
+}
+
+/// This process's [`Resident`] set, if the OS tells (Linux).
+pub(crate) fn resident() -> Option<Resident> {
+    parse_status(&std::fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// [`Resident`] from the text of a `/proc/<pid>/status` file; `None` without `VmRSS`. Kernels
+/// before 4.5 have no `RssAnon`/`RssFile` (then 0).
+fn parse_status(status: &str) -> Option<Resident> {
+    let field = |name: &str| -> Option<u64> {
+        let line = status
+            .lines()
+            .find(|l| l.split(':').next() == Some(name))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some(Resident {
+        total_kib: field("VmRSS")?,
+        anon_kib: field("RssAnon").unwrap_or(0),
+        file_kib: field("RssFile").unwrap_or(0),
+    })
 }
 
 /// Log the RSS and the allocator's counters at `point`, if `FEDMESH_MEMTRACE` is set.
@@ -185,28 +224,31 @@ fn fix_mmap_threshold(_bytes: usize) -> bool {
 }
 
 /// Give the heap's free pages back to the OS after a burst (`malloc_trim(0)`), unless
-/// `FEDMESH_MALLOC_RELEASE=0`. `after` names the moment, for the trace.
+/// `FEDMESH_MALLOC_RELEASE=0`. `after` names the moment, for the trace. Returns the resident
+/// set right after the trim (`None` where the OS does not tell): the node's footprint at a fixed
+/// point of the round, between bursts, which the soak compares across rounds.
 ///
 /// Cost: it walks every arena under its lock, so other threads that allocate wait for it; with
 /// [`init`]'s threshold a node's heap stays small and one call took ≈ 0.2 ms (median; see
 /// RELIABILITY.md, Soak). It is called once per round, never per message.
-pub(crate) fn release(after: &str) {
+pub(crate) fn release(after: &str) -> Option<Resident> {
     let s = settings();
     if !s.release {
         trace(after);
-        return;
+        return resident();
     }
     let before = s.trace.then(rss_kib).flatten();
     let start = Instant::now();
     trim();
     let took = start.elapsed();
+    let rss = resident();
     if s.trace {
         let h = heap().unwrap_or_default();
         tracing::info!(
             target: "memtrace",
             point = after,
             rss_before_kib = before.unwrap_or(0),
-            rss_kib = rss_kib().unwrap_or(0),
+            rss_kib = rss.map_or(0, |r| r.total_kib),
             arena_kib = h.arena,
             mmap_kib = h.mmap,
             in_use_kib = h.in_use,
@@ -215,6 +257,7 @@ pub(crate) fn release(after: &str) {
             "memory released"
         );
     }
+    rss
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -271,6 +314,33 @@ mod tests {
             layout.param_count() * 4,
             "capped at the model's size"
         );
+    }
+
+    /// The resident set is read from `/proc/<pid>/status`, its parts where the kernel has them.
+    #[test]
+    fn status_is_parsed() {
+        let status = "Name:\tfedmesh\nVmHWM:\t  90000 kB\nVmRSS:\t   51234 kB\nRssAnon:\t   40000 kB\nRssFile:\t   11000 kB\nRssShmem:\t 234 kB\n";
+        assert_eq!(
+            parse_status(status),
+            Some(Resident {
+                total_kib: 51234,
+                anon_kib: 40000,
+                file_kib: 11000
+            })
+        );
+        let old_kernel = "VmRSS:\t 100 kB\n";
+        assert_eq!(
+            parse_status(old_kernel),
+            Some(Resident {
+                total_kib: 100,
+                anon_kib: 0,
+                file_kib: 0
+            })
+        );
+        assert_eq!(parse_status("VmHWM: 5 kB\n"), None);
+        assert_eq!(parse_status("VmRSS: lots kB\n"), None);
+        let now = resident().expect("linux");
+        assert!(now.total_kib > 0 && now.anon_kib <= now.total_kib);
     }
 
     /// A burst of freed model-sized blocks that glibc kept is given back by `release`: the

@@ -642,8 +642,9 @@ impl Runtime {
         // The last round's buffers (updates, masks, failover sessions, the messages kept as
         // evidence) and what catching up decoded are freed by now: give the pages back before
         // this round allocates. Once per round (after a commit, after catching up, at start).
-        crate::memory::release("round over");
+        let rss = crate::memory::release("round over");
         let round = self.next_round();
+        report_memory(round - 1, rss);
         if let Some(target) = self.ctx.rounds {
             if round > target {
                 if self.finished_at.is_none() {
@@ -2815,6 +2816,26 @@ impl Runtime {
             }
         }
     }
+}
+
+/// One JSON line on standard output each time a round starts: the resident set size right after
+/// the start-of-round trim, i.e. at the same quiet point of every round (the last round's state
+/// is dropped, the next round's burst has not begun). `after_round` is the last round in the
+/// log (0 before the first). The soak compares these samples across rounds.
+fn report_memory(after_round: u64, rss: Option<crate::memory::Resident>) {
+    let line = serde_json::json!({
+        "event": "memory",
+        "point": "round start, after trim",
+        "after_round": after_round,
+        "rss_kib": rss.map(|r| r.total_kib),
+        "rss_anon_kib": rss.map(|r| r.anon_kib),
+        "rss_file_kib": rss.map(|r| r.file_kib),
+        "at_ms": now_ms(),
+    });
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// One JSON line on standard output per appended round, for scripts (logs go to standard error).
