@@ -118,9 +118,7 @@ pub(crate) fn resident() -> Option<Resident> {
 /// before 4.5 have no `RssAnon`/`RssFile` (then 0).
 fn parse_status(status: &str) -> Option<Resident> {
     let field = |name: &str| -> Option<u64> {
-        let line = status
-            .lines()
-            .find(|l| l.split(':').next() == Some(name))?;
+        let line = status.lines().find(|l| l.split(':').next() == Some(name))?;
         line.split_whitespace().nth(1)?.parse().ok()
     };
     Some(Resident {
