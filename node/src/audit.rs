@@ -141,6 +141,7 @@ pub fn groups_json(g: &fedmesh_protocol::audit::GroupsSummary) -> serde_json::Va
         "skipped": g.skipped,
         "decided": g.decided,
         "reference_loss": g.reference_loss,
+        "reference_spread": g.reference_spread,
     })
 }
 

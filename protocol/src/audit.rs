@@ -154,6 +154,10 @@ pub struct GroupsSummary {
     /// on the public reference rows before the round ([`crate::robust::reference::loss`]); each
     /// judged group's effect on it is its [`GroupSum::reference`]. None otherwise.
     pub reference_loss: Option<f64>,
+    /// With [`GroupsSummary::reference_loss`]: the spread the round's reference gaps were judged
+    /// with ([`crate::robust::suspicion::Usual::reference_spread`] of the usual values the
+    /// previous round with groups recorded). None otherwise.
+    pub reference_spread: Option<f64>,
 }
 
 /// One revealed group sum.
@@ -264,7 +268,7 @@ pub struct SecureSummary {
 pub const RECORD_TAG: [u8; 3] = *b"FMR";
 
 /// The round-record format this build writes and reads.
-pub const RECORD_VERSION: u8 = 2;
+pub const RECORD_VERSION: u8 = 3;
 
 /// Why a round entry's body is not a record this build can read.
 #[derive(Debug, thiserror::Error)]
@@ -825,6 +829,9 @@ fn check_reference(
 ) -> Result<(), String> {
     let rows = genesis.spec.robust.reference_rows;
     let Some(loss) = summary.reference_loss else {
+        if summary.reference_spread.is_some() {
+            return Err("a reference spread, but the summary has no reference loss".into());
+        }
         if let Some(s) = summary.revealed.iter().find(|s| s.reference.is_some()) {
             return Err(format!(
                 "group {} has a reference value, but the summary has no reference loss",
@@ -847,6 +854,15 @@ fn check_reference(
     }
     if !(loss.is_finite() && loss >= 0.0) {
         return Err(format!("reference loss {loss} is not a finite value ≥ 0"));
+    }
+    use crate::robust::suspicion::{REFERENCE_SPREAD_MAX, REFERENCE_SPREAD_MIN};
+    let spread = summary
+        .reference_spread
+        .ok_or("a reference loss without the reference spread it was judged with")?;
+    if !(REFERENCE_SPREAD_MIN..=REFERENCE_SPREAD_MAX).contains(&spread) {
+        return Err(format!(
+            "reference spread {spread} is outside [{REFERENCE_SPREAD_MIN}, {REFERENCE_SPREAD_MAX}]"
+        ));
     }
     let mut effects = Vec::new();
     let mut which = Vec::new();
@@ -878,7 +894,12 @@ fn check_reference(
         }
     }
     let threshold = genesis.spec.robust.score_threshold;
-    let deviations = crate::robust::suspicion::ReferenceScores { loss, effects }.deviations();
+    let deviations = crate::robust::suspicion::ReferenceScores {
+        loss,
+        effects,
+        spread,
+    }
+    .deviations();
     for (s, dev) in which.iter().zip(deviations) {
         let dev = dev.min(crate::robust::score::CAP);
         if s.score < dev || (dev > threshold && !s.flagged) {
@@ -1184,6 +1205,7 @@ pub(crate) mod tests {
                 .collect(),
             usual: Default::default(),
             reference_loss: None,
+            reference_spread: None,
             drawn: groups.clone(),
             skipped: vec![],
             decided: true,
@@ -1316,8 +1338,10 @@ pub(crate) mod tests {
             usual: crate::robust::suspicion::Usual {
                 cosine: Some((0.8, 0.01)),
                 log_norm: Some(-1.2),
+                reference_gap: None,
             },
             reference_loss: None,
+            reference_spread: None,
         });
         r
     }
@@ -1449,8 +1473,9 @@ pub(crate) mod tests {
         // Without reference rows in genesis, no reference values.
         let mut with = plain.clone();
         groups(&mut with).reference_loss = Some(0.5);
+        groups(&mut with).reference_spread = Some(0.025);
         // Loss 0.5: the best group lowers it by 0.05, the other by 0.04 (deviation
-        // 0.01 / (0.5 · REFERENCE_SPREAD), under the threshold of 3).
+        // 0.01 / (0.5 · 0.025) = 0.8, under the threshold of 3).
         assert_eq!(groups(&mut with).revealed.len(), 2);
         for (s, e) in groups(&mut with).revealed.iter_mut().zip([-0.05, -0.04]) {
             s.reference = Some(e);
@@ -1477,6 +1502,30 @@ pub(crate) mod tests {
         assert!(bad(&|r| groups(r).revealed[1].reference = None).contains("no reference value"));
         assert!(bad(&|r| groups(r).revealed[0].reference = Some(f64::NAN)).contains("not finite"));
         assert!(bad(&|r| groups(r).reference_loss = Some(-1.0)).contains("≥ 0"));
+        // The spread the gaps were judged with: present, within its bounds, and the scores
+        // follow from it (gap 0.02 of the loss: deviation 0.8 at 0.025 — over a group score of
+        // 0.7 — but 0.1 at 0.2).
+        assert!(bad(&|r| groups(r).reference_spread = None).contains("reference spread"));
+        assert!(bad(&|r| groups(r).reference_spread = Some(0.5)).contains("outside"));
+        assert!(bad(&|r| groups(r).reference_spread = Some(0.02)).contains("outside"));
+        assert!(bad(&|r| groups(r).reference_spread = Some(f64::NAN)).contains("outside"));
+        assert!(bad(&|r| groups(r).revealed[1].score = 0.7).contains("deviation 0.800"));
+        let mut wider = with.clone();
+        groups(&mut wider).reference_spread = Some(0.2);
+        groups(&mut wider).revealed[1].score = 0.7;
+        check_groups(&g, head, &active, &wider).unwrap();
+        assert!(bad(&|r| {
+            groups(r).reference_loss = None;
+            for s in &mut groups(r).revealed {
+                s.reference = None;
+            }
+        })
+        .contains("no reference loss"));
+        let mut spread_alone = plain.clone();
+        groups(&mut spread_alone).reference_spread = Some(0.025);
+        assert!(check_groups(&g, head, &active, &spread_alone)
+            .unwrap_err()
+            .contains("reference spread"));
         // Flagged with its score, the worse group passes.
         let mut flagged = with.clone();
         let s = &mut groups(&mut flagged).revealed[1];

@@ -472,9 +472,17 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
                     .iter()
                     .map(|g| g.contributors.clone())
                     .collect();
-                // 4. Group testing: every contributor of a flagged group gains suspicion.
+                // 4. Group testing: every contributor of a flagged group gains suspicion (part of
+                // it for a group just under the threshold: `suspicion::SOFT_FLAG_FROM`).
                 if judged.decided {
-                    suspicion.observe(&model, round, &contributors, &judged.flagged);
+                    let scores: Vec<f64> = judged.scores.iter().map(|s| s.score).collect();
+                    suspicion.observe_scores(
+                        &model,
+                        round,
+                        &contributors,
+                        &scores,
+                        robust.score_threshold,
+                    );
                 }
                 let mut stat = GroupStat {
                     revealed: contributors.iter().map(Vec::len).collect(),
@@ -503,7 +511,8 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
                         let before = robust::reference::loss(&world.layout, &global, set)?;
                         for (group, e) in contributors.iter().zip(&eff) {
                             let bad = group.iter().filter(|&&m| is_attacker(m)).count();
-                            eprintln!("reftrace round {round} attackers {bad} before {before:.5} effect {e:.6}");
+                            let spread = judged.reference.as_ref().map_or(0.0, |r| r.spread);
+                            eprintln!("reftrace round {round} attackers {bad} before {before:.5} effect {e:.6} spread {spread:.4}");
                         }
                     }
                     for ((group, sc), flag) in

@@ -208,9 +208,14 @@ impl Defence {
             .iter()
             .map(|g| g.contributors.clone())
             .collect();
-        let flagged: Vec<bool> = summary.revealed.iter().map(|g| g.flagged).collect();
-        self.suspicion
-            .observe(model, record.round, &groups, &flagged);
+        let scores: Vec<f64> = summary.revealed.iter().map(|g| g.score).collect();
+        self.suspicion.observe_scores(
+            model,
+            record.round,
+            &groups,
+            &scores,
+            self.spec.score_threshold,
+        );
     }
 
     /// Mode secagg with groups: fold a committed round's revealed groups and their flags into the
@@ -492,6 +497,7 @@ mod tests {
                     decided: true,
                     usual: Default::default(),
                     reference_loss: None,
+                reference_spread: None,
                 }),
                 ..RoundRecord::new(round, Mode::Secagg, Hash::ZERO, Hash::ZERO)
             }

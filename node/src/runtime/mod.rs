@@ -2984,6 +2984,7 @@ mod baseline_tests {
                 decided: true,
                 usual,
                 reference_loss: None,
+                reference_spread: None,
             }),
             ..RoundRecord::new(round, Mode::Secagg, base, new)
         }
@@ -3007,6 +3008,7 @@ mod baseline_tests {
         let usual = |c: f64| Usual {
             cosine: Some((c, 0.01)),
             log_norm: Some(-1.0),
+            reference_gap: None,
         };
         assert_eq!(
             group_baseline(&store, &layout, None),

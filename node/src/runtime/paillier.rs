@@ -925,7 +925,7 @@ fn close_with_groups(
             j.decided,
             j.update,
             after.usual(),
-            j.reference.map(|r| r.loss),
+            j.reference.map(|r| (r.loss, r.spread)),
         )
     } else {
         let update = mean(packer, clip, &sum, len)?;
@@ -969,7 +969,8 @@ fn close_with_groups(
             skipped: Vec::new(),
             decided,
             usual,
-            reference_loss: reference,
+            reference_loss: reference.map(|r| r.0),
+            reference_spread: reference.map(|r| r.1),
         },
         update,
         sum,
@@ -1760,6 +1761,8 @@ impl Runtime {
                 && closed.summary.skipped == proposed.skipped
                 && closed.summary.decided == proposed.decided
                 && closed.summary.reference_loss == proposed.reference_loss
+                && closed.summary.reference_spread == proposed.reference_spread
+                && closed.summary.usual == proposed.usual
                 && closed
                     .summary
                     .revealed

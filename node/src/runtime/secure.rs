@@ -934,6 +934,7 @@ pub fn judge_groups(
             decided: judged.decided,
             usual: after.usual(),
             reference_loss: judged.reference.as_ref().map(|r| r.loss),
+            reference_spread: judged.reference.as_ref().map(|r| r.spread),
         },
         update: judged.update,
     })

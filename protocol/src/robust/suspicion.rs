@@ -185,20 +185,36 @@ pub struct ReferenceScores {
     pub loss: f64,
     /// Each group mean's change of that loss, in input order.
     pub effects: Vec<f64>,
+    /// The spread the gaps were judged with ([`Usual::reference_spread`]).
+    pub spread: f64,
 }
 
 impl ReferenceScores {
-    /// Each group's reference deviation: how much less its mean improves the reference loss
-    /// than the round's best group mean does, relative to the loss before the round, over
-    /// [`REFERENCE_SPREAD`]. 0 for the best group; never negative. A group holding a label
-    /// flipper lowers the loss less than a clean one (see [`judge_with`]).
-    pub fn deviations(&self) -> Vec<f64> {
+    /// Each group's reference gap: how much less its mean improves the reference loss than
+    /// the round's best group mean does, relative to the loss before the round. 0 for the best
+    /// group; never negative.
+    pub fn gaps(&self) -> Vec<f64> {
         let best = self.effects.iter().copied().fold(f64::INFINITY, f64::min);
-        let scale = self.loss.max(1e-12) * REFERENCE_SPREAD;
+        let loss = self.loss.max(1e-12);
         self.effects
             .iter()
-            .map(|e| ((e - best) / scale).max(0.0))
+            .map(|e| ((e - best) / loss).max(0.0))
             .collect()
+    }
+
+    /// The index of the group whose mean lowers the reference loss most (the first of equals).
+    pub fn best(&self) -> usize {
+        (0..self.effects.len())
+            .min_by(|&a, &b| self.effects[a].total_cmp(&self.effects[b]))
+            .unwrap_or(0)
+    }
+
+    /// Each group's reference deviation: its [gap](ReferenceScores::gaps) over the round's
+    /// [`spread`](ReferenceScores::spread). A group holding a label flipper lowers the loss less
+    /// than a clean one (see [`judge_with`]).
+    pub fn deviations(&self) -> Vec<f64> {
+        let spread = self.spread.max(1e-12);
+        self.gaps().into_iter().map(|g| g / spread).collect()
     }
 }
 
@@ -214,12 +230,25 @@ pub struct Reference<'a> {
     pub set: &'a super::reference::Set,
 }
 
-/// Spread of a group's reference gap (its loss change minus the round's best group's, relative
-/// to the loss before the round): at threshold 3, a group mean that improves the reference loss
-/// by 7.5 % of the loss less than the best group is flagged. Measured (MNIST, 20 members, g = 5,
-/// 500 rows, seeds 1–3, rounds 1–15): clean runs' largest gaps ≈ 8 %; groups with one label
-/// flipper in five 2–12 %, with two 7–40 %.
-pub const REFERENCE_SPREAD: f64 = 0.025;
+/// The spread of a group's reference gap (its loss change minus the round's best group's,
+/// relative to the loss before the round) is this times the usual gap of accepted groups
+/// ([`Usual::reference_gap`]), kept within [[`REFERENCE_SPREAD_MIN`], [`REFERENCE_SPREAD_MAX`]]:
+/// how far apart honest group means land on the reference rows depends on the group size, the
+/// shards and the stage of training (drill, groups of 5: clean groups' gaps ≈ 3 % of the loss on
+/// average, at most ≈ 10 %; testnet, groups of 3: up to 25 %), so the bar is learned like the
+/// cosine's spread instead of fixed. At threshold 3 a group is flagged when its gap is over
+/// 2.25 times the usual one.
+pub const REFERENCE_GAP_FACTOR: f64 = 0.75;
+
+/// Smallest spread of the reference gap: at threshold 3, a group is never flagged for a gap of
+/// up to 7.5 % of the loss, however close the accepted groups happened to land. Measured (MNIST,
+/// 20 members, g = 5, 500 rows, seeds 1–3, rounds 1–15): groups with one label flipper in five
+/// have gaps of 2–12 %, with two 7–40 %.
+pub const REFERENCE_SPREAD_MIN: f64 = 0.025;
+
+/// Largest spread of the reference gap: accepted groups holding attackers cannot widen the bar
+/// without end (at threshold 3 a gap of 60 % of the loss is always flagged).
+pub const REFERENCE_SPREAD_MAX: f64 = 0.2;
 
 /// With reference rows, a group's norm deviation counts only if its reference deviation is over
 /// this: the rows must confirm that the unusually large or small mean does worse than the best
@@ -264,6 +293,8 @@ pub struct Baseline {
     pub cosine: Option<(f64, f64)>,
     /// Usual ln(‖group mean‖ / ‖previous update‖) of accepted groups (their median, averaged).
     pub log_norm: Option<f64>,
+    /// Usual reference gap of accepted groups (see [`Usual::reference_gap`]).
+    pub reference_gap: Option<f64>,
 }
 
 /// The usual values of a [`Baseline`]: how accepted group means compared with the reference so
@@ -277,6 +308,10 @@ pub struct Usual {
     pub cosine: Option<(f64, f64)>,
     /// Usual ln(‖group mean‖ / ‖previous update‖) of accepted groups.
     pub log_norm: Option<f64>,
+    /// With public reference rows: the usual [reference gap](ReferenceScores::gaps) of accepted
+    /// groups other than the round's best, averaged over rounds with weight [`BASELINE_DECAY`].
+    /// None until a round with reference rows accepted a group beside its best one.
+    pub reference_gap: Option<f64>,
 }
 
 impl Usual {
@@ -295,8 +330,43 @@ impl Usual {
                 return Err(format!("usual log-norm ratio {ln} is not finite"));
             }
         }
+        if let Some(gap) = self.reference_gap {
+            if !(gap.is_finite() && gap >= 0.0) {
+                return Err(format!("usual reference gap {gap} is not a finite value ≥ 0"));
+            }
+        }
         Ok(())
     }
+
+    /// The spread a round's reference gaps are judged with, given the usual values before it
+    /// ([`reference_spread`] of the usual gap); None while there is no usual gap yet (the
+    /// round's own gaps set it then, see [`judge_with`]).
+    pub fn reference_spread(&self) -> Option<f64> {
+        self.reference_gap.map(reference_spread)
+    }
+}
+
+/// The spread of the reference gap for a usual gap of `gap`: [`REFERENCE_GAP_FACTOR`] times it,
+/// within [[`REFERENCE_SPREAD_MIN`], [`REFERENCE_SPREAD_MAX`]] (NaN: the largest).
+pub fn reference_spread(gap: f64) -> f64 {
+    if gap.is_nan() {
+        return REFERENCE_SPREAD_MAX;
+    }
+    (REFERENCE_GAP_FACTOR * gap).clamp(REFERENCE_SPREAD_MIN, REFERENCE_SPREAD_MAX)
+}
+
+/// The median of the gaps of the groups other than the round's best one (the lower middle one
+/// of an even count); None with fewer than two groups.
+fn median_other_gap(gaps: &[f64], best: usize) -> Option<f64> {
+    let mut others: Vec<f64> = (0..gaps.len())
+        .filter(|&j| j != best)
+        .map(|j| gaps[j])
+        .collect();
+    if others.is_empty() {
+        return None;
+    }
+    others.sort_by(f64::total_cmp);
+    Some(others[(others.len() - 1) / 2])
 }
 
 impl Baseline {
@@ -308,6 +378,7 @@ impl Baseline {
             previous,
             cosine: usual.cosine,
             log_norm: usual.log_norm,
+            reference_gap: usual.reference_gap,
         }
     }
 
@@ -316,6 +387,7 @@ impl Baseline {
         Usual {
             cosine: self.cosine,
             log_norm: self.log_norm,
+            reference_gap: self.reference_gap,
         }
     }
 }
@@ -476,10 +548,19 @@ pub fn judge_with(
     let reference_scores = match public {
         Some(r) => {
             let means: Vec<&[f32]> = groups.iter().map(|g| g.values).collect();
-            Some(ReferenceScores {
+            let mut scores = ReferenceScores {
                 loss: super::reference::loss(r.layout, r.model, r.set)?,
                 effects: super::reference::effects(r.layout, r.model, &means, r.set)?,
-            })
+                spread: REFERENCE_SPREAD_MIN,
+            };
+            // Before any usual gap, the round's own groups set the bar: the median gap of the
+            // groups other than the best (robust to one group of attackers among four).
+            scores.spread = match state.groups.usual().reference_spread() {
+                Some(spread) => spread,
+                None => median_other_gap(&scores.gaps(), scores.best())
+                    .map_or(REFERENCE_SPREAD_MIN, reference_spread),
+            };
+            Some(scores)
         }
         None => None,
     };
@@ -536,6 +617,9 @@ pub fn judge_with(
         // Every group holds an attacker, or looks so: nothing moves, and the reference stays
         // (finding a new one here would let agreeing attackers choose it); the usual values
         // relax a little toward the best group.
+        if let Some(r) = &reference_scores {
+            learn_reference_gap(&mut state.groups, r, &kept);
+        }
         if previous.is_some() {
             if let Some((mean, var)) = state.groups.cosine {
                 state.groups.cosine = Some((mean + BASELINE_RELAX * (cosines[top] - mean), var));
@@ -554,6 +638,9 @@ pub fn judge_with(
     }
     let inputs: Vec<Input> = kept.iter().map(|&j| groups[j]).collect();
     let combined = aggregate(rule, &inputs, state)?;
+    if let Some(r) = &reference_scores {
+        learn_reference_gap(&mut state.groups, r, &kept);
+    }
     if previous.is_some() {
         // Against a previous update, as the next round will be measured: learn from the
         // accepted groups.
@@ -612,6 +699,31 @@ pub fn judge_with(
         decided: true,
         reference: reference_scores,
     })
+}
+
+/// Fold a decided round's reference gaps into the usual gap: the mean gap of the accepted
+/// (`kept`) groups other than the best one — the best group (gap 0) says nothing about the
+/// spread, and flagged groups are not usual — averaged with weight [`BASELINE_DECAY`]. The
+/// first round with reference rows takes the median gap of all groups but the best (it set that
+/// round's spread). A round that accepted no group beside its best moves the usual gap toward that
+/// median with weight [`BASELINE_RELAX`] only, so that a bar that has become too strict for the
+/// honest groups cannot stay so, while groups of attackers flagged for a round or two gain
+/// little.
+fn learn_reference_gap(baseline: &mut Baseline, r: &ReferenceScores, kept: &[usize]) {
+    let gaps = r.gaps();
+    let best = r.best();
+    let Some(median) = median_other_gap(&gaps, best) else {
+        return;
+    };
+    let others: Vec<f64> = kept.iter().filter(|&&j| j != best).map(|&j| gaps[j]).collect();
+    baseline.reference_gap = Some(match baseline.reference_gap {
+        None => median,
+        Some(u) if others.is_empty() => u + BASELINE_RELAX * (median - u),
+        Some(u) => {
+            let gap = others.iter().sum::<f64>() / others.len() as f64;
+            u + BASELINE_DECAY * (gap - u)
+        }
+    });
 }
 
 /// The largest set of groups whose means agree pairwise (cosine ≥ [`AGREE_COSINE`]), if it has
@@ -687,6 +799,28 @@ fn unscored(
     }
 }
 
+/// Share of the score threshold from which a group that passes still counts partly as flagged
+/// in its members' suspicion ([`flag_weight`]). A group holding one label flipper in five often
+/// lands just under the threshold; counting such a round as fully clean took back most of what
+/// the flagged rounds had gathered (a clean round weighs ln((1 − d) / (1 − π)) ≈ −2.2 against a
+/// flag's ≤ ln(d / f) ≈ 2.9 with the default model), so the last flipper could go unevicted for
+/// many rounds.
+pub const SOFT_FLAG_FROM: f64 = 1.0 / 3.0;
+
+/// How strongly a group with `score` is flagged, for [`Suspicion::observe_weighted`]: 1 over
+/// `threshold` (a flag), 0 up to `soft_from · threshold`, and linear in between, so that a group
+/// that only just passes weighs less in its members' favour than one that is plainly clean.
+pub fn flag_weight(score: f64, threshold: f64, soft_from: f64) -> f64 {
+    if score.is_nan() || score > threshold {
+        return 1.0;
+    }
+    let start = soft_from * threshold;
+    if threshold <= start || score <= start {
+        return 0.0;
+    }
+    ((score - start) / (threshold - start)).clamp(0.0, 1.0)
+}
+
 /// One member's record.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -723,15 +857,59 @@ impl Suspicion {
     /// never falls below [`Suspicion::floor`], so that a long honest-looking past does not hide
     /// an attacker that turns.
     pub fn observe(&mut self, model: &Model, round: u64, groups: &[Vec<u32>], flagged: &[bool]) {
+        let weights: Vec<f64> = flagged.iter().map(|&f| f64::from(u8::from(f))).collect();
+        self.observe_weighted(model, round, groups, &weights);
+    }
+
+    /// Fold in one round from its groups' scores, as the round record carries them: a group over
+    /// `threshold` is flagged, and one that passes with a score over [`SOFT_FLAG_FROM`] of the
+    /// threshold counts partly as flagged ([`flag_weight`], [`Suspicion::observe_weighted`]).
+    pub fn observe_scores(
+        &mut self,
+        model: &Model,
+        round: u64,
+        groups: &[Vec<u32>],
+        scores: &[f64],
+        threshold: f64,
+    ) {
+        let weights: Vec<f64> = scores
+            .iter()
+            .map(|&s| flag_weight(s, threshold, SOFT_FLAG_FROM))
+            .collect();
+        self.observe_weighted(model, round, groups, &weights);
+    }
+
+    /// [`Suspicion::observe`] with soft flags: `weights[j]` in [0, 1] is how strongly group j
+    /// is flagged (see [`flag_weight`]); a member of group j gains that share of a flagged
+    /// round's evidence and the rest of a clean round's. Weights of 0 and 1 are exactly
+    /// [`Suspicion::observe`]; a weight outside [0, 1] (or NaN) is clamped (NaN counts as a flag).
+    pub fn observe_weighted(
+        &mut self,
+        model: &Model,
+        round: u64,
+        groups: &[Vec<u32>],
+        weights: &[f64],
+    ) {
         let before = self.clone();
         let floor = Self::floor(model);
-        for (group, &flag) in groups.iter().zip(flagged) {
+        for (group, &weight) in groups.iter().zip(weights) {
+            let w = if weight.is_nan() { 1.0 } else { weight.clamp(0.0, 1.0) };
+            let flag = w >= 1.0;
             for &member in group {
-                let others = group
-                    .iter()
-                    .filter(|&&o| o != member)
-                    .map(|&o| before.posterior(model, o));
-                let evidence = model.evidence_among(others, flag);
+                let others = || {
+                    group
+                        .iter()
+                        .filter(|&&o| o != member)
+                        .map(|&o| before.posterior(model, o))
+                };
+                let evidence = if w <= 0.0 {
+                    model.evidence_among(others(), false)
+                } else if flag {
+                    model.evidence_among(others(), true)
+                } else {
+                    w * model.evidence_among(others(), true)
+                        + (1.0 - w) * model.evidence_among(others(), false)
+                };
                 let r = self.members.entry(member).or_default();
                 if r.rounds > 0 && r.last_round >= round {
                     continue;
@@ -813,6 +991,7 @@ mod tests {
             Usual {
                 cosine: Some((0.8, 0.01)),
                 log_norm: Some(0.0),
+                reference_gap: None,
             },
         );
         let mut state = State {
@@ -855,12 +1034,149 @@ mod tests {
                 Usual {
                     cosine: Some((0.8, 0.01)),
                     log_norm: Some(0.0),
+                    reference_gap: None,
                 },
             ),
             ..State::default()
         };
         let twice = judge_with(&Rule::Mean, &inputs, 3.0, &mut again, Some(&public)).unwrap();
         assert_eq!(twice, seen);
+    }
+
+    /// The reference rows' bar is learned: on the two public rows of the test above, four group
+    /// means lower the loss (1.0) by 0.50, 0.48, 0.46 and — the one with flipped labels mixed
+    /// in — 0.30: gaps 0, 0.02, 0.04, 0.20. Before any usual gap the round's own median gap
+    /// beside the best (0.04) sets the spread, 0.75 · 0.04 = 0.03: deviations 0, 0.67, 1.33,
+    /// 6.67, and only the flipped group is flagged; the usual gap is that median. With a wide
+    /// usual gap (0.08, as honest groups of three show) a gap of 0.15 passes, and a gap of 0.30
+    /// is still flagged; with a narrow one both are, and the usual gap relaxes toward them.
+    #[test]
+    fn the_reference_spread_is_learned_from_accepted_groups() {
+        let layout = crate::model::Layout::new(vec![2, 2]).unwrap();
+        let set =
+            crate::robust::reference::Set::new(2, 2, vec![1.0, 0.0, 0.0, 1.0], vec![0, 1]).unwrap();
+        let model = vec![0.0f32; 6];
+        let public = Reference {
+            layout: &layout,
+            model: &model,
+            set: &set,
+        };
+        let diag = |a: f32, b: f32| vec![a, b, b, a, 0.0, 0.0];
+        let previous = diag(0.5, 0.0);
+        let usual = Usual {
+            cosine: Some((0.8, 0.01)),
+            log_norm: Some(0.0),
+            reference_gap: None,
+        };
+        let round = |means: &[Vec<f32>], usual: Usual| {
+            let inputs: Vec<Input> = means
+                .iter()
+                .enumerate()
+                .map(|(j, m)| Input::new(j as u32, m, 100))
+                .collect();
+            let mut state = State {
+                groups: Baseline::from_log(Some(previous.clone()), usual),
+                ..State::default()
+            };
+            let j = judge_with(&Rule::Mean, &inputs, 3.0, &mut state, Some(&public)).unwrap();
+            (j, state.groups.usual())
+        };
+        let means = [diag(0.5, 0.0), diag(0.48, 0.0), diag(0.46, 0.0), diag(0.5, 0.2)];
+        let (first, after) = round(&means, usual);
+        assert_eq!(first.flagged, vec![false, false, false, true], "{:?}", first.scores);
+        let r = first.reference.clone().unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-5;
+        assert!(close(r.spread, 0.03), "{}", r.spread);
+        for (dev, want) in r.deviations().iter().zip([0.0, 0.02 / 0.03, 0.04 / 0.03, 0.2 / 0.03]) {
+            assert!(close(*dev, want), "{:?}", r.deviations());
+        }
+        let gap = after.reference_gap.unwrap();
+        assert!(close(gap, 0.04), "{gap}");
+        assert!(close(after.reference_spread().unwrap(), 0.03));
+        // The next round from this usual gap: accepted gaps 0.02 and 0.04 → 0.04 + 0.3 · (0.03 − 0.04).
+        let (_, next) = round(&means, after);
+        assert!(close(next.reference_gap.unwrap(), 0.037));
+        // The same round from the same log gives the same bits.
+        assert_eq!(round(&means, usual), (first, after));
+
+        // A wide usual gap: the bar follows it, and the usual moves toward this round's gaps.
+        let wide = Usual {
+            reference_gap: Some(0.08),
+            ..usual
+        };
+        assert!(close(wide.reference_spread().unwrap(), 0.06));
+        let means = [diag(0.5, 0.0), diag(0.35, 0.0), diag(0.5, 0.3)];
+        let (j, after) = round(&means, wide);
+        assert_eq!(j.flagged, vec![false, false, true], "{:?}", j.scores);
+        let dev = j.reference.unwrap().deviations();
+        assert!(close(dev[1], 0.15 / 0.06) && close(dev[2], 0.30 / 0.06), "{dev:?}");
+        assert!(close(after.reference_gap.unwrap(), 0.08 + BASELINE_DECAY * (0.15 - 0.08)));
+        // With a narrow usual gap (spread at its floor, 0.025) the gap of 0.15 is flagged too;
+        // no group beside the best was accepted, so the usual relaxes toward the median gap
+        // beside the best, 0.15: 0.02 + 0.1 · 0.13.
+        let narrow = Usual {
+            reference_gap: Some(0.02),
+            ..usual
+        };
+        let (tight, relaxed) = round(&means, narrow);
+        assert_eq!(tight.reference.unwrap().spread, REFERENCE_SPREAD_MIN);
+        assert_eq!(tight.flagged, vec![false, true, true]);
+        assert!(close(relaxed.reference_gap.unwrap(), 0.02 + BASELINE_RELAX * 0.13));
+    }
+
+    #[test]
+    fn the_reference_spread_stays_within_its_bounds() {
+        let at = |gap: Option<f64>| {
+            Usual {
+                reference_gap: gap,
+                ..Usual::default()
+            }
+            .reference_spread()
+        };
+        assert_eq!(at(None), None);
+        assert_eq!(at(Some(0.0)), Some(REFERENCE_SPREAD_MIN));
+        assert_eq!(at(Some(1.0)), Some(REFERENCE_SPREAD_MAX));
+        assert_eq!(at(Some(f64::NAN)), Some(REFERENCE_SPREAD_MAX));
+        assert!((at(Some(0.1)).unwrap() - REFERENCE_GAP_FACTOR * 0.1).abs() < 1e-15);
+        assert_eq!(median_other_gap(&[0.0, 0.3, 0.1, 0.2], 0), Some(0.2));
+        assert_eq!(median_other_gap(&[0.1, 0.0, 0.3], 1), Some(0.1));
+        assert_eq!(median_other_gap(&[0.0], 0), None);
+        for bad in [-0.1, f64::NAN, f64::INFINITY] {
+            let u = Usual {
+                reference_gap: Some(bad),
+                ..Usual::default()
+            };
+            assert!(u.check().unwrap_err().contains("reference gap"), "{bad}");
+        }
+        assert!(Usual {
+            reference_gap: Some(0.05),
+            ..Usual::default()
+        }
+        .check()
+        .is_ok());
+    }
+
+    #[test]
+    fn soft_flags_weigh_between_a_clean_round_and_a_flagged_one() {
+        assert_eq!(flag_weight(3.5, 3.0, 0.5), 1.0);
+        assert_eq!(flag_weight(f64::NAN, 3.0, 0.5), 1.0);
+        assert_eq!(flag_weight(1.5, 3.0, 0.5), 0.0);
+        assert_eq!(flag_weight(0.0, 3.0, 0.5), 0.0);
+        assert!((flag_weight(2.25, 3.0, 0.5) - 0.5).abs() < 1e-12);
+        assert_eq!(flag_weight(3.0, 3.0, 0.5), 1.0);
+        let groups = [vec![1, 2, 3], vec![4, 5, 6]];
+        // Weights 0 and 1 are the hard flags.
+        let mut hard = Suspicion::default();
+        hard.observe(&MODEL, 1, &groups, &[true, false]);
+        let mut soft = Suspicion::default();
+        soft.observe_weighted(&MODEL, 1, &groups, &[1.0, 0.0]);
+        assert_eq!(hard, soft);
+        // A half flag is half of each.
+        let mut half = Suspicion::default();
+        half.observe_weighted(&MODEL, 1, &groups, &[0.5, 0.0]);
+        let want = 0.5 * MODEL.evidence(3, true) + 0.5 * MODEL.evidence(3, false);
+        assert!((half.members[&1].llr - want).abs() < 1e-12);
+        assert_eq!(half.members[&1].flagged, 0);
     }
 
     const MODEL: Model = Model {
