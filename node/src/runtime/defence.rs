@@ -196,9 +196,10 @@ impl Defence {
         Ok(())
     }
 
-    /// Fold a record's revealed groups and their flags into the suspicion table, if the round
-    /// was decided (an undecided round's flags are no evidence; rounds already observed count
-    /// once).
+    /// Fold a record's revealed groups and their scores into the suspicion table (a flagged
+    /// group counts as a flag, one just under the threshold partly: `observe_scores`), if the
+    /// round was decided (an undecided round's flags are no evidence; rounds already observed
+    /// count once).
     fn observe_record(&mut self, model: &robust::suspicion::Model, record: &RoundRecord) {
         let Some(summary) = record.groups.as_ref().filter(|s| s.decided) else {
             return;

@@ -21,6 +21,13 @@
 //! LLR never falls below −(logit confidence − logit p) ([`Suspicion::floor`]), so an attacker that
 //! behaves for a long time and then turns needs at most twice the evidence of a fresh one.
 //!
+//! **Soft flags** ([`Suspicion::observe_scores`]): a group whose score passes the threshold is not
+//! taken as plainly clean when the score is over [`SOFT_FLAG_FROM`] of the threshold; its members
+//! get the matching share of a flagged round's evidence ([`flag_weight`]). With d = 0.9 a clean
+//! round weighs −2.2, nearly as much as a flag among cleared members (+2.9): a label flipper's
+//! group, which lands just under the threshold about as often as over it, lost in its clean
+//! rounds what its flagged ones had gathered.
+//!
 //! ## How long eviction takes
 //!
 //! The bar is B = logit(confidence) − logit(p) (5.98 with the defaults p = 0.2, confidence 0.99).
@@ -236,9 +243,12 @@ pub struct Reference<'a> {
 /// how far apart honest group means land on the reference rows depends on the group size, the
 /// shards and the stage of training (drill, groups of 5: clean groups' gaps ≈ 3 % of the loss on
 /// average, at most ≈ 10 %; testnet, groups of 3: up to 25 %), so the bar is learned like the
-/// cosine's spread instead of fixed. At threshold 3 a group is flagged when its gap is over
-/// 2.25 times the usual one.
-pub const REFERENCE_GAP_FACTOR: f64 = 0.75;
+/// cosine's spread instead of fixed. At threshold 3 a group is flagged when its gap is over 1.5
+/// times the usual one (and over 7.5 %). Measured with label flip (seed 1, groups of 5): 0.75
+/// loosened the bar in attacked runs, where accepted groups hold flippers too, and the last
+/// flipper went in round 19 instead of 12; with 0.5 the bar stays at its floor in the drill's
+/// groups of 5 and widens only where the usual gap is over 5 % of the loss.
+pub const REFERENCE_GAP_FACTOR: f64 = 0.5;
 
 /// Smallest spread of the reference gap: at threshold 3, a group is never flagged for a gap of
 /// up to 7.5 % of the loss, however close the accepted groups happened to land. Measured (MNIST,
@@ -338,11 +348,11 @@ impl Usual {
         Ok(())
     }
 
-    /// The spread a round's reference gaps are judged with, given the usual values before it
-    /// ([`reference_spread`] of the usual gap); None while there is no usual gap yet (the
-    /// round's own gaps set it then, see [`judge_with`]).
-    pub fn reference_spread(&self) -> Option<f64> {
-        self.reference_gap.map(reference_spread)
+    /// The spread a round's reference gaps are judged with, given the usual values before it:
+    /// [`reference_spread`] of the usual gap, [`REFERENCE_SPREAD_MIN`] while there is none yet.
+    pub fn reference_spread(&self) -> f64 {
+        self.reference_gap
+            .map_or(REFERENCE_SPREAD_MIN, reference_spread)
     }
 }
 
@@ -548,19 +558,11 @@ pub fn judge_with(
     let reference_scores = match public {
         Some(r) => {
             let means: Vec<&[f32]> = groups.iter().map(|g| g.values).collect();
-            let mut scores = ReferenceScores {
+            Some(ReferenceScores {
                 loss: super::reference::loss(r.layout, r.model, r.set)?,
                 effects: super::reference::effects(r.layout, r.model, &means, r.set)?,
-                spread: REFERENCE_SPREAD_MIN,
-            };
-            // Before any usual gap, the round's own groups set the bar: the median gap of the
-            // groups other than the best (robust to one group of attackers among four).
-            scores.spread = match state.groups.usual().reference_spread() {
-                Some(spread) => spread,
-                None => median_other_gap(&scores.gaps(), scores.best())
-                    .map_or(REFERENCE_SPREAD_MIN, reference_spread),
-            };
-            Some(scores)
+                spread: state.groups.usual().reference_spread(),
+            })
         }
         None => None,
     };
@@ -703,12 +705,12 @@ pub fn judge_with(
 
 /// Fold a decided round's reference gaps into the usual gap: the mean gap of the accepted
 /// (`kept`) groups other than the best one — the best group (gap 0) says nothing about the
-/// spread, and flagged groups are not usual — averaged with weight [`BASELINE_DECAY`]. The
-/// first round with reference rows takes the median gap of all groups but the best (it set that
-/// round's spread). A round that accepted no group beside its best moves the usual gap toward that
-/// median with weight [`BASELINE_RELAX`] only, so that a bar that has become too strict for the
-/// honest groups cannot stay so, while groups of attackers flagged for a round or two gain
-/// little.
+/// spread, and flagged groups are not usual — averaged with weight [`BASELINE_DECAY`], starting
+/// from the gap at which the spread is [`REFERENCE_SPREAD_MIN`] (so the first rounds are judged
+/// at the floor: attackers present from the start cannot widen the bar with round 1). A round
+/// that accepted no group beside its best moves the usual gap toward the median gap of the others
+/// with weight [`BASELINE_RELAX`] only, so that a bar that has become too strict for the honest
+/// groups cannot stay so, while groups of attackers flagged for a round or two gain little.
 fn learn_reference_gap(baseline: &mut Baseline, r: &ReferenceScores, kept: &[usize]) {
     let gaps = r.gaps();
     let best = r.best();
@@ -716,13 +718,14 @@ fn learn_reference_gap(baseline: &mut Baseline, r: &ReferenceScores, kept: &[usi
         return;
     };
     let others: Vec<f64> = kept.iter().filter(|&&j| j != best).map(|&j| gaps[j]).collect();
-    baseline.reference_gap = Some(match baseline.reference_gap {
-        None => median,
-        Some(u) if others.is_empty() => u + BASELINE_RELAX * (median - u),
-        Some(u) => {
-            let gap = others.iter().sum::<f64>() / others.len() as f64;
-            u + BASELINE_DECAY * (gap - u)
-        }
+    let u = baseline
+        .reference_gap
+        .unwrap_or(REFERENCE_SPREAD_MIN / REFERENCE_GAP_FACTOR);
+    baseline.reference_gap = Some(if others.is_empty() {
+        u + BASELINE_RELAX * (median - u)
+    } else {
+        let gap = others.iter().sum::<f64>() / others.len() as f64;
+        u + BASELINE_DECAY * (gap - u)
     });
 }
 
@@ -1045,11 +1048,12 @@ mod tests {
 
     /// The reference rows' bar is learned: on the two public rows of the test above, four group
     /// means lower the loss (1.0) by 0.50, 0.48, 0.46 and — the one with flipped labels mixed
-    /// in — 0.30: gaps 0, 0.02, 0.04, 0.20. Before any usual gap the round's own median gap
-    /// beside the best (0.04) sets the spread, 0.75 · 0.04 = 0.03: deviations 0, 0.67, 1.33,
-    /// 6.67, and only the flipped group is flagged; the usual gap is that median. With a wide
-    /// usual gap (0.08, as honest groups of three show) a gap of 0.15 passes, and a gap of 0.30
-    /// is still flagged; with a narrow one both are, and the usual gap relaxes toward them.
+    /// in — 0.30: gaps 0, 0.02, 0.04, 0.20. Before any usual gap the spread is
+    /// [`REFERENCE_SPREAD_MIN`]: deviations 0, 0.8, 1.6, 8, and only the flipped group is flagged;
+    /// the usual gap starts from the one whose spread is that floor and moves toward the accepted
+    /// groups' mean gap, 0.03. With a wide usual gap (spread 0.06, as honest groups of three
+    /// need) a gap of 0.15 passes, and a gap of 0.30 is still flagged; with a narrow one both
+    /// are, and the usual gap relaxes toward them.
     #[test]
     fn the_reference_spread_is_learned_from_accepted_groups() {
         let layout = crate::model::Layout::new(vec![2, 2]).unwrap();
@@ -1086,31 +1090,34 @@ mod tests {
         assert_eq!(first.flagged, vec![false, false, false, true], "{:?}", first.scores);
         let r = first.reference.clone().unwrap();
         let close = |a: f64, b: f64| (a - b).abs() < 1e-5;
-        assert!(close(r.spread, 0.03), "{}", r.spread);
-        for (dev, want) in r.deviations().iter().zip([0.0, 0.02 / 0.03, 0.04 / 0.03, 0.2 / 0.03]) {
+        assert_eq!(r.spread, REFERENCE_SPREAD_MIN);
+        for (dev, want) in r.deviations().iter().zip([0.0, 0.8, 1.6, 8.0]) {
             assert!(close(*dev, want), "{:?}", r.deviations());
         }
+        let start = REFERENCE_SPREAD_MIN / REFERENCE_GAP_FACTOR;
         let gap = after.reference_gap.unwrap();
-        assert!(close(gap, 0.04), "{gap}");
-        assert!(close(after.reference_spread().unwrap(), 0.03));
-        // The next round from this usual gap: accepted gaps 0.02 and 0.04 → 0.04 + 0.3 · (0.03 − 0.04).
+        assert!(close(gap, start + BASELINE_DECAY * (0.03 - start)), "{gap}");
+        // Still at the floor.
+        assert_eq!(after.reference_spread(), REFERENCE_SPREAD_MIN);
         let (_, next) = round(&means, after);
-        assert!(close(next.reference_gap.unwrap(), 0.037));
+        assert!(close(next.reference_gap.unwrap(), gap + BASELINE_DECAY * (0.03 - gap)));
         // The same round from the same log gives the same bits.
         assert_eq!(round(&means, usual), (first, after));
 
         // A wide usual gap: the bar follows it, and the usual moves toward this round's gaps.
+        let wide_gap = 0.06 / REFERENCE_GAP_FACTOR;
         let wide = Usual {
-            reference_gap: Some(0.08),
+            reference_gap: Some(wide_gap),
             ..usual
         };
-        assert!(close(wide.reference_spread().unwrap(), 0.06));
+        assert!(close(wide.reference_spread(), 0.06));
         let means = [diag(0.5, 0.0), diag(0.35, 0.0), diag(0.5, 0.3)];
         let (j, after) = round(&means, wide);
         assert_eq!(j.flagged, vec![false, false, true], "{:?}", j.scores);
         let dev = j.reference.unwrap().deviations();
         assert!(close(dev[1], 0.15 / 0.06) && close(dev[2], 0.30 / 0.06), "{dev:?}");
-        assert!(close(after.reference_gap.unwrap(), 0.08 + BASELINE_DECAY * (0.15 - 0.08)));
+        let want = wide_gap + BASELINE_DECAY * (0.15 - wide_gap);
+        assert!(close(after.reference_gap.unwrap(), want));
         // With a narrow usual gap (spread at its floor, 0.025) the gap of 0.15 is flagged too;
         // no group beside the best was accepted, so the usual relaxes toward the median gap
         // beside the best, 0.15: 0.02 + 0.1 · 0.13.
@@ -1133,11 +1140,11 @@ mod tests {
             }
             .reference_spread()
         };
-        assert_eq!(at(None), None);
-        assert_eq!(at(Some(0.0)), Some(REFERENCE_SPREAD_MIN));
-        assert_eq!(at(Some(1.0)), Some(REFERENCE_SPREAD_MAX));
-        assert_eq!(at(Some(f64::NAN)), Some(REFERENCE_SPREAD_MAX));
-        assert!((at(Some(0.1)).unwrap() - REFERENCE_GAP_FACTOR * 0.1).abs() < 1e-15);
+        assert_eq!(at(None), REFERENCE_SPREAD_MIN);
+        assert_eq!(at(Some(0.0)), REFERENCE_SPREAD_MIN);
+        assert_eq!(at(Some(1.0)), REFERENCE_SPREAD_MAX);
+        assert_eq!(at(Some(f64::NAN)), REFERENCE_SPREAD_MAX);
+        assert!((at(Some(0.1)) - REFERENCE_GAP_FACTOR * 0.1).abs() < 1e-15);
         assert_eq!(median_other_gap(&[0.0, 0.3, 0.1, 0.2], 0), Some(0.2));
         assert_eq!(median_other_gap(&[0.1, 0.0, 0.3], 1), Some(0.1));
         assert_eq!(median_other_gap(&[0.0], 0), None);
