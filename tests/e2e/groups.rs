@@ -108,6 +108,11 @@ fn secagg_groups_reveal_only_sums_of_at_least_g() {
         );
         let decided = r["groups"]["decided"].as_bool().unwrap();
         assert_eq!(r["groups"]["reference_loss"].is_f64(), decided, "{r}");
+        if decided {
+            // The spread the round was judged with, within its bounds.
+            let spread = r["groups"]["reference_spread"].as_f64().unwrap();
+            assert!((0.025..=0.2).contains(&spread), "{r}");
+        }
         for g in r["groups"]["revealed"].as_array().unwrap() {
             assert_eq!(g["reference"].is_f64(), decided, "{r}");
         }
