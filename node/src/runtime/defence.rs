@@ -498,7 +498,7 @@ mod tests {
                     decided: true,
                     usual: Default::default(),
                     reference_loss: None,
-                reference_spread: None,
+                    reference_spread: None,
                 }),
                 ..RoundRecord::new(round, Mode::Secagg, Hash::ZERO, Hash::ZERO)
             }

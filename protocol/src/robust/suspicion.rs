@@ -342,7 +342,9 @@ impl Usual {
         }
         if let Some(gap) = self.reference_gap {
             if !(gap.is_finite() && gap >= 0.0) {
-                return Err(format!("usual reference gap {gap} is not a finite value ≥ 0"));
+                return Err(format!(
+                    "usual reference gap {gap} is not a finite value ≥ 0"
+                ));
             }
         }
         Ok(())
@@ -717,7 +719,11 @@ fn learn_reference_gap(baseline: &mut Baseline, r: &ReferenceScores, kept: &[usi
     let Some(median) = median_other_gap(&gaps, best) else {
         return;
     };
-    let others: Vec<f64> = kept.iter().filter(|&&j| j != best).map(|&j| gaps[j]).collect();
+    let others: Vec<f64> = kept
+        .iter()
+        .filter(|&&j| j != best)
+        .map(|&j| gaps[j])
+        .collect();
     let u = baseline
         .reference_gap
         .unwrap_or(REFERENCE_SPREAD_MIN / REFERENCE_GAP_FACTOR);
@@ -896,7 +902,11 @@ impl Suspicion {
         let before = self.clone();
         let floor = Self::floor(model);
         for (group, &weight) in groups.iter().zip(weights) {
-            let w = if weight.is_nan() { 1.0 } else { weight.clamp(0.0, 1.0) };
+            let w = if weight.is_nan() {
+                1.0
+            } else {
+                weight.clamp(0.0, 1.0)
+            };
             let flag = w >= 1.0;
             for &member in group {
                 let others = || {
@@ -1085,9 +1095,19 @@ mod tests {
             let j = judge_with(&Rule::Mean, &inputs, 3.0, &mut state, Some(&public)).unwrap();
             (j, state.groups.usual())
         };
-        let means = [diag(0.5, 0.0), diag(0.48, 0.0), diag(0.46, 0.0), diag(0.5, 0.2)];
+        let means = [
+            diag(0.5, 0.0),
+            diag(0.48, 0.0),
+            diag(0.46, 0.0),
+            diag(0.5, 0.2),
+        ];
         let (first, after) = round(&means, usual);
-        assert_eq!(first.flagged, vec![false, false, false, true], "{:?}", first.scores);
+        assert_eq!(
+            first.flagged,
+            vec![false, false, false, true],
+            "{:?}",
+            first.scores
+        );
         let r = first.reference.clone().unwrap();
         let close = |a: f64, b: f64| (a - b).abs() < 1e-5;
         assert_eq!(r.spread, REFERENCE_SPREAD_MIN);
@@ -1100,7 +1120,10 @@ mod tests {
         // Still at the floor.
         assert_eq!(after.reference_spread(), REFERENCE_SPREAD_MIN);
         let (_, next) = round(&means, after);
-        assert!(close(next.reference_gap.unwrap(), gap + BASELINE_DECAY * (0.03 - gap)));
+        assert!(close(
+            next.reference_gap.unwrap(),
+            gap + BASELINE_DECAY * (0.03 - gap)
+        ));
         // The same round from the same log gives the same bits.
         assert_eq!(round(&means, usual), (first, after));
 
@@ -1115,7 +1138,10 @@ mod tests {
         let (j, after) = round(&means, wide);
         assert_eq!(j.flagged, vec![false, false, true], "{:?}", j.scores);
         let dev = j.reference.unwrap().deviations();
-        assert!(close(dev[1], 0.15 / 0.06) && close(dev[2], 0.30 / 0.06), "{dev:?}");
+        assert!(
+            close(dev[1], 0.15 / 0.06) && close(dev[2], 0.30 / 0.06),
+            "{dev:?}"
+        );
         let want = wide_gap + BASELINE_DECAY * (0.15 - wide_gap);
         assert!(close(after.reference_gap.unwrap(), want));
         // With a narrow usual gap (spread at its floor, 0.025) the gap of 0.15 is flagged too;
@@ -1128,7 +1154,10 @@ mod tests {
         let (tight, relaxed) = round(&means, narrow);
         assert_eq!(tight.reference.unwrap().spread, REFERENCE_SPREAD_MIN);
         assert_eq!(tight.flagged, vec![false, true, true]);
-        assert!(close(relaxed.reference_gap.unwrap(), 0.02 + BASELINE_RELAX * 0.13));
+        assert!(close(
+            relaxed.reference_gap.unwrap(),
+            0.02 + BASELINE_RELAX * 0.13
+        ));
     }
 
     #[test]
