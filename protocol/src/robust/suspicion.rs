@@ -23,7 +23,8 @@
 //!
 //! **Soft flags** ([`Suspicion::observe_scores`]): a group whose score passes the threshold is not
 //! taken as plainly clean when the score is over [`SOFT_FLAG_FROM`] of the threshold; its members
-//! get the matching share of a flagged round's evidence ([`flag_weight`]). With d = 0.9 a clean
+//! get the matching share of a flagged round's evidence, at most [`SOFT_FLAG_MAX`] (half) of it
+//! ([`flag_weight`]). With d = 0.9 a clean
 //! round weighs −2.2, nearly as much as a flag among cleared members (+2.9): a label flipper's
 //! group, which lands just under the threshold about as often as over it, lost in its clean
 //! rounds what its flagged ones had gathered.
@@ -816,10 +817,18 @@ fn unscored(
 /// many rounds.
 pub const SOFT_FLAG_FROM: f64 = 1.0 / 3.0;
 
+/// The most a group that passes can count as flagged ([`flag_weight`]): half a flag, reached
+/// just under the threshold. Soft flags also move the honest members who sit next to a flipper;
+/// at full weight (a group just under the threshold counting nearly as a flag) the label-flip
+/// drill on seed 4 evicted two honest members (rounds 8 and 19), at half weight none on seeds
+/// 1–5, for flippers evicted 1–2 rounds later (see BENCHMARKS.md, "Robust and secure at once").
+pub const SOFT_FLAG_MAX: f64 = 0.5;
+
 /// How strongly a group with `score` is flagged, for [`Suspicion::observe_weighted`]: 1 over
-/// `threshold` (a flag), 0 up to `soft_from · threshold`, and linear in between, so that a group
-/// that only just passes weighs less in its members' favour than one that is plainly clean.
-pub fn flag_weight(score: f64, threshold: f64, soft_from: f64) -> f64 {
+/// `threshold` (a flag); for a group that passes, 0 up to `soft_from · threshold`, rising
+/// linearly to `soft_max` at the threshold, so that a group that only just passes weighs less
+/// in its members' favour than one that is plainly clean, yet never as much as a flag.
+pub fn flag_weight(score: f64, threshold: f64, soft_from: f64, soft_max: f64) -> f64 {
     if score.is_nan() || score > threshold {
         return 1.0;
     }
@@ -827,7 +836,7 @@ pub fn flag_weight(score: f64, threshold: f64, soft_from: f64) -> f64 {
     if threshold <= start || score <= start {
         return 0.0;
     }
-    ((score - start) / (threshold - start)).clamp(0.0, 1.0)
+    soft_max.clamp(0.0, 1.0) * ((score - start) / (threshold - start)).clamp(0.0, 1.0)
 }
 
 /// One member's record.
@@ -883,7 +892,7 @@ impl Suspicion {
     ) {
         let weights: Vec<f64> = scores
             .iter()
-            .map(|&s| flag_weight(s, threshold, SOFT_FLAG_FROM))
+            .map(|&s| flag_weight(s, threshold, SOFT_FLAG_FROM, SOFT_FLAG_MAX))
             .collect();
         self.observe_weighted(model, round, groups, &weights);
     }
@@ -1194,12 +1203,18 @@ mod tests {
 
     #[test]
     fn soft_flags_weigh_between_a_clean_round_and_a_flagged_one() {
-        assert_eq!(flag_weight(3.5, 3.0, 0.5), 1.0);
-        assert_eq!(flag_weight(f64::NAN, 3.0, 0.5), 1.0);
-        assert_eq!(flag_weight(1.5, 3.0, 0.5), 0.0);
-        assert_eq!(flag_weight(0.0, 3.0, 0.5), 0.0);
-        assert!((flag_weight(2.25, 3.0, 0.5) - 0.5).abs() < 1e-12);
-        assert_eq!(flag_weight(3.0, 3.0, 0.5), 1.0);
+        assert_eq!(flag_weight(3.5, 3.0, 0.5, 1.0), 1.0);
+        assert_eq!(flag_weight(f64::NAN, 3.0, 0.5, 1.0), 1.0);
+        assert_eq!(flag_weight(1.5, 3.0, 0.5, 1.0), 0.0);
+        assert_eq!(flag_weight(0.0, 3.0, 0.5, 1.0), 0.0);
+        assert!((flag_weight(2.25, 3.0, 0.5, 1.0) - 0.5).abs() < 1e-12);
+        assert_eq!(flag_weight(3.0, 3.0, 0.5, 1.0), 1.0);
+        // A passing group never counts as more than `soft_max` of a flag; over the threshold it
+        // is a whole flag whatever the cap.
+        assert!((flag_weight(2.25, 3.0, 0.5, 0.5) - 0.25).abs() < 1e-12);
+        assert!((flag_weight(3.0, 3.0, 0.5, 0.5) - 0.5).abs() < 1e-12);
+        assert_eq!(flag_weight(3.01, 3.0, 0.5, 0.5), 1.0);
+        assert_eq!(flag_weight(1.0, 3.0, 0.5, 0.5), 0.0);
         let groups = [vec![1, 2, 3], vec![4, 5, 6]];
         // Weights 0 and 1 are the hard flags.
         let mut hard = Suspicion::default();
