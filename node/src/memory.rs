@@ -69,8 +69,7 @@ fn settings() -> &'static Settings {
     })
 }
 
-/// What the allocator holds, in KiB (glibc's `mallinfo2`, or jemalloc's statistics with the
-/// `jemalloc` feature).
+/// What the allocator holds, in KiB (glibc's `mallinfo2`).
 #[derive(Debug, Clone, Copy, Default)]
 struct Heap {
     /// Obtained with `brk`/`sbrk` and in arenas (`arena`).
@@ -83,7 +82,7 @@ struct Heap {
     free: u64,
 }
 
-#[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "jemalloc")))]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn heap() -> Option<Heap> {
     // SAFETY: `mallinfo2` takes no arguments, only reads the allocator's counters under its
     // locks and returns a plain struct by value; glibc ≥ 2.33 has it (Debian 12: 2.36).
@@ -96,24 +95,7 @@ fn heap() -> Option<Heap> {
     })
 }
 
-/// jemalloc's counters in the same shape: `arena` = `stats.active` (pages of live extents),
-/// `mmap` = `stats.mapped`, `in_use` = `stats.allocated`, `free` = active − allocated.
-#[cfg(feature = "jemalloc")]
-fn heap() -> Option<Heap> {
-    // Statistics are a snapshot taken when `epoch` is written.
-    jemalloc::write_u64(c"epoch", 1)?;
-    let allocated = jemalloc::read_usize(c"stats.allocated")? as u64;
-    let active = jemalloc::read_usize(c"stats.active")? as u64;
-    let mapped = jemalloc::read_usize(c"stats.mapped")? as u64;
-    Some(Heap {
-        arena: active / 1024,
-        mmap: mapped / 1024,
-        in_use: allocated / 1024,
-        free: active.saturating_sub(allocated) / 1024,
-    })
-}
-
-#[cfg(not(any(all(target_os = "linux", target_env = "gnu"), feature = "jemalloc")))]
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn heap() -> Option<Heap> {
     None
 }
@@ -301,10 +283,8 @@ pub(crate) fn diag_exit_after(after_round: u64) {
     }
 }
 
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn trim() {
-    #[cfg(feature = "jemalloc")]
-    jemalloc::purge();
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: `malloc_trim` only returns free memory of the allocator's own arenas to the OS
     // (under the arenas' locks); it touches no memory the program holds. Its result (whether
     // anything was released) needs no handling.
@@ -313,90 +293,8 @@ fn trim() {
     }
 }
 
-/// jemalloc as the global allocator (cargo feature `jemalloc`): every Rust allocation of the
-/// node goes to it; C code linked in (e.g. GMP) keeps using the system allocator, which the
-/// glibc settings above still govern.
-///
-/// It keeps freed pages as "dirty" for [`DIRTY_DECAY_MS`] and then returns them to the OS
-/// (`MADV_DONTNEED`; no "muzzy" stage, so a returned page leaves the RSS at once), and
-/// [`release`] purges every arena at each round start, as `malloc_trim` does for glibc. Its
-/// size classes and extents keep model-sized buffers apart from small long-lived objects, which
-/// in glibc's arenas pinned the pages that bursts had used.
-#[cfg(feature = "jemalloc")]
-mod jemalloc {
-    use std::ffi::CStr;
-
-    #[global_allocator]
-    static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-    /// How long a freed page stays with jemalloc before it goes back to the OS: long enough
-    /// that training's per-step tensors (freed and made again every few milliseconds) are
-    /// reused instead of being faulted in anew, short enough that a round's burst is returned
-    /// within the round.
-    pub(super) const DIRTY_DECAY_MS: u32 = 1000;
-
-    /// jemalloc's start-up options, read before `main` (a strong definition of its weak
-    /// `malloc_conf`; the crate builds jemalloc with the `_rjem_` prefix). NUL-terminated;
-    /// must match [`DIRTY_DECAY_MS`] (checked by a test).
-    #[export_name = "_rjem_malloc_conf"]
-    static MALLOC_CONF: &u8 = &b"dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0];
-
-    /// `arena.<MALLCTL_ARENAS_ALL>.purge`: every arena at once.
-    const PURGE_ALL: &CStr = c"arena.4096.purge";
-
-    /// Return every arena's unused dirty pages to the OS now.
-    pub(super) fn purge() {
-        // SAFETY: a "void" mallctl (no old or new value): all pointers null, lengths 0, which
-        // is how jemalloc's manual documents `arena.<i>.purge`. The name is NUL-terminated.
-        let rc = unsafe {
-            tikv_jemalloc_sys::mallctl(
-                PURGE_ALL.as_ptr(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                0,
-            )
-        };
-        if rc != 0 {
-            tracing::debug!(rc, "jemalloc: purging the arenas failed");
-        }
-    }
-
-    /// Read a `size_t` statistic or option.
-    pub(super) fn read_usize(name: &CStr) -> Option<usize> {
-        let mut value: usize = 0;
-        let mut len = std::mem::size_of::<usize>();
-        // SAFETY: `oldp` points at a `usize` and `oldlenp` holds its size, as mallctl requires
-        // for a `size_t` (or `ssize_t`) entry; jemalloc checks that the size matches and
-        // returns EINVAL otherwise. No new value is written.
-        let rc = unsafe {
-            tikv_jemalloc_sys::mallctl(
-                name.as_ptr(),
-                (&mut value as *mut usize).cast(),
-                &mut len,
-                std::ptr::null_mut(),
-                0,
-            )
-        };
-        (rc == 0).then_some(value)
-    }
-
-    /// Write a `uint64_t` entry (e.g. `epoch`, which refreshes the statistics).
-    pub(super) fn write_u64(name: &CStr, mut value: u64) -> Option<()> {
-        // SAFETY: `newp` points at a `u64` and `newlen` is its size, as mallctl requires for a
-        // `uint64_t` entry; jemalloc checks the size. No old value is read.
-        let rc = unsafe {
-            tikv_jemalloc_sys::mallctl(
-                name.as_ptr(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                (&mut value as *mut u64).cast(),
-                std::mem::size_of::<u64>(),
-            )
-        };
-        (rc == 0).then_some(())
-    }
-}
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() {}
 
 #[cfg(test)]
 mod tests {
@@ -468,35 +366,9 @@ mod tests {
         assert!(now.total_kib > 0 && now.anon_kib <= now.total_kib);
     }
 
-    /// jemalloc read its start-up options (the exported `malloc_conf`), and [`trim`] gives a
-    /// freed burst back to the OS at once instead of after the decay time.
-    #[cfg(feature = "jemalloc")]
-    #[test]
-    fn jemalloc_is_configured_and_purged() {
-        // `opt.*_decay_ms` are `ssize_t`, the same width as `usize`.
-        let dirty = jemalloc::read_usize(c"opt.dirty_decay_ms").expect("opt.dirty_decay_ms");
-        let muzzy = jemalloc::read_usize(c"opt.muzzy_decay_ms").expect("opt.muzzy_decay_ms");
-        assert_eq!(dirty as isize, jemalloc::DIRTY_DECAY_MS as isize);
-        assert_eq!(muzzy as isize, 0);
-
-        let burst: Vec<Vec<u8>> = (0..64)
-            .map(|i| std::hint::black_box(vec![i as u8 + 1; 400 << 10]))
-            .collect();
-        let rss_full = rss_kib().expect("linux");
-        drop(burst);
-        trim();
-        let rss_after = rss_kib().expect("linux");
-        assert!(
-            rss_after + (16 << 10) < rss_full,
-            "RSS {rss_full} → {rss_after} KiB: the freed burst was not given back"
-        );
-        let h = heap().expect("jemalloc stats");
-        assert!(h.in_use > 0 && h.in_use <= h.arena && h.arena <= h.mmap);
-    }
-
     /// A burst of freed model-sized blocks that glibc kept is given back by `release`: the
     /// allocator's free space shrinks to (almost) nothing and the RSS drops.
-    #[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "jemalloc")))]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn trim_gives_back_a_freed_burst() {
         // Free one large block first so that glibc raises its mmap threshold, as a node does
