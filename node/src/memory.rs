@@ -29,7 +29,10 @@
 //! end up in the arenas again (after the trims, secagg witnesses: mmaps 39–43 → 35–38 MB, in
 //! use in the arenas 5–9 → 13–16 MB). Mapping every such block directly was tried and made the
 //! soak's RSS grow more (RELIABILITY.md, "Soak": heaptrack and `mallinfo2` figures, the
-//! experiment, and what is left).
+//! experiment, and what is left). What the node itself holds at the trim and what grows there
+//! over a soak is mostly libp2p's per-connection gossip buffers (each stream's read and write
+//! buffer keeps the size of the largest frames it has carried, a model or two), which no
+//! allocator setting returns; jemalloc was tried and did no better.
 //!
 //! Environment (read once):
 //! - `FEDMESH_MALLOC_RELEASE=0` turns both off (glibc's defaults; to measure what they do).
