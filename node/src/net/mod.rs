@@ -206,20 +206,6 @@ pub fn start(
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
         .heartbeat_interval(Duration::from_millis(500))
-        // The message cache keeps a copy of every message for `history_length` heartbeats, to
-        // answer IWANTs after the IHAVEs of the last `history_gossip` heartbeats. Its default
-        // (5 and 3: 2.5 s) outlived a whole secagg round once rounds ran at ≈ 2 s: heap profiles
-        // taken exactly at a round-start trim (round 20 vs 60 of one soak schedule) found the last
-        // round's masked inputs, one model each, still held there (+4.1 MB of `RawMessage`
-        // copies at round 60). 2 and 1 keep a message for 0.5–1 s: IHAVEs name the last
-        // heartbeat's messages, and the IWANTs they draw are answered until the next one. Mesh
-        // peers (up to `mesh_n_high`, 12: every peer of a network of up to 13 members) get each
-        // message pushed and published messages are flooded to all peers, so gossip is only a
-        // fallback; a member that still misses a phase's message is that phase's dropout, and
-        // committed rounds are caught up by request-response. Every node runs this same code,
-        // so the settings are identical network-wide.
-        .history_length(2)
-        .history_gossip(1)
         .message_id_fn(|m: &gossipsub::Message| {
             MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
         })
