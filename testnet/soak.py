@@ -78,13 +78,16 @@ class Node:
         self.rss_trimmed = {}  # round -> VmRSS KiB the node reported right after the next trim
         self.rss_trimmed_parts = {}  # round -> [RssAnon, RssFile] KiB at the same moment
         self.wrap = []  # a command the node runs under (heaptrack ...), witness 0 only
+        self.env = None  # extra environment (witness 0 under --profile-until)
         self.peaks = []  # peak RSS (VmHWM) of each life, KiB
 
     def start(self):
         cmd = ["nice", "-n", str(self.args.nice), *self.wrap, self.args.bin, "node", "--config",
                os.path.join(self.run, "net", f"member-{self.i}", "node.toml"),
                "--peer", f"/ip4/127.0.0.1/tcp/{self.args.base_port}"]
-        self.proc = subprocess.Popen(cmd, stdout=open(self.out, "ab"), stderr=open(self.log, "ab"))
+        env = {**os.environ, **self.env} if self.env else None
+        self.proc = subprocess.Popen(cmd, stdout=open(self.out, "ab"), stderr=open(self.log, "ab"),
+                                     env=env)
         self.lives += 1
 
     def pid(self):
@@ -178,10 +181,10 @@ def main():
                    help="run witness 0 under this command, e.g. 'heaptrack -o OUT/heaptrack.node0' "
                         "(its RSS figures then include the wrapper's overhead)")
     p.add_argument("--profile-until", type=int, default=0,
-                   help="with --wrap-witness: SIGKILL witness 0 when the driver sees the after-trim "
-                        "report following this round (within its 0.5 s poll), so that the profiler's "
-                        "'leaked' list is what the node held then (the soak then fails its checks "
-                        "for member 0)")
+                   help="with --wrap-witness: witness 0 exits right after the round-start trim that "
+                        "follows this round (FEDMESH_DIAG_EXIT_AFTER_ROUND, diagnostic only), so that "
+                        "the profiler's 'leaked' list is what the node held then (the soak then fails "
+                        "its checks for member 0)")
     args = p.parse_args()
     rng = random.Random(args.seed)
     kmin, kmax = map(int, args.kill_every.split("-"))
@@ -204,6 +207,8 @@ def main():
 
     nodes = [Node(i, args, run) for i in range(args.n)]
     nodes[0].wrap = shlex.split(args.wrap_witness)
+    if args.profile_until:
+        nodes[0].env = {"FEDMESH_DIAG_EXIT_AFTER_ROUND": str(args.profile_until)}
     started = time.time()
     for nd in nodes:
         nd.start()
@@ -217,7 +222,6 @@ def main():
     last_load = 0.0
     last_print = 0
     stop_killing = args.rounds - 5
-    profiled = False
     while True:
         now = time.time()
         if now - started > args.timeout_s:
@@ -226,11 +230,6 @@ def main():
         for nd in nodes:
             nd.poll_reports()
             nd.sample_peak()
-        w0 = nodes[0]
-        if args.profile_until and args.profile_until in w0.rss_trimmed and w0.alive() and not profiled:
-            os.kill(w0.pid(), signal.SIGKILL)  # the node itself, not the wrapper
-            profiled = True
-            print(f"soak: witness 0 killed after round {args.profile_until} for its heap profile", flush=True)
         top = max(nd.last_round for nd in nodes)
         if now - last_load >= 10:
             loads.append(os.getloadavg()[0])

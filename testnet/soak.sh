@@ -9,8 +9,8 @@
 # Uses the dev build (deps at opt-level 3) under `nice -n 10`; FEDMESH_BIN overrides the binary.
 # Results: DIR/soak.json (default testnet/run-soak-MODE/), node logs beside it.
 # Heap profile of a witness: --wrap-witness 'heaptrack -o /tmp/ht-node0' runs member 0 under
-# heaptrack; --profile-until R SIGKILLs it when the driver sees round R's after-trim report (within
-# its 0.5 s poll), so `heaptrack_print -l` lists what it held then (`-d` diffs two profiles). Such a run
+# heaptrack; --profile-until R makes it exit right after the round-start trim that follows round R
+# (FEDMESH_DIAG_EXIT_AFTER_ROUND), so `heaptrack_print -l` lists what it held then (`-d` diffs two profiles). Such a run
 # is a profile, not a soak verdict (member 0's checks fail; its RSS includes heaptrack's).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"

@@ -29,12 +29,19 @@
 //! end up in the arenas again (after the trims, secagg witnesses: mmaps 39–43 → 35–38 MB, in
 //! use in the arenas 5–9 → 13–16 MB). Mapping every such block directly was tried and made the
 //! soak's RSS grow more (RELIABILITY.md, "Soak": heaptrack and `mallinfo2` figures, the
-//! experiment, and what is left).
+//! experiment, and what is left). What the node itself holds at the trim and what grows there
+//! over a soak is mostly libp2p's per-connection gossip buffers (each stream's read and write
+//! buffer keeps the size of the largest frames it has carried, a model or two), which no
+//! allocator setting returns; jemalloc was tried and did no better.
 //!
 //! Environment (read once):
 //! - `FEDMESH_MALLOC_RELEASE=0` turns both off (glibc's defaults; to measure what they do).
 //! - `FEDMESH_MEMTRACE=1` logs, at every [`trace`] point and every [`release`], the RSS and
 //!   glibc's `mallinfo2` counters (target `memtrace`, level info), and what each trim cost.
+//! - `FEDMESH_DIAG_EXIT_AFTER_ROUND=R` is **diagnostic only**, for heap profiles: the node exits
+//!   (code [`DIAG_EXIT_CODE`], without dropping anything) right after the trim that follows round
+//!   R's commit ([`diag_exit_after`]), so a profiler's "leaked at exit" list is exactly what the
+//!   node held at that point of the round. Never set it on a node that is meant to keep running.
 //!
 //! On targets other than Linux with glibc both remedies are no-ops (the trace logs zeros for
 //! the allocator's counters).
@@ -45,6 +52,7 @@ use std::time::Instant;
 struct Settings {
     release: bool,
     trace: bool,
+    exit_after_round: Option<u64>,
 }
 
 fn settings() -> &'static Settings {
@@ -57,6 +65,9 @@ fn settings() -> &'static Settings {
         Settings {
             release: on("FEDMESH_MALLOC_RELEASE", true),
             trace: on("FEDMESH_MEMTRACE", false),
+            exit_after_round: std::env::var("FEDMESH_DIAG_EXIT_AFTER_ROUND")
+                .ok()
+                .and_then(|v| v.trim().parse().ok()),
         }
     })
 }
@@ -256,6 +267,23 @@ pub(crate) fn release(after: &str) -> Option<Resident> {
         );
     }
     rss
+}
+
+/// The exit code of a node stopped by `FEDMESH_DIAG_EXIT_AFTER_ROUND` (see the module doc).
+pub(crate) const DIAG_EXIT_CODE: i32 = 86;
+
+/// Diagnostic only: if `FEDMESH_DIAG_EXIT_AFTER_ROUND` names `after_round`, exit the process now
+/// with [`DIAG_EXIT_CODE`]. Call it right after [`release`] at a round's start. The exit runs no
+/// destructors (`std::process::exit`), so what the node holds stays allocated and a heap
+/// profiler (heaptrack) lists it as leaked; its own exit hooks still flush its trace.
+pub(crate) fn diag_exit_after(after_round: u64) {
+    if settings().exit_after_round == Some(after_round) {
+        tracing::warn!(
+            after_round,
+            "FEDMESH_DIAG_EXIT_AFTER_ROUND: exiting right after the round-start trim (diagnostic)"
+        );
+        std::process::exit(DIAG_EXIT_CODE);
+    }
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -645,6 +645,7 @@ impl Runtime {
         let rss = crate::memory::release("round over");
         let round = self.next_round();
         report_memory(round - 1, rss);
+        crate::memory::diag_exit_after(round - 1);
         if let Some(target) = self.ctx.rounds {
             if round > target {
                 if self.finished_at.is_none() {
