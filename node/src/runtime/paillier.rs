@@ -858,6 +858,29 @@ struct Closed {
     sum: Vec<i64>,
 }
 
+/// [`close_with_groups`] for this node: judged against `model` with the genesis' public
+/// reference rows, if any (the coordinator that proposes and every member that checks call this).
+fn judge_group_sums(
+    ctx: &super::Context,
+    model: &[f32],
+    baseline: &suspicion::Baseline,
+    packer: &Packer,
+    groups: &[Vec<u32>],
+    results: &[GroupResult],
+) -> Result<Closed, String> {
+    super::secure::with_reference(ctx, model, |public| {
+        close_with_groups(
+            &ctx.genesis,
+            packer,
+            model.len(),
+            groups,
+            results,
+            baseline,
+            public,
+        )
+    })
+}
+
 /// Close a round with its groups' sums (every round with `[spec.robust] group_size` > 0, else a
 /// round whose sum did not decode). A group whose sum decodes to a vector with a positive weight
 /// counts: with groups configured the genesis rule judges the group means and scores them
@@ -1453,17 +1476,14 @@ impl Runtime {
         let Some(results) = fb.results.as_ref() else {
             return;
         };
-        let closed = match super::secure::with_reference(&self.ctx, &self.global, |public| {
-            close_with_groups(
-                &self.ctx.genesis,
-                &setup.packer,
-                self.global.len(),
-                &fb.groups,
-                results,
-                &group_baseline(&self.store, &self.ctx.layout, self.last.as_ref()),
-                public,
-            )
-        }) {
+        let closed = match judge_group_sums(
+            &self.ctx,
+            &self.global,
+            &group_baseline(&self.store, &self.ctx.layout, self.last.as_ref()),
+            &setup.packer,
+            &fb.groups,
+            results,
+        ) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(round = cur.state.round, error = %e, "paillier: cannot judge the groups' sums; not proposing");
@@ -1739,17 +1759,14 @@ impl Runtime {
                 }
                 return;
             };
-            let closed = match super::secure::with_reference(&self.ctx, &self.global, |public| {
-                close_with_groups(
-                    &self.ctx.genesis,
-                    &setup.packer,
-                    self.global.len(),
-                    &fb.groups,
-                    results,
-                    &group_baseline(&self.store, &self.ctx.layout, self.last.as_ref()),
-                    public,
-                )
-            }) {
+            let closed = match judge_group_sums(
+                &self.ctx,
+                &self.global,
+                &group_baseline(&self.store, &self.ctx.layout, self.last.as_ref()),
+                &setup.packer,
+                &fb.groups,
+                results,
+            ) {
                 Ok(c) => c,
                 Err(e) => {
                     refuse(&e);
