@@ -56,6 +56,23 @@ pub enum RoundError {
     AlreadyApproved,
 }
 
+/// The record a member approved at this height, and the attempt that proposed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lock {
+    pub signing_hash: Hash,
+    pub attempt: u32,
+}
+
+/// Most approvals kept per member and height: one per attempt at most for an honest member.
+fn approval_cap(order_len: usize) -> usize {
+    order_len.max(1)
+}
+
+/// Most distinct proposals whose attempt is remembered (honest coordinators send one each).
+fn attempts_cap(order_len: usize) -> usize {
+    4 * order_len.max(1)
+}
+
 /// What happened to an accepted update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Added {
@@ -79,8 +96,20 @@ pub struct Round {
     threshold: usize,
     updates: BTreeMap<u32, (Update, Hash)>,
     proposal: Option<(Proposal, Hash)>,
-    approved: Option<Hash>,
-    approvals: BTreeMap<u32, Approval>,
+    /// This member's lock: the record it approved (at most one per attempt, moving only to later
+    /// attempts, see [`Round::try_move`]).
+    approved: Option<Lock>,
+    /// Every valid approval seen, by (member, signing hash): a member that moved its lock has
+    /// signed two records, and both signatures count for their records.
+    approvals: BTreeMap<(u32, Hash), Approval>,
+    /// The attempt of every well-framed proposal seen, by signing hash: what makes an approval
+    /// count as one for a later attempt.
+    attempts: BTreeMap<Hash, u32>,
+    /// A checked proposal of a later attempt than the adopted one: where the lock moves once the
+    /// adopted record provably cannot gather the threshold.
+    later: Option<(Proposal, Hash)>,
+    /// Active members that hold a signing share (genesis members).
+    signers: usize,
     /// How the participants' updates are combined (genesis `[spec.robust]`).
     rule: crate::robust::Rule,
     /// Members caught equivocating in this round ([`crate::evidence`]): none of their updates
@@ -126,6 +155,13 @@ impl Round {
             proposal: None,
             approved: None,
             approvals: BTreeMap::new(),
+            attempts: BTreeMap::new(),
+            later: None,
+            signers: active
+                .iter()
+                .filter(|m| (**m as usize) < genesis.members.len())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
             rule: genesis.spec.robust.rule(),
             excluded: Default::default(),
         }
@@ -443,6 +479,7 @@ impl Round {
     pub fn set_proposal(&mut self, p: Proposal) {
         if self.proposal.is_none() {
             let h = p.entry().signing_hash();
+            self.note(&p, h);
             self.proposal = Some((p, h));
         }
     }
@@ -451,21 +488,118 @@ impl Round {
         self.proposal.as_ref().map(|(p, _)| p)
     }
 
+    /// Remember the attempt of a proposal whose frame is right (this height, sent by the
+    /// coordinator of its attempt), whether or not this member will approve it: approvals of it
+    /// then count as approvals of that attempt when a lock is to move.
+    pub fn note_attempt(&mut self, sender: u32, p: &Proposal) {
+        if p.height != self.height
+            || p.prev_hash != self.prev_hash
+            || p.record.round != self.round
+            || p.record.coordinator != sender
+            || !self.is_active(sender)
+            || self.coordinator(p.record.attempt) != sender
+        {
+            return;
+        }
+        let h = p.entry().signing_hash();
+        self.note(p, h);
+    }
+
+    fn note(&mut self, p: &Proposal, h: Hash) {
+        if self.attempts.len() < attempts_cap(self.order.len()) || self.attempts.contains_key(&h) {
+            self.attempts.insert(h, p.record.attempt);
+        }
+    }
+
+    /// Whether a checked proposal of `attempt` could still be taken up: nothing adopted yet, or
+    /// an attempt later than the adopted one (and than any later one already kept), to which
+    /// this member's lock may move.
+    pub fn open_to(&self, attempt: u32) -> bool {
+        match &self.proposal {
+            None => true,
+            Some((p, _)) => {
+                attempt > p.record.attempt
+                    && self
+                        .later
+                        .as_ref()
+                        .is_none_or(|(l, _)| attempt > l.record.attempt)
+            }
+        }
+    }
+
+    /// Keep a checked proposal of a later attempt than the adopted one, for [`Round::try_move`].
+    /// Returns whether it was kept.
+    pub fn offer_later(&mut self, p: Proposal) -> bool {
+        if self.proposal.is_none() || !self.open_to(p.record.attempt) {
+            return false;
+        }
+        let h = p.entry().signing_hash();
+        self.note(&p, h);
+        self.later = Some((p, h));
+        true
+    }
+
+    /// Members whose approvals show that the locked record can no longer gather the threshold:
+    /// those that approved some record of a later attempt than the lock's. Honest members
+    /// approve one record per attempt and move only to later attempts, so none of them will
+    /// ever approve the locked record.
+    pub fn unlock_support(&self, lock: &Lock) -> std::collections::BTreeSet<u32> {
+        self.approvals
+            .keys()
+            .filter(|(_, h)| {
+                *h != lock.signing_hash && self.attempts.get(h).is_some_and(|a| *a > lock.attempt)
+            })
+            .map(|(m, _)| *m)
+            .collect()
+    }
+
+    /// How many members' approvals of later attempts release a lock: n − t + 1 of the n active
+    /// signers. With that many, at most t − 1 members remain who could ever approve the locked
+    /// record, so it was not and will not be committed, and approving a later one is safe.
+    pub fn unlock_needed(&self) -> usize {
+        (self.signers + 1).saturating_sub(self.threshold).max(1)
+    }
+
+    /// Move this member's lock to the kept later proposal once [`Round::unlock_needed`] members
+    /// approved records of later attempts than the lock's. Returns whether the kept proposal is now
+    /// the current one (approve it next). A liveness fix: two attempts whose approvals split
+    /// below the threshold (or a coordinator that approved its own proposal which the others
+    /// refuse) would otherwise stall the height for good.
+    pub fn try_move(&mut self) -> bool {
+        let (Some(lock), Some((later, _))) = (self.approved, self.later.as_ref()) else {
+            return false;
+        };
+        if later.record.attempt <= lock.attempt
+            || self.unlock_support(&lock).len() < self.unlock_needed()
+        {
+            return false;
+        }
+        self.proposal = self.later.take();
+        true
+    }
+
     /// This member's approval of the current proposal. A member approves at most one record per
-    /// round, so two different records can never both gather a majority.
+    /// attempt and moves its approval only to a later attempt, with the proof of
+    /// [`Round::try_move`]; so two different records can never both gather the threshold.
     pub fn approve(
         &mut self,
         key: &identity::SecretKey,
         share: &bls::SecretShare,
     ) -> Result<Approval, RoundError> {
-        let (_, h) = self.proposal.as_ref().ok_or(RoundError::AlreadyApproved)?;
-        let h = *h;
+        let (p, h) = self.proposal.as_ref().ok_or(RoundError::AlreadyApproved)?;
+        let lock = Lock {
+            signing_hash: *h,
+            attempt: p.record.attempt,
+        };
         if let Some(prev) = self.approved {
-            if prev != h {
+            let moved = lock.attempt > prev.attempt
+                && self.unlock_support(&prev).len() >= self.unlock_needed();
+            if prev.signing_hash != lock.signing_hash && !moved {
                 return Err(RoundError::AlreadyApproved);
             }
         }
-        self.approved = Some(h);
+        self.approved = Some(lock);
+        let h = lock.signing_hash;
         Ok(Approval {
             signing_hash: h,
             signature: key.sign(h.as_bytes()),
@@ -474,9 +608,17 @@ impl Round {
     }
 
     /// Restore the approval this member gave before a restart, so that it can never approve a
-    /// different record for the same height.
-    pub fn lock_approval(&mut self, signing_hash: Hash) {
-        self.approved = Some(signing_hash);
+    /// different record for the same height except by moving to a later attempt.
+    pub fn lock_approval(&mut self, lock: Lock) {
+        self.approved = Some(lock);
+        if lock.attempt != u32::MAX {
+            self.attempts.insert(lock.signing_hash, lock.attempt);
+        }
+    }
+
+    /// This member's lock, if it approved a record at this height.
+    pub fn lock(&self) -> Option<Lock> {
+        self.approved
     }
 
     /// The update `member` sent, if it arrived.
@@ -486,6 +628,14 @@ impl Round {
 
     pub fn has_approved(&self) -> bool {
         self.approved.is_some()
+    }
+
+    /// Whether this member approved the current proposal (not only an earlier one).
+    pub fn approved_current(&self) -> bool {
+        match (&self.proposal, self.approved) {
+            (Some((_, h)), Some(l)) => l.signing_hash == *h,
+            _ => false,
+        }
     }
 
     /// Accept `sender`'s approval after checking both of its signatures.
@@ -503,15 +653,21 @@ impl Round {
         if !self.is_active(sender) {
             return Err(RoundError::NotActive { culprit });
         }
-        if let Some(existing) = self.approvals.get(&sender) {
-            return if existing.signing_hash == a.signing_hash {
-                Ok(Added::Duplicate)
-            } else {
-                Err(RoundError::Equivocation {
-                    culprit,
-                    what: "approval",
-                })
-            };
+        if self.approvals.contains_key(&(sender, a.signing_hash)) {
+            return Ok(Added::Duplicate);
+        }
+        // A member may have moved its lock: one approval per attempt at most, so never more
+        // approvals than attempts.
+        let held = self
+            .approvals
+            .range((sender, Hash::ZERO)..)
+            .take_while(|((m, _), _)| *m == sender)
+            .count();
+        if held >= approval_cap(self.order.len()) {
+            return Err(RoundError::Equivocation {
+                culprit,
+                what: "approval",
+            });
         }
         member
             .public_key
@@ -531,18 +687,14 @@ impl Round {
                 which: "BLS",
             });
         }
-        self.approvals.insert(sender, a);
+        self.approvals.insert((sender, a.signing_hash), a);
         Ok(Added::New)
     }
 
     /// Approvals of the current proposal so far.
     pub fn approval_count(&self) -> usize {
         match &self.proposal {
-            Some((_, h)) => self
-                .approvals
-                .values()
-                .filter(|a| a.signing_hash == *h)
-                .count(),
+            Some((_, h)) => self.approvals.keys().filter(|(_, a)| a == h).count(),
             None => 0,
         }
     }
@@ -553,8 +705,8 @@ impl Round {
         let approvals: Vec<(u32, &Approval)> = self
             .approvals
             .iter()
-            .filter(|(_, a)| a.signing_hash == *h)
-            .map(|(m, a)| (*m, a))
+            .filter(|((_, a), _)| a == h)
+            .map(|((m, _), a)| (*m, a))
             .collect();
         if approvals.len() < self.threshold {
             return None;
@@ -726,5 +878,233 @@ mod tests {
             r.add_update(0, upd(base, 2.0, 1)),
             Err(RoundError::Equivocation { culprit: 0, .. })
         ));
+    }
+
+    /// Members 0..n with every update in; the proposal of `attempt` (by its coordinator).
+    fn split_setup(
+        n: usize,
+    ) -> (
+        Genesis,
+        bls::PublicSet,
+        Vec<identity::SecretKey>,
+        Vec<bls::SecretShare>,
+        Vec<Round>,
+    ) {
+        let (g, keys, shares) = sample(n);
+        let set = g.bls().unwrap();
+        let base = g.initial_model;
+        let active: Vec<u32> = (0..n as u32).collect();
+        let rounds = (0..n)
+            .map(|_| {
+                let mut r = Round::new(&g, 1, Hash::of("head", b"0"), 1, base, &active);
+                for m in 0..n as u32 {
+                    r.add_update(m, upd(base, m as f32, 10)).unwrap();
+                }
+                r
+            })
+            .collect();
+        (g, set, keys, shares, rounds)
+    }
+
+    fn proposal_of(r: &Round, attempt: u32) -> Proposal {
+        let metrics = Metrics {
+            accuracy: 0.5,
+            loss: 1.0,
+            test_samples: 10,
+        };
+        r.propose(
+            attempt,
+            r.coordinator(attempt),
+            &r.contributors(),
+            Hash::of("model", b"m"),
+            metrics,
+            0,
+            Vec::new(),
+        )
+    }
+
+    #[test]
+    fn a_lock_moves_to_a_later_attempt_only_with_n_minus_t_plus_1_approvals_of_later_attempts() {
+        // 4 members, threshold 3: member 0 approved attempt 0's record, which the others refuse
+        // (say it lacks evidence they hold); members 1 and 2 approve attempt 1's record.
+        let (g, set, keys, shares, mut rs) = split_setup(4);
+        assert_eq!(rs[0].unlock_needed(), 2);
+        let a = proposal_of(&rs[0], 0);
+        let b = proposal_of(&rs[0], 1);
+        let (ca, cb) = (rs[0].coordinator(0), rs[0].coordinator(1));
+        rs[0].set_proposal(a.clone());
+        let lock_a = rs[0].approve(&keys[0], &shares[0]).unwrap();
+        assert!(
+            !rs[0].offer_later(a.clone()),
+            "the same attempt is no later attempt"
+        );
+        rs[0].note_attempt(cb, &b);
+        assert!(rs[0].offer_later(b.clone()));
+        assert!(!rs[0].try_move(), "no approvals of the later attempt yet");
+        let mut approvals_b = Vec::new();
+        for m in [1usize, 2] {
+            rs[m].note_attempt(ca, &a);
+            rs[m].set_proposal(b.clone());
+            approvals_b.push((m as u32, rs[m].approve(&keys[m], &shares[m]).unwrap()));
+        }
+        rs[0]
+            .add_approval(&g, &set, 1, approvals_b[0].1.clone())
+            .unwrap();
+        assert!(!rs[0].try_move(), "1 of the 2 approvals needed");
+        assert!(
+            matches!(rs[0].approve(&keys[0], &shares[0]), Ok(x) if x == lock_a),
+            "still locked on its own record"
+        );
+        rs[0]
+            .add_approval(&g, &set, 2, approvals_b[1].1.clone())
+            .unwrap();
+        assert_eq!(rs[0].unlock_support(&rs[0].lock().unwrap()).len(), 2);
+        assert!(rs[0].try_move());
+        let moved = rs[0].approve(&keys[0], &shares[0]).unwrap();
+        assert_eq!(moved.signing_hash, b.entry().signing_hash());
+        assert_eq!(rs[0].lock().unwrap().attempt, 1);
+        // Member 1 takes member 0's second approval (a moved lock is no equivocation) and
+        // commits attempt 1's record; member 0's first approval alone can never commit A.
+        for (m, x) in &approvals_b {
+            rs[1].add_approval(&g, &set, *m, x.clone()).unwrap();
+        }
+        rs[1].add_approval(&g, &set, 0, lock_a).unwrap();
+        assert!(rs[1].try_commit(&set).is_none());
+        rs[1].add_approval(&g, &set, 0, moved).unwrap();
+        let entry = rs[1].try_commit(&set).expect("3 approvals of attempt 1");
+        assert_eq!(entry.record().unwrap().attempt, 1);
+    }
+
+    #[test]
+    fn approvals_of_earlier_attempts_or_of_unchecked_proposals_do_not_release_a_lock() {
+        let (g, set, keys, shares, mut rs) = split_setup(4);
+        let a = proposal_of(&rs[0], 0);
+        let b = proposal_of(&rs[0], 1);
+        let c = proposal_of(&rs[0], 2);
+        // Member 0 is locked on attempt 1's record; the others approved attempt 0's.
+        rs[0].set_proposal(b.clone());
+        rs[0].approve(&keys[0], &shares[0]).unwrap();
+        assert!(!rs[0].offer_later(a.clone()), "attempt 0 is earlier");
+        for m in [1usize, 2, 3] {
+            rs[m].set_proposal(a.clone());
+            let x = rs[m].approve(&keys[m], &shares[m]).unwrap();
+            rs[0].add_approval(&g, &set, m as u32, x).unwrap();
+        }
+        // It never learnt attempt 2's frame from its coordinator: approvals of it do not count.
+        let (_, _, _, _, mut others) = split_setup(4);
+        for m in [1usize, 2] {
+            others[m].set_proposal(c.clone());
+            let x = others[m].approve(&keys[m], &shares[m]).unwrap();
+            rs[0].add_approval(&g, &set, m as u32, x).unwrap();
+        }
+        assert!(rs[0].unlock_support(&rs[0].lock().unwrap()).is_empty());
+        // Once it has checked attempt 2's proposal itself, they do.
+        assert!(rs[0].offer_later(c.clone()));
+        assert_eq!(rs[0].unlock_support(&rs[0].lock().unwrap()).len(), 2);
+        assert!(rs[0].try_move());
+        // A sender cannot pile up approvals past one per attempt.
+        let (_, _, _, _, mut spam) = split_setup(4);
+        let mut refused = false;
+        for k in 0..8u8 {
+            spam[3].proposal = None;
+            spam[3].approved = None;
+            let mut p = a.clone();
+            p.record.metrics.test_samples = 100 + k as u64;
+            spam[3].set_proposal(p);
+            let x = spam[3].approve(&keys[3], &shares[3]).unwrap();
+            refused |= matches!(
+                rs[0].add_approval(&g, &set, 3, x),
+                Err(RoundError::Equivocation { culprit: 3, .. })
+            );
+        }
+        assert!(
+            refused,
+            "at most one approval per attempt is kept per member"
+        );
+    }
+
+    /// A small deterministic generator for the simulation below.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    /// What the simulation delivers: proposal k, or (sender, approval).
+    type Msg = Result<usize, (u32, Approval)>;
+
+    #[test]
+    fn moving_locks_never_commits_two_records_and_an_all_approving_split_always_commits() {
+        // Proposals of several attempts reach the members in random orders; a member adopts the
+        // first one it accepts (some refuse some proposals) and moves whenever the rule lets it.
+        // Whatever the order, no two records both reach the threshold; and when every member
+        // accepts every proposal, some record always does.
+        let mut moves = 0;
+        for (seed, n) in (1u64..=24).zip([3usize, 4, 5, 6, 7, 8].into_iter().cycle()) {
+            let refusals = seed % 2 == 0;
+            let (g, set, keys, shares, mut rs) = split_setup(n);
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let attempts = 2 + rng.below(3) as u32;
+            let proposals: Vec<Proposal> = (0..attempts).map(|k| proposal_of(&rs[0], k)).collect();
+            let mut queue: Vec<(usize, Msg)> = Vec::new();
+            for k in 0..proposals.len() {
+                for m in 0..n {
+                    queue.push((m, Ok(k)));
+                }
+            }
+            let mut signed: BTreeMap<Hash, std::collections::BTreeSet<u32>> = BTreeMap::new();
+            while !queue.is_empty() {
+                let (m, msg) = queue.swap_remove(rng.below(queue.len()));
+                let r = &mut rs[m];
+                match msg {
+                    Ok(k) => {
+                        let p = &proposals[k];
+                        r.note_attempt(r.coordinator(p.record.attempt), p);
+                        if refusals && rng.below(3) == 0 {
+                            continue;
+                        }
+                        if r.proposal().is_none() {
+                            r.set_proposal(p.clone());
+                        } else if !r.offer_later(p.clone()) {
+                            continue;
+                        }
+                    }
+                    Err((sender, a)) => {
+                        r.add_approval(&g, &set, sender, a).unwrap();
+                    }
+                }
+                let fresh = r.proposal().is_some() && !r.has_approved();
+                let moved = !fresh && r.try_move();
+                moves += moved as usize;
+                if fresh || moved {
+                    let a = r.approve(&keys[m], &shares[m]).unwrap();
+                    signed.entry(a.signing_hash).or_default().insert(m as u32);
+                    for to in (0..n).filter(|to| *to != m) {
+                        queue.push((to, Err((m as u32, a.clone()))));
+                    }
+                }
+            }
+            let t = g.threshold();
+            let committed: Vec<_> = signed.values().filter(|s| s.len() >= t).collect();
+            assert!(
+                committed.len() <= 1,
+                "seed {seed}, n {n}: two records reached {t}: {signed:?}"
+            );
+            if !refusals {
+                assert_eq!(
+                    committed.len(),
+                    1,
+                    "seed {seed}, n {n}: stalled: {signed:?}"
+                );
+            }
+        }
+        assert!(
+            moves > 10,
+            "the orders must make locks move ({moves} moves)"
+        );
     }
 }

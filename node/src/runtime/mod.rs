@@ -50,8 +50,33 @@ pub use admission::PendingRequest;
 pub use defence::replay as replay_members;
 pub use paillier::Setup as PaillierSetup;
 
-/// State key: the approval this member gave (height, signing hash), kept across restarts.
+/// State key: the approval this member gave (height, signing hash, attempt), kept across restarts.
 const APPROVAL_KEY: &str = "approval";
+
+/// The persisted lock. A lock written by an older build has no attempt: it can never move.
+fn decode_lock(bytes: &[u8]) -> Option<(u64, fedmesh_protocol::round::Lock)> {
+    use fedmesh_protocol::{codec::decode, round::Lock};
+    if let Ok((height, signing_hash, attempt)) = decode::<(u64, Hash, u32)>(bytes, 64) {
+        return Some((
+            height,
+            Lock {
+                signing_hash,
+                attempt,
+            },
+        ));
+    }
+    decode::<(u64, Hash)>(bytes, 64)
+        .ok()
+        .map(|(height, signing_hash)| {
+            (
+                height,
+                Lock {
+                    signing_hash,
+                    attempt: u32::MAX,
+                },
+            )
+        })
+}
 /// Messages kept per sender for the round after the current one (a secagg session has up to ten
 /// per member and coordinator).
 const EARLY_PER_SENDER: usize = 12;
@@ -265,6 +290,8 @@ struct Current {
     proposed: Option<u32>,
     /// The model of the proposal this member approved or proposed, by signing hash.
     candidate: Option<(Hash, Arc<Vec<f32>>)>,
+    /// The model of the later attempt's proposal kept for a move of the lock.
+    later_params: Option<Arc<Vec<f32>>>,
     /// A signed entry waiting for its model checkpoint.
     commit_waiting: Option<Entry>,
     /// Mode `secagg`: the sessions of the current attempt (one per group with groups).
@@ -275,6 +302,21 @@ struct Current {
     paillier: Option<paillier::Round>,
     /// Members' contradicting messages of this round ([`equivocation`]).
     detector: fedmesh_protocol::evidence::Detector,
+}
+
+impl Current {
+    /// Whether a waiting proposal could still be taken up (adopted, or kept to move the lock
+    /// to); one that no longer can is dropped.
+    fn waiting_open(&mut self) -> bool {
+        let open = self
+            .waiting
+            .as_ref()
+            .is_some_and(|(_, p)| self.state.open_to(p.record.attempt));
+        if !open {
+            self.waiting = None;
+        }
+        open
+    }
 }
 
 /// The running node.
@@ -669,10 +711,10 @@ impl Runtime {
             base,
             &active,
         );
-        if let Ok(Some(lock)) = self.store.get_state(APPROVAL_KEY) {
-            if let Ok((height, hash)) = fedmesh_protocol::codec::decode::<(u64, Hash)>(&lock, 64) {
+        if let Ok(Some(bytes)) = self.store.get_state(APPROVAL_KEY) {
+            if let Some((height, lock)) = decode_lock(&bytes) {
                 if height == state.height {
-                    state.lock_approval(hash);
+                    state.lock_approval(lock);
                 }
             }
         }
@@ -698,6 +740,7 @@ impl Runtime {
             proposed: None,
             candidate: None,
             commit_waiting: None,
+            later_params: None,
             secure: None,
             secure_input: None,
             paillier: None,
@@ -1107,6 +1150,11 @@ impl Runtime {
                     tracing::error!(round, error = %e, "cannot account the round's privacy; not proposing");
                     return;
                 }
+                if attempt == 0 && self.ctx.faults.hits(round, "propose_refused") {
+                    let a = p.record.metrics.accuracy;
+                    p.record.metrics.accuracy = if a > 0.5 { a - 0.25 } else { a + 0.25 };
+                    tracing::warn!(round, "fault injection: proposing a record with wrong metrics, which the others refuse");
+                }
                 tracing::info!(round, attempt, accuracy = metrics.accuracy, dropouts = ?p.record.dropouts, "proposing the round record");
                 self.propose(p, params).await;
             }
@@ -1288,11 +1336,13 @@ impl Runtime {
                     tracing::warn!(round, proposer, claimed = ?r.metrics, computed = ?metrics, "proposal's metrics differ from this member's evaluation; not approving");
                     return;
                 }
-                if cur.state.proposal().is_some() {
-                    return;
+                if cur.state.proposal().is_none() {
+                    cur.state.set_proposal(*proposal);
+                    self.approve(params).await;
+                } else if cur.state.offer_later(*proposal) {
+                    cur.later_params = Some(params);
+                    self.try_move().await;
                 }
-                cur.state.set_proposal(*proposal);
-                self.approve(params).await;
             }
         }
     }
@@ -1347,7 +1397,30 @@ impl Runtime {
         self.approve(params).await;
     }
 
-    /// Approve the current proposal (at most one per height, even across restarts).
+    /// Move this member's approval to a later attempt's checked proposal once the record it
+    /// approved provably cannot gather the threshold ([`Round::try_move`]).
+    async fn try_move(&mut self) {
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        let from = cur.state.lock();
+        if cur.later_params.is_none() || !cur.state.try_move() {
+            return;
+        }
+        let params = cur.later_params.take().expect("checked");
+        let support = from.map(|l| cur.state.unlock_support(&l));
+        tracing::info!(
+            round = cur.state.round,
+            from_attempt = from.map(|l| l.attempt),
+            to_attempt = cur.state.proposal().map(|p| p.record.attempt),
+            ?support,
+            "moving the approval to a later attempt: the approved record can no longer reach the threshold"
+        );
+        self.approve(params).await;
+    }
+
+    /// Approve the current proposal (one record per attempt, locks moving only to later attempts,
+    /// even across restarts).
     async fn approve(&mut self, params: Arc<Vec<f32>>) {
         let me = self.me();
         let Some(cur) = self.current.as_mut() else {
@@ -1364,7 +1437,9 @@ impl Runtime {
                 return;
             }
         };
-        let lock = fedmesh_protocol::codec::encode(&(cur.state.height, approval.signing_hash));
+        let attempt = cur.state.lock().map_or(0, |l| l.attempt);
+        let lock =
+            fedmesh_protocol::codec::encode(&(cur.state.height, approval.signing_hash, attempt));
         if let Err(e) = self
             .store
             .put_state(APPROVAL_KEY, &lock)
@@ -1673,6 +1748,7 @@ impl Runtime {
                 self.net.validate(id, propagation_source, verdict).await;
                 let pending = std::mem::take(&mut self.secure_pending);
                 self.secure_actions(pending).await;
+                self.try_move().await;
                 self.try_commit().await;
                 self.maybe_verify();
                 self.maybe_propose();
@@ -1839,6 +1915,8 @@ impl Runtime {
                 if !cur.checked.insert(h) {
                     return Verdict::Ignore;
                 }
+                // Even a proposal this member refuses tells which attempt its approvals belong to.
+                cur.state.note_attempt(sender, &p);
                 if let Err(reason) = equivocation::adopt(
                     &ctx.genesis,
                     ctx.genesis_hash,
@@ -1890,7 +1968,7 @@ impl Runtime {
                     };
                     return match checked {
                         Ok(()) => {
-                            if cur.waiting.is_none() && cur.state.proposal().is_none() {
+                            if cur.waiting.is_none() && cur.state.open_to(p.record.attempt) {
                                 cur.waiting = Some((sender, *p));
                             }
                             Verdict::Accept
@@ -1909,7 +1987,7 @@ impl Runtime {
                             "proposal needs updates this member lacks; fetching"
                         );
                     }
-                    if cur.waiting.is_none() && cur.state.proposal().is_none() {
+                    if cur.waiting.is_none() && cur.state.open_to(p.record.attempt) {
                         cur.waiting = Some((sender, *p));
                     }
                 })
@@ -2188,7 +2266,7 @@ impl Runtime {
         let Some(cur) = self.current.as_mut() else {
             return;
         };
-        if cur.evaluating || cur.state.proposal().is_some() {
+        if cur.evaluating || !cur.waiting_open() {
             return;
         }
         let Some((_, p)) = cur.waiting.as_ref() else {
@@ -2285,7 +2363,7 @@ impl Runtime {
         let Some(cur) = self.current.as_mut() else {
             return;
         };
-        if cur.evaluating || cur.state.proposal().is_some() {
+        if cur.evaluating || !cur.waiting_open() {
             return;
         }
         let Some((proposer, p)) = cur.waiting.as_ref() else {

@@ -1644,7 +1644,7 @@ impl Runtime {
         let Some(cur) = self.current.as_mut() else {
             return;
         };
-        if cur.evaluating || cur.state.proposal().is_some() {
+        if cur.evaluating || !cur.waiting_open() {
             return;
         }
         let (Some((proposer, p)), Some(pr)) = (cur.waiting.as_ref(), cur.paillier.as_mut()) else {
