@@ -657,13 +657,17 @@ impl Round {
             return Ok(Added::Duplicate);
         }
         // A member may have moved its lock: one approval per attempt at most, so never more
-        // approvals than attempts.
-        let held = self
+        // approvals than attempts, and never two for records of the same (known) attempt.
+        let held: Vec<Hash> = self
             .approvals
             .range((sender, Hash::ZERO)..)
             .take_while(|((m, _), _)| *m == sender)
-            .count();
-        if held >= approval_cap(self.order.len()) {
+            .map(|((_, h), _)| *h)
+            .collect();
+        let attempt = self.attempts.get(&a.signing_hash);
+        let same_attempt =
+            attempt.is_some() && held.iter().any(|h| self.attempts.get(h) == attempt);
+        if same_attempt || held.len() >= approval_cap(self.order.len()) {
             return Err(RoundError::Equivocation {
                 culprit,
                 what: "approval",
@@ -1021,6 +1025,25 @@ mod tests {
             refused,
             "at most one approval per attempt is kept per member"
         );
+        // Two records of one attempt, both known here, signed by one member: the second is
+        // refused.
+        let mut a2 = a.clone();
+        a2.record.metrics.test_samples += 1;
+        let mut r = split_setup(4).4.remove(0);
+        let c0 = r.coordinator(0);
+        r.note_attempt(c0, &a);
+        r.note_attempt(c0, &a2);
+        let mut signer = split_setup(4).4.remove(1);
+        signer.set_proposal(a.clone());
+        let first = signer.approve(&keys[1], &shares[1]).unwrap();
+        let mut signer = split_setup(4).4.remove(1);
+        signer.set_proposal(a2);
+        let second = signer.approve(&keys[1], &shares[1]).unwrap();
+        assert_eq!(r.add_approval(&g, &set, 1, first).unwrap(), Added::New);
+        assert!(matches!(
+            r.add_approval(&g, &set, 1, second),
+            Err(RoundError::Equivocation { culprit: 1, .. })
+        ));
     }
 
     /// A small deterministic generator for the simulation below.
