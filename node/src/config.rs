@@ -277,9 +277,9 @@ pub struct Faults {
     ///   must catch it, leave it out, record the evidence and raise its anomaly score),
     ///   `equivocate_late` (mode plain: the second update is signed at once but gossiped only
     ///   after the round was committed: the others must record the evidence in the next record)
-    ///   or `stall`; mode plain: `propose_refused` (as the round's first coordinator, propose a
-    ///   record with wrong metrics, which the others refuse, and approve it: its lock must move to
-    ///   a later attempt's record for the round to commit when the others alone are too few)
+    ///   or `stall`, or `propose_refused` (as the round's first coordinator, propose a record
+    ///   with wrong metrics, which the others refuse, and approve it: its lock must move to a
+    ///   later attempt's record for the round to commit when the others alone are too few)
     ///   (mode secagg: stop sending after the key shares; mode paillier: send no partial
     ///   decryption; stay connected);
     /// - with eviction votes on: `voted` (right after counting its own eviction votes, stored but

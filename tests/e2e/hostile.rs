@@ -179,7 +179,19 @@ fn plain_late_equivocation_is_recorded_in_the_next_record() {
 /// to that record, and the round commits with its signature.
 #[test]
 fn plain_coordinator_locked_on_a_refused_record_moves_its_approval_and_the_round_commits() {
-    let mut net = Testnet::with_config(4, 2, 8_000, SMALL_MODEL);
+    locked_coordinator_moves(Testnet::with_config(4, 2, 8_000, SMALL_MODEL));
+}
+
+/// The same in mode secagg: the locked coordinator follows the next attempt's session, replays
+/// its sum, and moves its approval to that attempt's record.
+#[test]
+fn secagg_coordinator_locked_on_a_refused_record_moves_its_approval_and_the_round_commits() {
+    let cfg =
+        format!("[spec]\nmode = \"secagg\"\n[spec.secagg]\nphase_timeout_ms = 3000\n{SMALL_MODEL}");
+    locked_coordinator_moves(Testnet::with_config(4, 2, 8_000, &cfg));
+}
+
+fn locked_coordinator_moves(mut net: Testnet) {
     let order = {
         let bytes = std::fs::read(net.net().join("genesis.toml")).unwrap();
         let (genesis, _) = fedmesh_protocol::genesis::Genesis::parse(&bytes).unwrap();

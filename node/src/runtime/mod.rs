@@ -1150,11 +1150,6 @@ impl Runtime {
                     tracing::error!(round, error = %e, "cannot account the round's privacy; not proposing");
                     return;
                 }
-                if attempt == 0 && self.ctx.faults.hits(round, "propose_refused") {
-                    let a = p.record.metrics.accuracy;
-                    p.record.metrics.accuracy = if a > 0.5 { a - 0.25 } else { a + 0.25 };
-                    tracing::warn!(round, "fault injection: proposing a record with wrong metrics, which the others refuse");
-                }
                 tracing::info!(round, attempt, accuracy = metrics.accuracy, dropouts = ?p.record.dropouts, "proposing the round record");
                 self.propose(p, params).await;
             }
@@ -1381,6 +1376,14 @@ impl Runtime {
             return;
         };
         equivocation::attach(&mut p, &cur.detector, &self.late, limit);
+        if p.record.attempt == 0 && self.ctx.faults.hits(cur.state.round, "propose_refused") {
+            let a = p.record.metrics.accuracy;
+            p.record.metrics.accuracy = if a > 0.5 { a - 0.25 } else { a + 0.25 };
+            tracing::warn!(
+                round = cur.state.round,
+                "fault injection: proposing a record with wrong metrics, which the others refuse"
+            );
+        }
         let env = Envelope::seal(
             self.ctx.genesis_hash,
             me,
