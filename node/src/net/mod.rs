@@ -43,14 +43,23 @@ use crate::config::Limits;
 pub use codec::Codec;
 use guard::{IpGuard, RateLimiter};
 
-/// Gossipsub's frame limit, the same on every node: one fragment with its header, plus room for
-/// gossipsub's own fields (publisher, sequence number, signature, topic: about 300 bytes) and
-/// for control frames of up to [`MAX_CONTROL_IDS`] message ids (34 bytes each).
-pub const MAX_TRANSMIT_BYTES: usize = fragment::MAX_FRAME_BYTES + 8 * 1024;
+/// Gossipsub's frame limit, the same on every node: 64 KiB. The largest frames on the wire are
+/// a fragment with its header and gossipsub's own fields (publisher, sequence number,
+/// signature, topic: about 33.1 KB); an IHAVE or IWANT of [`MAX_CONTROL_IDS`] ids (34 bytes each)
+/// is smaller. The limit needs 8 KiB more than that: libp2p-gossipsub 0.50.1 checks it
+/// against its whole read buffer, not the frame, and the buffer can hold one frame but one byte
+/// plus the next 8 KiB read. With the limit at a frame plus 8 KiB, inbound streams failed on
+/// that check ("message with 41152b exceeds maximum of 41002b"), their frames were lost, the
+/// IWANTs for them broke gossipsub promises and the penalties graylisted honest members.
+pub const MAX_TRANSMIT_BYTES: usize = 64 * 1024;
 
-/// Message ids per IHAVE or IWANT frame (gossipsub's default, 5000, would not fit
-/// [`MAX_TRANSMIT_BYTES`]); a heartbeat's gossip window holds far fewer fragments than this.
-const MAX_CONTROL_IDS: usize = 1000;
+/// Message ids per IHAVE or IWANT frame: 400 (13.6 KB). Gossipsub's default, 5000, would not fit
+/// [`MAX_TRANSMIT_BYTES`]; a round's burst puts about 150 frames in the 1.5 s gossip window.
+const MAX_CONTROL_IDS: usize = 400;
+
+// The largest frames and one 8 KiB read fit the limit (see MAX_TRANSMIT_BYTES).
+const _: () = assert!(fragment::MAX_FRAME_BYTES + 1024 + 8 * 1024 <= MAX_TRANSMIT_BYTES);
+const _: () = assert!(MAX_CONTROL_IDS * 34 + 1024 + 8 * 1024 <= MAX_TRANSMIT_BYTES);
 
 /// How far over `max_message_bytes` a message may be and still be published (receivers refuse
 /// it by its header): as much as gossipsub allowed before fragmentation, so that the hostile
@@ -257,9 +266,13 @@ pub fn start(
     let gossip_config = gossipsub::ConfigBuilder::default()
         .max_transmit_size(MAX_TRANSMIT_BYTES)
         .max_control_messages_sent(MAX_CONTROL_IDS)
+        // Gossipsub refuses a frame whose control part exceeds this (16 KB by default): let the
+        // frame limit alone bind.
+        .max_control_message_size(MAX_TRANSMIT_BYTES)
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
-        .heartbeat_interval(Duration::from_millis(500))
+        .heartbeat_interval(HEARTBEAT)
+        .history_length(HISTORY_LENGTH)
         .message_id_fn(|m: &gossipsub::Message| {
             MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
         })
@@ -278,7 +291,7 @@ pub fn start(
         gossip_config,
     )
     .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
-    let (score_params, thresholds) = peer_scoring(&topic);
+    let (score_params, thresholds) = peer_scoring(&topic, config.max_message_bytes);
     gossip
         .with_peer_score(score_params, thresholds)
         .map_err(|e| anyhow::anyhow!("gossipsub peer scoring: {e}"))?;
@@ -393,8 +406,15 @@ fn publish(
 /// may share an IP (a local testnet, a NAT), so only invalid messages count. Each message the node
 /// rejects costs the peer that sent it `-20 × count²` (the count decays by 10 % a second): after
 /// two, the node stops publishing to it; after three, it ignores it entirely (graylist).
+///
+/// Gossipsub also penalises broken IWANT promises (a peer advertised a message and did not
+/// deliver it within 3 s) by `-10 × (count − threshold)²`. Each fragment is a message of its
+/// own, so one lost model-sized message (a peer killed while answering, a send queue that timed
+/// out under load) is 13 broken promises, which at gossipsub's threshold of 0 would graylist an
+/// honest member; the threshold is set to the fragments of one message of the network's limit.
 fn peer_scoring(
     topic: &IdentTopic,
+    max_message_bytes: usize,
 ) -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
     let topic_params = gossipsub::TopicScoreParams {
         topic_weight: 1.0,
@@ -408,6 +428,7 @@ fn peer_scoring(
     };
     let mut params = gossipsub::PeerScoreParams {
         ip_colocation_factor_weight: 0.0,
+        behaviour_penalty_threshold: max_message_bytes.div_ceil(fragment::FRAGMENT_BYTES) as f64,
         ..Default::default()
     };
     params.topics.insert(topic.hash(), topic_params);
@@ -439,8 +460,15 @@ struct Task {
 /// ignored (the runtime answers at once; a joiner drains gossip without answering).
 const HELD_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A gossip message awaiting its validation report: its id and the peer it came from.
-type Token = (MessageId, PeerId);
+/// A gossip frame awaiting its validation report: its id, the peer it came from, and when.
+type Token = (MessageId, PeerId, Instant);
+
+/// Gossipsub's heartbeat, and how many heartbeats its message cache keeps a message (its
+/// default). A frame the node has not judged leaves the cache after 4–5 heartbeats, and a
+/// verdict reported later does nothing but log "not in cache".
+const HEARTBEAT: Duration = Duration::from_millis(500);
+const HISTORY_LENGTH: usize = 5;
+const CACHE_WINDOW: Duration = HEARTBEAT.saturating_mul(HISTORY_LENGTH as u32 - 1);
 
 /// What the node refused since it started, logged every ten seconds while it grows.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -593,13 +621,17 @@ impl Task {
     /// Report the verdict on a reassembled message to all its fragments. A rejected message
     /// costs one rejection (its first fragment's propagation source), as it did before
     /// fragmentation; its other fragments are ignored, so they are not forwarded either.
+    /// Fragments that arrived more than [`CACHE_WINDOW`] ago have left gossipsub's cache and
+    /// are not reported (they could not be forwarded any more).
     fn report_all(&mut self, tokens: Vec<Token>, verdict: Verdict) {
-        for (i, (id, peer)) in tokens.into_iter().enumerate() {
+        for (i, (id, peer, at)) in tokens.into_iter().enumerate() {
             let v = match verdict {
                 Verdict::Reject if i > 0 => Verdict::Ignore,
                 v => v,
             };
-            self.report(&id, &peer, v);
+            if at.elapsed() < CACHE_WINDOW {
+                self.report(&id, &peer, v);
+            }
         }
     }
 
@@ -614,9 +646,7 @@ impl Task {
             why,
             "dropped an incomplete gossip message"
         );
-        for (id, peer) in tokens {
-            self.report(&id, &peer, Verdict::Ignore);
-        }
+        self.report_all(tokens, Verdict::Ignore);
     }
 
     /// A gossip frame that passed the rate limit: a whole message goes to the node at once; a
@@ -660,7 +690,7 @@ impl Task {
                 return refuse(self, &id, reason, Verdict::Reject);
             }
         };
-        let token = (id.clone(), propagation_source);
+        let token = (id.clone(), propagation_source, Instant::now());
         let pushed = self
             .reassembler
             .push(publisher, header, bytes, token, Instant::now());
@@ -682,7 +712,7 @@ impl Task {
                 })
             }
             Outcome::Refused {
-                token: (id, _),
+                token: (id, ..),
                 error,
                 others,
             } => {

@@ -172,6 +172,26 @@ async fn large_messages_travel_in_fragments_and_are_forwarded_only_once_accepted
         c.h.validate(id, from, Verdict::Accept).await;
     }
 
+    // A burst of messages near the limit (250 fragments back to back) all arrive: guards the
+    // frame limit's slack for gossipsub's check of its whole read buffer (MAX_TRANSMIT_BYTES).
+    // Their lengths differ so that frame boundaries fall anywhere in the reads.
+    let burst: Vec<Vec<u8>> = (0..8)
+        .map(|i| bytes(LIMIT - i * 4099, 10 + i as u8))
+        .collect();
+    for m in &burst {
+        a.h.publish(m.clone()).await.unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in &burst {
+        let (id, from, _, data) = gossip(&mut b).await;
+        b.h.validate(id, from, Verdict::Ignore).await;
+        got.push(data);
+    }
+    got.sort();
+    let mut want = burst.clone();
+    want.sort();
+    assert!(got == want, "the burst arrived whole");
+
     // The sender refuses what no receiver would take.
     let err =
         a.h.publish(vec![0; LIMIT + 64 * 1024 + 1])
