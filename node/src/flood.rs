@@ -21,7 +21,6 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use fedmesh_crypto::identity as member_identity;
-use fedmesh_protocol::fragment;
 use fedmesh_protocol::genesis::Genesis;
 use fedmesh_protocol::wire::{Envelope, Payload, Request, Status, Update};
 
@@ -71,13 +70,13 @@ struct Sybil {
     opened: HashMap<libp2p::swarm::ConnectionId, Instant>,
 }
 
-fn sybil(topic: &IdentTopic, seed: [u8; 32]) -> anyhow::Result<Sybil> {
+fn sybil(genesis: &Genesis, topic: &IdentTopic, seed: [u8; 32]) -> anyhow::Result<Sybil> {
     let key = member_identity::SecretKey::from_seed(seed);
     let keypair = identity::Keypair::ed25519_from_bytes(seed)
         .map_err(|e| anyhow::anyhow!("sybil key: {e}"))?;
     // The same transmit limit as the members, so that our messages are not refused for size.
     let config = gossipsub::ConfigBuilder::default()
-        .max_transmit_size(crate::net::MAX_TRANSMIT_BYTES)
+        .max_transmit_size(genesis.spec.params.max_message_bytes + 64 * 1024)
         .heartbeat_interval(Duration::from_millis(500))
         .build()
         .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;
@@ -139,7 +138,7 @@ pub async fn run(opts: Options<'_>) -> anyhow::Result<Report> {
 
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(opts.seed);
     let mut sybils = (0..opts.identities)
-        .map(|_| sybil(&topic, rng.gen()))
+        .map(|_| sybil(&genesis, &topic, rng.gen()))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut report = Report {
         identities: opts.identities,
@@ -194,10 +193,7 @@ pub async fn run(opts: Options<'_>) -> anyhow::Result<Report> {
                     };
                     let env = Envelope::seal(genesis_hash, sender, round, payload, &s.key);
                     report.publish_attempts += 1;
-                    // Framed as the members frame gossip, so that only the allow-list stops it.
-                    let frames = fragment::split(&env.encode()).unwrap_or_default();
-                    let gossip = &mut s.swarm.behaviour_mut().gossip;
-                    if frames.into_iter().all(|f| gossip.publish(topic.clone(), f).is_ok()) {
+                    if s.swarm.behaviour_mut().gossip.publish(topic.clone(), env.encode()).is_ok() {
                         report.published += 1;
                     }
                     let peers: Vec<_> = s.swarm.connected_peers().copied().collect();

@@ -6,8 +6,6 @@
 //! - [`model`]: the parameter layout of the MLP, its seeded initialisation and its hash.
 //! - [`audit`]: audit-log entries and round records, their hash chain and their signatures.
 //! - [`wire`]: signed envelopes and the messages of a round, with bounded decoding.
-//! - [`fragment`]: gossip framing — large messages cut into bounded fragments and reassembled
-//!   per publisher under caps.
 //! - [`round`]: one round of mode `plain` — updates in, a FedAvg record out, approvals to a
 //!   threshold-signed entry.
 //! - [`aggregate`]: FedAvg over flat updates, as the round uses it.
@@ -36,7 +34,6 @@ pub mod aggregate;
 pub mod audit;
 pub mod dp;
 pub mod evidence;
-pub mod fragment;
 pub mod genesis;
 pub mod membership;
 pub mod model;

@@ -7,19 +7,9 @@
 //! has checked it, and every message gets exactly one validation report. Request-response carries
 //! the handshake, log catch-up, checkpoints and lost updates. Only genesis members may connect
 //! (an allow-list), so a stranger's connection is refused before any of its bytes are read.
-//!
-//! Gossip messages travel in frames of at most [`fragment::MAX_FRAME_BYTES`]
-//! ([`fedmesh_protocol::fragment`]): a model-sized message is published as 32 KiB fragments and
-//! reassembled here before the node sees it, so gossipsub's frame limit
-//! ([`MAX_TRANSMIT_BYTES`]) stays small and so do the per-connection stream buffers, which keep
-//! the capacity of the largest frame they ever carried. The fragments of a message wait for its
-//! verdict: each is reported (and forwarded) only once the whole message has been judged, and
-//! the fragments of a message that is refused, dropped or expires are reported too.
 
 mod codec;
 mod guard;
-#[cfg(test)]
-mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -36,39 +26,11 @@ use libp2p::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use fedmesh_protocol::fragment::{self, Frame, FrameError, Outcome, Reassembler};
 use fedmesh_protocol::wire::{Request, Response};
 
 use crate::config::Limits;
 pub use codec::Codec;
 use guard::{IpGuard, RateLimiter};
-
-/// Gossipsub's frame limit, the same on every node: 64 KiB. The largest frames on the wire are
-/// a fragment with its header and gossipsub's own fields (publisher, sequence number,
-/// signature, topic: about 33.1 KB); an IHAVE or IWANT of [`MAX_CONTROL_IDS`] ids (34 bytes each)
-/// is smaller. The limit needs 8 KiB more than that: libp2p-gossipsub 0.50.1 checks it
-/// against its whole read buffer, not the frame, and the buffer can hold one frame but one byte
-/// plus the next 8 KiB read. With the limit at a frame plus 8 KiB, inbound streams failed on
-/// that check ("message with 41152b exceeds maximum of 41002b"), their frames were lost, the
-/// IWANTs for them broke gossipsub promises and the penalties graylisted honest members.
-pub const MAX_TRANSMIT_BYTES: usize = 64 * 1024;
-
-/// Message ids per IHAVE or IWANT frame: 400 (13.6 KB). Gossipsub's default, 5000, would not fit
-/// [`MAX_TRANSMIT_BYTES`]; a round's burst puts about 150 frames in the 1.5 s gossip window.
-const MAX_CONTROL_IDS: usize = 400;
-
-// The largest frames and one 8 KiB read fit the limit (see MAX_TRANSMIT_BYTES).
-const _: () = assert!(fragment::MAX_FRAME_BYTES + 1024 + 8 * 1024 <= MAX_TRANSMIT_BYTES);
-const _: () = assert!(MAX_CONTROL_IDS * 34 + 1024 + 8 * 1024 <= MAX_TRANSMIT_BYTES);
-
-/// How far over `max_message_bytes` a message may be and still be published (receivers refuse
-/// it by its header): as much as gossipsub allowed before fragmentation, so that the hostile
-/// tests can still send oversize messages through the normal path.
-const PUBLISH_SLACK: usize = 64 * 1024;
-
-/// Prefix of the ids the node sees for reassembled messages (gossipsub's own ids are 32-byte
-/// blake3 hashes, so the two never collide).
-const REASSEMBLED_ID: &[u8] = b"fedmesh/reassembled/";
 
 /// Settings of the network layer, all from the genesis file or the node config.
 #[derive(Debug, Clone)]
@@ -106,14 +68,6 @@ pub enum Event {
         propagation_source: PeerId,
         source: Option<PeerId>,
         data: Vec<u8>,
-    },
-    /// The network layer refused a gossip frame before the node saw it (bad fragment header,
-    /// fragments that do not hash to their message, a fragment from a non-member publisher);
-    /// already reported to gossipsub with `verdict`. For the node's counters and logs.
-    Refused {
-        peer: PeerId,
-        reason: String,
-        verdict: Verdict,
     },
     /// A peer asks something: answer with [`Handle::respond`].
     Request {
@@ -167,12 +121,6 @@ enum Command {
     TopicPeers {
         reply: oneshot::Sender<usize>,
     },
-    /// Tests only: publish `frame` as it is, unframed (to play a hostile publisher).
-    #[cfg(test)]
-    PublishFrame {
-        frame: Vec<u8>,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
 }
 
 /// A cloneable handle to the swarm task.
@@ -182,9 +130,7 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// Publish on the network's topic (as fragments if it is over [`fragment::FRAGMENT_BYTES`]).
-    /// Fails when no member is subscribed yet; an error that contains "Duplicate" means every
-    /// frame of the message had been published already.
+    /// Publish on the network's topic. Fails when no member is subscribed yet.
     pub async fn publish(&self, data: Vec<u8>) -> Result<(), String> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Publish { data, reply }).await?;
@@ -237,14 +183,6 @@ impl Handle {
         rx.await.unwrap_or(0)
     }
 
-    /// Tests only: publish one raw gossip frame, bypassing the framing.
-    #[cfg(test)]
-    pub(crate) async fn publish_frame(&self, frame: Vec<u8>) -> Result<(), String> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::PublishFrame { frame, reply }).await?;
-        rx.await.map_err(|_| "network task stopped".to_string())?
-    }
-
     async fn send(&self, c: Command) -> Result<(), String> {
         self.commands
             .send(c)
@@ -264,15 +202,10 @@ pub fn start(
     let local = config.keypair.public().to_peer_id();
     let topic = IdentTopic::new(config.topic.clone());
     let gossip_config = gossipsub::ConfigBuilder::default()
-        .max_transmit_size(MAX_TRANSMIT_BYTES)
-        .max_control_messages_sent(MAX_CONTROL_IDS)
-        // Gossipsub refuses a frame whose control part exceeds this (16 KB by default): let the
-        // frame limit alone bind.
-        .max_control_message_size(MAX_TRANSMIT_BYTES)
+        .max_transmit_size(config.max_message_bytes + 64 * 1024)
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
-        .heartbeat_interval(HEARTBEAT)
-        .history_length(HISTORY_LENGTH)
+        .heartbeat_interval(Duration::from_millis(500))
         .message_id_fn(|m: &gossipsub::Message| {
             MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
         })
@@ -291,7 +224,7 @@ pub fn start(
         gossip_config,
     )
     .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
-    let (score_params, thresholds) = peer_scoring(&topic, config.max_message_bytes);
+    let (score_params, thresholds) = peer_scoring(&topic);
     gossip
         .with_peer_score(score_params, thresholds)
         .map_err(|e| anyhow::anyhow!("gossipsub peer scoring: {e}"))?;
@@ -360,61 +293,16 @@ pub fn start(
         blocked: HashSet::new(),
         rate,
         refused: Refused::default(),
-        max_message_bytes: config.max_message_bytes,
-        reassembler: Reassembler::new(fragment::Limits::for_messages(config.max_message_bytes)),
-        held: HashMap::new(),
-        next_held: 0,
     };
     Ok((Handle { commands }, events, task.run(command_rx)))
-}
-
-/// Publish `data` as its frames. A frame gossipsub has seen already ("Duplicate": the runtime's
-/// retry of a message whose first frames went out) is skipped; if every frame was, the
-/// duplicate error is returned, as gossipsub returns it for a whole message.
-fn publish(
-    gossip: &mut gossipsub::Behaviour,
-    topic: &IdentTopic,
-    data: &[u8],
-    max_message_bytes: usize,
-) -> Result<(), String> {
-    let limit = max_message_bytes + PUBLISH_SLACK;
-    if data.len() > limit {
-        return Err(format!(
-            "message of {} bytes exceeds the gossip limit of {limit} bytes",
-            data.len()
-        ));
-    }
-    let frames = fragment::split(data).map_err(|e| e.to_string())?;
-    let mut duplicate = None;
-    let mut sent = false;
-    for frame in frames {
-        match gossip.publish(topic.clone(), frame) {
-            Ok(_) => sent = true,
-            Err(gossipsub::PublishError::Duplicate) => {
-                duplicate = Some(gossipsub::PublishError::Duplicate.to_string())
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    match duplicate {
-        Some(e) if !sent => Err(e),
-        _ => Ok(()),
-    }
 }
 
 /// Gossipsub peer scoring tuned for federated rounds: members are few, quiet between rounds and
 /// may share an IP (a local testnet, a NAT), so only invalid messages count. Each message the node
 /// rejects costs the peer that sent it `-20 × count²` (the count decays by 10 % a second): after
 /// two, the node stops publishing to it; after three, it ignores it entirely (graylist).
-///
-/// Gossipsub also penalises broken IWANT promises (a peer advertised a message and did not
-/// deliver it within 3 s) by `-10 × (count − threshold)²`. Each fragment is a message of its
-/// own, so one lost model-sized message (a peer killed while answering, a send queue that timed
-/// out under load) is 13 broken promises, which at gossipsub's threshold of 0 would graylist an
-/// honest member; the threshold is set to the fragments of one message of the network's limit.
 fn peer_scoring(
     topic: &IdentTopic,
-    max_message_bytes: usize,
 ) -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
     let topic_params = gossipsub::TopicScoreParams {
         topic_weight: 1.0,
@@ -428,7 +316,6 @@ fn peer_scoring(
     };
     let mut params = gossipsub::PeerScoreParams {
         ip_colocation_factor_weight: 0.0,
-        behaviour_penalty_threshold: max_message_bytes.div_ceil(fragment::FRAGMENT_BYTES) as f64,
         ..Default::default()
     };
     params.topics.insert(topic.hash(), topic_params);
@@ -446,29 +333,7 @@ struct Task {
     blocked: HashSet<PeerId>,
     rate: RateLimiter,
     refused: Refused,
-    max_message_bytes: usize,
-    /// Fragments of incomplete messages, per publisher; each carries its gossip id and
-    /// propagation source, to report its verdict later.
-    reassembler: Reassembler<PeerId, Token>,
-    /// Reassembled messages handed to the node, by the id the node got: their fragments, which
-    /// get the node's verdict. One entry per message the node has not judged yet.
-    held: HashMap<MessageId, (Instant, Vec<Token>)>,
-    next_held: u64,
 }
-
-/// How long a reassembled message waits for the node's verdict before its fragments are
-/// ignored (the runtime answers at once; a joiner drains gossip without answering).
-const HELD_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A gossip frame awaiting its validation report: its id, the peer it came from, and when.
-type Token = (MessageId, PeerId, Instant);
-
-/// Gossipsub's heartbeat, and how many heartbeats its message cache keeps a message (its
-/// default). A frame the node has not judged leaves the cache after 4–5 heartbeats, and a
-/// verdict reported later does nothing but log "not in cache".
-const HEARTBEAT: Duration = Duration::from_millis(500);
-const HISTORY_LENGTH: usize = 5;
-const CACHE_WINDOW: Duration = HEARTBEAT.saturating_mul(HISTORY_LENGTH as u32 - 1);
 
 /// What the node refused since it started, logged every ten seconds while it grows.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -478,10 +343,6 @@ struct Refused {
     /// Gossip messages dropped unread and requests left unanswered because their peer was over
     /// its rate limit.
     rate_limited: u64,
-    /// Gossip frames refused by the framing: malformed, forged, from a non-member publisher.
-    frames: u64,
-    /// Incomplete messages dropped (expired, or over a publisher's caps).
-    incomplete: u64,
 }
 
 impl Task {
@@ -497,31 +358,13 @@ impl Task {
                     None => break, // every handle dropped: the node is shutting down
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event).await,
-                _ = redial.tick() => {
-                    self.dial_missing();
-                    let now = Instant::now();
-                    let expired = self.reassembler.expire(now);
-                    self.drop_fragments(expired, "its other fragments did not arrive in time");
-                    let stale: Vec<MessageId> = self
-                        .held
-                        .iter()
-                        .filter(|(_, (at, _))| now.duration_since(*at) >= HELD_TIMEOUT)
-                        .map(|(id, _)| id.clone())
-                        .collect();
-                    for id in stale {
-                        if let Some((_, tokens)) = self.held.remove(&id) {
-                            self.report_all(tokens, Verdict::Ignore);
-                        }
-                    }
-                }
+                _ = redial.tick() => self.dial_missing(),
                 _ = report.tick() => {
                     if self.refused != reported {
                         reported = self.refused;
                         tracing::info!(
                             connections = reported.connections,
                             rate_limited_messages = reported.rate_limited,
-                            bad_frames = reported.frames,
-                            incomplete_messages = reported.incomplete,
                             "refused so far"
                         );
                     }
@@ -554,22 +397,26 @@ impl Task {
         let b = self.swarm.behaviour_mut();
         match c {
             Command::Publish { data, reply } => {
-                let r = publish(&mut b.gossip, &self.topic, &data, self.max_message_bytes);
+                let r = b
+                    .gossip
+                    .publish(self.topic.clone(), data)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
                 let _ = reply.send(r);
-            }
-            #[cfg(test)]
-            Command::PublishFrame { frame, reply } => {
-                let r = b.gossip.publish(self.topic.clone(), frame);
-                let _ = reply.send(r.map(|_| ()).map_err(|e| e.to_string()));
             }
             Command::Validate {
                 id,
                 source,
                 verdict,
-            } => match self.held.remove(&id) {
-                Some((_, tokens)) => self.report_all(tokens, verdict),
-                None => self.report(&id, &source, verdict),
-            },
+            } => {
+                let acceptance = match verdict {
+                    Verdict::Accept => MessageAcceptance::Accept,
+                    Verdict::Ignore => MessageAcceptance::Ignore,
+                    Verdict::Reject => MessageAcceptance::Reject,
+                };
+                b.gossip
+                    .report_message_validation_result(&id, &source, acceptance);
+            }
             Command::Request {
                 peer,
                 request,
@@ -605,133 +452,6 @@ impl Task {
         }
     }
 
-    /// Report `verdict` on one gossip frame to gossipsub.
-    fn report(&mut self, id: &MessageId, source: &PeerId, verdict: Verdict) {
-        let acceptance = match verdict {
-            Verdict::Accept => MessageAcceptance::Accept,
-            Verdict::Ignore => MessageAcceptance::Ignore,
-            Verdict::Reject => MessageAcceptance::Reject,
-        };
-        self.swarm
-            .behaviour_mut()
-            .gossip
-            .report_message_validation_result(id, source, acceptance);
-    }
-
-    /// Report the verdict on a reassembled message to all its fragments. A rejected message
-    /// costs one rejection (its first fragment's propagation source), as it did before
-    /// fragmentation; its other fragments are ignored, so they are not forwarded either.
-    /// Fragments that arrived more than [`CACHE_WINDOW`] ago have left gossipsub's cache and
-    /// are not reported (they could not be forwarded any more).
-    fn report_all(&mut self, tokens: Vec<Token>, verdict: Verdict) {
-        for (i, (id, peer, at)) in tokens.into_iter().enumerate() {
-            let v = match verdict {
-                Verdict::Reject if i > 0 => Verdict::Ignore,
-                v => v,
-            };
-            if at.elapsed() < CACHE_WINDOW {
-                self.report(&id, &peer, v);
-            }
-        }
-    }
-
-    /// Fragments of messages that will never complete: ignored (not forwarded, no penalty).
-    fn drop_fragments(&mut self, tokens: Vec<Token>, why: &str) {
-        if tokens.is_empty() {
-            return;
-        }
-        self.refused.incomplete += 1;
-        tracing::debug!(
-            fragments = tokens.len(),
-            why,
-            "dropped an incomplete gossip message"
-        );
-        self.report_all(tokens, Verdict::Ignore);
-    }
-
-    /// A gossip frame that passed the rate limit: a whole message goes to the node at once; a
-    /// fragment waits for the rest of its message.
-    fn on_frame(
-        &mut self,
-        id: MessageId,
-        propagation_source: PeerId,
-        message: gossipsub::Message,
-    ) -> Option<Event> {
-        let refuse = |task: &mut Self, id: &MessageId, reason: String, verdict: Verdict| {
-            task.refused.frames += 1;
-            task.report(id, &propagation_source, verdict);
-            Some(Event::Refused {
-                peer: propagation_source,
-                reason,
-                verdict,
-            })
-        };
-        let (header, bytes) = match fragment::decode(&message.data, self.max_message_bytes) {
-            Err(e) => return refuse(self, &id, format!("bad gossip frame: {e}"), Verdict::Reject),
-            Ok(Frame::Whole(_)) => {
-                let mut data = message.data;
-                data.drain(..fragment::WHOLE_HEADER_BYTES);
-                return Some(Event::Gossip {
-                    id,
-                    propagation_source,
-                    source: message.source,
-                    data,
-                });
-            }
-            Ok(Frame::Fragment { header, bytes }) => (header, bytes),
-        };
-        // Per-publisher state is kept for members only (a member could sign fragments under any
-        // number of made-up identities).
-        let publisher = match message.source {
-            Some(p) if self.members.contains_key(&p) && !self.blocked.contains(&p) => p,
-            other => {
-                let who = other.map_or("no publisher".to_string(), |p| p.to_string());
-                let reason = format!("fragment from a publisher that is not a member: {who}");
-                return refuse(self, &id, reason, Verdict::Reject);
-            }
-        };
-        let token = (id.clone(), propagation_source, Instant::now());
-        let pushed = self
-            .reassembler
-            .push(publisher, header, bytes, token, Instant::now());
-        self.drop_fragments(
-            pushed.dropped,
-            "its publisher has too many incomplete messages",
-        );
-        match pushed.outcome {
-            Outcome::Held => None,
-            Outcome::Complete { message, tokens } => {
-                self.next_held += 1;
-                let id = MessageId::new(&[REASSEMBLED_ID, &self.next_held.to_be_bytes()].concat());
-                self.held.insert(id.clone(), (Instant::now(), tokens));
-                Some(Event::Gossip {
-                    id,
-                    propagation_source,
-                    source: Some(publisher),
-                    data: message,
-                })
-            }
-            Outcome::Refused {
-                token: (id, ..),
-                error,
-                others,
-            } => {
-                // A repeat, or a second version of one fragment (the publisher signed both and
-                // we cannot tell which is true): not forwarded, nobody penalised here.
-                if !error.is_malformed() {
-                    if matches!(error, FrameError::Conflicting { .. }) {
-                        tracing::warn!(%publisher, error = %error, "publisher signed two versions of a fragment");
-                    }
-                    self.report(&id, &propagation_source, Verdict::Ignore);
-                    return None;
-                }
-                self.drop_fragments(others, "it was refused");
-                let reason = format!("gossip fragment from {publisher}: {error}");
-                refuse(self, &id, reason, Verdict::Reject)
-            }
-        }
-    }
-
     async fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         let out = match event {
             SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
@@ -757,7 +477,12 @@ impl Task {
                 propagation_source,
                 message_id,
                 message,
-            })) => self.on_frame(message_id, propagation_source, message),
+            })) => Some(Event::Gossip {
+                id: message_id,
+                propagation_source,
+                source: message.source,
+                data: message.data,
+            }),
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(request_response::Event::Message {
                 peer,
                 message,

@@ -1677,14 +1677,6 @@ impl Runtime {
                 self.maybe_verify();
                 self.maybe_propose();
             }
-            Event::Refused {
-                peer,
-                reason,
-                verdict,
-            } => {
-                tracing::warn!(%peer, error = %reason, "rejected a gossip message");
-                self.ctx.counters.count(verdict);
-            }
             Event::Request {
                 peer,
                 request,

@@ -24,7 +24,6 @@ use fedmesh_crypto::{bls, identity, Hash};
 use fedmesh_protocol::audit::{self, Entry, RoundRecord};
 use fedmesh_protocol::codec;
 use fedmesh_protocol::dp::Ledger;
-use fedmesh_protocol::fragment::{self as frag, Frame};
 use fedmesh_protocol::genesis::{self, Genesis, Member, Spec};
 use fedmesh_protocol::model::Layout;
 use fedmesh_protocol::paillier as ppaillier;
@@ -50,7 +49,6 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("checkpoint", checkpoint),
     ("genesis_toml", genesis_toml),
     ("state", state),
-    ("fragment", fragment),
 ];
 
 /// Members of the fixture network.
@@ -902,119 +900,6 @@ pub fn state(data: &[u8]) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Gossip framing
-
-/// The limit a fragment target runs under: small, so that the fuzzer reaches completion.
-const FRAGMENT_LIMIT: usize = 6 * frag::FRAGMENT_BYTES;
-
-/// Gossip frames (`protocol::fragment`): mode 0 decodes one frame and checks that an accepted
-/// header is canonical; mode 1 feeds a sequence of frames (`publisher u8, length u16 BE, bytes`)
-/// to a reassembler under small caps and checks that every fragment's token comes back exactly
-/// once, that a completed message splits back to the same frames (so it matches its digest), and
-/// that the caps hold; mode 2 splits the rest and reassembles it in reverse order.
-pub fn fragment(data: &[u8]) {
-    let Some((m, rest)) = mode(data) else { return };
-    match m % 3 {
-        0 => check_frame(rest),
-        1 => {
-            let limits = frag::Limits {
-                max_incomplete: 2,
-                max_bytes: 2 * FRAGMENT_LIMIT,
-                timeout: std::time::Duration::from_secs(2),
-            };
-            let mut r = frag::Reassembler::new(limits);
-            let t0 = std::time::Instant::now();
-            let mut back: Vec<u32> = Vec::new();
-            let count = |back: &mut Vec<u32>, tokens: &[usize]| {
-                for &t in tokens {
-                    back[t] += 1;
-                }
-            };
-            let mut buf = rest;
-            let mut token = 0;
-            while let [publisher, hi, lo, tail @ ..] = buf {
-                let len = (usize::from(*hi) << 8 | usize::from(*lo)).min(tail.len());
-                let (frame, next) = tail.split_at(len);
-                buf = next;
-                check_frame(frame);
-                let Ok(Frame::Fragment { header, bytes }) = frag::decode(frame, FRAGMENT_LIMIT)
-                else {
-                    continue;
-                };
-                back.push(0);
-                // Time moves with the publisher byte, so that expiry is reached too.
-                let now = t0 + std::time::Duration::from_millis(u64::from(*publisher) * 40);
-                let pushed = r.push(*publisher % 4, header, bytes, token, now);
-                token += 1;
-                count(&mut back, &pushed.dropped);
-                match pushed.outcome {
-                    frag::Outcome::Held => {}
-                    frag::Outcome::Complete { message, tokens } => {
-                        let again = frag::split(&message).expect("a completed message splits");
-                        assert_eq!(again.len(), header.count as usize);
-                        assert_eq!(again[header.index as usize], frame, "canonical frames");
-                        count(&mut back, &tokens);
-                    }
-                    frag::Outcome::Refused { token, others, .. } => {
-                        count(&mut back, &[token]);
-                        count(&mut back, &others);
-                    }
-                }
-                assert!(r.held_bytes() <= 4 * limits.max_bytes);
-                assert!(r.incomplete() <= 4 * limits.max_incomplete);
-            }
-            let expired = r.expire(t0 + std::time::Duration::from_secs(3600));
-            count(&mut back, &expired);
-            assert!(
-                back.iter().all(|n| *n == 1),
-                "a token came back {back:?} times"
-            );
-        }
-        _ => {
-            let message = &rest[..rest.len().min(FRAGMENT_LIMIT)];
-            let frames = frag::split(message).expect("within the format's maximum");
-            if let [only] = &frames[..] {
-                assert_eq!(
-                    frag::decode(only, FRAGMENT_LIMIT),
-                    Ok(Frame::Whole(message))
-                );
-                return;
-            }
-            let mut r = frag::Reassembler::new(frag::Limits::for_messages(FRAGMENT_LIMIT));
-            let now = std::time::Instant::now();
-            let mut whole = None;
-            for (i, f) in frames.iter().enumerate().rev() {
-                let Ok(Frame::Fragment { header, bytes }) = frag::decode(f, FRAGMENT_LIMIT) else {
-                    panic!("a frame of split does not decode");
-                };
-                if let frag::Outcome::Complete { message, .. } =
-                    r.push(0u8, header, bytes, i, now).outcome
-                {
-                    whole = Some(message);
-                }
-            }
-            assert_eq!(whole.as_deref(), Some(message), "split then reassembled");
-        }
-    }
-}
-
-/// What `decode` accepts fits the canonical layout.
-fn check_frame(frame: &[u8]) {
-    match frag::decode(frame, FRAGMENT_LIMIT) {
-        Ok(Frame::Whole(body)) => assert!(body.len() <= frag::FRAGMENT_BYTES),
-        Ok(Frame::Fragment { header, bytes }) => {
-            let total = header.total as usize;
-            assert!(total > frag::FRAGMENT_BYTES && total <= FRAGMENT_LIMIT);
-            assert_eq!(header.count as usize, total.div_ceil(frag::FRAGMENT_BYTES));
-            assert!(header.index < header.count);
-            let start = header.index as usize * frag::FRAGMENT_BYTES;
-            assert_eq!(bytes.len(), (total - start).min(frag::FRAGMENT_BYTES));
-        }
-        Err(e) => assert!(!e.to_string().is_empty()),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Seeds
 
 fn with_mode(mode: u8, bytes: &[u8]) -> Vec<u8> {
@@ -1438,37 +1323,6 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         "state",
         with_mode(2, &codec::encode(&(3u64, Hash::of("fuzz", b"lock")))),
     ));
-
-    // Gossip frames.
-    let message: Vec<u8> = (0..frag::FRAGMENT_BYTES + 10).map(|i| i as u8).collect();
-    let frames = frag::split(&message).expect("splits");
-    let small = frag::split(b"a small message").expect("splits");
-    out.push(("fragment", with_mode(0, &small[0])));
-    out.push(("fragment", with_mode(0, &frames[1])));
-    let sequence = |parts: &[(u8, &Vec<u8>)]| {
-        let mut seq = vec![1u8];
-        for (publisher, f) in parts {
-            seq.push(*publisher);
-            seq.extend_from_slice(&(f.len() as u16).to_be_bytes());
-            seq.extend_from_slice(f);
-        }
-        seq
-    };
-    out.push(("fragment", sequence(&[(0, &frames[1]), (0, &frames[0])])));
-    out.push((
-        "fragment",
-        sequence(&[
-            (1, &frames[0]),
-            (2, &frames[0]),
-            (1, &frames[0]),
-            (2, &frames[1]),
-        ]),
-    ));
-    let mut forged = frames[1].clone();
-    *forged.last_mut().expect("not empty") ^= 1;
-    out.push(("fragment", sequence(&[(3, &frames[0]), (3, &forged)])));
-    out.push(("fragment", with_mode(2, &message)));
-    out.push(("fragment", with_mode(2, b"whole")));
     out
 }
 
