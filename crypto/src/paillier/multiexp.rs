@@ -20,10 +20,18 @@ use rug::Integer;
 /// # Panics
 /// If the slices differ in length or an exponent is negative (callers derive both from the same
 /// vector and hash weights, so either is a bug here, not bad input).
-pub(crate) fn product_of_powers(bases: &[&Integer], exps: &[Integer], modulus: &Integer) -> Integer {
+pub(crate) fn product_of_powers(
+    bases: &[&Integer],
+    exps: &[Integer],
+    modulus: &Integer,
+) -> Integer {
     assert_eq!(bases.len(), exps.len(), "one exponent per base");
     assert!(exps.iter().all(|e| *e >= 0), "exponents are non-negative");
-    let bits = exps.iter().map(Integer::significant_bits).max().unwrap_or(0);
+    let bits = exps
+        .iter()
+        .map(Integer::significant_bits)
+        .max()
+        .unwrap_or(0);
     if bits == 0 {
         return Integer::from(1) % modulus;
     }
@@ -120,10 +128,16 @@ mod tests {
     use rand_chacha::ChaCha20Rng;
 
     fn naive(bases: &[&Integer], exps: &[Integer], modulus: &Integer) -> Integer {
-        bases.iter().zip(exps).fold(Integer::from(1) % modulus, |acc, (b, e)| {
-            let p = (*b).clone().pow_mod(e, modulus).expect("non-negative exponent");
-            acc * p % modulus
-        })
+        bases
+            .iter()
+            .zip(exps)
+            .fold(Integer::from(1) % modulus, |acc, (b, e)| {
+                let p = (*b)
+                    .clone()
+                    .pow_mod(e, modulus)
+                    .expect("non-negative exponent");
+                acc * p % modulus
+            })
     }
 
     fn random_int(bits: u32, rng: &mut ChaCha20Rng) -> Integer {
@@ -179,7 +193,10 @@ mod tests {
         assert_eq!(product_of_powers(&[&b], &[Integer::new()], &modulus), 1);
         // A base of zero or one modulus is 0 when raised to a positive power.
         let z = Integer::from(1_000_003);
-        assert_eq!(product_of_powers(&[&b, &z], &[Integer::from(3), Integer::from(2)], &modulus), 0);
+        assert_eq!(
+            product_of_powers(&[&b, &z], &[Integer::from(3), Integer::from(2)], &modulus),
+            0
+        );
     }
 
     #[test]
