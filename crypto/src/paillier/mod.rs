@@ -49,6 +49,7 @@
 mod bytes;
 mod cipher;
 mod keys;
+mod multiexp;
 pub mod pack;
 mod threshold;
 

@@ -15,6 +15,7 @@ use rug::Integer;
 
 use super::bytes::{int_from, put_int, wipe, DecodeError, Reader};
 use super::keys::random_bits;
+use super::multiexp;
 use super::{Ciphertext, KeyShare, Plaintext, PublicKey, VerificationKeys, FORMAT_VERSION};
 use crate::hash::Hasher;
 
@@ -220,21 +221,22 @@ impl<'a> Statement<'a> {
         h.update(&(ciphertexts.len() as u64).to_le_bytes());
         let seed = h.finalize();
         let n2 = pk.n_squared();
-        let fold = |xs: Vec<&Integer>| -> Integer {
-            xs.par_iter()
-                .enumerate()
-                .map(|(j, x)| {
-                    let w = Hasher::new("fedmesh paillier v1 batch weight")
-                        .chain(seed.as_bytes())
-                        .chain(&(j as u64).to_le_bytes())
-                        .finalize();
-                    let w = int_from(&w.as_bytes()[..16]) + 1u32;
-                    (*x).clone().pow_mod(&w, n2).expect("positive exponent")
-                })
-                .reduce(|| Integer::from(1), |a, b| a * b % n2)
-        };
-        let c = fold(ciphertexts.iter().map(Ciphertext::as_integer).collect());
-        let p = fold(values.iter().collect());
+        // One weight per position, the same for the ciphertexts and the partials; both folds are
+        // products of many powers with short public exponents (the bucket method, all cores).
+        let weights: Vec<Integer> = (0..ciphertexts.len() as u64)
+            .into_par_iter()
+            .map(|j| {
+                let w = Hasher::new("fedmesh paillier v1 batch weight")
+                    .chain(seed.as_bytes())
+                    .chain(&j.to_le_bytes())
+                    .finalize();
+                int_from(&w.as_bytes()[..16]) + 1u32
+            })
+            .collect();
+        let cts: Vec<&Integer> = ciphertexts.iter().map(Ciphertext::as_integer).collect();
+        let vals: Vec<&Integer> = values.iter().collect();
+        let c = multiexp::product_of_powers(&cts, &weights, n2);
+        let p = multiexp::product_of_powers(&vals, &weights, n2);
         let base = c.pow_mod(&Integer::from(4), n2).expect("positive exponent");
         let image = p.square() % n2;
         Statement {

@@ -78,7 +78,7 @@ pub const PAILLIER_THRESHOLD: usize = 3;
 const PAILLIER_VALUE_BITS: u32 = 16;
 
 /// Clip of Paillier quantization: per-coordinate model deltas are far smaller.
-const PAILLIER_CLIP: f32 = 1.0;
+pub(super) const PAILLIER_CLIP: f32 = 1.0;
 
 /// The joint Paillier key of a drill, dealt once (the dealer is the drill itself).
 pub struct PaillierKit {
@@ -86,6 +86,14 @@ pub struct PaillierKit {
     shares: Vec<crypto_paillier::KeyShare>,
     packer: crypto_paillier::pack::Packer,
     base: crypto_paillier::FixedBase,
+}
+
+impl PaillierKit {
+    /// The quantization and packing every member uses.
+    #[cfg(test)]
+    pub(super) fn packer(&self) -> &crypto_paillier::pack::Packer {
+        &self.packer
+    }
 }
 
 impl PaillierKit {
@@ -219,6 +227,7 @@ pub fn reveal(
                         .as_ref()
                         .context("mode paillier without a key")?;
                     paillier_sum(kit, world, round, group, &late, g, updates, &mut rng)
+                        .map(|r| r.map(|p| p.sum))
                 }
             }
             .with_context(|| format!("round {round}, group {group:?}"))
@@ -370,8 +379,12 @@ fn secagg_sum(
 /// Mode paillier: the group's members encrypt under the joint key; the product of their
 /// ciphertexts (refused below g updates) is decrypted by [`PAILLIER_THRESHOLD`] of them, each
 /// partial with its proof checked. None if fewer than g members sent an update.
+///
+/// Each partial's proof is checked once, by the drill; in the node every member checks every
+/// partial it uses (the same check, repeated per member). The decrypted sum is compared with the
+/// sum of the quantized values the members encrypted: a mismatch is an error, not a result.
 #[allow(clippy::too_many_arguments)]
-fn paillier_sum(
+pub(super) fn paillier_sum(
     kit: &PaillierKit,
     world: &World,
     round: u64,
@@ -380,7 +393,8 @@ fn paillier_sum(
     g: usize,
     updates: &BTreeMap<u32, (Vec<f32>, u64)>,
     rng: &mut ChaCha20Rng,
-) -> anyhow::Result<Option<GroupSum>> {
+) -> anyhow::Result<Option<PaillierGroup>> {
+    let mut clock = PhaseClock::start();
     let len = updates[&group[0]].0.len();
     let params = paillier::RoundParams {
         genesis: world.network,
@@ -405,11 +419,13 @@ fn paillier_sum(
         senders.len() * kit.packer.plaintexts_for(len),
         rng,
     );
+    clock.lap("randomness");
     let mut collect = paillier::Collect::new(&params, &kit.keys, &kit.packer);
     let mut weight = 0;
+    let mut encrypted = vec![0i64; len];
     for &m in &senders {
         let (x, w) = &updates[&m];
-        let (msg, _) = paillier::encrypt_update(
+        let (msg, enc) = paillier::encrypt_update(
             &params,
             &kit.keys,
             &kit.packer,
@@ -420,19 +436,35 @@ fn paillier_sum(
             rng,
         )?;
         collect.add_update(&msg)?;
+        for (acc, q) in encrypted.iter_mut().zip(&enc.quantized) {
+            *acc += q;
+        }
         weight += w;
     }
+    clock.lap("encrypt");
     let contributors = collect.contributors();
     let mut decrypt = match collect.close() {
         Ok(d) => d,
         Err(paillier::PaillierError::TooFewUpdates { .. }) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
+    clock.lap("product");
     for &m in contributors.iter().take(kit.keys.verification.threshold()) {
         let partial = decrypt.partial(&kit.shares[m as usize], m, &world.keys[m as usize], rng)?;
+        clock.lap("partials");
         decrypt.add_partial(&partial)?;
+        clock.lap("checks");
     }
     let outcome = decrypt.finish()?;
+    clock.lap("combine");
+    if let Some(i) = (0..len).find(|&i| outcome.sum[i] != encrypted[i]) {
+        anyhow::bail!(
+            "the decrypted sum of group {contributors:?} holds {} at value {i}, its members encrypted {} in all",
+            outcome.sum[i],
+            encrypted[i]
+        );
+    }
+    clock.report(round, &contributors);
     let count = contributors.len() as f32;
     let mean = kit
         .packer
@@ -440,9 +472,66 @@ fn paillier_sum(
         .into_iter()
         .map(|v| v / count)
         .collect();
-    Ok(Some(GroupSum {
-        contributors,
-        mean,
-        weight,
+    Ok(Some(PaillierGroup {
+        sum: GroupSum {
+            contributors,
+            mean,
+            weight,
+        },
+        decrypted: outcome.sum,
     }))
+}
+
+/// One group's Paillier result: the revealed sum, and the decrypted per-value sums of the
+/// members' quantized values it came from.
+pub(super) struct PaillierGroup {
+    pub sum: GroupSum,
+    /// Read by the tests (the drill itself checks it against the encrypted values and keeps
+    /// only `sum`).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub decrypted: Vec<i64>,
+}
+
+/// Seconds per phase of one group's Paillier sum, printed with `FEDMESH_DRILL_TRACE` set (the
+/// profile of a drill round: where its time goes).
+struct PhaseClock {
+    on: bool,
+    last: std::time::Instant,
+    phases: Vec<(&'static str, f64)>,
+}
+
+impl PhaseClock {
+    fn start() -> PhaseClock {
+        PhaseClock {
+            on: std::env::var_os("FEDMESH_DRILL_TRACE").is_some(),
+            last: std::time::Instant::now(),
+            phases: Vec::new(),
+        }
+    }
+
+    /// Add the time since the last lap to `phase`.
+    fn lap(&mut self, phase: &'static str) {
+        if !self.on {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let secs = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        match self.phases.iter_mut().find(|(p, _)| *p == phase) {
+            Some((_, t)) => *t += secs,
+            None => self.phases.push((phase, secs)),
+        }
+    }
+
+    fn report(&self, round: u64, group: &[u32]) {
+        if !self.on {
+            return;
+        }
+        let mut line = format!("paillier trace round {round} group {group:?}:");
+        let total: f64 = self.phases.iter().map(|(_, t)| t).sum();
+        for (phase, t) in &self.phases {
+            line.push_str(&format!(" {phase} {t:.3} s,"));
+        }
+        eprintln!("{line} total {total:.3} s");
+    }
 }

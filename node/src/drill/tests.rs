@@ -259,3 +259,68 @@ fn a_secagg_drill_writes_its_mode_and_never_reveals_a_small_sum() {
     p.mode = "onion".into();
     assert!(poisoning(&p).unwrap_err().to_string().contains("--mode"));
 }
+
+/// The Paillier path's group sum is exactly the sum of the quantized values its members
+/// encrypted, and those are the members' updates rounded to the quantization grid: each
+/// coordinate of the mean is within one step of the plain mean (members beyond the clip are
+/// clipped first).
+#[test]
+fn paillier_group_sum_equals_the_plain_sum_of_quantized_updates() {
+    use rand::Rng;
+    use rand_chacha::ChaCha20Rng;
+    use std::collections::BTreeSet;
+    let world = world(6, None, 3, &mnist(), 0).unwrap();
+    let kit = groups::PaillierKit::deal(6, 11).unwrap();
+    let len = 60;
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let updates: BTreeMap<u32, (Vec<f32>, u64)> = (0..6u32)
+        .map(|m| {
+            let x = (0..len)
+                .map(|i| match i {
+                    0 => 0.0,
+                    1 => -groups::PAILLIER_CLIP,
+                    2 => 3.0 * groups::PAILLIER_CLIP, // clipped to +clip
+                    _ => rng.gen_range(-0.2f32..0.2),
+                })
+                .collect();
+            (m, (x, 10 + u64::from(m)))
+        })
+        .collect();
+    let group = [0, 2, 3, 4, 5];
+    let late = BTreeSet::from([5]);
+    // With member 5 late, four remain: below g = 5, nothing is revealed.
+    let none = groups::paillier_sum(&kit, &world, 1, &group, &late, 5, &updates, &mut rng).unwrap();
+    assert!(none.is_none());
+    let got = groups::paillier_sum(&kit, &world, 1, &group, &late, 4, &updates, &mut rng)
+        .unwrap()
+        .expect("four of four sent");
+    let members = [0u32, 2, 3, 4];
+    assert_eq!(got.sum.contributors, members);
+    assert_eq!(got.sum.weight, 10 + 12 + 13 + 14);
+    let scale = kit.packer().scale();
+    let max = kit.packer().max_level();
+    for i in 0..len {
+        let plain: f64 = members
+            .iter()
+            .map(|m| {
+                f64::from(updates[m].0[i].clamp(-groups::PAILLIER_CLIP, groups::PAILLIER_CLIP))
+                    * scale
+            })
+            .sum();
+        // Stochastic rounding moves each member's value by less than one step.
+        assert!(
+            (got.decrypted[i] as f64 - plain).abs() < members.len() as f64,
+            "value {i}: decrypted {} for {plain}",
+            got.decrypted[i]
+        );
+        let mean = got.decrypted[i] as f64 / scale / members.len() as f64;
+        assert!(
+            (f64::from(got.sum.mean[i]) - mean).abs() < 1e-6,
+            "value {i}"
+        );
+    }
+    // Values on the grid need no rounding: 0 and ±clip are exact.
+    assert_eq!(got.decrypted[0], 0);
+    assert_eq!(got.decrypted[1], -4 * max);
+    assert_eq!(got.decrypted[2], 4 * max);
+}
