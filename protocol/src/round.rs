@@ -421,6 +421,24 @@ impl Round {
         })
     }
 
+    /// Whether `p` is for this height and round and `sender` coordinates its attempt.
+    fn check_origin(&self, sender: u32, p: &Proposal) -> Result<(), String> {
+        let r = &p.record;
+        if p.height != self.height || p.prev_hash != self.prev_hash || r.round != self.round {
+            return Err(format!(
+                "for height {} / round {}, this round is height {} / round {}",
+                p.height, r.round, self.height, self.round
+            ));
+        }
+        if r.coordinator != sender || self.coordinator(r.attempt) != sender {
+            return Err(format!(
+                "member {sender} is not the coordinator of attempt {}",
+                r.attempt
+            ));
+        }
+        Ok(())
+    }
+
     /// What every proposal must satisfy: this height, round and model, sent by the coordinator of
     /// its attempt, in this mode, with participants and dropouts that partition the active members.
     fn check_frame(
@@ -433,19 +451,8 @@ impl Round {
             culprit: sender,
             reason,
         };
+        self.check_origin(sender, p).map_err(bad)?;
         let r = &p.record;
-        if p.height != self.height || p.prev_hash != self.prev_hash || r.round != self.round {
-            return Err(bad(format!(
-                "for height {} / round {}, this round is height {} / round {}",
-                p.height, r.round, self.height, self.round
-            )));
-        }
-        if r.coordinator != sender || self.coordinator(r.attempt) != sender {
-            return Err(bad(format!(
-                "member {sender} is not the coordinator of attempt {}",
-                r.attempt
-            )));
-        }
         if r.base_model != self.base_model || r.mode != mode {
             return Err(bad(format!(
                 "not a mode-{mode} record on this round's model"
@@ -491,18 +498,11 @@ impl Round {
     /// Remember the attempt of a proposal whose frame is right (this height, sent by the
     /// coordinator of its attempt), whether or not this member will approve it: approvals of it
     /// then count as approvals of that attempt when a lock is to move.
-    pub fn note_attempt(&mut self, sender: u32, p: &Proposal) {
-        if p.height != self.height
-            || p.prev_hash != self.prev_hash
-            || p.record.round != self.round
-            || p.record.coordinator != sender
-            || !self.is_active(sender)
-            || self.coordinator(p.record.attempt) != sender
-        {
-            return;
+    /// `signing_hash` is `p.entry().signing_hash()`, which the caller has at hand.
+    pub fn note_attempt(&mut self, sender: u32, p: &Proposal, signing_hash: Hash) {
+        if self.check_origin(sender, p).is_ok() {
+            self.note(p, signing_hash);
         }
-        let h = p.entry().signing_hash();
-        self.note(p, h);
     }
 
     fn note(&mut self, p: &Proposal, h: Hash) {
@@ -628,14 +628,6 @@ impl Round {
 
     pub fn has_approved(&self) -> bool {
         self.approved.is_some()
-    }
-
-    /// Whether this member approved the current proposal (not only an earlier one).
-    pub fn approved_current(&self) -> bool {
-        match (&self.proposal, self.approved) {
-            (Some((_, h)), Some(l)) => l.signing_hash == *h,
-            _ => false,
-        }
     }
 
     /// Accept `sender`'s approval after checking both of its signatures.
@@ -942,12 +934,12 @@ mod tests {
             !rs[0].offer_later(a.clone()),
             "the same attempt is no later attempt"
         );
-        rs[0].note_attempt(cb, &b);
+        rs[0].note_attempt(cb, &b, b.entry().signing_hash());
         assert!(rs[0].offer_later(b.clone()));
         assert!(!rs[0].try_move(), "no approvals of the later attempt yet");
         let mut approvals_b = Vec::new();
         for m in [1usize, 2] {
-            rs[m].note_attempt(ca, &a);
+            rs[m].note_attempt(ca, &a, a.entry().signing_hash());
             rs[m].set_proposal(b.clone());
             approvals_b.push((m as u32, rs[m].approve(&keys[m], &shares[m]).unwrap()));
         }
@@ -1031,8 +1023,8 @@ mod tests {
         a2.record.metrics.test_samples += 1;
         let mut r = split_setup(4).4.remove(0);
         let c0 = r.coordinator(0);
-        r.note_attempt(c0, &a);
-        r.note_attempt(c0, &a2);
+        r.note_attempt(c0, &a, a.entry().signing_hash());
+        r.note_attempt(c0, &a2, a2.entry().signing_hash());
         let mut signer = split_setup(4).4.remove(1);
         signer.set_proposal(a.clone());
         let first = signer.approve(&keys[1], &shares[1]).unwrap();
@@ -1086,7 +1078,11 @@ mod tests {
                 match msg {
                     Ok(k) => {
                         let p = &proposals[k];
-                        r.note_attempt(r.coordinator(p.record.attempt), p);
+                        r.note_attempt(
+                            r.coordinator(p.record.attempt),
+                            p,
+                            p.entry().signing_hash(),
+                        );
                         if refusals && rng.below(3) == 0 {
                             continue;
                         }

@@ -1919,7 +1919,7 @@ impl Runtime {
                     return Verdict::Ignore;
                 }
                 // Even a proposal this member refuses tells which attempt its approvals belong to.
-                cur.state.note_attempt(sender, &p);
+                cur.state.note_attempt(sender, &p, h);
                 if let Err(reason) = equivocation::adopt(
                     &ctx.genesis,
                     ctx.genesis_hash,
