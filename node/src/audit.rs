@@ -225,7 +225,13 @@ fn summary(e: &Entry) -> serde_json::Value {
                     v["evidence"] = json!(r
                         .evidence
                         .iter()
-                        .map(|x| json!({ "member": x.member, "round": x.round }))
+                        .map(|x| json!({
+                            "member": x.member,
+                            "round": x.round,
+                            // Two approvals of records of one attempt, or two messages for
+                            // one slot.
+                            "kind": if x.proposals.is_empty() { "messages" } else { "approvals" },
+                        }))
                         .collect::<Vec<_>>());
                     if !r.evictions.is_empty() {
                         v["evictions"] = json!(r

@@ -279,7 +279,9 @@ pub struct Faults {
     ///   after the round was committed: the others must record the evidence in the next record)
     ///   or `stall`, or `propose_refused` (as the round's first coordinator, propose a record
     ///   with wrong metrics, which the others refuse, and approve it: its lock must move to a
-    ///   later attempt's record for the round to commit when the others alone are too few)
+    ///   later attempt's record for the round to commit when the others alone are too few),
+    ///   or `double_approve` (as the round's first coordinator, propose a second record of
+    ///   its attempt and approve both: the others must record the evidence in the next record)
     ///   (mode secagg: stop sending after the key shares; mode paillier: send no partial
     ///   decryption; stay connected);
     /// - with eviction votes on: `voted` (right after counting its own eviction votes, stored but
@@ -290,7 +292,7 @@ pub struct Faults {
 
 impl Faults {
     /// The points at which a node can be made to fail.
-    pub const POINTS: [&'static str; 26] = [
+    pub const POINTS: [&'static str; 27] = [
         "coordinating",
         "training",
         "proposed",
@@ -316,6 +318,7 @@ impl Faults {
         "equivocate_late",
         "stall",
         "propose_refused",
+        "double_approve",
         "voted",
     ];
 

@@ -5,6 +5,14 @@
 //! the round record ([`crate::audit::RoundRecord::evidence`]), `fedmesh audit verify` checks them,
 //! and the member's anomaly score counts them.
 //!
+//! A member's approvals are watched too: an honest member approves at most one record per attempt
+//! of a height (it moves its approval only to a later attempt, [`crate::round::Round::try_move`]),
+//! so two approvals of different records of the same attempt prove a double signer — the one
+//! misbehaviour that can make two records of one height both reach the threshold. An approval
+//! names only the record's signing hash, so that evidence also carries the two proposals whose
+//! entries hash to the signed values and show the same height, round and attempt
+//! ([`Equivocation::proposals`]).
+//!
 //! [`Detector`] watches a round's opened envelopes and returns the evidence the first time a
 //! sender contradicts itself; [`Equivocation::verify`] checks evidence from someone else.
 
@@ -14,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::Hash;
 use crate::genesis::Genesis;
-use crate::wire::{Envelope, OpenError, PaillierMsg, Payload, SecaggMsg};
+use crate::wire::{Approval, Envelope, OpenError, PaillierMsg, Payload, Proposal, SecaggMsg};
 
 /// The place of a message in a round that one member may fill only once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -29,6 +37,10 @@ pub enum Slot {
     PaillierPartial,
     /// Mode `paillier`: the member's partial decryption of one group's sum.
     PaillierGroupPartial { group: u32 },
+    /// Any mode: the member's approval of a record of one attempt. An approval envelope does not
+    /// name its attempt, so [`Slot::of`] cannot tell it; the [`Detector`] learns it from the
+    /// proposals ([`Detector::note_proposal`]).
+    Approval { attempt: u32 },
 }
 
 impl Slot {
@@ -77,6 +89,7 @@ impl Slot {
             Slot::PaillierGroupPartial { group } => {
                 format!("paillier partial decryption of group {group}")
             }
+            Slot::Approval { attempt } => format!("approval (attempt {attempt})"),
         }
     }
 }
@@ -92,17 +105,21 @@ pub struct Equivocation {
     /// The second, contradicting envelope.
     #[serde(with = "serde_bytes")]
     pub second: Vec<u8>,
+    /// Evidence of two approvals only: the proposals (signed envelopes, as gossiped) of the two
+    /// records the approvals sign, `first`'s then `second`'s. Empty for every other slot.
+    pub proposals: Vec<serde_bytes::ByteBuf>,
 }
 
 impl std::fmt::Debug for Equivocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "Equivocation(member {}, round {}, {} + {} bytes)",
+            "Equivocation(member {}, round {}, {} + {} bytes, {} proposals)",
             self.member,
             self.round,
             self.first.len(),
-            self.second.len()
+            self.second.len(),
+            self.proposals.len()
         )
     }
 }
@@ -132,12 +149,18 @@ pub enum EvidenceError {
     Slot { first: String, second: String },
     #[error("the two envelopes carry the same payload: no contradiction")]
     Same,
+    #[error("approval evidence: {0}")]
+    Approvals(String),
+    #[error("{0} proposals attached to evidence that is not of two approvals")]
+    StrayProposals(usize),
 }
 
 impl Equivocation {
     /// Check the evidence against the genesis: both envelopes open (network, membership, the
     /// member's signature, at most `limit` bytes), both are the named member's for the named round,
-    /// they fill the same slot, and their payloads differ.
+    /// they fill the same slot, and their payloads differ. For two approvals: the attached
+    /// proposals open too, their entries' signing hashes are the two approved ones, and they are
+    /// records of the same height, round and attempt.
     pub fn verify(
         &self,
         genesis: &Genesis,
@@ -165,6 +188,15 @@ impl Equivocation {
         };
         let a = open("first", &self.first)?;
         let b = open("second", &self.second)?;
+        match (&a.payload, &b.payload) {
+            (Payload::Approval(x), Payload::Approval(y)) => {
+                return self.verify_approvals(x, y, genesis, genesis_hash, limit);
+            }
+            _ if !self.proposals.is_empty() => {
+                return Err(EvidenceError::StrayProposals(self.proposals.len()));
+            }
+            _ => {}
+        }
         let (sa, sb) = (Slot::of(&a.payload), Slot::of(&b.payload));
         if sa.is_none() || sa != sb {
             let name = |s: Option<Slot>| s.map_or_else(|| "none".to_string(), Slot::name);
@@ -180,6 +212,60 @@ impl Equivocation {
     }
 }
 
+impl Equivocation {
+    /// The approvals part of [`Equivocation::verify`].
+    fn verify_approvals(
+        &self,
+        x: &Approval,
+        y: &Approval,
+        genesis: &Genesis,
+        genesis_hash: Hash,
+        limit: usize,
+    ) -> Result<(), EvidenceError> {
+        let bad = |reason: String| EvidenceError::Approvals(reason);
+        if x.signing_hash == y.signing_hash {
+            return Err(EvidenceError::Same);
+        }
+        let [px, py] = self.proposals.as_slice() else {
+            return Err(bad(format!(
+                "{} proposals attached, two are needed",
+                self.proposals.len()
+            )));
+        };
+        let open = |which: &str, bytes: &[u8], approved: Hash| -> Result<Proposal, EvidenceError> {
+            let env = Envelope::open(bytes, limit, genesis, genesis_hash, None)
+                .map_err(|e| bad(format!("the {which} proposal does not open: {e}")))?;
+            let Payload::Proposal(p) = env.payload else {
+                return Err(bad(format!(
+                    "the {which} proposal envelope holds a message of kind {}",
+                    env.payload.name()
+                )));
+            };
+            if env.round != self.round || p.record.round != self.round {
+                return Err(bad(format!(
+                    "the {which} proposal is for round {} (record {}), the evidence names round {}",
+                    env.round, p.record.round, self.round
+                )));
+            }
+            if p.entry().signing_hash() != approved {
+                return Err(bad(format!(
+                    "the {which} proposal is not the record the {which} approval signs"
+                )));
+            }
+            Ok(*p)
+        };
+        let p = open("first", px, x.signing_hash)?;
+        let q = open("second", py, y.signing_hash)?;
+        if p.height != q.height || p.record.attempt != q.record.attempt {
+            return Err(bad(format!(
+                "the records are of height {} attempt {} and height {} attempt {}: approving both is allowed",
+                p.height, p.record.attempt, q.height, q.record.attempt
+            )));
+        }
+        Ok(())
+    }
+}
+
 fn payload_hash(p: &Payload) -> Hash {
     Hash::of("fedmesh equivocation payload v1", &crate::codec::encode(p))
 }
@@ -188,11 +274,23 @@ fn payload_hash(p: &Payload) -> Hash {
 /// below it for any real network; past it, new slots are not watched (nothing else breaks).
 pub const MAX_WATCHED: usize = 16_384;
 
+/// Most proposals a detector keeps for approval evidence in one round, and their bytes in all:
+/// honest coordinators send one per attempt; past either cap, approvals of further records are
+/// not watched.
+pub const MAX_PROPOSALS: usize = 64;
+pub const MAX_PROPOSAL_BYTES: usize = 32 << 20;
+
 /// Watches one round's opened envelopes for contradictions.
 #[derive(Debug, Default)]
 pub struct Detector {
     seen: BTreeMap<(u32, Slot), (Hash, Vec<u8>)>,
     found: BTreeMap<u32, Equivocation>,
+    /// Proposals whose frame the round checked, by their entry's signing hash: the attempt and the
+    /// envelope as gossiped.
+    proposals: BTreeMap<Hash, (u32, Vec<u8>)>,
+    proposal_bytes: usize,
+    /// Approvals seen, by (member, signing hash): the envelope as gossiped.
+    approvals: BTreeMap<(u32, Hash), Vec<u8>>,
 }
 
 impl Detector {
@@ -205,6 +303,14 @@ impl Detector {
     /// slot; `None` for the first message of a slot, repeats, messages without a slot, and further
     /// contradictions of a member already caught.
     pub fn observe(&mut self, env: &Envelope, bytes: &[u8]) -> Option<Equivocation> {
+        if let Payload::Approval(a) = &env.payload {
+            let key = (env.sender, a.signing_hash);
+            if self.approvals.contains_key(&key) || self.approvals.len() >= MAX_WATCHED {
+                return None;
+            }
+            self.approvals.insert(key, bytes.to_vec());
+            return self.approval_contradiction(env.sender, env.round, a.signing_hash);
+        }
         let slot = Slot::of(&env.payload)?;
         let hash = payload_hash(&env.payload);
         let key = (env.sender, slot);
@@ -225,11 +331,76 @@ impl Detector {
                     round: env.round,
                     first: first.clone(),
                     second: bytes.to_vec(),
+                    proposals: Vec::new(),
                 };
                 self.found.insert(env.sender, e.clone());
                 Some(e)
             }
         }
+    }
+
+    /// Note a proposal of this round whose frame is right (this height, sent by the coordinator
+    /// of its attempt): `signing_hash` is its entry's, `bytes` its envelope as gossiped. Approvals
+    /// of it then count for its attempt. Returns the evidence this completes: members that
+    /// approved this record and, before, another record of the same attempt.
+    pub fn note_proposal(
+        &mut self,
+        round: u64,
+        signing_hash: Hash,
+        attempt: u32,
+        bytes: &[u8],
+    ) -> Vec<Equivocation> {
+        if self.proposals.contains_key(&signing_hash)
+            || self.proposals.len() >= MAX_PROPOSALS
+            || self.proposal_bytes + bytes.len() > MAX_PROPOSAL_BYTES
+        {
+            return Vec::new();
+        }
+        self.proposal_bytes += bytes.len();
+        self.proposals
+            .insert(signing_hash, (attempt, bytes.to_vec()));
+        let approvers: Vec<u32> = self
+            .approvals
+            .keys()
+            .filter(|(_, h)| *h == signing_hash)
+            .map(|(m, _)| *m)
+            .collect();
+        approvers
+            .into_iter()
+            .filter_map(|m| self.approval_contradiction(m, round, signing_hash))
+            .collect()
+    }
+
+    /// Evidence if `member`'s approval of `signing_hash` (held) and another approval of it (held)
+    /// sign two records of the same attempt, both proposals known; the member counts as caught.
+    fn approval_contradiction(
+        &mut self,
+        member: u32,
+        round: u64,
+        signing_hash: Hash,
+    ) -> Option<Equivocation> {
+        if self.found.contains_key(&member) {
+            return None;
+        }
+        let (attempt, _) = self.proposals.get(&signing_hash)?;
+        let other = self
+            .approvals
+            .range((member, Hash::ZERO)..)
+            .take_while(|((m, _), _)| *m == member)
+            .map(|((_, h), _)| *h)
+            .find(|h| {
+                *h != signing_hash && self.proposals.get(h).is_some_and(|(a, _)| a == attempt)
+            })?;
+        let proposal = |h: &Hash| serde_bytes::ByteBuf::from(self.proposals[h].1.clone());
+        let e = Equivocation {
+            member,
+            round,
+            first: self.approvals[&(member, other)].clone(),
+            second: self.approvals[&(member, signing_hash)].clone(),
+            proposals: vec![proposal(&other), proposal(&signing_hash)],
+        };
+        self.found.insert(member, e.clone());
+        Some(e)
     }
 
     /// Take in evidence found by someone else (already verified): the member counts as caught.
@@ -246,8 +417,20 @@ impl Detector {
         self.found.contains_key(&member)
     }
 
-    /// The evidence gathered, one per caught member, by member.
+    /// The evidence for this round's own record, one per caught member, by member: contradicting
+    /// messages. Approval evidence is left out: it surfaces while the round's records are being
+    /// approved, after they were proposed, so it waits for the next record
+    /// ([`Detector::all_evidence`]).
     pub fn evidence(&self) -> Vec<Equivocation> {
+        self.found
+            .values()
+            .filter(|e| e.proposals.is_empty())
+            .cloned()
+            .collect()
+    }
+
+    /// All the evidence gathered, approvals included, one per caught member, by member.
+    pub fn all_evidence(&self) -> Vec<Equivocation> {
         self.found.values().cloned().collect()
     }
 }
@@ -329,6 +512,181 @@ mod tests {
         assert!(d.evidence().is_empty());
     }
 
+    /// A proposal of `round`'s record at attempt `attempt` and `height`, by `sender`; `stamp`
+    /// makes records of one attempt differ. Returns the entry's signing hash and the envelope.
+    fn proposal(
+        h: Hash,
+        keys: &[crate::crypto::identity::SecretKey],
+        sender: u32,
+        (round, height, attempt): (u64, u64, u32),
+        stamp: u64,
+    ) -> (Hash, Vec<u8>) {
+        let mut record = crate::audit::tests::record(round, Hash::ZERO);
+        record.attempt = attempt;
+        record.proposed_at_ms = stamp;
+        let p = Proposal {
+            height,
+            prev_hash: Hash::ZERO,
+            record,
+        };
+        let signing = p.entry().signing_hash();
+        let (_, bytes) = sealed(h, keys, sender, round, Payload::Proposal(Box::new(p)));
+        (signing, bytes)
+    }
+
+    fn approval(
+        h: Hash,
+        keys: &[crate::crypto::identity::SecretKey],
+        member: u32,
+        round: u64,
+        signing: Hash,
+    ) -> (Envelope, Vec<u8>) {
+        let a = Approval {
+            signing_hash: signing,
+            signature: keys[member as usize].sign(signing.as_bytes()),
+            bls_share: Vec::new(),
+        };
+        sealed(h, keys, member, round, Payload::Approval(a))
+    }
+
+    /// Member 2 approves records X and Y of attempt 0 and Z of attempt 1: X then Z is a moved
+    /// approval (allowed), Y as well is a double signature. Caught whichever arrives first, the
+    /// approvals or the proposals; the evidence verifies and waits for the next record.
+    #[test]
+    fn two_approvals_of_one_attempt_are_caught_in_either_order_and_verify() {
+        let (g, h, keys) = setup();
+        let (x, xb) = proposal(h, &keys, 0, (4, 4, 0), 1);
+        let (y, yb) = proposal(h, &keys, 0, (4, 4, 0), 2);
+        let (z, zb) = proposal(h, &keys, 1, (4, 4, 1), 3);
+        let (ax, axb) = approval(h, &keys, 2, 4, x);
+        let (ay, ayb) = approval(h, &keys, 2, 4, y);
+        let (az, azb) = approval(h, &keys, 2, 4, z);
+
+        let mut d = Detector::new();
+        assert!(d.note_proposal(4, x, 0, &xb).is_empty());
+        assert!(d.note_proposal(4, z, 1, &zb).is_empty());
+        assert!(d.note_proposal(4, y, 0, &yb).is_empty());
+        assert!(d.observe(&ax, &axb).is_none());
+        assert!(d.observe(&ax, &axb).is_none(), "a repeat");
+        assert!(d.observe(&az, &azb).is_none(), "a moved approval");
+        assert!(!d.caught(2));
+        let e = d.observe(&ay, &ayb).expect("caught");
+        assert_eq!((e.member, e.round, e.proposals.len()), (2, 4, 2));
+        e.verify(&g, h, 1 << 20).unwrap();
+        assert!(d.caught(2));
+        assert!(d.evidence().is_empty(), "not for this round's own record");
+        assert_eq!(d.all_evidence(), vec![e]);
+
+        // The approvals first, the proposals later.
+        let mut d = Detector::new();
+        for (env, bytes) in [(&ax, &axb), (&ay, &ayb), (&az, &azb)] {
+            assert!(d.observe(env, bytes).is_none());
+        }
+        assert!(d.note_proposal(4, z, 1, &zb).is_empty());
+        assert!(d.note_proposal(4, x, 0, &xb).is_empty());
+        let found = d.note_proposal(4, y, 0, &yb);
+        assert_eq!(found.len(), 1);
+        found[0].verify(&g, h, 1 << 20).unwrap();
+        // An honest member's approvals (one per attempt) are never evidence.
+        let (bx, bxb) = approval(h, &keys, 1, 4, x);
+        let (bz, bzb) = approval(h, &keys, 1, 4, z);
+        assert!(d.observe(&bx, &bxb).is_none());
+        assert!(d.observe(&bz, &bzb).is_none());
+        assert!(!d.caught(1));
+    }
+
+    #[test]
+    fn approval_evidence_must_prove_two_records_of_one_height_and_attempt() {
+        let (g, h, keys) = setup();
+        let (x, xb) = proposal(h, &keys, 0, (4, 4, 0), 1);
+        let (y, yb) = proposal(h, &keys, 0, (4, 4, 0), 2);
+        let (z, zb) = proposal(h, &keys, 1, (4, 4, 1), 3);
+        let (w, wb) = proposal(h, &keys, 0, (4, 5, 0), 4);
+        let (_, ax) = approval(h, &keys, 2, 4, x);
+        let (_, ay) = approval(h, &keys, 2, 4, y);
+        let (_, az) = approval(h, &keys, 2, 4, z);
+        let (_, aw) = approval(h, &keys, 2, 4, w);
+        let bufs = |v: &[&Vec<u8>]| {
+            v.iter()
+                .map(|b| serde_bytes::ByteBuf::from((*b).clone()))
+                .collect::<Vec<_>>()
+        };
+        let good = Equivocation {
+            member: 2,
+            round: 4,
+            first: ax.clone(),
+            second: ay.clone(),
+            proposals: bufs(&[&xb, &yb]),
+        };
+        good.verify(&g, h, 1 << 20).unwrap();
+        let reason = |e: &Equivocation| match e.verify(&g, h, 1 << 20) {
+            Err(EvidenceError::Approvals(r)) => r,
+            other => panic!("{other:?}"),
+        };
+        let swapped = Equivocation {
+            proposals: bufs(&[&yb, &xb]),
+            ..good.clone()
+        };
+        assert!(reason(&swapped).contains("is not the record"));
+        let one = Equivocation {
+            proposals: bufs(&[&xb]),
+            ..good.clone()
+        };
+        assert!(reason(&one).contains("two are needed"));
+        // A moved approval (attempts 0 and 1) and approvals at two heights prove nothing.
+        let moved = Equivocation {
+            second: az,
+            proposals: bufs(&[&xb, &zb]),
+            ..good.clone()
+        };
+        assert!(reason(&moved).contains("approving both is allowed"));
+        let heights = Equivocation {
+            second: aw,
+            proposals: bufs(&[&xb, &wb]),
+            ..good.clone()
+        };
+        assert!(reason(&heights).contains("approving both is allowed"));
+        // Not a proposal where one is needed.
+        let not = Equivocation {
+            proposals: bufs(&[&xb, &ay]),
+            ..good.clone()
+        };
+        assert!(reason(&not).contains("of kind approval"));
+        // The same approval twice.
+        let same = Equivocation {
+            second: ax.clone(),
+            ..good.clone()
+        };
+        assert!(matches!(
+            same.verify(&g, h, 1 << 20),
+            Err(EvidenceError::Same)
+        ));
+        // Proposals attached to evidence of two updates.
+        let (_, a) = sealed(h, &keys, 2, 4, update(0.1));
+        let (_, b) = sealed(h, &keys, 2, 4, update(0.2));
+        let stray = Equivocation {
+            member: 2,
+            round: 4,
+            first: a,
+            second: b,
+            proposals: bufs(&[&xb, &yb]),
+        };
+        assert!(matches!(
+            stray.verify(&g, h, 1 << 20),
+            Err(EvidenceError::StrayProposals(2))
+        ));
+        // Another member's approvals cannot be blamed on member 2.
+        let (_, cx) = approval(h, &keys, 1, 4, x);
+        let framed = Equivocation {
+            first: cx,
+            ..good.clone()
+        };
+        assert!(matches!(
+            framed.verify(&g, h, 1 << 20),
+            Err(EvidenceError::Sender { .. })
+        ));
+    }
+
     #[test]
     fn forged_or_inconsistent_evidence_is_refused() {
         let (g, h, keys) = setup();
@@ -339,6 +697,7 @@ mod tests {
             round: 4,
             first: a.clone(),
             second: b.clone(),
+            proposals: Vec::new(),
         };
         good.verify(&g, h, 1 << 20).unwrap();
         // The same message twice.
@@ -447,6 +806,7 @@ mod tests {
             round: 1,
             first: a.clone(),
             second: b,
+            proposals: Vec::new(),
         }];
         signed(&record).verify(&g, gh, &set).unwrap();
 
@@ -480,6 +840,7 @@ mod tests {
             round: 2,
             first: c,
             second: d,
+            proposals: Vec::new(),
         }];
         assert!(matches!(
             signed(&future).verify(&g, gh, &set),
@@ -512,6 +873,7 @@ mod tests {
             round: 1,
             first: a,
             second: b,
+            proposals: Vec::new(),
         };
         let mut members = Members::new(&g, h);
         let mut r1 = crate::audit::tests::record(1, g.initial_model);

@@ -499,10 +499,13 @@ impl Round {
     /// coordinator of its attempt), whether or not this member will approve it: approvals of it
     /// then count as approvals of that attempt when a lock is to move.
     /// `signing_hash` is `p.entry().signing_hash()`, which the caller has at hand.
-    pub fn note_attempt(&mut self, sender: u32, p: &Proposal, signing_hash: Hash) {
-        if self.check_origin(sender, p).is_ok() {
+    /// Returns whether the frame is right.
+    pub fn note_attempt(&mut self, sender: u32, p: &Proposal, signing_hash: Hash) -> bool {
+        let framed = self.check_origin(sender, p).is_ok();
+        if framed {
             self.note(p, signing_hash);
         }
+        framed
     }
 
     fn note(&mut self, p: &Proposal, h: Hash) {

@@ -171,6 +171,43 @@ fn plain_late_equivocation_is_recorded_in_the_next_record() {
     assert!(saw > 0, "no honest node caught the late second update");
 }
 
+/// Mode plain, a double signer: round 1's first coordinator proposes two records of its attempt
+/// and approves both (the one thing that could let two records of one height reach the
+/// threshold). The others keep both proposals and both approvals; round 2's record carries the
+/// evidence (approvals are signed after the round's own record was proposed), `audit verify`
+/// checks it, and every honest member counts it in the coordinator's anomaly score.
+#[test]
+fn plain_double_approval_is_recorded_in_the_next_record() {
+    let mut net = Testnet::with_config(4, 3, 8_000, SMALL_MODEL);
+    let first = first_coordinator(&net);
+    net.set_fault(first, 1, "double_approve");
+    net.start_all();
+    net.wait_all(RUN_TIMEOUT);
+    assert_eq!(net.rounds(0).len(), 3, "{}", net.tail_logs());
+    net.assert_logs_agree();
+    let records = audit_show(&net, 0);
+    assert_eq!(
+        assert_recorded_once(&records, 1, first as u64),
+        2,
+        "{}",
+        net.tail_logs()
+    );
+    let honest: Vec<usize> = (0..4).filter(|i| *i != first).collect();
+    assert_caught(&net, &honest, first as u64);
+    for i in 0..4 {
+        let (ok, v) = net.verify(i);
+        assert!(ok && v["ok"] == true, "node {i}'s log does not verify: {v}");
+    }
+}
+
+/// Round 1's first coordinator (the order is drawn from the genesis head).
+fn first_coordinator(net: &Testnet) -> usize {
+    let bytes = std::fs::read(net.net().join("genesis.toml")).unwrap();
+    let (genesis, _) = fedmesh_protocol::genesis::Genesis::parse(&bytes).unwrap();
+    let head = fedmesh_protocol::audit::Entry::genesis(&bytes).hash();
+    fedmesh_protocol::round::coordinator_order(&genesis, head, &[0, 1, 2, 3])[0] as usize
+}
+
 /// Mode plain, the approval lock: round 1's first coordinator proposes a record the others refuse
 /// (wrong metrics) and approves it itself, and one member is down, so the next attempt's record
 /// gets only two approvals of the three needed. Before locks could move the height stalled here

@@ -22,6 +22,11 @@ pub(super) fn observe(
     bytes: &[u8],
 ) -> bool {
     if let Some(e) = detector.observe(env, bytes) {
+        if !e.proposals.is_empty() {
+            // Its update (if any) was judged already; the evidence goes into the next record.
+            approvals_caught(std::slice::from_ref(&e));
+            return detector.caught(env.sender);
+        }
         tracing::warn!(
             round = env.round,
             culprit = e.member,
@@ -30,6 +35,19 @@ pub(super) fn observe(
         state.exclude(e.member);
     }
     detector.caught(env.sender)
+}
+
+/// Log members caught approving two records of one attempt. They are not left out of the round
+/// (their updates were judged before the approvals); the evidence waits for the next record
+/// ([`Late::retire`]) and then counts in their anomaly scores like any other.
+pub(super) fn approvals_caught(found: &[Equivocation]) {
+    for e in found {
+        tracing::warn!(
+            round = e.round,
+            culprit = e.member,
+            "EQUIVOCATION: member approved two different records of one attempt; recording the evidence in the next record"
+        );
+    }
 }
 
 /// Check the evidence in a proposal and take it in: members it proves equivocated in this round
@@ -158,7 +176,7 @@ impl Late {
                     .any(|x| x.member == e.member && x.round == e.round)
             })
         };
-        for e in detector.evidence() {
+        for e in detector.all_evidence() {
             if !recorded(&e) {
                 self.pending.insert((e.member, e.round), e);
             }
@@ -189,6 +207,7 @@ impl Late {
             tracing::warn!(
                 round = env.round,
                 culprit = e.member,
+                approvals = !e.proposals.is_empty(),
                 "EQUIVOCATION (late): member signed two different messages for one slot of a finished round; recording the evidence in the next record"
             );
             self.pending.insert((e.member, e.round), e);
@@ -315,6 +334,7 @@ mod tests {
             round,
             first: ab.clone(),
             second: ab.clone(),
+            proposals: Vec::new(),
         };
         assert_eq!(culprits(&record(6, vec![e(5), e(6)])), vec![3]);
     }

@@ -4,9 +4,11 @@
 //! one for the same slot; `equivocate_late`: mode plain, it signs a second update at once but
 //! gossips it only after the round has been committed) or stalls mid-phase (`stall`: in mode secagg it stops after sharing
 //! its keys, in mode paillier after sending its encrypted update; it stays connected and keeps
-//! following the network). Honest nodes never take these paths.
+//! following the network) or, as attempt 0's coordinator, proposes two records for its attempt
+//! and approves both (`double_approve`: the double signer that could otherwise make two records
+//! of one height reach the threshold). Honest nodes never take these paths.
 
-use fedmesh_protocol::wire::{Envelope, PaillierMsg, Payload, SecaggMsg};
+use fedmesh_protocol::wire::{Approval, Envelope, PaillierMsg, Payload, Proposal, SecaggMsg};
 
 use super::Runtime;
 
@@ -102,6 +104,42 @@ impl Runtime {
         }
         if let Err(e) = self.publish_or_keep(env.round, second.encode()).await {
             tracing::debug!(error = %e, "equivocation not published yet; retrying");
+        }
+    }
+
+    /// Fault `double_approve`: after proposing and approving `p` (attempt 0), propose a second,
+    /// different record of the same attempt and approve it too, against the one-record-per-attempt
+    /// rule ([`fedmesh_protocol::round::Round::approve`] would refuse, so the approval is signed
+    /// here directly).
+    pub(super) async fn double_approve(&mut self, p: &Proposal) {
+        let round = p.record.round;
+        if p.record.attempt != 0 || !self.fault_now(round, "double_approve") {
+            return;
+        }
+        let Some(share) = self.ctx.keys.bls.as_ref() else {
+            return;
+        };
+        let mut other = p.clone();
+        other.record.proposed_at_ms += 1;
+        let h = other.entry().signing_hash();
+        let approval = Approval {
+            signing_hash: h,
+            signature: self.ctx.keys.identity.sign(h.as_bytes()),
+            bls_share: share.sign(h.as_bytes()).to_bytes().to_vec(),
+        };
+        tracing::warn!(
+            round,
+            "fault injection: proposing a second record of attempt 0 and approving both"
+        );
+        let me = self.me();
+        let key = &self.ctx.keys.identity;
+        let genesis = self.ctx.genesis_hash;
+        let proposal = Envelope::seal(genesis, me, round, Payload::Proposal(Box::new(other)), key);
+        let approval = Envelope::seal(genesis, me, round, Payload::Approval(approval), key);
+        for bytes in [proposal.encode(), approval.encode()] {
+            if let Err(e) = self.publish_or_keep(round, bytes).await {
+                tracing::debug!(error = %e, "double approval not published yet; retrying");
+            }
         }
     }
 

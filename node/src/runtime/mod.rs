@@ -1391,13 +1391,22 @@ impl Runtime {
             Payload::Proposal(Box::new(p.clone())),
             &self.ctx.keys.identity,
         );
-        cur.state.set_proposal(p);
+        let bytes = env.encode();
+        let found = cur.detector.note_proposal(
+            cur.state.round,
+            p.entry().signing_hash(),
+            p.record.attempt,
+            &bytes,
+        );
+        equivocation::approvals_caught(&found);
+        cur.state.set_proposal(p.clone());
         let round = cur.state.round;
-        if let Err(e) = self.publish_or_keep(round, env.encode()).await {
+        if let Err(e) = self.publish_or_keep(round, bytes).await {
             tracing::warn!(error = %e, "could not publish the proposal yet; retrying");
         }
         self.ctx.fault(round, "proposed").await;
         self.approve(params).await;
+        self.double_approve(&p).await;
     }
 
     /// Move this member's approval to a later attempt's checked proposal once the record it
@@ -1918,8 +1927,14 @@ impl Runtime {
                 if !cur.checked.insert(h) {
                     return Verdict::Ignore;
                 }
-                // Even a proposal this member refuses tells which attempt its approvals belong to.
-                cur.state.note_attempt(sender, &p, h);
+                // Even a proposal this member refuses tells which attempt its approvals belong to
+                // (and is what proves a member that approves two records of one attempt).
+                if cur.state.note_attempt(sender, &p, h) {
+                    let found =
+                        cur.detector
+                            .note_proposal(cur.state.round, h, p.record.attempt, &bytes);
+                    equivocation::approvals_caught(&found);
+                }
                 if let Err(reason) = equivocation::adopt(
                     &ctx.genesis,
                     ctx.genesis_hash,

@@ -1284,6 +1284,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         round: 1,
         first: twice[0].clone(),
         second: twice[1].clone(),
+        proposals: Vec::new(),
     }];
     for r in [sample_record(), evicting, private, paillier_rec, evident] {
         out.push(("log_entry", with_mode(1, &r.encode())));
