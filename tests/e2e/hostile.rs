@@ -228,6 +228,16 @@ fn secagg_coordinator_locked_on_a_refused_record_moves_its_approval_and_the_roun
     locked_coordinator_moves(Testnet::with_config(4, 2, 8_000, &cfg));
 }
 
+/// The same in mode paillier: the locked coordinator takes part in the next attempt's decryption
+/// and moves its approval to that attempt's record.
+#[test]
+fn paillier_coordinator_locked_on_a_refused_record_moves_its_approval_and_the_round_commits() {
+    let cfg = format!(
+        "[spec]\nmode = \"paillier\"\n[spec.paillier]\nkey_bits = 512\nphase_timeout_ms = 4000\n{SMALL_MODEL}"
+    );
+    locked_coordinator_moves(Testnet::with_config(4, 2, 8_000, &cfg));
+}
+
 fn locked_coordinator_moves(mut net: Testnet) {
     let order = {
         let bytes = std::fs::read(net.net().join("genesis.toml")).unwrap();
