@@ -216,7 +216,8 @@ fn secagg_round_survives_members_dying_mid_protocol() {
         5,
         3,
         8_000,
-        "[spec]\nmode = \"secagg\"\n[spec.secagg]\nphase_timeout_ms = 3000\n",
+        // A small model (25k parameters) keeps the masking quick; what is tested is the dropouts.
+        "[spec]\nmode = \"secagg\"\n[spec.secagg]\nphase_timeout_ms = 3000\n[spec.model]\nlayers = [784, 32, 10]\n",
     );
     net.set_fault(1, 2, "shares");
     net.set_fault(3, 2, "masked_input");
