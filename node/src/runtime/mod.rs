@@ -1784,6 +1784,11 @@ impl Runtime {
                 self.peer_heights.remove(&peer);
             }
             Event::Listening(addr) => tracing::info!(%addr, "listening"),
+            // Refused and reported by the network layer; counted like the runtime's rejects.
+            Event::Refused { peer, reason } => {
+                tracing::debug!(%peer, %reason, "the network layer refused a message");
+                self.ctx.counters.count(Verdict::Reject);
+            }
         }
     }
 
