@@ -147,6 +147,7 @@ enum Command {
     TopicPeers {
         reply: oneshot::Sender<usize>,
     },
+    #[cfg(test)]
     Stats {
         reply: oneshot::Sender<Stats>,
     },
@@ -159,7 +160,8 @@ enum Command {
     },
 }
 
-/// What the network layer holds and has refused, for logs and tests.
+/// What the network layer holds and has refused (tests observe the bulk path through it).
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Bulk bodies held (published or fetched, not yet expired).
@@ -237,6 +239,7 @@ impl Handle {
     }
 
     /// The network layer's counters and bulk store size.
+    #[cfg(test)]
     pub async fn stats(&self) -> Stats {
         let (reply, rx) = oneshot::channel();
         if self.send(Command::Stats { reply }).await.is_err() {
@@ -531,7 +534,9 @@ impl Task {
     /// Publish `data`: on gossip itself, or, over the bulk threshold, as an announcement whose
     /// body waits in the store for the peers that fetch it.
     fn publish(&mut self, data: Vec<u8>) -> Result<(), String> {
-        let data = if data.len() > announce::THRESHOLD {
+        let bulk = data.len() > announce::THRESHOLD;
+        tracing::debug!(len = data.len(), bulk, "publish");
+        let data = if bulk {
             if u32::try_from(data.len()).is_err() {
                 return Err(format!("a message of {} bytes is too large", data.len()));
             }
@@ -886,6 +891,7 @@ impl Task {
                     .count();
                 let _ = reply.send(n);
             }
+            #[cfg(test)]
             Command::Stats { reply } => {
                 let _ = reply.send(Stats {
                     bulk_bodies: self.store.len(),
