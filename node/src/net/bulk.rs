@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -130,6 +130,18 @@ impl Store {
         self.bytes
     }
 
+    /// Forget every body stored more than `keep` before `now`: at the start of a round, the last
+    /// round's bodies (the runtime has judged them, and their announcements have left gossip's
+    /// message cache or soon will) while the newest ones, which peers may still fetch, stay.
+    pub fn release(&mut self, now: Instant, keep: Duration) {
+        while let Some((_, at)) = self.order.front() {
+            if now.duration_since(*at) < keep {
+                break;
+            }
+            self.pop_oldest();
+        }
+    }
+
     /// Drop the oldest body; false when there is none.
     fn pop_oldest(&mut self) -> bool {
         while let Some((digest, at)) = self.order.pop_front() {
@@ -142,6 +154,56 @@ impl Store {
             }
         }
         false
+    }
+}
+
+/// The store shared by the network task (which fills and serves it) and the node's
+/// [`super::Handle`] (which releases the last round's bodies before the round-start heap trim,
+/// synchronously, so that the trim finds them freed).
+#[derive(Debug, Clone)]
+pub struct SharedStore(Arc<Mutex<Store>>);
+
+impl SharedStore {
+    /// Share `store`.
+    pub fn new(store: Store) -> SharedStore {
+        SharedStore(Arc::new(Mutex::new(store)))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        // The store stays consistent even if a holder panicked mid-call: every method leaves it
+        // whole before it can panic (it does not).
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// See [`Store::insert`].
+    pub fn insert(&self, digest: Digest, body: Arc<Vec<u8>>, now: Instant) -> bool {
+        self.lock().insert(digest, body, now)
+    }
+
+    /// See [`Store::get`].
+    pub fn get(&self, digest: &Digest, now: Instant) -> Option<Arc<Vec<u8>>> {
+        self.lock().get(digest, now)
+    }
+
+    /// See [`Store::remove`].
+    pub fn remove(&self, digest: &Digest) {
+        self.lock().remove(digest)
+    }
+
+    /// See [`Store::expire`].
+    pub fn expire(&self, now: Instant) {
+        self.lock().expire(now)
+    }
+
+    /// See [`Store::release`].
+    pub fn release(&self, now: Instant, keep: Duration) {
+        self.lock().release(now, keep)
+    }
+
+    /// Bodies and bytes held.
+    pub fn size(&self) -> (usize, usize) {
+        let s = self.lock();
+        (s.len(), s.bytes())
     }
 }
 
@@ -324,6 +386,19 @@ mod tests {
         assert_eq!((s.len(), s.bytes()), (2, 20));
         s.expire(t0 + Duration::from_secs(20));
         assert_eq!((s.len(), s.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn release_keeps_only_the_newest() {
+        let t0 = Instant::now();
+        let s = SharedStore::new(Store::new(10, 1000, Duration::from_secs(8)));
+        s.insert([1; 32], body(10, 1), t0);
+        s.insert([2; 32], body(20, 2), t0 + Duration::from_millis(2500));
+        s.release(t0 + Duration::from_secs(3), Duration::from_secs(1));
+        assert_eq!(s.size(), (1, 20));
+        assert!(s.get(&[2; 32], t0 + Duration::from_secs(3)).is_some());
+        s.release(t0 + Duration::from_secs(4), Duration::ZERO);
+        assert_eq!(s.size(), (0, 0));
     }
 
     #[tokio::test]

@@ -182,6 +182,7 @@ pub struct Stats {
 #[derive(Clone)]
 pub struct Handle {
     commands: mpsc::Sender<Command>,
+    store: bulk::SharedStore,
 }
 
 impl Handle {
@@ -190,6 +191,13 @@ impl Handle {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Publish { data, reply }).await?;
         rx.await.map_err(|_| "network task stopped".to_string())?
+    }
+
+    /// Forget the bulk bodies stored more than [`BULK_KEEP_AT_ROUND_START`] ago: call when a
+    /// round starts, before the heap trim, so that the last round's bodies are not what the trim
+    /// finds held. Synchronous (the store is shared), so the trim that follows sees them freed.
+    pub fn release_bulk(&self) {
+        self.store.release(Instant::now(), BULK_KEEP_AT_ROUND_START);
     }
 
     /// Report the verdict on a gossip message (exactly once per [`Event::Gossip`]).
@@ -359,6 +367,13 @@ pub fn start(
         }
     }
 
+    let store = bulk::SharedStore::new(bulk::Store::new(
+        bulk::MAX_BODIES,
+        config
+            .max_message_bytes
+            .saturating_mul(bulk::MAX_BYTES_IN_MESSAGES),
+        bulk::BODY_TTL,
+    ));
     let (commands, command_rx) = mpsc::channel(256);
     let (event_tx, events) = mpsc::channel(1024);
     let task = Task {
@@ -374,20 +389,14 @@ pub fn start(
         rate,
         refused: Refused::default(),
         max_message_bytes: config.max_message_bytes,
-        store: bulk::Store::new(
-            bulk::MAX_BODIES,
-            config
-                .max_message_bytes
-                .saturating_mul(bulk::MAX_BYTES_IN_MESSAGES),
-            bulk::BODY_TTL,
-        ),
+        store: store.clone(),
         fetches: HashMap::new(),
         inflight: HashMap::new(),
         per_peer: HashMap::new(),
         delivered: HashMap::new(),
         distrusted: HashMap::new(),
     };
-    Ok((Handle { commands }, events, task.run(command_rx)))
+    Ok((Handle { commands, store }, events, task.run(command_rx)))
 }
 
 /// Gossipsub peer scoring tuned for federated rounds: members are few, quiet between rounds and
@@ -430,7 +439,7 @@ struct Task {
     refused: Refused,
     max_message_bytes: usize,
     /// Bodies this node can serve (published or fetched).
-    store: bulk::Store,
+    store: bulk::SharedStore,
     /// Announcements whose body is being fetched, by gossip message id.
     fetches: HashMap<MessageId, Fetch>,
     /// Body requests in flight: which fetch, from which peer.
@@ -455,6 +464,10 @@ struct Fetch {
     asking: bool,
     deadline: Instant,
 }
+
+/// Bulk bodies younger than this survive [`Handle::release_bulk`]: a node that starts its round
+/// late may already hold the next round's first bodies, which its peers may still fetch from it.
+pub const BULK_KEEP_AT_ROUND_START: Duration = Duration::from_secs(1);
 
 /// How long a peer that served a wrong body is not asked for bodies.
 const DISTRUST: Duration = Duration::from_secs(60);
@@ -491,8 +504,8 @@ impl Task {
                 _ = bulk_tick.tick() => self.bulk_tick(),
                 _ = report.tick() => {
                     tracing::debug!(
-                        bodies = self.store.len(),
-                        bytes = self.store.bytes(),
+                        bodies = self.store.size().0,
+                        bytes = self.store.size().1,
                         fetches = self.fetches.len(),
                         "bulk store"
                     );
@@ -894,8 +907,8 @@ impl Task {
             #[cfg(test)]
             Command::Stats { reply } => {
                 let _ = reply.send(Stats {
-                    bulk_bodies: self.store.len(),
-                    bulk_bytes: self.store.bytes(),
+                    bulk_bodies: self.store.size().0,
+                    bulk_bytes: self.store.size().1,
                     bulk_fetches: self.fetches.len(),
                     bulk_unfetched: self.refused.bulk_unfetched,
                     bulk_wrong_bodies: self.refused.bulk_wrong_bodies,

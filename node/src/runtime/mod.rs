@@ -684,6 +684,8 @@ impl Runtime {
         // The last round's buffers (updates, masks, failover sessions, the messages kept as
         // evidence) and what catching up decoded are freed by now: give the pages back before
         // this round allocates. Once per round (after a commit, after catching up, at start).
+        // The network layer's copies of the last round's bulk bodies go first.
+        self.net.release_bulk();
         let rss = crate::memory::release("round over");
         let round = self.next_round();
         report_memory(round - 1, rss);
