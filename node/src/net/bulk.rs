@@ -38,7 +38,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
 pub const FETCH_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Announcements whose body is being fetched at once; more are ignored until some finish.
-pub const MAX_FETCHES: usize = 64;
+pub const MAX_FETCHES: usize = 128;
+
+/// Of those, announcements forwarded by one peer: a peer that announces bodies nobody serves
+/// holds at most this many fetch slots (each until [`FETCH_DEADLINE`]), never all of them.
+pub const MAX_FETCHES_PER_SOURCE: usize = 32;
 
 /// Requests in flight to one peer at once; a fetch whose next peer is at this limit waits.
 pub const MAX_REQUESTS_PER_PEER: usize = 8;

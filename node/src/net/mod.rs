@@ -56,7 +56,7 @@ pub struct Config {
     pub bootstrap: Vec<Multiaddr>,
     /// Gossipsub topic name (the same on every member of one network).
     pub topic: String,
-    /// Largest gossip message; every member uses the same value.
+    /// Largest message (a gossip message or a bulk body); every member uses the same value.
     pub max_message_bytes: usize,
     /// Connection and rate limits.
     pub limits: Limits,
@@ -619,7 +619,12 @@ impl Task {
         if let Some(body) = self.store.get(&a.digest, now) {
             return Some(self.deliver(id, propagation_source, message.source, a.digest, &body));
         }
-        if self.fetches.len() >= bulk::MAX_FETCHES {
+        let from_source = self
+            .fetches
+            .values()
+            .filter(|f| f.propagation_source == propagation_source)
+            .count();
+        if self.fetches.len() >= bulk::MAX_FETCHES || from_source >= bulk::MAX_FETCHES_PER_SOURCE {
             tracing::debug!(peer = %propagation_source, "too many bulk fetches under way: announcement ignored");
             self.refused.bulk_unfetched += 1;
             self.report(&id, &propagation_source, MessageAcceptance::Ignore);
