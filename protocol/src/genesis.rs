@@ -623,7 +623,8 @@ pub struct Params {
     /// If no record is proposed this long after the update timeout, the next member in the
     /// coordinator order proposes instead (and so on).
     pub failover_timeout_ms: u64,
-    /// Largest gossip message in bytes; every node uses this same value. Must hold one update.
+    /// Largest message in bytes (on gossip, or as a bulk body fetched by request-response); every
+    /// node uses this same value. Must hold one update.
     pub max_message_bytes: usize,
     /// How often a node announces its log head so that lagging peers catch up.
     pub status_interval_ms: u64,

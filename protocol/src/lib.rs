@@ -5,6 +5,7 @@
 //! - [`genesis`]: the founding file every member shares; its hash is height 0 of every log.
 //! - [`model`]: the parameter layout of the MLP, its seeded initialisation and its hash.
 //! - [`audit`]: audit-log entries and round records, their hash chain and their signatures.
+//! - [`bulk`]: the gossip announcement of a message too large for gossip (digest and length).
 //! - [`wire`]: signed envelopes and the messages of a round, with bounded decoding.
 //! - [`round`]: one round of mode `plain` — updates in, a FedAvg record out, approvals to a
 //!   threshold-signed entry.
@@ -32,6 +33,7 @@
 pub mod admission;
 pub mod aggregate;
 pub mod audit;
+pub mod bulk;
 pub mod dp;
 pub mod evidence;
 pub mod genesis;

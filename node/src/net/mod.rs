@@ -7,11 +7,22 @@
 //! has checked it, and every message gets exactly one validation report. Request-response carries
 //! the handshake, log catch-up, checkpoints and lost updates. Only genesis members may connect
 //! (an allow-list), so a stranger's connection is refused before any of its bytes are read.
+//!
+//! Messages larger than [`fedmesh_protocol::bulk::THRESHOLD`] do not ride on gossip: gossip
+//! carries a small announcement (digest and length) and the body goes by request-response
+//! (`/fedmesh/bulk/1`, module `bulk`). The rest of the node does not see the difference: it
+//! publishes bytes and receives [`Event::Gossip`] with the body, and its verdict is reported for
+//! the announcement, which gossipsub forwards only after an Accept (and only while this node holds
+//! the body, so the peers it forwards to can fetch from it).
 
+mod bulk;
 mod codec;
 mod guard;
+#[cfg(test)]
+mod tests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -26,9 +37,11 @@ use libp2p::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use fedmesh_protocol::bulk::{self as announce, Announcement};
 use fedmesh_protocol::wire::{Request, Response};
 
 use crate::config::Limits;
+use bulk::{BulkCodec, BulkResponse, Digest};
 pub use codec::Codec;
 use guard::{IpGuard, RateLimiter};
 
@@ -43,7 +56,7 @@ pub struct Config {
     pub bootstrap: Vec<Multiaddr>,
     /// Gossipsub topic name (the same on every member of one network).
     pub topic: String,
-    /// Largest gossip message; every member uses the same value.
+    /// Largest message (a gossip message or a bulk body); every member uses the same value.
     pub max_message_bytes: usize,
     /// Connection and rate limits.
     pub limits: Limits,
@@ -57,7 +70,13 @@ struct Behaviour {
     allow: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
     gossip: gossipsub::Behaviour,
     rpc: request_response::Behaviour<Codec>,
+    bulk: request_response::Behaviour<BulkCodec>,
 }
+
+/// Largest gossip frame: announcements and the messages under the bulk threshold, with room for
+/// gossipsub's framing, batched control messages, and its check of the whole read buffer (one
+/// frame plus up to 8 KiB of the next read, libp2p-gossipsub 0.50).
+pub const GOSSIP_FRAME_LIMIT: usize = 64 * 1024;
 
 /// What the network tells the node.
 #[derive(Debug)]
@@ -79,6 +98,13 @@ pub enum Event {
     Disconnected(PeerId),
     /// The swarm is listening on this address.
     Listening(Multiaddr),
+    /// The network layer refused a peer's gossip message before the runtime saw it (a malformed
+    /// bulk announcement, or one of a body over the message limit). Already reported as Reject;
+    /// the runtime only counts it.
+    Refused {
+        peer: PeerId,
+        reason: String,
+    },
 }
 
 /// How the node judged a gossip message.
@@ -121,12 +147,42 @@ enum Command {
     TopicPeers {
         reply: oneshot::Sender<usize>,
     },
+    #[cfg(test)]
+    Stats {
+        reply: oneshot::Sender<Stats>,
+    },
+    /// Tests only: hold `body` under `digest` whatever it hashes to (a peer that serves a wrong
+    /// body).
+    #[cfg(test)]
+    Plant {
+        digest: Digest,
+        body: Vec<u8>,
+    },
+}
+
+/// What the network layer holds and has refused (tests observe the bulk path through it).
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Bulk bodies held (published or fetched, not yet expired).
+    pub bulk_bodies: usize,
+    /// Their bytes.
+    pub bulk_bytes: usize,
+    /// Announcements whose body is being fetched now.
+    pub bulk_fetches: usize,
+    /// Announcements ignored because no peer served their body in time.
+    pub bulk_unfetched: u64,
+    /// Bodies peers served that did not match their announcement.
+    pub bulk_wrong_bodies: u64,
+    /// Gossip messages and requests dropped because their peer was over its rate limit.
+    pub rate_limited: u64,
 }
 
 /// A cloneable handle to the swarm task.
 #[derive(Clone)]
 pub struct Handle {
     commands: mpsc::Sender<Command>,
+    store: bulk::SharedStore,
 }
 
 impl Handle {
@@ -135,6 +191,13 @@ impl Handle {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Publish { data, reply }).await?;
         rx.await.map_err(|_| "network task stopped".to_string())?
+    }
+
+    /// Forget the bulk bodies stored more than [`BULK_KEEP_AT_ROUND_START`] ago: call when a
+    /// round starts, before the heap trim, so that the last round's bodies are not what the trim
+    /// finds held. Synchronous (the store is shared), so the trim that follows sees them freed.
+    pub fn release_bulk(&self) {
+        self.store.release(Instant::now(), BULK_KEEP_AT_ROUND_START);
     }
 
     /// Report the verdict on a gossip message (exactly once per [`Event::Gossip`]).
@@ -183,6 +246,21 @@ impl Handle {
         rx.await.unwrap_or(0)
     }
 
+    /// The network layer's counters and bulk store size.
+    #[cfg(test)]
+    pub async fn stats(&self) -> Stats {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Command::Stats { reply }).await.is_err() {
+            return Stats::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    #[cfg(test)]
+    async fn plant(&self, digest: Digest, body: Vec<u8>) {
+        let _ = self.send(Command::Plant { digest, body }).await;
+    }
+
     async fn send(&self, c: Command) -> Result<(), String> {
         self.commands
             .send(c)
@@ -202,7 +280,8 @@ pub fn start(
     let local = config.keypair.public().to_peer_id();
     let topic = IdentTopic::new(config.topic.clone());
     let gossip_config = gossipsub::ConfigBuilder::default()
-        .max_transmit_size(config.max_message_bytes + 64 * 1024)
+        // Bodies over the bulk threshold go by request-response, so frames stay small.
+        .max_transmit_size(GOSSIP_FRAME_LIMIT)
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
         .heartbeat_interval(Duration::from_millis(500))
@@ -237,6 +316,13 @@ pub fn start(
         [(StreamProtocol::new("/fedmesh/rpc/1"), ProtocolSupport::Full)],
         request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
     );
+    let bulk = request_response::Behaviour::with_codec(
+        BulkCodec {
+            max_body: config.max_message_bytes,
+        },
+        [(StreamProtocol::new(bulk::PROTOCOL), ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(bulk::REQUEST_TIMEOUT),
+    );
     let mut allow = allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
     for peer in config.members.keys() {
         allow.allow_peer(*peer);
@@ -264,6 +350,7 @@ pub fn start(
             allow,
             gossip,
             rpc,
+            bulk,
         })
         .map_err(|e| anyhow::anyhow!("building the network behaviour: {e}"))?
         // Rounds can be quiet for longer than libp2p's 10 s default; keep member connections.
@@ -280,6 +367,13 @@ pub fn start(
         }
     }
 
+    let store = bulk::SharedStore::new(bulk::Store::new(
+        bulk::MAX_BODIES,
+        config
+            .max_message_bytes
+            .saturating_mul(bulk::MAX_BYTES_IN_MESSAGES),
+        bulk::BODY_TTL,
+    ));
     let (commands, command_rx) = mpsc::channel(256);
     let (event_tx, events) = mpsc::channel(1024);
     let task = Task {
@@ -291,10 +385,18 @@ pub fn start(
         pending: HashMap::new(),
         events: event_tx,
         blocked: HashSet::new(),
+        serve_rate: RateLimiter::new(l.messages_per_s, l.mib_per_s * 1024.0 * 1024.0, l.burst_s),
         rate,
         refused: Refused::default(),
+        max_message_bytes: config.max_message_bytes,
+        store: store.clone(),
+        fetches: HashMap::new(),
+        inflight: HashMap::new(),
+        per_peer: HashMap::new(),
+        delivered: HashMap::new(),
+        distrusted: HashMap::new(),
     };
-    Ok((Handle { commands }, events, task.run(command_rx)))
+    Ok((Handle { commands, store }, events, task.run(command_rx)))
 }
 
 /// Gossipsub peer scoring tuned for federated rounds: members are few, quiet between rounds and
@@ -332,8 +434,43 @@ struct Task {
     events: mpsc::Sender<Event>,
     blocked: HashSet<PeerId>,
     rate: RateLimiter,
+    /// Bounds the bulk bodies this node sends a peer, like `rate` bounds what the peer gossips.
+    serve_rate: RateLimiter,
     refused: Refused,
+    max_message_bytes: usize,
+    /// Bodies this node can serve (published or fetched).
+    store: bulk::SharedStore,
+    /// Announcements whose body is being fetched, by gossip message id.
+    fetches: HashMap<MessageId, Fetch>,
+    /// Body requests in flight: which fetch, from which peer.
+    inflight: HashMap<OutboundRequestId, (MessageId, PeerId)>,
+    /// Body requests in flight per peer.
+    per_peer: HashMap<PeerId, usize>,
+    /// Fetched announcements handed to the runtime and awaiting its verdict: their body's digest
+    /// and when they were handed over.
+    delivered: HashMap<MessageId, (Digest, Instant)>,
+    /// Peers that served a body that does not match its digest, not asked again until then.
+    distrusted: HashMap<PeerId, Instant>,
 }
+
+/// An announced body being fetched.
+struct Fetch {
+    announcement: Announcement,
+    propagation_source: PeerId,
+    source: Option<PeerId>,
+    /// Peers still to ask, in order.
+    candidates: VecDeque<PeerId>,
+    /// A request is in flight.
+    asking: bool,
+    deadline: Instant,
+}
+
+/// Bulk bodies younger than this survive [`Handle::release_bulk`]: a node that starts its round
+/// late may already hold the next round's first bodies, which its peers may still fetch from it.
+pub const BULK_KEEP_AT_ROUND_START: Duration = Duration::from_secs(1);
+
+/// How long a peer that served a wrong body is not asked for bodies.
+const DISTRUST: Duration = Duration::from_secs(60);
 
 /// What the node refused since it started, logged every ten seconds while it grows.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -343,12 +480,17 @@ struct Refused {
     /// Gossip messages dropped unread and requests left unanswered because their peer was over
     /// its rate limit.
     rate_limited: u64,
+    /// Bulk announcements ignored because their body could not be fetched in time.
+    bulk_unfetched: u64,
+    /// Bulk bodies that did not match their announcement (the serving peer's fault).
+    bulk_wrong_bodies: u64,
 }
 
 impl Task {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut redial = tokio::time::interval(Duration::from_secs(1));
         let mut report = tokio::time::interval(Duration::from_secs(10));
+        let mut bulk_tick = tokio::time::interval(Duration::from_millis(250));
         let mut reported = Refused::default();
         loop {
             tokio::select! {
@@ -359,12 +501,21 @@ impl Task {
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event).await,
                 _ = redial.tick() => self.dial_missing(),
+                _ = bulk_tick.tick() => self.bulk_tick(),
                 _ = report.tick() => {
+                    tracing::debug!(
+                        bodies = self.store.size().0,
+                        bytes = self.store.size().1,
+                        fetches = self.fetches.len(),
+                        "bulk store"
+                    );
                     if self.refused != reported {
                         reported = self.refused;
                         tracing::info!(
                             connections = reported.connections,
                             rate_limited_messages = reported.rate_limited,
+                            bulk_unfetched = reported.bulk_unfetched,
+                            bulk_wrong_bodies = reported.bulk_wrong_bodies,
                             "refused so far"
                         );
                     }
@@ -393,15 +544,324 @@ impl Task {
         }
     }
 
+    /// Publish `data`: on gossip itself, or, over the bulk threshold, as an announcement whose
+    /// body waits in the store for the peers that fetch it.
+    fn publish(&mut self, data: Vec<u8>) -> Result<(), String> {
+        let bulk = data.len() > announce::THRESHOLD;
+        tracing::debug!(len = data.len(), bulk, "publish");
+        let data = if bulk {
+            if u32::try_from(data.len()).is_err() {
+                return Err(format!("a message of {} bytes is too large", data.len()));
+            }
+            let a = Announcement::of(&data);
+            let len = data.len();
+            if !self.store.insert(a.digest, Arc::new(data), Instant::now()) {
+                return Err(format!(
+                    "a message of {len} bytes does not fit the bulk store ({} bytes)",
+                    self.max_message_bytes
+                        .saturating_mul(bulk::MAX_BYTES_IN_MESSAGES)
+                ));
+            }
+            a.encode()
+        } else {
+            data
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossip
+            .publish(self.topic.clone(), data)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn report(&mut self, id: &MessageId, peer: &PeerId, acceptance: MessageAcceptance) {
+        self.swarm
+            .behaviour_mut()
+            .gossip
+            .report_message_validation_result(id, peer, acceptance);
+    }
+
+    /// A gossip message: an ordinary one goes to the runtime; an announcement starts a fetch of
+    /// its body (or is refused at once when malformed).
+    fn on_gossip(
+        &mut self,
+        id: MessageId,
+        propagation_source: PeerId,
+        message: gossipsub::Message,
+    ) -> Option<Event> {
+        let now = Instant::now();
+        let announced = match announce::classify(&message.data, self.max_message_bytes) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(peer = %propagation_source, error = %e, "rejected a gossip message");
+                self.report(&id, &propagation_source, MessageAcceptance::Reject);
+                return Some(Event::Refused {
+                    peer: propagation_source,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        // An announcement costs its peer the body's bytes: it asks us to fetch them.
+        let cost = announced.map_or(message.data.len(), |a| a.len as usize);
+        if !self.rate.allow(propagation_source, cost, now) {
+            self.refused.rate_limited += 1;
+            self.report(&id, &propagation_source, MessageAcceptance::Ignore);
+            return None;
+        }
+        let Some(a) = announced else {
+            return Some(Event::Gossip {
+                id,
+                propagation_source,
+                source: message.source,
+                data: message.data,
+            });
+        };
+        if let Some(body) = self.store.get(&a.digest, now) {
+            return Some(self.deliver(id, propagation_source, message.source, a.digest, &body));
+        }
+        let from_source = self
+            .fetches
+            .values()
+            .filter(|f| f.propagation_source == propagation_source)
+            .count();
+        if self.fetches.len() >= bulk::MAX_FETCHES || from_source >= bulk::MAX_FETCHES_PER_SOURCE {
+            tracing::debug!(peer = %propagation_source, "too many bulk fetches under way: announcement ignored");
+            self.refused.bulk_unfetched += 1;
+            self.report(&id, &propagation_source, MessageAcceptance::Ignore);
+            return None;
+        }
+        // Ask the peer that forwarded it (it accepted it, so it holds the body), then the
+        // publisher, then anyone else connected.
+        let mut candidates = VecDeque::from([propagation_source]);
+        if let Some(src) = message.source {
+            if src != propagation_source && src != self.local {
+                candidates.push_back(src);
+            }
+        }
+        for p in self.swarm.connected_peers() {
+            if !candidates.contains(p) && *p != self.local {
+                candidates.push_back(*p);
+            }
+        }
+        self.fetches.insert(
+            id.clone(),
+            Fetch {
+                announcement: a,
+                propagation_source,
+                source: message.source,
+                candidates,
+                asking: false,
+                deadline: now + bulk::FETCH_DEADLINE,
+            },
+        );
+        self.advance(&id);
+        None
+    }
+
+    /// Hand a fetched body to the runtime as the announcement's message.
+    fn deliver(
+        &mut self,
+        id: MessageId,
+        propagation_source: PeerId,
+        source: Option<PeerId>,
+        digest: Digest,
+        body: &Arc<Vec<u8>>,
+    ) -> Event {
+        self.delivered.insert(id.clone(), (digest, Instant::now()));
+        Event::Gossip {
+            id,
+            propagation_source,
+            source,
+            data: body.as_ref().clone(),
+        }
+    }
+
+    /// Ask the next peer for the body of fetch `id`, unless a request is in flight; give up when
+    /// no peer is left to ask.
+    fn advance(&mut self, id: &MessageId) {
+        let now = Instant::now();
+        let Some(f) = self.fetches.get_mut(id) else {
+            return;
+        };
+        if f.asking {
+            return;
+        }
+        let mut waiting = false;
+        let mut pick = None;
+        let mut i = 0;
+        while i < f.candidates.len() {
+            let p = f.candidates[i];
+            let distrusted = self.distrusted.get(&p).is_some_and(|until| *until > now);
+            if distrusted || self.blocked.contains(&p) {
+                f.candidates.remove(i);
+            } else if self.per_peer.get(&p).copied().unwrap_or(0) >= bulk::MAX_REQUESTS_PER_PEER {
+                waiting = true;
+                i += 1;
+            } else {
+                pick = f.candidates.remove(i);
+                break;
+            }
+        }
+        match pick {
+            Some(peer) => {
+                let rid = self
+                    .swarm
+                    .behaviour_mut()
+                    .bulk
+                    .send_request(&peer, f.announcement.digest);
+                f.asking = true;
+                self.inflight.insert(rid, (id.clone(), peer));
+                *self.per_peer.entry(peer).or_default() += 1;
+            }
+            // Retried when a request finishes or on the next tick.
+            None if waiting => {}
+            None => self.fail_fetch(id, "no peer served the body"),
+        }
+    }
+
+    /// Give up fetch `id`: its announcement is ignored (not forwarded, no penalty).
+    fn fail_fetch(&mut self, id: &MessageId, why: &str) {
+        if let Some(f) = self.fetches.remove(id) {
+            tracing::debug!(peer = %f.propagation_source, len = f.announcement.len, why, "bulk body not fetched: announcement ignored");
+            self.refused.bulk_unfetched += 1;
+            self.report(id, &f.propagation_source, MessageAcceptance::Ignore);
+        }
+    }
+
+    /// Fetches that wait for a peer under its request limit.
+    fn advance_waiting(&mut self) {
+        let waiting: Vec<MessageId> = self
+            .fetches
+            .iter()
+            .filter(|(_, f)| !f.asking)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in waiting {
+            self.advance(&id);
+        }
+    }
+
+    /// Every 250 ms: expire bodies, give up fetches past their deadline, retry waiting ones.
+    fn bulk_tick(&mut self) {
+        let now = Instant::now();
+        self.store.expire(now);
+        let late: Vec<MessageId> = self
+            .fetches
+            .iter()
+            .filter(|(_, f)| f.deadline <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in late {
+            self.fail_fetch(&id, "deadline passed");
+        }
+        self.advance_waiting();
+        // A verdict the runtime never gave (it gives one for every message) must not pin state.
+        self.delivered
+            .retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(120));
+        self.distrusted.retain(|_, until| *until > now);
+    }
+
+    fn on_bulk_event(
+        &mut self,
+        event: request_response::Event<Digest, BulkResponse>,
+    ) -> Option<Event> {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request: digest,
+                    channel,
+                    ..
+                } => {
+                    let now = Instant::now();
+                    let body = self.store.get(&digest, now);
+                    let len = body.as_ref().map_or(0, |b| b.len());
+                    // Bodies a peer makes us send count against a budget like its gossip: one
+                    // over it goes unanswered (its request fails at once).
+                    if !self.serve_rate.allow(peer, len, now) {
+                        self.refused.rate_limited += 1;
+                        drop(channel);
+                        return None;
+                    }
+                    let response = match body {
+                        Some(b) => BulkResponse::Body(b),
+                        None => BulkResponse::NotHeld,
+                    };
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .bulk
+                        .send_response(channel, response);
+                    None
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => self.on_body(request_id, peer, Ok(response)),
+            },
+            request_response::Event::OutboundFailure {
+                request_id,
+                peer,
+                error,
+                ..
+            } => self.on_body(request_id, peer, Err(error.to_string())),
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound bulk request failed");
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// A peer's answer to a body request (or its failure).
+    fn on_body(
+        &mut self,
+        request_id: OutboundRequestId,
+        peer: PeerId,
+        result: Result<BulkResponse, String>,
+    ) -> Option<Event> {
+        let (id, _) = self.inflight.remove(&request_id)?;
+        if let Some(n) = self.per_peer.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_peer.remove(&peer);
+            }
+        }
+        let mut out = None;
+        // Gone when it passed its deadline meanwhile.
+        if let Some(f) = self.fetches.get_mut(&id) {
+            f.asking = false;
+            let a = f.announcement;
+            match result {
+                Ok(BulkResponse::Body(body)) if a.matches(&body) => {
+                    let f = self.fetches.remove(&id)?;
+                    self.store.insert(a.digest, body.clone(), Instant::now());
+                    out = Some(self.deliver(id, f.propagation_source, f.source, a.digest, &body));
+                }
+                Ok(BulkResponse::Body(body)) => {
+                    tracing::warn!(%peer, len = body.len(), announced = a.len, "a peer served a bulk body that does not match its digest; it is not asked for bodies for a minute");
+                    self.refused.bulk_wrong_bodies += 1;
+                    self.distrusted.insert(peer, Instant::now() + DISTRUST);
+                    self.advance(&id);
+                }
+                Ok(BulkResponse::NotHeld) => {
+                    tracing::debug!(%peer, "bulk body not held by this peer");
+                    self.advance(&id);
+                }
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "bulk body request failed");
+                    self.advance(&id);
+                }
+            }
+        }
+        self.advance_waiting();
+        out
+    }
+
     fn on_command(&mut self, c: Command) {
         let b = self.swarm.behaviour_mut();
         match c {
             Command::Publish { data, reply } => {
-                let r = b
-                    .gossip
-                    .publish(self.topic.clone(), data)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string());
+                let r = self.publish(data);
                 let _ = reply.send(r);
             }
             Command::Validate {
@@ -409,12 +869,24 @@ impl Task {
                 source,
                 verdict,
             } => {
-                let acceptance = match verdict {
+                let mut acceptance = match verdict {
                     Verdict::Accept => MessageAcceptance::Accept,
                     Verdict::Ignore => MessageAcceptance::Ignore,
                     Verdict::Reject => MessageAcceptance::Reject,
                 };
-                b.gossip
+                if let Some((digest, _)) = self.delivered.remove(&id) {
+                    if verdict != Verdict::Accept {
+                        // Not forwarded, so nobody will fetch it from us.
+                        self.store.remove(&digest);
+                    } else if self.store.get(&digest, Instant::now()).is_none() {
+                        // Never forward an announcement whose body we cannot serve.
+                        tracing::debug!(?id, "bulk body gone before the verdict: not forwarded");
+                        acceptance = MessageAcceptance::Ignore;
+                    }
+                }
+                self.swarm
+                    .behaviour_mut()
+                    .gossip
                     .report_message_validation_result(&id, &source, acceptance);
             }
             Command::Request {
@@ -437,6 +909,22 @@ impl Task {
                     .count();
                 let _ = reply.send(n);
             }
+            #[cfg(test)]
+            Command::Stats { reply } => {
+                let _ = reply.send(Stats {
+                    bulk_bodies: self.store.size().0,
+                    bulk_bytes: self.store.size().1,
+                    bulk_fetches: self.fetches.len(),
+                    bulk_unfetched: self.refused.bulk_unfetched,
+                    bulk_wrong_bodies: self.refused.bulk_wrong_bodies,
+                    rate_limited: self.refused.rate_limited,
+                });
+            }
+            #[cfg(test)]
+            Command::Plant { digest, body } => {
+                self.store.remove(&digest);
+                self.store.insert(digest, Arc::new(body), Instant::now());
+            }
             Command::Block { peer } => {
                 b.allow.disallow_peer(peer);
                 b.gossip.blacklist_peer(&peer);
@@ -458,31 +946,8 @@ impl Task {
                 propagation_source,
                 message_id,
                 message,
-            })) if !self
-                .rate
-                .allow(propagation_source, message.data.len(), Instant::now()) =>
-            {
-                self.refused.rate_limited += 1;
-                self.swarm
-                    .behaviour_mut()
-                    .gossip
-                    .report_message_validation_result(
-                        &message_id,
-                        &propagation_source,
-                        MessageAcceptance::Ignore,
-                    );
-                None
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
-                propagation_source,
-                message_id,
-                message,
-            })) => Some(Event::Gossip {
-                id: message_id,
-                propagation_source,
-                source: message.source,
-                data: message.data,
-            }),
+            })) => self.on_gossip(message_id, propagation_source, message),
+            SwarmEvent::Behaviour(BehaviourEvent::Bulk(event)) => self.on_bulk_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(request_response::Event::Message {
                 peer,
                 message,
@@ -545,6 +1010,7 @@ impl Task {
                 ..
             } => {
                 self.rate.forget(&peer_id);
+                self.serve_rate.forget(&peer_id);
                 Some(Event::Disconnected(peer_id))
             }
             SwarmEvent::NewListenAddr { address, .. } => Some(Event::Listening(address)),

@@ -684,6 +684,8 @@ impl Runtime {
         // The last round's buffers (updates, masks, failover sessions, the messages kept as
         // evidence) and what catching up decoded are freed by now: give the pages back before
         // this round allocates. Once per round (after a commit, after catching up, at start).
+        // The network layer's copies of the last round's bulk bodies go first.
+        self.net.release_bulk();
         let rss = crate::memory::release("round over");
         let round = self.next_round();
         report_memory(round - 1, rss);
@@ -1793,6 +1795,11 @@ impl Runtime {
                 self.peer_heights.remove(&peer);
             }
             Event::Listening(addr) => tracing::info!(%addr, "listening"),
+            // Refused and reported by the network layer; counted like the runtime's rejects.
+            Event::Refused { peer, reason } => {
+                tracing::debug!(%peer, %reason, "the network layer refused a message");
+                self.ctx.counters.count(Verdict::Reject);
+            }
         }
     }
 

@@ -22,6 +22,7 @@ use fedmesh_crypto::paillier::{self as cpaillier, pack::Packer};
 use fedmesh_crypto::secagg::{aead, agree, kdf, shamir};
 use fedmesh_crypto::{bls, identity, Hash};
 use fedmesh_protocol::audit::{self, Entry, RoundRecord};
+use fedmesh_protocol::bulk as pbulk;
 use fedmesh_protocol::codec;
 use fedmesh_protocol::dp::Ledger;
 use fedmesh_protocol::genesis::{self, Genesis, Member, Spec};
@@ -49,6 +50,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("checkpoint", checkpoint),
     ("genesis_toml", genesis_toml),
     ("state", state),
+    ("bulk", bulk),
 ];
 
 /// Members of the fixture network.
@@ -902,6 +904,31 @@ pub fn state(data: &[u8]) {
 // ---------------------------------------------------------------------------------------------
 // Seeds
 
+/// Bulk announcements (`protocol::bulk`): gossip data classified under a message limit the
+/// fuzzer picks. A well-formed announcement re-encodes to the same bytes and announces a body in
+/// range; untagged data always passes as an ordinary message and tagged data never does; an
+/// announcement of any bytes matches them and not a one-bit change of them.
+pub fn bulk(data: &[u8]) {
+    let Some((m, rest)) = mode(data) else { return };
+    let limit = pbulk::THRESHOLD << (m % 12);
+    match pbulk::classify(rest, limit) {
+        Ok(Some(a)) => {
+            assert_eq!(a.encode(), rest, "an announcement is canonical");
+            let len = a.len as usize;
+            assert!(len > pbulk::THRESHOLD && len <= limit, "announced length {len} out of range");
+        }
+        Ok(None) => assert!(!pbulk::is_tagged(rest), "tagged data passed as a message"),
+        Err(_) => assert!(pbulk::is_tagged(rest), "an untagged message refused"),
+    }
+    let a = pbulk::Announcement::of(rest);
+    assert!(a.matches(rest));
+    if !rest.is_empty() {
+        let mut other = rest.to_vec();
+        other[0] ^= 1;
+        assert!(!a.matches(&other), "a changed byte matches the announcement");
+    }
+}
+
 fn with_mode(mode: u8, bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len() + 1);
     out.push(mode);
@@ -1324,7 +1351,26 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         "state",
         with_mode(2, &codec::encode(&(3u64, Hash::of("fuzz", b"lock")))),
     ));
+
+    // Bulk announcements: well-formed, over the limit, a wrong version, truncated, an envelope.
+    let ann = pbulk::Announcement::of(&vec![7u8; 20_000]);
+    out.push(("bulk", with_mode(8, &ann.encode())));
+    out.push(("bulk", with_mode(0, &ann.encode())));
+    let mut v2 = ann.encode();
+    v2[pbulk::MAGIC.len()] = 2;
+    out.push(("bulk", with_mode(8, &v2)));
+    out.push(("bulk", with_mode(8, &ann.encode()[..20])));
+    let env = Envelope::seal(net.genesis_hash, 1, 1, status_payload(), &net.keys[1]);
+    out.push(("bulk", with_mode(8, &env.encode())));
     out
+}
+
+fn status_payload() -> Payload {
+    Payload::Status(wire::Status {
+        height: 1,
+        head: Hash::of("fuzz", b"head"),
+        sent_at_ms: 1,
+    })
 }
 
 /// An entry for `record` at height 1, signed by a threshold of the fixture's members.
