@@ -915,7 +915,10 @@ pub fn bulk(data: &[u8]) {
         Ok(Some(a)) => {
             assert_eq!(a.encode(), rest, "an announcement is canonical");
             let len = a.len as usize;
-            assert!(len > pbulk::THRESHOLD && len <= limit, "announced length {len} out of range");
+            assert!(
+                len > pbulk::THRESHOLD && len <= limit,
+                "announced length {len} out of range"
+            );
         }
         Ok(None) => assert!(!pbulk::is_tagged(rest), "tagged data passed as a message"),
         Err(_) => assert!(pbulk::is_tagged(rest), "an untagged message refused"),
@@ -925,7 +928,10 @@ pub fn bulk(data: &[u8]) {
     if !rest.is_empty() {
         let mut other = rest.to_vec();
         other[0] ^= 1;
-        assert!(!a.matches(&other), "a changed byte matches the announcement");
+        assert!(
+            !a.matches(&other),
+            "a changed byte matches the announcement"
+        );
     }
 }
 
