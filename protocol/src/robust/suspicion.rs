@@ -166,8 +166,9 @@ pub fn expected_rounds(
 /// What a round of group sums comes to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Judgement {
-    /// The round's update: the rule applied to the means of the groups that were not flagged;
-    /// zeros if every group was flagged or the round could not be decided.
+    /// The round's update: the rule applied to the means of the groups that were not flagged
+    /// (each clipped to the round's norm bound, see [`judge`]); zeros if every group was flagged
+    /// or the round could not be decided.
     pub update: Vec<f32>,
     /// Each group's anomaly score, in input order (`member` is the group's index). Features:
     /// `cosine` and `norm` of the group mean against the reference, `distance` to it, and
@@ -442,8 +443,11 @@ impl Baseline {
 /// undecided and moves nothing: {h, −h} (one clean group, one with two sign flippers) cannot be
 /// told apart from the sums alone, and guessing would hand the attackers the reference.
 ///
-/// Flagged groups are left out of the round's update: `rule` is applied to the others. If every
-/// group is flagged, the update is zero (the model waits for a round with a clean group).
+/// Flagged groups are left out of the round's update: `rule` is applied to the others, each first
+/// clipped to e^[`GROUP_LOG_NORM_SPREAD`] times the median norm of the groups that point the
+/// usual way (and, with reference rows, pass them), so that no accepted group moves the model much
+/// further than the usual one does. If every group is flagged, the update is zero (the model waits
+/// for a round with a clean group).
 ///
 /// `state.groups` must be a function of the log so that every member — restarted or catching up
 /// — judges alike: the node builds it with [`Baseline::from_log`] from the difference of the
@@ -678,7 +682,12 @@ pub fn judge_with(
     // got through (its reference gap hidden by a loose bar, or by the rows' own noise) moves the
     // model no more than an honest one, and cannot become the reference direction the next
     // rounds are judged against.
-    let bound = norm_bound(&(0..k).filter(|&j| ok[j]).map(|j| norms[j]).collect::<Vec<_>>());
+    let bound = norm_bound(
+        &(0..k)
+            .filter(|&j| ok[j])
+            .map(|j| norms[j])
+            .collect::<Vec<_>>(),
+    );
     let clipped: Vec<Option<Vec<f32>>> = kept
         .iter()
         .map(|&j| {
@@ -781,11 +790,10 @@ fn learn_reference_gap(
     let gaps = r.gaps();
     let best = r.best();
     let comparable_gaps: Vec<f64> = comparable.iter().map(|&j| gaps[j]).collect();
-    let Some(median) = comparable
-        .iter()
-        .position(|&j| j == best)
-        .map_or_else(|| median_gap(&comparable_gaps), |b| median_other_gap(&comparable_gaps, b))
-    else {
+    let Some(median) = comparable.iter().position(|&j| j == best).map_or_else(
+        || median_gap(&comparable_gaps),
+        |b| median_other_gap(&comparable_gaps, b),
+    ) else {
         return;
     };
     let others: Vec<f64> = kept
@@ -1192,11 +1200,19 @@ mod tests {
                 Input::new(2, &b, 100),
             ];
             let j = judge_with(&Rule::Mean, &inputs, 3.0, &mut state, Some(&public)).unwrap();
-            assert_eq!(j.flagged, vec![false, true, true], "round {r}: {:?}", j.scores);
+            assert_eq!(
+                j.flagged,
+                vec![false, true, true],
+                "round {r}: {:?}",
+                j.scores
+            );
             assert!(j.scores[1].deviations.norm > 3.0);
         }
         let spread = state.groups.usual().reference_spread();
-        assert_eq!(spread, REFERENCE_SPREAD_MIN, "no honest group beside the best: no spread");
+        assert_eq!(
+            spread, REFERENCE_SPREAD_MIN,
+            "no honest group beside the best: no spread"
+        );
         // Round 11: a group holding a scaler whose mean is near the clean one's direction (cosine
         // 0.77) and lowers the loss by 0.05 (gap 0.067).
         let (c, s, b) = (clean(11), [0.3f32, 0.25, 0.25, 0.3, 0.0, 0.0], scaled(31));
@@ -1224,7 +1240,10 @@ mod tests {
         let norm = |v: &[f32]| linalg::dot(v, v).sqrt();
         let limit = norm(&c) * GROUP_LOG_NORM_SPREAD.exp();
         assert!(norm(&j.update) <= limit, "{} > {limit}", norm(&j.update));
-        assert!(norm(&j.update) > norm(&c), "the accepted group still counts");
+        assert!(
+            norm(&j.update) > norm(&c),
+            "the accepted group still counts"
+        );
     }
 
     #[test]
