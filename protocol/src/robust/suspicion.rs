@@ -389,16 +389,17 @@ fn median_gap(gaps: &[f64]) -> Option<f64> {
     Some(sorted[(sorted.len() - 1) / 2])
 }
 
-/// The largest norm an accepted group mean keeps ([`judge_with`]): e^[`GROUP_LOG_NORM_SPREAD`]
-/// times the median (the lower middle one of an even count) of `norms`, the norms of the round's
-/// groups that point the usual way; infinite if there are none.
-fn norm_bound(norms: &[f64]) -> f64 {
+/// The largest norm an accepted group mean keeps ([`judge_with`]):
+/// e^(`threshold` · [`GROUP_LOG_NORM_SPREAD`]) times the median (the lower middle one of an even
+/// count) of `norms`, the norms of the round's groups that point the usual way; infinite if there
+/// are none.
+fn norm_bound(norms: &[f64], threshold: f64) -> f64 {
     let mut sorted = norms.to_vec();
     if sorted.is_empty() {
         return f64::INFINITY;
     }
     sorted.sort_by(f64::total_cmp);
-    sorted[(sorted.len() - 1) / 2] * GROUP_LOG_NORM_SPREAD.exp()
+    sorted[(sorted.len() - 1) / 2] * (threshold.max(0.0) * GROUP_LOG_NORM_SPREAD).exp()
 }
 
 impl Baseline {
@@ -444,9 +445,9 @@ impl Baseline {
 /// told apart from the sums alone, and guessing would hand the attackers the reference.
 ///
 /// Flagged groups are left out of the round's update: `rule` is applied to the others, each first
-/// clipped to e^[`GROUP_LOG_NORM_SPREAD`] times the median norm of the groups that point the
-/// usual way (and, with reference rows, pass them), so that no accepted group moves the model much
-/// further than the usual one does. If every group is flagged, the update is zero (the model waits
+/// clipped to e^(`threshold` · [`GROUP_LOG_NORM_SPREAD`]) times the median norm of the groups that
+/// point the usual way (and, with reference rows, pass them): a group whose norm the reference
+/// rows excused moves the model no further than the norm check allows. If every group is flagged, the update is zero (the model waits
 /// for a round with a clean group).
 ///
 /// `state.groups` must be a function of the log so that every member — restarted or catching up
@@ -644,13 +645,12 @@ pub fn judge_with(
         .collect();
     let flagged: Vec<bool> = scores.iter().map(|s| s.score > threshold).collect();
     let kept: Vec<usize> = (0..k).filter(|&j| !flagged[j]).collect();
-    // Groups whose cosine and norm pass: only their reference gaps say how far apart honest
-    // group means land on the rows. A group flagged for its norm or direction (a scaled update)
-    // says nothing about that, and must not widen the bar the next groups are judged with.
+    // Groups whose norm passes: only their reference gaps say how far apart honest group means
+    // land on the rows. A group far larger than usual (a scaled update) moves the loss by its
+    // size alone, says nothing about that, and must not widen the bar the next groups are
+    // judged with.
     let comparable: Vec<usize> = (0..k)
-        .filter(|&j| {
-            scores[j].deviations.cosine <= threshold && scores[j].deviations.norm <= threshold
-        })
+        .filter(|&j| scores[j].deviations.norm <= threshold)
         .collect();
     if kept.is_empty() {
         // Every group holds an attacker, or looks so: nothing moves, and the reference stays
@@ -676,17 +676,21 @@ pub fn judge_with(
         });
     }
     // No accepted group moves the model much further than the usual accepted group does: each
-    // is clipped to e^GROUP_LOG_NORM_SPREAD times the median norm of the groups that point the
-    // usual way (and, with reference rows, do about as well on them as the best group). Honest
-    // groups of a round differ in norm by far less, so they pass untouched; a scaled group that
-    // got through (its reference gap hidden by a loose bar, or by the rows' own noise) moves the
-    // model no more than an honest one, and cannot become the reference direction the next
-    // rounds are judged against.
+    // is clipped to e^(threshold · GROUP_LOG_NORM_SPREAD) times the median norm of the groups
+    // that point the usual way (and, with reference rows, do about as well on them as the best
+    // group) — the norm at which the norm check itself flags a group. Only a group whose norm
+    // the reference rows excused (`REFERENCE_CONFIRMS`) can be that large and still pass; a
+    // scaled group that got through so (its gap hidden by a loose bar, or by the rows' own
+    // noise) moves the model no further than that, and cannot make its own step the reference
+    // direction the next rounds are judged against. A tighter bound (e^spread, 1.28 times) also
+    // clipped honest groups now and then, and that changed the label-flip runs (seed 2: an
+    // honest member evicted).
     let bound = norm_bound(
         &(0..k)
             .filter(|&j| ok[j])
             .map(|j| norms[j])
             .collect::<Vec<_>>(),
+        threshold,
     );
     let clipped: Vec<Option<Vec<f32>>> = kept
         .iter()
@@ -1232,13 +1236,13 @@ mod tests {
 
         // A log that already holds a wide bar (written by an older build, or rows that happen to
         // favour the scaled group): the group passes, but moves the model no more than
-        // e^GROUP_LOG_NORM_SPREAD times the clean group does.
+        // e^(3 · GROUP_LOG_NORM_SPREAD) times the clean group does.
         let mut loose = before.clone();
         loose.groups.reference_gap = Some(0.36);
         let j = judge_with(&Rule::Mean, &inputs, 3.0, &mut loose, Some(&public)).unwrap();
         assert_eq!(j.flagged, vec![false, false, true], "{:?}", j.scores);
         let norm = |v: &[f32]| linalg::dot(v, v).sqrt();
-        let limit = norm(&c) * GROUP_LOG_NORM_SPREAD.exp();
+        let limit = norm(&c) * (3.0 * GROUP_LOG_NORM_SPREAD).exp();
         assert!(norm(&j.update) <= limit, "{} > {limit}", norm(&j.update));
         assert!(
             norm(&j.update) > norm(&c),
