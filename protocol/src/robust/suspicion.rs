@@ -780,8 +780,8 @@ pub fn judge_with(
 /// at the floor: attackers present from the start cannot widen the bar with round 1). A round
 /// that accepted no group beside its best moves the usual gap toward the median gap of the
 /// others with weight [`BASELINE_RELAX`] only, so that a bar that has become too strict for the
-/// honest groups cannot stay so — counting only the `comparable` groups, those flagged by their
-/// reference gap alone (cosine and norm pass). Groups flagged for their norm or direction are no
+/// honest groups cannot stay so — counting only the `comparable` groups, those whose norm
+/// deviation passes. A group flagged for its norm moves the loss by its size alone and is no
 /// sample of how honest groups spread: in the paillier scaling drill (seed 1) the scaled groups'
 /// gaps (70–100 % of the loss) pulled the spread to [`REFERENCE_SPREAD_MAX`] in ten rounds, and a
 /// group holding a scaler then passed with a gap of 8.5 %.
