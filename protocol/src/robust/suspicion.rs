@@ -166,8 +166,9 @@ pub fn expected_rounds(
 /// What a round of group sums comes to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Judgement {
-    /// The round's update: the rule applied to the means of the groups that were not flagged;
-    /// zeros if every group was flagged or the round could not be decided.
+    /// The round's update: the rule applied to the means of the groups that were not flagged
+    /// (each clipped to the round's norm bound, see [`judge`]); zeros if every group was flagged
+    /// or the round could not be decided.
     pub update: Vec<f32>,
     /// Each group's anomaly score, in input order (`member` is the group's index). Features:
     /// `cosine` and `norm` of the group mean against the reference, `distance` to it, and
@@ -371,15 +372,34 @@ pub fn reference_spread(gap: f64) -> f64 {
 /// The median of the gaps of the groups other than the round's best one (the lower middle one
 /// of an even count); None with fewer than two groups.
 fn median_other_gap(gaps: &[f64], best: usize) -> Option<f64> {
-    let mut others: Vec<f64> = (0..gaps.len())
+    let others: Vec<f64> = (0..gaps.len())
         .filter(|&j| j != best)
         .map(|j| gaps[j])
         .collect();
-    if others.is_empty() {
+    median_gap(&others)
+}
+
+/// The median of `gaps` (the lower middle one of an even count); None if there are none.
+fn median_gap(gaps: &[f64]) -> Option<f64> {
+    let mut sorted = gaps.to_vec();
+    if sorted.is_empty() {
         return None;
     }
-    others.sort_by(f64::total_cmp);
-    Some(others[(others.len() - 1) / 2])
+    sorted.sort_by(f64::total_cmp);
+    Some(sorted[(sorted.len() - 1) / 2])
+}
+
+/// The largest norm an accepted group mean keeps ([`judge_with`]):
+/// e^(`threshold` · [`GROUP_LOG_NORM_SPREAD`]) times the median (the lower middle one of an even
+/// count) of `norms`, the norms of the round's groups that point the usual way; infinite if there
+/// are none.
+fn norm_bound(norms: &[f64], threshold: f64) -> f64 {
+    let mut sorted = norms.to_vec();
+    if sorted.is_empty() {
+        return f64::INFINITY;
+    }
+    sorted.sort_by(f64::total_cmp);
+    sorted[(sorted.len() - 1) / 2] * (threshold.max(0.0) * GROUP_LOG_NORM_SPREAD).exp()
 }
 
 impl Baseline {
@@ -424,8 +444,11 @@ impl Baseline {
 /// undecided and moves nothing: {h, −h} (one clean group, one with two sign flippers) cannot be
 /// told apart from the sums alone, and guessing would hand the attackers the reference.
 ///
-/// Flagged groups are left out of the round's update: `rule` is applied to the others. If every
-/// group is flagged, the update is zero (the model waits for a round with a clean group).
+/// Flagged groups are left out of the round's update: `rule` is applied to the others, each first
+/// clipped to e^(`threshold` · [`GROUP_LOG_NORM_SPREAD`]) times the median norm of the groups that
+/// point the usual way (and, with reference rows, pass them): a group whose norm the reference
+/// rows excused moves the model no further than the norm check allows. If every group is flagged, the update is zero (the model waits
+/// for a round with a clean group).
 ///
 /// `state.groups` must be a function of the log so that every member — restarted or catching up
 /// — judges alike: the node builds it with [`Baseline::from_log`] from the difference of the
@@ -576,9 +599,13 @@ pub fn judge_with(
     // history has drifted). A group shrunk by attackers (IPM sends a small multiple of minus the
     // honest mean) improves the reference loss less and so cannot set that bound for the clean
     // groups.
+    let ok: Vec<bool> = (0..k)
+        .map(|j| {
+            cos_dev[j] <= threshold && reference_dev.as_ref().is_none_or(|d| d[j] <= threshold)
+        })
+        .collect();
     let smallest_ok = (0..k)
-        .filter(|&j| cos_dev[j] <= threshold)
-        .filter(|&j| reference_dev.as_ref().is_none_or(|d| d[j] <= threshold))
+        .filter(|&j| ok[j])
         .map(|j| log_norms[j])
         .fold(f64::INFINITY, f64::min);
     let scores: Vec<score::PeerScore> = (0..k)
@@ -618,12 +645,19 @@ pub fn judge_with(
         .collect();
     let flagged: Vec<bool> = scores.iter().map(|s| s.score > threshold).collect();
     let kept: Vec<usize> = (0..k).filter(|&j| !flagged[j]).collect();
+    // Groups whose norm passes: only their reference gaps say how far apart honest group means
+    // land on the rows. A group far larger than usual (a scaled update) moves the loss by its
+    // size alone, says nothing about that, and must not widen the bar the next groups are
+    // judged with.
+    let comparable: Vec<usize> = (0..k)
+        .filter(|&j| scores[j].deviations.norm <= threshold)
+        .collect();
     if kept.is_empty() {
         // Every group holds an attacker, or looks so: nothing moves, and the reference stays
         // (finding a new one here would let agreeing attackers choose it); the usual values
         // relax a little toward the best group.
         if let Some(r) = &reference_scores {
-            learn_reference_gap(&mut state.groups, r, &kept);
+            learn_reference_gap(&mut state.groups, r, &kept, &comparable);
         }
         if previous.is_some() {
             if let Some((mean, var)) = state.groups.cosine {
@@ -641,10 +675,43 @@ pub fn judge_with(
             reference: reference_scores,
         });
     }
-    let inputs: Vec<Input> = kept.iter().map(|&j| groups[j]).collect();
+    // No accepted group moves the model much further than the usual accepted group does: each
+    // is clipped to e^(threshold · GROUP_LOG_NORM_SPREAD) times the median norm of the groups
+    // that point the usual way (and, with reference rows, do about as well on them as the best
+    // group) — the norm at which the norm check itself flags a group. Only a group whose norm
+    // the reference rows excused (`REFERENCE_CONFIRMS`) can be that large and still pass; a
+    // scaled group that got through so (its gap hidden by a loose bar, or by the rows' own
+    // noise) moves the model no further than that, and cannot make its own step the reference
+    // direction the next rounds are judged against. A tighter bound (e^spread, 1.28 times) also
+    // clipped honest groups now and then, and that changed the label-flip runs (seed 2: an
+    // honest member evicted).
+    let bound = norm_bound(
+        &(0..k)
+            .filter(|&j| ok[j])
+            .map(|j| norms[j])
+            .collect::<Vec<_>>(),
+        threshold,
+    );
+    let clipped: Vec<Option<Vec<f32>>> = kept
+        .iter()
+        .map(|&j| {
+            (norms[j] > bound).then(|| {
+                let f = (bound / norms[j]) as f32;
+                groups[j].values.iter().map(|v| v * f).collect()
+            })
+        })
+        .collect();
+    let inputs: Vec<Input> = kept
+        .iter()
+        .zip(&clipped)
+        .map(|(&j, c)| match c {
+            Some(v) => Input::new(groups[j].member, v, groups[j].weight),
+            None => groups[j],
+        })
+        .collect();
     let combined = aggregate(rule, &inputs, state)?;
     if let Some(r) = &reference_scores {
-        learn_reference_gap(&mut state.groups, r, &kept);
+        learn_reference_gap(&mut state.groups, r, &kept, &comparable);
     }
     if previous.is_some() {
         // Against a previous update, as the next round will be measured: learn from the
@@ -711,13 +778,26 @@ pub fn judge_with(
 /// spread, and flagged groups are not usual — averaged with weight [`BASELINE_DECAY`], starting
 /// from the gap at which the spread is [`REFERENCE_SPREAD_MIN`] (so the first rounds are judged
 /// at the floor: attackers present from the start cannot widen the bar with round 1). A round
-/// that accepted no group beside its best moves the usual gap toward the median gap of the others
-/// with weight [`BASELINE_RELAX`] only, so that a bar that has become too strict for the honest
-/// groups cannot stay so, while groups of attackers flagged for a round or two gain little.
-fn learn_reference_gap(baseline: &mut Baseline, r: &ReferenceScores, kept: &[usize]) {
+/// that accepted no group beside its best moves the usual gap toward the median gap of the
+/// others with weight [`BASELINE_RELAX`] only, so that a bar that has become too strict for the
+/// honest groups cannot stay so — counting only the `comparable` groups, those whose norm
+/// deviation passes. A group flagged for its norm moves the loss by its size alone and is no
+/// sample of how honest groups spread: in the paillier scaling drill (seed 1) the scaled groups'
+/// gaps (70–100 % of the loss) pulled the spread to [`REFERENCE_SPREAD_MAX`] in ten rounds, and a
+/// group holding a scaler then passed with a gap of 8.5 %.
+fn learn_reference_gap(
+    baseline: &mut Baseline,
+    r: &ReferenceScores,
+    kept: &[usize],
+    comparable: &[usize],
+) {
     let gaps = r.gaps();
     let best = r.best();
-    let Some(median) = median_other_gap(&gaps, best) else {
+    let comparable_gaps: Vec<f64> = comparable.iter().map(|&j| gaps[j]).collect();
+    let Some(median) = comparable.iter().position(|&j| j == best).map_or_else(
+        || median_gap(&comparable_gaps),
+        |b| median_other_gap(&comparable_gaps, b),
+    ) else {
         return;
     };
     let others: Vec<f64> = kept
@@ -1073,6 +1153,103 @@ mod tests {
     /// groups' mean gap, 0.03. With a wide usual gap (spread 0.06, as honest groups of three
     /// need) a gap of 0.15 passes, and a gap of 0.30 is still flagged; with a narrow one both
     /// are, and the usual gap relaxes toward them.
+    /// Regression test for the paillier scaling drill (seed 1, rounds 1–12): every round, a
+    /// clean group passes while groups holding a scaler (10 times its update) are flagged for
+    /// their norm, with reference gaps of about half the loss. Before the fix those gaps pulled
+    /// the usual reference gap up round after round (the one accepted group is the best, so
+    /// the bar relaxed toward the flagged ones), the spread reached 0.18, and in round 11 a group
+    /// holding a scaler — 3.9 times the clean group's norm, a gap of 6.7 % of the loss — had a
+    /// reference deviation under [`REFERENCE_CONFIRMS`], so its norm did not count: it passed,
+    /// and the update (the mean of the two) was 2.4 times the clean one and became the
+    /// reference the next rounds were judged against.
+    ///
+    /// Two public rows (class 0 at (1, 0), class 1 at (0, 1)); the model before every round is
+    /// 0.25·I (loss 0.75); a clean group mean 0.1·I lowers the loss by 0.1 (gap 0).
+    #[test]
+    fn groups_flagged_for_their_norm_do_not_widen_the_bar_for_a_scaled_group() {
+        let layout = crate::model::Layout::new(vec![2, 2]).unwrap();
+        let set =
+            crate::robust::reference::Set::new(2, 2, vec![1.0, 0.0, 0.0, 1.0], vec![0, 1]).unwrap();
+        let model = [0.25f32, 0.0, 0.0, 0.25, 0.0, 0.0];
+        let public = Reference {
+            layout: &layout,
+            model: &model,
+            set: &set,
+        };
+        let clean = |r: u32| {
+            let e = r as f32 * 1e-3;
+            [0.1 + e, 0.002, 0.001, 0.1 - e, 0.0, 0.0]
+        };
+        // Scaled groups: 10 times the norm, off the diagonal: the loss rises by 0.3 (gap 0.53).
+        let scaled = |r: u32| {
+            let e = r as f32 * 1e-3;
+            [0.6 + e, 0.9, 0.9 - e, 0.6, 0.0, 0.0]
+        };
+        let mut state = State {
+            groups: Baseline::from_log(
+                Some(clean(0).to_vec()),
+                Usual {
+                    cosine: Some((0.9, 0.01)),
+                    log_norm: Some(0.0),
+                    reference_gap: None,
+                },
+            ),
+            ..State::default()
+        };
+        for r in 1..=10 {
+            let (c, a, b) = (clean(r), scaled(r), scaled(r + 20));
+            let inputs = [
+                Input::new(0, &c, 100),
+                Input::new(1, &a, 100),
+                Input::new(2, &b, 100),
+            ];
+            let j = judge_with(&Rule::Mean, &inputs, 3.0, &mut state, Some(&public)).unwrap();
+            assert_eq!(
+                j.flagged,
+                vec![false, true, true],
+                "round {r}: {:?}",
+                j.scores
+            );
+            assert!(j.scores[1].deviations.norm > 3.0);
+        }
+        let spread = state.groups.usual().reference_spread();
+        assert_eq!(
+            spread, REFERENCE_SPREAD_MIN,
+            "no honest group beside the best: no spread"
+        );
+        // Round 11: a group holding a scaler whose mean is near the clean one's direction (cosine
+        // 0.77) and lowers the loss by 0.05 (gap 0.067).
+        let (c, s, b) = (clean(11), [0.3f32, 0.25, 0.25, 0.3, 0.0, 0.0], scaled(31));
+        let inputs = [
+            Input::new(0, &c, 100),
+            Input::new(1, &s, 100),
+            Input::new(2, &b, 100),
+        ];
+        let before = state.clone();
+        let j = judge_with(&Rule::Mean, &inputs, 3.0, &mut state, Some(&public)).unwrap();
+        let dev = j.reference.as_ref().unwrap().deviations();
+        assert!(dev[1] > REFERENCE_CONFIRMS, "{dev:?}");
+        assert!(j.scores[1].deviations.norm > 3.0, "{:?}", j.scores[1]);
+        assert_eq!(j.flagged, vec![false, true, true], "{:?}", j.scores);
+        assert_eq!(j.update, c.to_vec());
+        assert_eq!(state.groups.previous.as_deref(), Some(&c[..]));
+
+        // A log that already holds a wide bar (written by an older build, or rows that happen to
+        // favour the scaled group): the group passes, but moves the model no more than
+        // e^(3 · GROUP_LOG_NORM_SPREAD) times the clean group does.
+        let mut loose = before.clone();
+        loose.groups.reference_gap = Some(0.36);
+        let j = judge_with(&Rule::Mean, &inputs, 3.0, &mut loose, Some(&public)).unwrap();
+        assert_eq!(j.flagged, vec![false, false, true], "{:?}", j.scores);
+        let norm = |v: &[f32]| linalg::dot(v, v).sqrt();
+        let limit = norm(&c) * (3.0 * GROUP_LOG_NORM_SPREAD).exp();
+        assert!(norm(&j.update) <= limit, "{} > {limit}", norm(&j.update));
+        assert!(
+            norm(&j.update) > norm(&c),
+            "the accepted group still counts"
+        );
+    }
+
     #[test]
     fn the_reference_spread_is_learned_from_accepted_groups() {
         let layout = crate::model::Layout::new(vec![2, 2]).unwrap();
