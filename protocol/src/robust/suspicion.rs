@@ -379,9 +379,9 @@ fn median_other_gap(gaps: &[f64], best: usize) -> Option<f64> {
     median_gap(&others)
 }
 
-/// The median of `gaps` (the lower middle one of an even count); None if there are none.
-fn median_gap(gaps: &[f64]) -> Option<f64> {
-    let mut sorted = gaps.to_vec();
+/// The median of `values` (the lower middle one of an even count); None if there are none.
+fn median_gap(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
     if sorted.is_empty() {
         return None;
     }
@@ -394,12 +394,9 @@ fn median_gap(gaps: &[f64]) -> Option<f64> {
 /// count) of `norms`, the norms of the round's groups that point the usual way; infinite if there
 /// are none.
 fn norm_bound(norms: &[f64], threshold: f64) -> f64 {
-    let mut sorted = norms.to_vec();
-    if sorted.is_empty() {
-        return f64::INFINITY;
-    }
-    sorted.sort_by(f64::total_cmp);
-    sorted[(sorted.len() - 1) / 2] * (threshold.max(0.0) * GROUP_LOG_NORM_SPREAD).exp()
+    median_gap(norms).map_or(f64::INFINITY, |m| {
+        m * (threshold.max(0.0) * GROUP_LOG_NORM_SPREAD).exp()
+    })
 }
 
 impl Baseline {
@@ -447,8 +444,8 @@ impl Baseline {
 /// Flagged groups are left out of the round's update: `rule` is applied to the others, each first
 /// clipped to e^(`threshold` · [`GROUP_LOG_NORM_SPREAD`]) times the median norm of the groups that
 /// point the usual way (and, with reference rows, pass them): a group whose norm the reference
-/// rows excused moves the model no further than the norm check allows. If every group is flagged, the update is zero (the model waits
-/// for a round with a clean group).
+/// rows excused moves the model no further than the norm check allows. If every group is
+/// flagged, the update is zero (the model waits for a round with a clean group).
 ///
 /// `state.groups` must be a function of the log so that every member — restarted or catching up
 /// — judges alike: the node builds it with [`Baseline::from_log`] from the difference of the
