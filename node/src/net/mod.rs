@@ -19,7 +19,7 @@ mod bulk;
 mod codec;
 mod guard;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;

@@ -10,7 +10,8 @@ use super::*;
 
 const LIMIT: usize = 1 << 20;
 
-fn free_port() -> u16 {
+/// A TCP port free on 127.0.0.1 right now (for tests that start swarms).
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -6,15 +6,8 @@ use std::time::Duration;
 use fedmesh_protocol::wire::{Envelope, Payload, Request, Response, Update};
 
 use crate::keys::{self, MemberKeys};
+use crate::net::tests::free_port;
 use crate::{config, dealer, net, node};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Publish until gossipsub has a subscribed peer to send to.
 async fn publish(h: &net::Handle, data: Vec<u8>) {
