@@ -69,7 +69,14 @@ pub(super) fn adopt(
         .map_err(|(member, reason)| format!("evidence against member {member}: {reason}"))?;
     for e in &record.evidence {
         if e.round != record.round {
-            late.adopt(e);
+            if late.adopt(e) {
+                tracing::warn!(
+                    round = e.round,
+                    culprit = e.member,
+                    approvals = !e.proposals.is_empty(),
+                    "EQUIVOCATION (late): the proposal proves member equivocated in an earlier round"
+                );
+            }
         } else if detector.adopt(e) {
             tracing::warn!(
                 round = record.round,
@@ -203,6 +210,23 @@ impl Late {
     /// round — its messages are then authentic evidence, to be passed on.
     pub(super) fn observe(&mut self, env: &Envelope, bytes: &[u8]) -> Option<bool> {
         let (_, detector) = self.past.iter_mut().find(|(r, _)| *r == env.round)?;
+        if let Payload::Proposal(p) = &env.payload {
+            // A proposal that arrives after its round: it may be what proves a member approved
+            // two records of one attempt (the detector's caps bound what it keeps).
+            if p.record.round == env.round {
+                let found = detector.note_proposal(
+                    env.round,
+                    p.entry().signing_hash(),
+                    p.record.attempt,
+                    bytes,
+                );
+                approvals_caught(&found);
+                for e in found {
+                    self.pending.insert((e.member, e.round), e);
+                }
+            }
+            return Some(detector.caught(env.sender));
+        }
         if let Some(e) = detector.observe(env, bytes) {
             tracing::warn!(
                 round = env.round,
@@ -216,14 +240,17 @@ impl Late {
     }
 
     /// Late evidence found in a proposal (already checked): kept until a record carries it, in
-    /// case this proposal is not the one committed.
-    pub(super) fn adopt(&mut self, e: &Equivocation) {
+    /// case this proposal is not the one committed. Returns whether this node learns of it only
+    /// now.
+    pub(super) fn adopt(&mut self, e: &Equivocation) -> bool {
+        let mut new = !self.pending.contains_key(&(e.member, e.round));
         if let Some((_, d)) = self.past.iter_mut().find(|(r, _)| *r == e.round) {
-            d.adopt(e);
+            new = d.adopt(e);
         }
         self.pending
             .entry((e.member, e.round))
             .or_insert_with(|| e.clone());
+        new
     }
 
     /// The late evidence a record for `round` may carry.
@@ -321,8 +348,66 @@ mod tests {
         assert_eq!(late.for_round(7).count(), 0, "expired with its window");
         // A proposal's late evidence is kept until a record has it.
         let mut other = Late::default();
-        other.adopt(&e);
+        assert!(other.adopt(&e), "new to this node");
+        assert!(!other.adopt(&e), "the second time it is not");
         assert_eq!(other.for_round(6).count(), 1);
+    }
+
+    /// Member 3 approves two records of attempt 0 of round 4; the second proposal reaches this
+    /// node only after the round is over. The kept detector completes the evidence from it, and
+    /// the next record may carry it.
+    #[test]
+    fn a_late_proposal_completes_approval_evidence() {
+        use fedmesh_protocol::wire::{Approval, Proposal};
+        let keys: Vec<SecretKey> = (0..4u8).map(|i| SecretKey::from_seed([i; 32])).collect();
+        let proposal = |stamp: u64| {
+            let mut record = RoundRecord::new(4, Mode::Plain, Hash::ZERO, Hash::ZERO);
+            record.proposed_at_ms = stamp;
+            let p = Proposal {
+                height: 4,
+                prev_hash: Hash::ZERO,
+                record,
+            };
+            let h = p.entry().signing_hash();
+            let env = Envelope::seal(Hash::ZERO, 0, 4, Payload::Proposal(Box::new(p)), &keys[0]);
+            let bytes = env.encode();
+            (h, env, bytes)
+        };
+        let approval = |h: Hash| {
+            let a = Approval {
+                signing_hash: h,
+                signature: keys[3].sign(h.as_bytes()),
+                bls_share: Vec::new(),
+            };
+            let env = Envelope::seal(Hash::ZERO, 3, 4, Payload::Approval(a), &keys[3]);
+            let bytes = env.encode();
+            (env, bytes)
+        };
+        let (x, _, xb) = proposal(1);
+        let (y, ye, yb) = proposal(2);
+        let mut d = Detector::new();
+        assert!(d.note_proposal(4, x, 0, &xb).is_empty());
+        for (env, bytes) in [approval(x), approval(y)] {
+            assert!(d.observe(&env, &bytes).is_none());
+        }
+        let mut late = Late::default();
+        late.retire(4, d, Some(&record(4, vec![])));
+        assert_eq!(late.for_round(5).count(), 0);
+        assert_eq!(
+            late.observe(&ye, &yb),
+            Some(false),
+            "the coordinator is not caught"
+        );
+        let pending: Vec<_> = late.for_round(5).collect();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(
+            (
+                pending[0].member,
+                pending[0].round,
+                pending[0].proposals.len()
+            ),
+            (3, 4, 2)
+        );
     }
 
     /// A record names a member once for its score, even with late and current evidence.
