@@ -82,9 +82,12 @@ printf '%-6s %-9s %-8s %-14s %s\n' round accuracy loss participants dropouts
 seen=0
 while true; do
   if [ -f "$RUN/node-0.out" ]; then
-    total=$(grep -c '"event":"round"' "$RUN/node-0.out" || true)
+    # Read the reports once: counting and printing from two reads of a file that grows in
+    # between printed a round twice.
+    rounds=$(grep '"event":"round"' "$RUN/node-0.out" || true)
+    total=$(printf '%s' "$rounds" | grep -c . || true)
     if [ "$total" -gt "$seen" ]; then
-      grep '"event":"round"' "$RUN/node-0.out" | tail -n +$((seen + 1)) | python3 "$ROOT/testnet/rounds.py" table
+      printf '%s\n' "$rounds" | tail -n +$((seen + 1)) | python3 "$ROOT/testnet/rounds.py" table
       seen=$total
     fi
   fi
