@@ -158,9 +158,15 @@ impl Runtime {
             round,
             "fault injection: equivocating late (a second update for a round already committed)"
         );
-        if let Err(e) = self.net.publish(bytes.clone()).await {
-            tracing::debug!(error = %e, "late equivocation not published yet; retrying");
-            self.held_equivocation = Some((round, bytes));
+        match self.net.publish(bytes.clone()).await {
+            Ok(()) => {
+                self.hold_update_until =
+                    Some(std::time::Instant::now() + std::time::Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "late equivocation not published yet; retrying");
+                self.held_equivocation = Some((round, bytes));
+            }
         }
     }
 }

@@ -334,6 +334,9 @@ pub struct Runtime {
     late: equivocation::Late,
     /// Fault `equivocate_late` only: the second update, held until its round is over.
     held_equivocation: Option<(u64, Vec<u8>)>,
+    /// Fault `equivocate_late` only: this member's next update waits until then, after the held
+    /// second update went out.
+    hold_update_until: Option<Instant>,
     /// Last known log height of each connected peer.
     peer_heights: HashMap<PeerId, u64>,
     syncing: bool,
@@ -458,6 +461,7 @@ impl Runtime {
             early: Vec::new(),
             late: Default::default(),
             held_equivocation: None,
+            hold_update_until: None,
             peer_heights: HashMap::new(),
             syncing: false,
             behind: None,
@@ -944,11 +948,13 @@ impl Runtime {
         let Some(bytes) = self.current.as_ref().and_then(|c| c.unpublished.clone()) else {
             return;
         };
-        if self.held_equivocation.is_some() {
-            // Fault `equivocate_late`: the held second update of the last round goes out first
-            // (on this stream, so every peer sees it before this update and so before this
-            // round can close); else it could arrive after the next record was approved too,
-            // beyond the evidence window.
+        if self.held_equivocation.is_some()
+            || self.hold_update_until.is_some_and(|t| Instant::now() < t)
+        {
+            // Fault `equivocate_late`: the held second update of the last round goes out first,
+            // and this update follows it only after a pause: both are bulk bodies, fetched
+            // independently, so without the pause this update (and with it the next record)
+            // could reach the others before the late one — beyond the evidence window.
             return;
         }
         match self.net.publish(bytes.clone()).await {
