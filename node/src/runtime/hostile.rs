@@ -8,7 +8,7 @@
 //! and approves both (`double_approve`: the double signer that could otherwise make two records
 //! of one height reach the threshold). Honest nodes never take these paths.
 
-use fedmesh_protocol::wire::{Approval, Envelope, PaillierMsg, Payload, Proposal, SecaggMsg};
+use fedmesh_protocol::wire::{Approval, Envelope, PaillierMsg, Payload, SecaggMsg};
 
 use super::Runtime;
 
@@ -107,18 +107,23 @@ impl Runtime {
         }
     }
 
-    /// Fault `double_approve`: after proposing and approving `p` (attempt 0), propose a second,
-    /// different record of the same attempt and approve it too, against the one-record-per-attempt
-    /// rule ([`fedmesh_protocol::round::Round::approve`] would refuse, so the approval is signed
-    /// here directly).
-    pub(super) async fn double_approve(&mut self, p: &Proposal) {
-        let round = p.record.round;
-        if p.record.attempt != 0 || !self.fault_now(round, "double_approve") {
+    /// Fault `double_approve`: after proposing and approving the round's record (attempt 0),
+    /// propose a second, different record of the same attempt and approve it too, against the
+    /// one-record-per-attempt rule ([`fedmesh_protocol::round::Round::approve`] would refuse, so
+    /// the approval is signed here directly).
+    pub(super) async fn double_approve(&mut self, round: u64) {
+        if !self.fault_now(round, "double_approve") {
             return;
         }
+        let Some(p) = self.current.as_ref().and_then(|c| c.state.proposal()) else {
+            return;
+        };
         let Some(share) = self.ctx.keys.bls.as_ref() else {
             return;
         };
+        if p.record.attempt != 0 {
+            return;
+        }
         let mut other = p.clone();
         other.record.proposed_at_ms += 1;
         let h = other.entry().signing_hash();

@@ -1407,14 +1407,14 @@ impl Runtime {
             &bytes,
         );
         equivocation::approvals_caught(&found);
-        cur.state.set_proposal(p.clone());
+        cur.state.set_proposal(p);
         let round = cur.state.round;
         if let Err(e) = self.publish_or_keep(round, bytes).await {
             tracing::warn!(error = %e, "could not publish the proposal yet; retrying");
         }
         self.ctx.fault(round, "proposed").await;
         self.approve(params).await;
-        self.double_approve(&p).await;
+        self.double_approve(round).await;
     }
 
     /// Move this member's approval to a later attempt's checked proposal once the record it
