@@ -281,9 +281,12 @@ pub struct Faults {
     ///   with wrong metrics, which the others refuse, and approve it: its lock must move to a
     ///   later attempt's record for the round to commit when the others alone are too few),
     ///   or `double_approve` (as the round's first coordinator, propose a second record of
-    ///   its attempt and approve both: the others must record the evidence in the next record)
-    ///   (mode secagg: stop sending after the key shares; mode paillier: send no partial
-    ///   decryption; stay connected);
+    ///   its attempt and approve both: the others must record the evidence in the next record),
+    ///   or `move_unproven` (as the round's second coordinator, approve attempt 0's record, then
+    ///   propose and approve a record of attempt 1 without the proof that moving was allowed:
+    ///   the others must record the evidence in the next record);
+    ///   `stall`: mode secagg: stop sending after the key shares; mode paillier: send no partial
+    ///   decryption; stay connected;
     /// - with eviction votes on: `voted` (right after counting its own eviction votes, stored but
     ///   not yet gossiped — in the first round from `round` on in which it casts any, since when
     ///   a member starts to vote depends on the scores).
@@ -292,7 +295,7 @@ pub struct Faults {
 
 impl Faults {
     /// The points at which a node can be made to fail.
-    pub const POINTS: [&'static str; 27] = [
+    pub const POINTS: [&'static str; 28] = [
         "coordinating",
         "training",
         "proposed",
@@ -319,6 +322,7 @@ impl Faults {
         "stall",
         "propose_refused",
         "double_approve",
+        "move_unproven",
         "voted",
     ];
 

@@ -6,12 +6,13 @@
 //! and the member's anomaly score counts them.
 //!
 //! A member's approvals are watched too: an honest member approves at most one record per attempt
-//! of a height (it moves its approval only to a later attempt, [`crate::round::Round::try_move`]),
-//! so two approvals of different records of the same attempt prove a double signer — the one
-//! misbehaviour that can make two records of one height both reach the threshold. An approval
-//! names only the record's signing hash, so that evidence also carries the two proposals whose
-//! entries hash to the signed values and show the same height, round and attempt
-//! ([`Equivocation::proposals`]).
+//! of a height, and moves its approval to a later attempt only with a proof — the signed claims of
+//! n − t + 1 members that approved records of later attempts ([`crate::round::Round::try_move`],
+//! [`Approval::support`]). So two approvals of different records of the same attempt, or of two
+//! attempts where the later approval lacks that proof, prove a double signer — the one
+//! misbehaviour that can make two records of one height both reach the threshold. That evidence
+//! also carries the two proposals whose entries hash to the approved signing hashes and show their
+//! height, round and attempts ([`Equivocation::proposals`]).
 //!
 //! [`Detector`] watches a round's opened envelopes and returns the evidence the first time a
 //! sender contradicts itself; [`Equivocation::verify`] checks evidence from someone else.
@@ -37,9 +38,9 @@ pub enum Slot {
     PaillierPartial,
     /// Mode `paillier`: the member's partial decryption of one group's sum.
     PaillierGroupPartial { group: u32 },
-    /// Any mode: the member's approval of a record of one attempt. An approval envelope does not
-    /// name its attempt, so [`Slot::of`] cannot tell it; the [`Detector`] learns it from the
-    /// proposals ([`Detector::note_proposal`]).
+    /// Any mode: the member's approval of a record of one attempt. [`Slot::of`] does not give it:
+    /// an approval's claimed attempt counts only once the [`Detector`] has its proposal
+    /// ([`Detector::note_proposal`]), and a member may fill two attempts' slots with a proof.
     Approval { attempt: u32 },
 }
 
@@ -159,8 +160,10 @@ impl Equivocation {
     /// Check the evidence against the genesis: both envelopes open (network, membership, the
     /// member's signature, at most `limit` bytes), both are the named member's for the named round,
     /// they fill the same slot, and their payloads differ. For two approvals: the attached
-    /// proposals open too, their entries' signing hashes are the two approved ones, and they are
-    /// records of the same height, round and attempt.
+    /// proposals open too, their entries' signing hashes are the two approved ones, they are
+    /// records of the same height and round, each approval's signed claim names its record's
+    /// attempt, and either the attempts are the same or the later approval's proof does not
+    /// show the move allowed ([`Approval::proves_move`]).
     pub fn verify(
         &self,
         genesis: &Genesis,
@@ -256,13 +259,67 @@ impl Equivocation {
         };
         let p = open("first", px, x.signing_hash)?;
         let q = open("second", py, y.signing_hash)?;
-        if p.height != q.height || p.record.attempt != q.record.attempt {
+        if p.height != q.height {
             return Err(bad(format!(
-                "the records are of height {} attempt {} and height {} attempt {}: approving both is allowed",
-                p.height, p.record.attempt, q.height, q.record.attempt
+                "the records are of heights {} and {}: approving both is allowed",
+                p.height, q.height
             )));
         }
-        Ok(())
+        let keys = crate::round::signer_keys(genesis);
+        for (which, a, r) in [("first", x, &p), ("second", y, &q)] {
+            claim_matches(a, self.member, r, &keys)
+                .map_err(|reason| bad(format!("the {which} approval's {reason}")))?;
+        }
+        let (early, late, r) = if x.attempt <= y.attempt {
+            (x, y, &q)
+        } else {
+            (y, x, &p)
+        };
+        if early.attempt == late.attempt {
+            return Ok(());
+        }
+        let needed = crate::round::unlock_needed(
+            crate::round::record_signers(genesis.members.len(), &r.record),
+            genesis.threshold(),
+        );
+        match late.proves_move(early.attempt, p.height, &keys, needed) {
+            Ok(()) => Err(bad(format!(
+                "the approval of attempt {} carries the proof that moving from attempt {} was allowed",
+                late.attempt, early.attempt
+            ))),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Whether `a`, by `member`, claims the attempt of the record `p` it approves, with a valid
+/// signature for `p`'s height.
+fn claim_matches(
+    a: &Approval,
+    member: u32,
+    p: &Proposal,
+    keys: &[crate::crypto::identity::PublicKey],
+) -> Result<(), String> {
+    if a.attempt != p.record.attempt {
+        return Err(format!(
+            "claim names attempt {}, its record is of attempt {}",
+            a.attempt, p.record.attempt
+        ));
+    }
+    let msg = crate::wire::claim_message(p.height, a.signing_hash, a.attempt);
+    let key = keys
+        .get(member as usize)
+        .ok_or_else(|| format!("signer {member} is not a genesis member"))?;
+    key.verify(msg.as_bytes(), &a.claim)
+        .map_err(|_| "claim has an invalid signature".to_string())
+}
+
+/// The record of a kept proposal envelope (already opened once, so it decodes).
+fn proposal_record(bytes: &[u8]) -> Option<crate::audit::RoundRecord> {
+    let env = crate::codec::decode::<Envelope>(bytes, bytes.len()).ok()?;
+    match env.payload {
+        Payload::Proposal(p) => Some(p.record),
+        _ => None,
     }
 }
 
@@ -280,6 +337,29 @@ pub const MAX_WATCHED: usize = 16_384;
 pub const MAX_PROPOSALS: usize = 64;
 pub const MAX_PROPOSAL_BYTES: usize = 32 << 20;
 
+/// What a [`Detector`] needs to watch approvals: the round's height, the genesis members' keys
+/// and the signing threshold (to check the claims and proofs of moved approvals the way
+/// [`Equivocation::verify`] will).
+#[derive(Debug, Clone)]
+pub struct Signers {
+    pub height: u64,
+    pub keys: Vec<crate::crypto::identity::PublicKey>,
+    pub threshold: usize,
+    /// The genesis member count (which members hold signing shares).
+    pub members: usize,
+}
+
+impl Signers {
+    pub fn of(genesis: &Genesis, height: u64) -> Signers {
+        Signers {
+            height,
+            keys: crate::round::signer_keys(genesis),
+            threshold: genesis.threshold(),
+            members: genesis.members.len(),
+        }
+    }
+}
+
 /// Watches one round's opened envelopes for contradictions.
 #[derive(Debug, Default)]
 pub struct Detector {
@@ -289,13 +369,25 @@ pub struct Detector {
     /// envelope as gossiped.
     proposals: BTreeMap<Hash, (u32, Vec<u8>)>,
     proposal_bytes: usize,
-    /// Approvals seen, by (member, signing hash): the envelope as gossiped.
-    approvals: BTreeMap<(u32, Hash), Vec<u8>>,
+    /// Approvals seen whose claim verifies, by (member, signing hash): the approval and its
+    /// envelope as gossiped.
+    approvals: BTreeMap<(u32, Hash), (Approval, Vec<u8>)>,
+    /// Set: approvals are watched ([`Detector::watching_approvals`]).
+    signers: Option<Signers>,
 }
 
 impl Detector {
+    /// A detector of contradicting messages; approvals are not watched.
     pub fn new() -> Detector {
         Detector::default()
+    }
+
+    /// A detector that watches approvals too (those of the round at `signers.height`).
+    pub fn watching_approvals(signers: Signers) -> Detector {
+        Detector {
+            signers: Some(signers),
+            ..Detector::default()
+        }
     }
 
     /// Note an envelope (already opened, so signed by `env.sender`) and its bytes. Returns the
@@ -304,11 +396,21 @@ impl Detector {
     /// contradictions of a member already caught.
     pub fn observe(&mut self, env: &Envelope, bytes: &[u8]) -> Option<Equivocation> {
         if let Payload::Approval(a) = &env.payload {
+            let signers = self.signers.as_ref()?;
             let key = (env.sender, a.signing_hash);
             if self.approvals.contains_key(&key) || self.approvals.len() >= MAX_WATCHED {
                 return None;
             }
-            self.approvals.insert(key, bytes.to_vec());
+            // Only approvals whose claim verifies: evidence must convince anyone.
+            let msg = crate::wire::claim_message(signers.height, a.signing_hash, a.attempt);
+            let signed = signers
+                .keys
+                .get(env.sender as usize)
+                .is_some_and(|k| k.verify(msg.as_bytes(), &a.claim).is_ok());
+            if !signed {
+                return None;
+            }
+            self.approvals.insert(key, (a.clone(), bytes.to_vec()));
             return self.approval_contradiction(env.sender, env.round, a.signing_hash);
         }
         let slot = Slot::of(&env.payload)?;
@@ -371,8 +473,10 @@ impl Detector {
             .collect()
     }
 
-    /// Evidence if `member`'s approval of `signing_hash` (held) and another approval of it (held)
-    /// sign two records of the same attempt, both proposals known; the member counts as caught.
+    /// Evidence if `member`'s approval of `signing_hash` (held) and another approval of its
+    /// (held), both proposals known and both claims naming their proposals' attempts, sign two
+    /// records of the same attempt, or of two attempts without the later approval's proof of the
+    /// move; the member counts as caught.
     fn approval_contradiction(
         &mut self,
         member: u32,
@@ -382,25 +486,58 @@ impl Detector {
         if self.found.contains_key(&member) {
             return None;
         }
-        let (attempt, _) = self.proposals.get(&signing_hash)?;
+        let signers = self.signers.as_ref()?;
+        let known = |h: &Hash, a: &Approval| -> Option<u32> {
+            self.proposals
+                .get(h)
+                .map(|(attempt, _)| *attempt)
+                .filter(|attempt| *attempt == a.attempt)
+        };
+        let (this, _) = self.approvals.get(&(member, signing_hash))?;
+        known(&signing_hash, this)?;
         let other = self
             .approvals
             .range((member, Hash::ZERO)..)
             .take_while(|((m, _), _)| *m == member)
-            .map(|((_, h), _)| *h)
-            .find(|h| {
-                *h != signing_hash && self.proposals.get(h).is_some_and(|(a, _)| a == attempt)
-            })?;
+            .find(|((_, h), (a, _))| {
+                *h != signing_hash
+                    && known(h, a).is_some()
+                    && self.contradicts(signers, this, a)
+            })
+            .map(|((_, h), _)| *h)?;
         let proposal = |h: &Hash| serde_bytes::ByteBuf::from(self.proposals[h].1.clone());
         let e = Equivocation {
             member,
             round,
-            first: self.approvals[&(member, other)].clone(),
-            second: self.approvals[&(member, signing_hash)].clone(),
+            first: self.approvals[&(member, other)].1.clone(),
+            second: self.approvals[&(member, signing_hash)].1.clone(),
             proposals: vec![proposal(&other), proposal(&signing_hash)],
         };
         self.found.insert(member, e.clone());
         Some(e)
+    }
+
+    /// Whether one member's approvals `a` and `b` (claims checked against their proposals)
+    /// contradict: the same attempt, or the later one without the proof of its move, judged with
+    /// the signer count of the later record as [`Equivocation::verify`] does.
+    fn contradicts(&self, signers: &Signers, a: &Approval, b: &Approval) -> bool {
+        let (early, late) = if a.attempt <= b.attempt { (a, b) } else { (b, a) };
+        if early.attempt == late.attempt {
+            return true;
+        }
+        let Some(record) = self
+            .proposals
+            .get(&late.signing_hash)
+            .and_then(|(_, bytes)| proposal_record(bytes))
+        else {
+            return false;
+        };
+        let needed = crate::round::unlock_needed(
+            crate::round::record_signers(signers.members, &record),
+            signers.threshold,
+        );
+        late.proves_move(early.attempt, signers.height, &signers.keys, needed)
+            .is_err()
     }
 
     /// Take in evidence found by someone else (already verified): the member counts as caught.
@@ -439,7 +576,7 @@ impl Detector {
 mod tests {
     use super::*;
     use crate::genesis::tests::sample;
-    use crate::wire::{Status, Update};
+    use crate::wire::{Claim, Status, Update};
 
     fn setup() -> (Genesis, Hash, Vec<crate::crypto::identity::SecretKey>) {
         let (g, keys, _) = sample(3);
@@ -513,7 +650,8 @@ mod tests {
     }
 
     /// A proposal of `round`'s record at attempt `attempt` and `height`, by `sender`; `stamp`
-    /// makes records of one attempt differ. Returns the entry's signing hash and the envelope.
+    /// makes records of one attempt differ. All 3 members are active (n − t + 1 = 2). Returns the
+    /// entry's signing hash and the envelope.
     fn proposal(
         h: Hash,
         keys: &[crate::crypto::identity::SecretKey],
@@ -524,6 +662,7 @@ mod tests {
         let mut record = crate::audit::tests::record(round, Hash::ZERO);
         record.attempt = attempt;
         record.proposed_at_ms = stamp;
+        record.dropouts = vec![0, 1, 2];
         let p = Proposal {
             height,
             prev_hash: Hash::ZERO,
@@ -534,35 +673,60 @@ mod tests {
         (signing, bytes)
     }
 
+    /// `member`'s approval of `signing` (a record of `attempt` at `height`), with `support`.
+    fn approve(
+        keys: &[crate::crypto::identity::SecretKey],
+        member: u32,
+        (height, attempt): (u64, u32),
+        signing: Hash,
+        support: Vec<Claim>,
+    ) -> Approval {
+        let key = &keys[member as usize];
+        Approval {
+            signing_hash: signing,
+            signature: key.sign(signing.as_bytes()),
+            bls_share: Vec::new(),
+            attempt,
+            claim: key.sign(crate::wire::claim_message(height, signing, attempt).as_bytes()),
+            support,
+        }
+    }
+
+    /// `member`'s approval envelope in round 4 (height 4 unless `attempt` says otherwise).
     fn approval(
         h: Hash,
         keys: &[crate::crypto::identity::SecretKey],
         member: u32,
-        round: u64,
+        at: (u64, u32),
         signing: Hash,
+        support: Vec<Claim>,
     ) -> (Envelope, Vec<u8>) {
-        let a = Approval {
-            signing_hash: signing,
-            signature: keys[member as usize].sign(signing.as_bytes()),
-            bls_share: Vec::new(),
-        };
-        sealed(h, keys, member, round, Payload::Approval(a))
+        let a = approve(keys, member, at, signing, support);
+        sealed(h, keys, member, 4, Payload::Approval(a))
     }
 
-    /// Member 2 approves records X and Y of attempt 0 and Z of attempt 1: X then Z is a moved
-    /// approval (allowed), Y as well is a double signature. Caught whichever arrives first, the
-    /// approvals or the proposals; the evidence verifies and waits for the next record.
+    fn watching(g: &Genesis) -> Detector {
+        Detector::watching_approvals(Signers::of(g, 4))
+    }
+
+    /// Member 2 approves records X and Y of attempt 0 and Z of attempt 1: X then Z, with the
+    /// claims of members 0 and 1 (n − t + 1 = 2) that they approved Z, is a moved approval
+    /// (allowed); Y as well is a double signature. Caught whichever arrives first, the approvals
+    /// or the proposals; the evidence verifies and waits for the next record.
     #[test]
     fn two_approvals_of_one_attempt_are_caught_in_either_order_and_verify() {
         let (g, h, keys) = setup();
         let (x, xb) = proposal(h, &keys, 0, (4, 4, 0), 1);
         let (y, yb) = proposal(h, &keys, 0, (4, 4, 0), 2);
         let (z, zb) = proposal(h, &keys, 1, (4, 4, 1), 3);
-        let (ax, axb) = approval(h, &keys, 2, 4, x);
-        let (ay, ayb) = approval(h, &keys, 2, 4, y);
-        let (az, azb) = approval(h, &keys, 2, 4, z);
+        let proof: Vec<Claim> = [0, 1]
+            .map(|m| approve(&keys, m, (4, 1), z, Vec::new()).claim_of(m))
+            .to_vec();
+        let (ax, axb) = approval(h, &keys, 2, (4, 0), x, Vec::new());
+        let (ay, ayb) = approval(h, &keys, 2, (4, 0), y, Vec::new());
+        let (az, azb) = approval(h, &keys, 2, (4, 1), z, proof.clone());
 
-        let mut d = Detector::new();
+        let mut d = watching(&g);
         assert!(d.note_proposal(4, x, 0, &xb).is_empty());
         assert!(d.note_proposal(4, z, 1, &zb).is_empty());
         assert!(d.note_proposal(4, y, 0, &yb).is_empty());
@@ -578,7 +742,7 @@ mod tests {
         assert_eq!(d.all_evidence(), vec![e]);
 
         // The approvals first, the proposals later.
-        let mut d = Detector::new();
+        let mut d = watching(&g);
         for (env, bytes) in [(&ax, &axb), (&ay, &ayb), (&az, &azb)] {
             assert!(d.observe(env, bytes).is_none());
         }
@@ -587,12 +751,84 @@ mod tests {
         let found = d.note_proposal(4, y, 0, &yb);
         assert_eq!(found.len(), 1);
         found[0].verify(&g, h, 1 << 20).unwrap();
-        // An honest member's approvals (one per attempt) are never evidence.
-        let (bx, bxb) = approval(h, &keys, 1, 4, x);
-        let (bz, bzb) = approval(h, &keys, 1, 4, z);
+        // An honest member's approvals (one per attempt, moved with the proof) are never evidence.
+        let (bx, bxb) = approval(h, &keys, 1, (4, 0), x, Vec::new());
+        let (bz, bzb) = approval(h, &keys, 1, (4, 1), z, proof);
         assert!(d.observe(&bx, &bxb).is_none());
         assert!(d.observe(&bz, &bzb).is_none());
         assert!(!d.caught(1));
+        // A detector that does not watch approvals finds nothing.
+        let mut d = Detector::new();
+        assert!(d.note_proposal(4, x, 0, &xb).is_empty());
+        assert!(d.note_proposal(4, y, 0, &yb).is_empty());
+        assert!(d.observe(&ax, &axb).is_none());
+        assert!(d.observe(&ay, &ayb).is_none());
+    }
+
+    /// Member 2 approves X (attempt 0) and then Z (attempt 1) with a proof that is short, names
+    /// a claim of attempt 0, repeats a member, or carries a forged claim: each is a double signer,
+    /// caught in either order, and the evidence verifies. With a full proof it is not caught, and
+    /// evidence made of it is refused.
+    #[test]
+    fn a_move_to_a_later_attempt_without_its_proof_is_caught_and_verifies() {
+        let (g, h, keys) = setup();
+        let (x, xb) = proposal(h, &keys, 0, (4, 4, 0), 1);
+        let (z, zb) = proposal(h, &keys, 1, (4, 4, 1), 3);
+        let claim = |m: u32, attempt: u32, signing: Hash| {
+            approve(&keys, m, (4, attempt), signing, Vec::new()).claim_of(m)
+        };
+        let mut forged = claim(1, 1, z);
+        forged.signature = claim(0, 1, z).signature;
+        let proofs: Vec<(&str, Vec<Claim>)> = vec![
+            ("none", Vec::new()),
+            ("short", vec![claim(0, 1, z)]),
+            ("of attempt 0", vec![claim(0, 1, z), claim(1, 0, x)]),
+            ("a member twice", vec![claim(0, 1, z), claim(0, 1, z)]),
+            ("forged", vec![claim(0, 1, z), forged]),
+        ];
+        let (ax, axb) = approval(h, &keys, 2, (4, 0), x, Vec::new());
+        for (what, proof) in proofs {
+            let (az, azb) = approval(h, &keys, 2, (4, 1), z, proof);
+            for approvals_first in [true, false] {
+                let mut d = watching(&g);
+                let mut found = Vec::new();
+                if approvals_first {
+                    found.extend(d.observe(&az, &azb));
+                    found.extend(d.observe(&ax, &axb));
+                    found.extend(d.note_proposal(4, x, 0, &xb));
+                    found.extend(d.note_proposal(4, z, 1, &zb));
+                } else {
+                    found.extend(d.note_proposal(4, z, 1, &zb));
+                    found.extend(d.note_proposal(4, x, 0, &xb));
+                    found.extend(d.observe(&ax, &axb));
+                    found.extend(d.observe(&az, &azb));
+                }
+                assert_eq!(found.len(), 1, "proof {what}");
+                found[0]
+                    .verify(&g, h, 1 << 20)
+                    .unwrap_or_else(|e| panic!("proof {what}: {e}"));
+            }
+        }
+        let (az, azb) = approval(h, &keys, 2, (4, 1), z, vec![claim(0, 1, z), claim(1, 1, z)]);
+        let mut d = watching(&g);
+        assert!(d.note_proposal(4, x, 0, &xb).is_empty());
+        assert!(d.note_proposal(4, z, 1, &zb).is_empty());
+        assert!(d.observe(&ax, &axb).is_none());
+        assert!(d.observe(&az, &azb).is_none(), "a move with its proof");
+        let allowed = Equivocation {
+            member: 2,
+            round: 4,
+            first: axb,
+            second: azb,
+            proposals: vec![
+                serde_bytes::ByteBuf::from(xb),
+                serde_bytes::ByteBuf::from(zb),
+            ],
+        };
+        assert!(matches!(
+            allowed.verify(&g, h, 1 << 20),
+            Err(EvidenceError::Approvals(r)) if r.contains("carries the proof")
+        ));
     }
 
     #[test]
@@ -600,12 +836,10 @@ mod tests {
         let (g, h, keys) = setup();
         let (x, xb) = proposal(h, &keys, 0, (4, 4, 0), 1);
         let (y, yb) = proposal(h, &keys, 0, (4, 4, 0), 2);
-        let (z, zb) = proposal(h, &keys, 1, (4, 4, 1), 3);
         let (w, wb) = proposal(h, &keys, 0, (4, 5, 0), 4);
-        let (_, ax) = approval(h, &keys, 2, 4, x);
-        let (_, ay) = approval(h, &keys, 2, 4, y);
-        let (_, az) = approval(h, &keys, 2, 4, z);
-        let (_, aw) = approval(h, &keys, 2, 4, w);
+        let (_, ax) = approval(h, &keys, 2, (4, 0), x, Vec::new());
+        let (_, ay) = approval(h, &keys, 2, (4, 0), y, Vec::new());
+        let (_, aw) = approval(h, &keys, 2, (5, 0), w, Vec::new());
         let bufs = |v: &[&Vec<u8>]| {
             v.iter()
                 .map(|b| serde_bytes::ByteBuf::from((*b).clone()))
@@ -633,19 +867,22 @@ mod tests {
             ..good.clone()
         };
         assert!(reason(&one).contains("two are needed"));
-        // A moved approval (attempts 0 and 1) and approvals at two heights prove nothing.
-        let moved = Equivocation {
-            second: az,
-            proposals: bufs(&[&xb, &zb]),
-            ..good.clone()
-        };
-        assert!(reason(&moved).contains("approving both is allowed"));
+        // Approvals at two heights prove nothing.
         let heights = Equivocation {
             second: aw,
             proposals: bufs(&[&xb, &wb]),
             ..good.clone()
         };
         assert!(reason(&heights).contains("approving both is allowed"));
+        // A claim of another attempt than the record's, or signed for another height.
+        for (at, what) in [((4, 1), "claim names attempt"), ((5, 0), "invalid signature")] {
+            let (_, wrong) = approval(h, &keys, 2, at, y, Vec::new());
+            let e = Equivocation {
+                second: wrong,
+                ..good.clone()
+            };
+            assert!(reason(&e).contains(what), "{}", reason(&e));
+        }
         // Not a proposal where one is needed.
         let not = Equivocation {
             proposals: bufs(&[&xb, &ay]),
@@ -676,7 +913,7 @@ mod tests {
             Err(EvidenceError::StrayProposals(2))
         ));
         // Another member's approvals cannot be blamed on member 2.
-        let (_, cx) = approval(h, &keys, 1, 4, x);
+        let (_, cx) = approval(h, &keys, 1, (4, 0), x, Vec::new());
         let framed = Equivocation {
             first: cx,
             ..good.clone()

@@ -15,7 +15,7 @@ use crate::aggregate::{self, AggregateError};
 use crate::audit::{Contribution, Entry, MemberSignature, Metrics, RoundRecord};
 use crate::crypto::{bls, hash::Hasher, identity, Hash};
 use crate::genesis::Genesis;
-use crate::wire::{Approval, Proposal, Update};
+use crate::wire::{claim_message, Approval, Claim, Proposal, Update};
 
 /// Largest FedAvg weight a member may claim; more is treated as a lie about its data.
 pub const MAX_SAMPLES: u64 = 1_000_000_000;
@@ -61,6 +61,31 @@ pub enum RoundError {
 pub struct Lock {
     pub signing_hash: Hash,
     pub attempt: u32,
+}
+
+/// How many members' approvals of later attempts release a lock at a height with `signers` active
+/// signers and threshold `threshold`: n − t + 1. With that many, at most t − 1 members remain who
+/// could ever approve the locked record, so it was not and will not be committed, and approving a
+/// later one is safe.
+pub fn unlock_needed(signers: usize, threshold: usize) -> usize {
+    (signers + 1).saturating_sub(threshold).max(1)
+}
+
+/// The signers' public keys, by member index: what checks the claims of a moved approval.
+pub fn signer_keys(genesis: &Genesis) -> Vec<identity::PublicKey> {
+    genesis.members.iter().map(|m| m.public_key).collect()
+}
+
+/// The number of active signers of a record (members below `members`, the genesis member count):
+/// its participants and dropouts partition the round's active members.
+pub fn record_signers(members: usize, r: &crate::audit::RoundRecord) -> usize {
+    r.participants
+        .iter()
+        .map(|c| c.member)
+        .chain(r.dropouts.iter().copied())
+        .filter(|m| (*m as usize) < members)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
 }
 
 /// Most approvals kept per member and height: one per attempt at most for an honest member.
@@ -547,20 +572,30 @@ impl Round {
     /// approve one record per attempt and move only to later attempts, so none of them will
     /// ever approve the locked record.
     pub fn unlock_support(&self, lock: &Lock) -> std::collections::BTreeSet<u32> {
-        self.approvals
-            .keys()
-            .filter(|(_, h)| {
-                *h != lock.signing_hash && self.attempts.get(h).is_some_and(|a| *a > lock.attempt)
-            })
-            .map(|(m, _)| *m)
-            .collect()
+        self.support_claims(lock).into_iter().map(|c| c.member).collect()
+    }
+
+    /// One claim per member of [`Round::unlock_support`]: the proof a moved approval carries.
+    /// Only approvals whose claimed attempt is the one their proposal showed count.
+    fn support_claims(&self, lock: &Lock) -> Vec<Claim> {
+        let mut claims: Vec<Claim> = Vec::new();
+        for ((m, h), a) in &self.approvals {
+            let later = *h != lock.signing_hash
+                && self
+                    .attempts
+                    .get(h)
+                    .is_some_and(|x| *x > lock.attempt && *x == a.attempt);
+            if later && claims.last().is_none_or(|c| c.member != *m) {
+                claims.push(a.claim_of(*m));
+            }
+        }
+        claims
     }
 
     /// How many members' approvals of later attempts release a lock: n − t + 1 of the n active
-    /// signers. With that many, at most t − 1 members remain who could ever approve the locked
-    /// record, so it was not and will not be committed, and approving a later one is safe.
+    /// signers ([`unlock_needed`]).
     pub fn unlock_needed(&self) -> usize {
-        (self.signers + 1).saturating_sub(self.threshold).max(1)
+        unlock_needed(self.signers, self.threshold)
     }
 
     /// Move this member's lock to the kept later proposal once [`Round::unlock_needed`] members
@@ -594,11 +629,13 @@ impl Round {
             signing_hash: *h,
             attempt: p.record.attempt,
         };
+        let mut support = Vec::new();
         if let Some(prev) = self.approved {
-            let moved = lock.attempt > prev.attempt
-                && self.unlock_support(&prev).len() >= self.unlock_needed();
-            if prev.signing_hash != lock.signing_hash && !moved {
-                return Err(RoundError::AlreadyApproved);
+            if prev.signing_hash != lock.signing_hash {
+                support = self.support_claims(&prev);
+                if lock.attempt <= prev.attempt || support.len() < self.unlock_needed() {
+                    return Err(RoundError::AlreadyApproved);
+                }
             }
         }
         self.approved = Some(lock);
@@ -607,6 +644,9 @@ impl Round {
             signing_hash: h,
             signature: key.sign(h.as_bytes()),
             bls_share: share.sign(h.as_bytes()).to_bytes().to_vec(),
+            attempt: lock.attempt,
+            claim: key.sign(claim_message(self.height, h, lock.attempt).as_bytes()),
+            support,
         })
     }
 
@@ -651,22 +691,61 @@ impl Round {
         if self.approvals.contains_key(&(sender, a.signing_hash)) {
             return Ok(Added::Duplicate);
         }
-        // A member may have moved its lock: one approval per attempt at most, so never more
-        // approvals than attempts, and never two for records of the same (known) attempt.
-        let held: Vec<Hash> = self
+        member
+            .public_key
+            .verify(
+                claim_message(self.height, a.signing_hash, a.attempt).as_bytes(),
+                &a.claim,
+            )
+            .map_err(|_| RoundError::BadApproval {
+                culprit,
+                which: "attempt claim",
+            })?;
+        if self
+            .attempts
+            .get(&a.signing_hash)
+            .is_some_and(|x| *x != a.attempt)
+        {
+            return Err(RoundError::BadApproval {
+                culprit,
+                which: "attempt claim (not the proposal's attempt)",
+            });
+        }
+        // A member may have moved its approval: one approval per attempt at most, and between
+        // two attempts only with the later approval's proof (claims of n − t + 1 members).
+        let held: Vec<&Approval> = self
             .approvals
             .range((sender, Hash::ZERO)..)
             .take_while(|((m, _), _)| *m == sender)
-            .map(|((_, h), _)| *h)
+            .map(|(_, x)| x)
             .collect();
-        let attempt = self.attempts.get(&a.signing_hash);
-        let same_attempt =
-            attempt.is_some() && held.iter().any(|h| self.attempts.get(h) == attempt);
-        if same_attempt || held.len() >= approval_cap(self.order.len()) {
+        if held.len() >= approval_cap(self.order.len()) {
             return Err(RoundError::Equivocation {
                 culprit,
                 what: "approval",
             });
+        }
+        let keys = if held.is_empty() {
+            Vec::new()
+        } else {
+            signer_keys(genesis)
+        };
+        for x in &held {
+            let (early, late) = if x.attempt < a.attempt {
+                (*x, &a)
+            } else {
+                (&a, *x)
+            };
+            let unproven = early.attempt == late.attempt
+                || late
+                    .proves_move(early.attempt, self.height, &keys, self.unlock_needed())
+                    .is_err();
+            if unproven {
+                return Err(RoundError::Equivocation {
+                    culprit,
+                    what: "approval",
+                });
+            }
         }
         member
             .public_key
@@ -967,11 +1046,37 @@ mod tests {
         for (m, x) in &approvals_b {
             rs[1].add_approval(&g, &set, *m, x.clone()).unwrap();
         }
-        rs[1].add_approval(&g, &set, 0, lock_a).unwrap();
+        rs[1].add_approval(&g, &set, 0, lock_a.clone()).unwrap();
         assert!(rs[1].try_commit(&set).is_none());
-        rs[1].add_approval(&g, &set, 0, moved).unwrap();
+        // The moved approval carries its proof: members 1 and 2's claims of attempt 1.
+        let proof: Vec<u32> = moved.support.iter().map(|c| c.member).collect();
+        assert_eq!((proof, moved.attempt), (vec![1, 2], 1));
+        // Without it, or with a claim of another attempt than the record's, it is refused.
+        let mut bare = moved.clone();
+        bare.support.truncate(1);
+        assert!(matches!(
+            rs[1].add_approval(&g, &set, 0, bare),
+            Err(RoundError::Equivocation { culprit: 0, .. })
+        ));
+        let mut misclaimed = moved.clone();
+        misclaimed.attempt = 0;
+        assert!(matches!(
+            rs[1].add_approval(&g, &set, 0, misclaimed),
+            Err(RoundError::BadApproval { culprit: 0, .. })
+        ));
+        rs[1].add_approval(&g, &set, 0, moved.clone()).unwrap();
         let entry = rs[1].try_commit(&set).expect("3 approvals of attempt 1");
         assert_eq!(entry.record().unwrap().attempt, 1);
+        // The order of arrival does not matter: the moved approval first, then the earlier one.
+        rs[3].note_attempt(ca, &a, a.entry().signing_hash());
+        rs[3].note_attempt(cb, &b, b.entry().signing_hash());
+        let mut bare = moved.clone();
+        bare.support.clear();
+        rs[3].add_approval(&g, &set, 0, bare).unwrap();
+        assert!(matches!(
+            rs[3].add_approval(&g, &set, 0, lock_a),
+            Err(RoundError::Equivocation { culprit: 0, .. })
+        ));
     }
 
     #[test]
@@ -982,7 +1087,7 @@ mod tests {
         let c = proposal_of(&rs[0], 2);
         // Member 0 is locked on attempt 1's record; the others approved attempt 0's.
         rs[0].set_proposal(b.clone());
-        rs[0].approve(&keys[0], &shares[0]).unwrap();
+        let b0 = rs[0].approve(&keys[0], &shares[0]).unwrap();
         assert!(!rs[0].offer_later(a.clone()), "attempt 0 is earlier");
         for m in [1usize, 2, 3] {
             rs[m].set_proposal(a.clone());
@@ -990,10 +1095,14 @@ mod tests {
             rs[0].add_approval(&g, &set, m as u32, x).unwrap();
         }
         // It never learnt attempt 2's frame from its coordinator: approvals of it do not count.
+        // (Members 1 and 2 moved from attempt 0 with the claims of members 0 and 3.)
         let (_, _, _, _, mut others) = split_setup(4);
+        others[3].set_proposal(c.clone());
+        let c3 = others[3].approve(&keys[3], &shares[3]).unwrap();
         for m in [1usize, 2] {
             others[m].set_proposal(c.clone());
-            let x = others[m].approve(&keys[m], &shares[m]).unwrap();
+            let mut x = others[m].approve(&keys[m], &shares[m]).unwrap();
+            x.support = vec![b0.claim_of(0), c3.claim_of(3)];
             rs[0].add_approval(&g, &set, m as u32, x).unwrap();
         }
         assert!(rs[0].unlock_support(&rs[0].lock().unwrap()).is_empty());

@@ -64,12 +64,102 @@ impl Proposal {
     }
 }
 
-/// A member's approval of a proposal: ed25519 signature and BLS share over the entry's signing hash.
+/// A member's approval of a proposal: ed25519 signature and BLS share over the entry's signing
+/// hash, and a signed claim of the record's attempt. An honest member approves at most one record
+/// per attempt of a height and moves its approval only to a later attempt, once n − t + 1 members
+/// approved records of later attempts than its own ([`crate::round::Round::try_move`]); a moved
+/// approval carries those members' claims as its proof (`support`), so that a member that approved
+/// records of two attempts without it is caught ([`crate::evidence`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Approval {
     pub signing_hash: Hash,
     pub signature: identity::Signature,
     pub bls_share: Vec<u8>,
+    /// The approved record's attempt.
+    pub attempt: u32,
+    /// The approver's signature over [`claim_message`] (height, signing hash, attempt).
+    pub claim: identity::Signature,
+    /// Only when the approval moved from a record of an earlier attempt: the claims of members
+    /// that approved records of attempts later than that one, at least n − t + 1 of them.
+    pub support: Vec<Claim>,
+}
+
+/// A member's signed statement that it approved the record with `signing_hash`, of `attempt`, at
+/// the height the claim was signed for (the approval's [`Approval::claim`], detached to be shown as
+/// part of someone else's proof).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claim {
+    pub member: u32,
+    pub signing_hash: Hash,
+    pub attempt: u32,
+    pub signature: identity::Signature,
+}
+
+/// What an approver signs to claim the attempt of the record it approves at `height`.
+pub fn claim_message(height: u64, signing_hash: Hash, attempt: u32) -> Hash {
+    let mut h = Hasher::new("fedmesh approval claim v1");
+    h.update(&height.to_le_bytes());
+    h.update(signing_hash.as_bytes());
+    h.update(&attempt.to_le_bytes());
+    h.finalize()
+}
+
+impl Approval {
+    /// This approval's claim, as member `member` signed it.
+    pub fn claim_of(&self, member: u32) -> Claim {
+        Claim {
+            member,
+            signing_hash: self.signing_hash,
+            attempt: self.attempt,
+            signature: self.claim,
+        }
+    }
+
+    /// Whether `support` proves that the approver could move its approval from a record of
+    /// `from` to this one at `height`: this approval is of a later attempt, and at least `needed`
+    /// distinct genesis members (`keys`, by member index) claim with valid signatures to have
+    /// approved records of attempts later than `from` at this height. With n − t + 1 such members, at most t − 1 remain that
+    /// could ever approve the earlier record, so it could not be committed.
+    pub fn proves_move(
+        &self,
+        from: u32,
+        height: u64,
+        keys: &[identity::PublicKey],
+        needed: usize,
+    ) -> Result<(), String> {
+        if self.attempt <= from {
+            return Err(format!(
+                "attempt {} is not later than attempt {from}",
+                self.attempt
+            ));
+        }
+        let mut members = std::collections::BTreeSet::new();
+        for c in &self.support {
+            let Some(key) = keys.get(c.member as usize) else {
+                return Err(format!("the proof names member {}, not a signer", c.member));
+            };
+            if c.attempt <= from {
+                return Err(format!(
+                    "member {}'s claim is of attempt {}, not later than {from}",
+                    c.member, c.attempt
+                ));
+            }
+            let msg = claim_message(height, c.signing_hash, c.attempt);
+            if key.verify(msg.as_bytes(), &c.signature).is_err() {
+                return Err(format!("member {}'s claim has an invalid signature", c.member));
+            }
+            if !members.insert(c.member) {
+                return Err(format!("the proof names member {} twice", c.member));
+            }
+        }
+        if members.len() < needed {
+            return Err(format!(
+                "the proof holds {} claims of later attempts, {needed} are needed",
+                members.len()
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A member's log head, announced periodically so that lagging members notice and catch up.

@@ -200,12 +200,47 @@ fn plain_double_approval_is_recorded_in_the_next_record() {
     }
 }
 
+/// Mode plain, a double signer across attempts: round 1's second coordinator approves attempt
+/// 0's record, then proposes the round as attempt 1 and approves that too, without the claims of
+/// n − t + 1 members that an honest member's moved approval carries. The others refuse the second
+/// approval, round 1 commits attempt 0's record, round 2's record carries the evidence, `audit
+/// verify` checks it, and every honest member counts it in the member's anomaly score.
+#[test]
+fn plain_move_without_proof_is_recorded_in_the_next_record() {
+    let mut net = Testnet::with_config(4, 3, 8_000, SMALL_MODEL);
+    let second = coordinator(&net, 1);
+    net.set_fault(second, 1, "move_unproven");
+    net.start_all();
+    net.wait_all(RUN_TIMEOUT);
+    assert_eq!(net.rounds(0).len(), 3, "{}", net.tail_logs());
+    net.assert_logs_agree();
+    let records = audit_show(&net, 0);
+    assert_eq!(records[1]["attempt"].as_u64(), Some(0), "{}", records[1]);
+    assert_eq!(
+        assert_recorded_once(&records, 1, second as u64),
+        2,
+        "{}",
+        net.tail_logs()
+    );
+    let honest: Vec<usize> = (0..4).filter(|i| *i != second).collect();
+    assert_caught(&net, &honest, second as u64);
+    for i in 0..4 {
+        let (ok, v) = net.verify(i);
+        assert!(ok && v["ok"] == true, "node {i}'s log does not verify: {v}");
+    }
+}
+
 /// Round 1's first coordinator (the order is drawn from the genesis head).
 fn first_coordinator(net: &Testnet) -> usize {
+    coordinator(net, 0)
+}
+
+/// Round 1's coordinator of `attempt` (the order is drawn from the genesis head).
+fn coordinator(net: &Testnet, attempt: usize) -> usize {
     let bytes = std::fs::read(net.net().join("genesis.toml")).unwrap();
     let (genesis, _) = fedmesh_protocol::genesis::Genesis::parse(&bytes).unwrap();
     let head = fedmesh_protocol::audit::Entry::genesis(&bytes).hash();
-    fedmesh_protocol::round::coordinator_order(&genesis, head, &[0, 1, 2, 3])[0] as usize
+    fedmesh_protocol::round::coordinator_order(&genesis, head, &[0, 1, 2, 3])[attempt] as usize
 }
 
 /// Mode plain, the approval lock: round 1's first coordinator proposes a record the others refuse

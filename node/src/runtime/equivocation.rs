@@ -37,15 +37,16 @@ pub(super) fn observe(
     detector.caught(env.sender)
 }
 
-/// Log members caught approving two records of one attempt. They are not left out of the round
-/// (their updates were judged before the approvals); the evidence waits for the next record
+/// Log members caught approving two records of one height against the rules (two of one
+/// attempt, or of a later attempt without the proof of the move). They are not left out of the
+/// round (their updates were judged before the approvals); the evidence waits for the next record
 /// ([`Late::retire`]) and then counts in their anomaly scores like any other.
 pub(super) fn approvals_caught(found: &[Equivocation]) {
     for e in found {
         tracing::warn!(
             round = e.round,
             culprit = e.member,
-            "EQUIVOCATION: member approved two different records of one attempt; recording the evidence in the next record"
+            "EQUIVOCATION: member approved two records of one height (one attempt, or a later one without the proof); recording the evidence in the next record"
         );
     }
 }
@@ -358,7 +359,8 @@ mod tests {
     /// the next record may carry it.
     #[test]
     fn a_late_proposal_completes_approval_evidence() {
-        use fedmesh_protocol::wire::{Approval, Proposal};
+        use fedmesh_protocol::evidence::Signers;
+        use fedmesh_protocol::wire::{claim_message, Approval, Proposal};
         let keys: Vec<SecretKey> = (0..4u8).map(|i| SecretKey::from_seed([i; 32])).collect();
         let proposal = |stamp: u64| {
             let mut record = RoundRecord::new(4, Mode::Plain, Hash::ZERO, Hash::ZERO);
@@ -378,6 +380,9 @@ mod tests {
                 signing_hash: h,
                 signature: keys[3].sign(h.as_bytes()),
                 bls_share: Vec::new(),
+                attempt: 0,
+                claim: keys[3].sign(claim_message(4, h, 0).as_bytes()),
+                support: Vec::new(),
             };
             let env = Envelope::seal(Hash::ZERO, 3, 4, Payload::Approval(a), &keys[3]);
             let bytes = env.encode();
@@ -385,7 +390,12 @@ mod tests {
         };
         let (x, _, xb) = proposal(1);
         let (y, ye, yb) = proposal(2);
-        let mut d = Detector::new();
+        let mut d = Detector::watching_approvals(Signers {
+            height: 4,
+            keys: keys.iter().map(|k| k.public()).collect(),
+            threshold: 3,
+            members: 4,
+        });
         assert!(d.note_proposal(4, x, 0, &xb).is_empty());
         for (env, bytes) in [approval(x), approval(y)] {
             assert!(d.observe(&env, &bytes).is_none());

@@ -6,9 +6,13 @@
 //! its keys, in mode paillier after sending its encrypted update; it stays connected and keeps
 //! following the network) or, as attempt 0's coordinator, proposes two records for its attempt
 //! and approves both (`double_approve`: the double signer that could otherwise make two records
-//! of one height reach the threshold). Honest nodes never take these paths.
+//! of one height reach the threshold) or, as attempt 1's coordinator, approves attempt 0's record
+//! and then proposes and approves its own record of attempt 1 without the proof that moving was
+//! allowed (`move_unproven`). Honest nodes never take these paths.
 
-use fedmesh_protocol::wire::{Approval, Envelope, PaillierMsg, Payload, SecaggMsg};
+use fedmesh_protocol::wire::{
+    claim_message, Approval, Envelope, PaillierMsg, Payload, Proposal, SecaggMsg,
+};
 
 use super::Runtime;
 
@@ -118,32 +122,70 @@ impl Runtime {
         let Some(p) = self.current.as_ref().and_then(|c| c.state.proposal()) else {
             return;
         };
-        let Some(share) = self.ctx.keys.bls.as_ref() else {
-            return;
-        };
         if p.record.attempt != 0 {
             return;
         }
         let mut other = p.clone();
         other.record.proposed_at_ms += 1;
-        let h = other.entry().signing_hash();
-        let approval = Approval {
-            signing_hash: h,
-            signature: self.ctx.keys.identity.sign(h.as_bytes()),
-            bls_share: share.sign(h.as_bytes()).to_bytes().to_vec(),
-        };
         tracing::warn!(
             round,
             "fault injection: proposing a second record of attempt 0 and approving both"
         );
+        self.propose_and_approve_unchecked(round, other).await;
+    }
+
+    /// Fault `move_unproven`: as attempt 1's coordinator, right after approving attempt 0's
+    /// record, propose the same round as attempt 1 and approve that too, with no proof that the
+    /// first record could no longer be committed (an honest member moves only with the claims
+    /// of n − t + 1 members, [`fedmesh_protocol::round::Round::try_move`]).
+    pub(super) async fn move_unproven(&mut self, round: u64) {
+        if !self.fault_now(round, "move_unproven") {
+            return;
+        }
         let me = self.me();
+        let Some(cur) = self.current.as_ref() else {
+            return;
+        };
+        let Some(p) = cur.state.proposal() else {
+            return;
+        };
+        if p.record.attempt != 0 || cur.state.coordinator(1) != me {
+            return;
+        }
+        let mut later = p.clone();
+        later.record.attempt = 1;
+        later.record.coordinator = me;
+        later.record.proposed_at_ms += 1;
+        tracing::warn!(
+            round,
+            "fault injection: approving a record of attempt 1 after attempt 0's, without the proof"
+        );
+        self.propose_and_approve_unchecked(round, later).await;
+    }
+
+    /// Gossip `p` as this member's proposal and an approval of it, signed here directly (the
+    /// round's rules would refuse it).
+    async fn propose_and_approve_unchecked(&mut self, round: u64, p: Proposal) {
+        let Some(share) = self.ctx.keys.bls.as_ref() else {
+            return;
+        };
+        let h = p.entry().signing_hash();
         let key = &self.ctx.keys.identity;
+        let approval = Approval {
+            signing_hash: h,
+            signature: key.sign(h.as_bytes()),
+            bls_share: share.sign(h.as_bytes()).to_bytes().to_vec(),
+            attempt: p.record.attempt,
+            claim: key.sign(claim_message(p.height, h, p.record.attempt).as_bytes()),
+            support: Vec::new(),
+        };
+        let me = self.me();
         let genesis = self.ctx.genesis_hash;
-        let proposal = Envelope::seal(genesis, me, round, Payload::Proposal(Box::new(other)), key);
+        let proposal = Envelope::seal(genesis, me, round, Payload::Proposal(Box::new(p)), key);
         let approval = Envelope::seal(genesis, me, round, Payload::Approval(approval), key);
         for bytes in [proposal.encode(), approval.encode()] {
             if let Err(e) = self.publish_or_keep(round, bytes).await {
-                tracing::debug!(error = %e, "double approval not published yet; retrying");
+                tracing::debug!(error = %e, "hostile approval not published yet; retrying");
             }
         }
     }

@@ -734,6 +734,7 @@ impl Runtime {
             // Fault injection: die before doing anything in the round this node coordinates.
             self.ctx.fault_now(round, "coordinating");
         }
+        let signers = fedmesh_protocol::evidence::Signers::of(&self.ctx.genesis, state.height);
         let mut cur = Current {
             state,
             started: Instant::now(),
@@ -750,7 +751,7 @@ impl Runtime {
             secure: None,
             secure_input: None,
             paillier: None,
-            detector: Default::default(),
+            detector: fedmesh_protocol::evidence::Detector::watching_approvals(signers),
         };
         if self.secure_mode() {
             cur.secure = Self::new_session(&self.ctx, &cur.state, 0);
@@ -1019,6 +1020,14 @@ impl Runtime {
             return;
         };
         if cur.evaluating || cur.state.proposal().is_some() || cur.state.update_count() == 0 {
+            return;
+        }
+        if cur.unpublished.is_some() {
+            // The coordinator's own update goes out before its proposal: the others then have it
+            // by gossip instead of fetching it when the proposal names it. (An update that cannot
+            // be gossiped means no subscribed peer, and then neither can a proposal.) Fault
+            // `equivocate_late` holds the update back, and with it the proposal: otherwise a
+            // faulty coordinator's next record could beat its own late second update.
             return;
         }
         let elapsed = cur.started.elapsed();
@@ -1487,6 +1496,7 @@ impl Runtime {
             tracing::warn!(error = %e, "could not publish the approval yet; retrying");
         }
         self.ctx.fault(round, "approved").await;
+        self.move_unproven(round).await;
         self.try_commit().await;
     }
 
