@@ -1368,6 +1368,27 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     out.push(("bulk", with_mode(8, &ann.encode()[..20])));
     let env = Envelope::seal(net.genesis_hash, 1, 1, status_payload(), &net.keys[1]);
     out.push(("bulk", with_mode(8, &env.encode())));
+
+    // A moved approval (attempt 1, with the claims of two members), appended last so that the
+    // earlier seeds keep their file names.
+    let h = Hash::of("fuzz", b"record");
+    let claim = |m: usize| wire::Claim {
+        member: m as u32,
+        signing_hash: h,
+        attempt: 1,
+        signature: net.keys[m].sign(wire::claim_message(1, h, 1).as_bytes()),
+    };
+    let approval = Payload::Approval(wire::Approval {
+        signing_hash: h,
+        signature: net.keys[1].sign(h.as_bytes()),
+        bls_share: vec![3; 96],
+        attempt: 1,
+        claim: net.keys[1].sign(wire::claim_message(1, h, 1).as_bytes()),
+        support: vec![claim(0), claim(2)],
+    });
+    let env = Envelope::seal(net.genesis_hash, 1, 1, approval.clone(), &net.keys[1]);
+    out.push(("wire", with_mode(0x80, &env.encode())));
+    out.push(("wire", with_mode(3 + 4, &codec::encode(&approval))));
     out
 }
 
