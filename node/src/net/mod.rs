@@ -193,11 +193,15 @@ impl Handle {
         rx.await.map_err(|_| "network task stopped".to_string())?
     }
 
-    /// Forget the bulk bodies stored more than [`BULK_KEEP_AT_ROUND_START`] ago: call when a
-    /// round starts, before the heap trim, so that the last round's bodies are not what the trim
-    /// finds held. Synchronous (the store is shared), so the trim that follows sees them freed.
-    pub fn release_bulk(&self) {
-        self.store.release(Instant::now(), BULK_KEEP_AT_ROUND_START);
+    /// Forget the last round's bulk bodies: those whose digests are in `finished` (bodies the
+    /// runtime took for the round now over: `blake3` of the message), this node's own published
+    /// since the last call, and any stored more than [`BULK_KEEP_AT_ROUND_START`] ago. Call when
+    /// a round starts, before the heap trim, so that the last round's bodies are not what the
+    /// trim finds held. Synchronous (the store is shared), so the trim that follows sees them
+    /// freed.
+    pub fn release_bulk(&self, finished: &[[u8; 32]]) {
+        self.store
+            .release(Instant::now(), BULK_KEEP_AT_ROUND_START, finished);
     }
 
     /// Report the verdict on a gossip message (exactly once per [`Event::Gossip`]).
@@ -445,6 +449,10 @@ struct Fetch {
 /// late may already hold the next round's first bodies, which its peers may still fetch from it.
 pub const BULK_KEEP_AT_ROUND_START: Duration = Duration::from_secs(1);
 
+/// The most bulk bodies the store holds at once (so also the most a round can name to
+/// [`Handle::release_bulk`]).
+pub const MAX_BULK_BODIES: usize = bulk::MAX_BODIES;
+
 /// How long a peer that served a wrong body is not asked for bodies.
 const DISTRUST: Duration = Duration::from_secs(60);
 
@@ -531,7 +539,10 @@ impl Task {
             }
             let a = Announcement::of(&data);
             let len = data.len();
-            if !self.store.insert(a.digest, Arc::new(data), Instant::now()) {
+            if !self
+                .store
+                .insert_own(a.digest, Arc::new(data), Instant::now())
+            {
                 return Err(format!(
                     "a message of {len} bytes does not fit the bulk store ({} bytes)",
                     self.max_message_bytes
