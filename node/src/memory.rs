@@ -10,7 +10,8 @@
 //! allocated during a burst then pin the heap's high pages, the free space stays with the
 //! process, and the resident set rises in steps and stays at the largest burst so far.
 //!
-//! Two remedies, both glibc-only and set here in one place:
+//! Three remedies, all glibc-only and set here in one place ([`limit_arenas`] is the third: one
+//! malloc arena for all threads):
 //! - [`init`] fixes the mmap threshold (`mallopt(M_MMAP_THRESHOLD)`) just above the largest
 //!   tensor local training allocates ([`mmap_threshold`]), which also turns the dynamic raise
 //!   off: every whole-model buffer (an update, a message carrying one, a mask, a checkpoint) is
@@ -32,10 +33,13 @@
 //! experiment, and what is left). What the node itself holds at the trim and what grows there
 //! over a soak is mostly libp2p's per-connection gossip buffers (each stream's read and write
 //! buffer keeps the size of the largest frames it has carried, a model or two), which no
-//! allocator setting returns; jemalloc was tried and did no better.
+//! allocator setting returns; jemalloc was tried and did no better. (Since bulk transfer keeps
+//! model-sized messages off gossip, those buffers stay small; what grew in a secagg soak after
+//! that was small objects spread over glibc's per-thread arenas, which [`limit_arenas`] answers.)
 //!
 //! Environment (read once):
-//! - `FEDMESH_MALLOC_RELEASE=0` turns both off (glibc's defaults; to measure what they do).
+//! - `FEDMESH_MALLOC_RELEASE=0` turns all three off (glibc's defaults; to measure what they do).
+//!   glibc's own `MALLOC_ARENA_MAX` (or `GLIBC_TUNABLES`), when set, overrides [`limit_arenas`].
 //! - `FEDMESH_MEMTRACE=1` logs, at every [`trace`] point and every [`release`], the RSS and
 //!   glibc's `mallinfo2` counters (target `memtrace`, level info), and what each trim cost.
 //! - `FEDMESH_DIAG_EXIT_AFTER_ROUND=R` is **diagnostic only**, for heap profiles: the node exits

@@ -445,8 +445,9 @@ struct Fetch {
     deadline: Instant,
 }
 
-/// Bulk bodies younger than this survive [`Handle::release_bulk`]: a node that starts its round
-/// late may already hold the next round's first bodies, which its peers may still fetch from it.
+/// Bulk bodies younger than this survive [`Handle::release_bulk`] unless the runtime names them
+/// as the finished round's or this node published them: a node that starts its round late may
+/// already hold the next round's first bodies, which its peers may still fetch from it.
 pub const BULK_KEEP_AT_ROUND_START: Duration = Duration::from_secs(1);
 
 /// The most bulk bodies the store holds at once (so also the most a round can name to
