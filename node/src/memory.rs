@@ -221,7 +221,7 @@ pub(crate) const ARENAS: usize = 1;
 /// lifetimes in theirs; after a trim each arena keeps its own partly used pages, and over a
 /// 100-round secagg soak the arenas went from 10 to 17 MB (RELIABILITY.md, Soak, Session 8).
 /// With one arena the free space of one thread's burst is reused by the next, and the soak's
-/// arenas grew 5–6 → 10 MB instead, ending 4–5 MiB lower. Per-thread caches (glibc's tcache)
+/// arenas grew 5–7 → 9–13 MB instead, the RSS 2–6 MiB lower. Per-thread caches (glibc's tcache)
 /// still serve most small allocations without the arena's lock.
 /// Returns false only if glibc refused the setting (the caller logs it once logging is up).
 pub(crate) fn limit_arenas() -> bool {
