@@ -10,7 +10,8 @@
 //! allocated during a burst then pin the heap's high pages, the free space stays with the
 //! process, and the resident set rises in steps and stays at the largest burst so far.
 //!
-//! Two remedies, both glibc-only and set here in one place:
+//! Three remedies, all glibc-only and set here in one place ([`limit_arenas`] is the third: one
+//! malloc arena for all threads):
 //! - [`init`] fixes the mmap threshold (`mallopt(M_MMAP_THRESHOLD)`) just above the largest
 //!   tensor local training allocates ([`mmap_threshold`]), which also turns the dynamic raise
 //!   off: every whole-model buffer (an update, a message carrying one, a mask, a checkpoint) is
@@ -32,10 +33,13 @@
 //! experiment, and what is left). What the node itself holds at the trim and what grows there
 //! over a soak is mostly libp2p's per-connection gossip buffers (each stream's read and write
 //! buffer keeps the size of the largest frames it has carried, a model or two), which no
-//! allocator setting returns; jemalloc was tried and did no better.
+//! allocator setting returns; jemalloc was tried and did no better. (Since bulk transfer keeps
+//! model-sized messages off gossip, those buffers stay small; what grew in a secagg soak after
+//! that was small objects spread over glibc's per-thread arenas, which [`limit_arenas`] answers.)
 //!
 //! Environment (read once):
-//! - `FEDMESH_MALLOC_RELEASE=0` turns both off (glibc's defaults; to measure what they do).
+//! - `FEDMESH_MALLOC_RELEASE=0` turns all three off (glibc's defaults; to measure what they do).
+//!   glibc's own `MALLOC_ARENA_MAX` (or `GLIBC_TUNABLES`), when set, overrides [`limit_arenas`].
 //! - `FEDMESH_MEMTRACE=1` logs, at every [`trace`] point and every [`release`], the RSS and
 //!   glibc's `mallinfo2` counters (target `memtrace`, level info), and what each trim cost.
 //! - `FEDMESH_DIAG_EXIT_AFTER_ROUND=R` is **diagnostic only**, for heap profiles: the node exits
@@ -205,6 +209,46 @@ pub(crate) fn init(threshold: usize) {
     trace("start");
 }
 
+/// How many malloc arenas the node's threads share ([`limit_arenas`]).
+pub(crate) const ARENAS: usize = 1;
+
+/// Make every thread allocate from one malloc arena (`mallopt(M_ARENA_MAX, 1)`), unless
+/// `FEDMESH_MALLOC_RELEASE=0` or the operator set glibc's own `MALLOC_ARENA_MAX` or
+/// `GLIBC_TUNABLES`. Call first, before the node starts threads: an arena, once made, stays.
+///
+/// Why: glibc gives threads their own arenas (up to 8 per core, 16 here), and a node's threads
+/// (tokio's workers, sled's, training's blocking threads) each keep small objects of different
+/// lifetimes in theirs; after a trim each arena keeps its own partly used pages, and over a
+/// 100-round secagg soak the arenas went from 10 to 17 MB (RELIABILITY.md, Soak, Session 8).
+/// With one arena the free space of one thread's burst is reused by the next, and the soak's
+/// arenas grew 5–7 → 9–13 MB instead, the RSS 2–6 MiB lower. Per-thread caches (glibc's tcache)
+/// still serve most small allocations without the arena's lock.
+/// Returns false only if glibc refused the setting (the caller logs it once logging is up).
+pub(crate) fn limit_arenas() -> bool {
+    if !settings().release
+        || std::env::var_os("MALLOC_ARENA_MAX").is_some()
+        || std::env::var_os("GLIBC_TUNABLES").is_some()
+    {
+        return true;
+    }
+    set_arena_max(ARENAS)
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn set_arena_max(arenas: usize) -> bool {
+    let Ok(value) = libc::c_int::try_from(arenas) else {
+        return false;
+    };
+    // SAFETY: `mallopt` only changes an allocator parameter (under its lock); any positive
+    // M_ARENA_MAX is valid (it caps arenas made from now on). It returns 1 on success.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, value) == 1 }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn set_arena_max(_arenas: usize) -> bool {
+    true
+}
+
 /// Free space at the top of a heap from which glibc's `free` shrinks the heap by itself. Fixing
 /// the mmap threshold also fixes this one (at 128 KiB, with no dynamic raise), and then every
 /// training step shrank and regrew its heap by a layer's size, page-faulting each time (a
@@ -367,6 +411,55 @@ mod tests {
         assert_eq!(parse_status("VmRSS: lots kB\n"), None);
         let now = resident().expect("linux");
         assert!(now.total_kib > 0 && now.anon_kib <= now.total_kib);
+    }
+
+    /// The arenas glibc has made so far (`malloc_info`'s `<heap nr=…>` elements).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn arenas() -> usize {
+        use std::io::{Read, Seek};
+        use std::os::fd::FromRawFd;
+        // SAFETY: `tmpfile` returns an open stream or null; `malloc_info` writes its XML to it;
+        // `fflush` pushes the stream's buffer to the file, whose descriptor is then duplicated
+        // so that `fclose` (which closes the original) leaves our copy valid.
+        let mut file = unsafe {
+            let stream = libc::tmpfile();
+            assert!(!stream.is_null(), "tmpfile");
+            assert_eq!(libc::malloc_info(0, stream), 0);
+            assert_eq!(libc::fflush(stream), 0);
+            let fd = libc::dup(libc::fileno(stream));
+            libc::fclose(stream);
+            assert!(fd >= 0, "dup");
+            std::fs::File::from_raw_fd(fd)
+        };
+        file.rewind().unwrap();
+        let mut xml = String::new();
+        file.read_to_string(&mut xml).unwrap();
+        xml.matches("<heap nr=").count()
+    }
+
+    /// After `limit_arenas`, threads that allocate at the same time make no new arena (glibc's
+    /// default would give each new thread its own, up to 8 per core).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn new_threads_share_the_arenas() {
+        assert!(set_arena_max(ARENAS));
+        let before = arenas();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let held: Vec<Vec<u8>> =
+                        (0..2000).map(|j| vec![i as u8; 64 + j % 512]).collect();
+                    std::hint::black_box(held).len()
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(arenas(), before, "new threads made arenas of their own");
     }
 
     /// A burst of freed model-sized blocks that glibc kept is given back by `release`: the

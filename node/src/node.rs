@@ -20,7 +20,15 @@ pub fn run(cfg: config::Node) -> anyhow::Result<()> {
     if cfg.threads > 0 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", cfg.threads.to_string());
     }
+    // Before any thread is started (logging's included): arenas, once made, stay.
+    let arenas_limited = crate::memory::limit_arenas();
     init_logging();
+    if !arenas_limited {
+        tracing::warn!(
+            arenas = crate::memory::ARENAS,
+            "could not limit the allocator's arenas; memory may grow over a long run"
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

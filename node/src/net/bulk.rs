@@ -56,6 +56,8 @@ pub type Digest = [u8; 32];
 pub struct Store {
     bodies: HashMap<Digest, (Arc<Vec<u8>>, Instant)>,
     order: VecDeque<(Digest, Instant)>,
+    /// This node's own bodies published since the last [`Store::release`]: its last round's.
+    own: Vec<Digest>,
     bytes: usize,
     max_bytes: usize,
     max_bodies: usize,
@@ -68,6 +70,7 @@ impl Store {
         Store {
             bodies: HashMap::new(),
             order: VecDeque::new(),
+            own: Vec::new(),
             bytes: 0,
             max_bytes,
             max_bodies,
@@ -94,6 +97,16 @@ impl Store {
         self.bodies.insert(digest, (body, now));
         self.order.push_back((digest, now));
         true
+    }
+
+    /// [`Store::insert`] for a body this node publishes itself: the next [`Store::release`]
+    /// forgets it whatever its age (a node publishes only in its current round).
+    pub fn insert_own(&mut self, digest: Digest, body: Arc<Vec<u8>>, now: Instant) -> bool {
+        let stored = self.insert(digest, body, now);
+        if stored && self.own.len() < self.max_bodies {
+            self.own.push(digest);
+        }
+        stored
     }
 
     /// The body under `digest`, if held and not expired at `now`.
@@ -134,10 +147,19 @@ impl Store {
         self.bytes
     }
 
-    /// Forget every body stored more than `keep` before `now`: at the start of a round, the last
-    /// round's bodies (the runtime has judged them, and their announcements have left gossip's
-    /// message cache or soon will) while the newest ones, which peers may still fetch, stay.
-    pub fn release(&mut self, now: Instant, keep: Duration) {
+    /// At the start of a round, forget the last round's bodies: those named in `finished` (the
+    /// runtime has judged them for a round now over), this node's own since the last release,
+    /// and every body stored more than `keep` before `now` (their announcements have left
+    /// gossip's message cache or soon will). What stays is the newest bodies the runtime has not
+    /// placed in a finished round: the next round's, which a node that commits late may already
+    /// hold and its peers may still fetch. The finished round's bodies must go whatever their
+    /// age: after a fast round they are younger than `keep`, and keeping them held 3–4 MB more at
+    /// every other round-start trim of a secagg soak (RELIABILITY.md, Soak, Session 8).
+    pub fn release(&mut self, now: Instant, keep: Duration, finished: &[Digest]) {
+        let own = std::mem::take(&mut self.own);
+        for digest in finished.iter().chain(&own) {
+            self.remove(digest);
+        }
         while let Some((_, at)) = self.order.front() {
             if now.duration_since(*at) < keep {
                 break;
@@ -200,8 +222,13 @@ impl SharedStore {
     }
 
     /// See [`Store::release`].
-    pub fn release(&self, now: Instant, keep: Duration) {
-        self.lock().release(now, keep)
+    pub fn release(&self, now: Instant, keep: Duration, finished: &[Digest]) {
+        self.lock().release(now, keep, finished)
+    }
+
+    /// See [`Store::insert_own`].
+    pub fn insert_own(&self, digest: Digest, body: Arc<Vec<u8>>, now: Instant) -> bool {
+        self.lock().insert_own(digest, body, now)
     }
 
     /// Bodies and bytes held.
@@ -398,11 +425,41 @@ mod tests {
         let s = SharedStore::new(Store::new(10, 1000, Duration::from_secs(8)));
         s.insert([1; 32], body(10, 1), t0);
         s.insert([2; 32], body(20, 2), t0 + Duration::from_millis(2500));
-        s.release(t0 + Duration::from_secs(3), Duration::from_secs(1));
+        s.release(t0 + Duration::from_secs(3), Duration::from_secs(1), &[]);
         assert_eq!(s.size(), (1, 20));
         assert!(s.get(&[2; 32], t0 + Duration::from_secs(3)).is_some());
-        s.release(t0 + Duration::from_secs(4), Duration::ZERO);
+        s.release(t0 + Duration::from_secs(4), Duration::ZERO, &[]);
         assert_eq!(s.size(), (0, 0));
+    }
+
+    /// The finished round's bodies and this node's own go at the release however young they
+    /// are; a young body of the next round stays.
+    #[test]
+    fn release_forgets_the_finished_round_whatever_its_age() {
+        let t0 = Instant::now();
+        let s = SharedStore::new(Store::new(10, 1000, Duration::from_secs(8)));
+        s.insert([1; 32], body(10, 1), t0); // the finished round's, fetched
+        assert!(s.insert_own([2; 32], body(20, 2), t0)); // the finished round's, our own
+        s.insert([3; 32], body(30, 3), t0); // the next round's, fetched early
+        let now = t0 + Duration::from_millis(200);
+        s.release(now, Duration::from_secs(1), &[[1; 32], [9; 32]]);
+        assert_eq!(s.size(), (1, 30));
+        assert!(s.get(&[3; 32], now).is_some());
+        // Own bodies are forgotten once: a later release does not carry them over.
+        assert!(s.insert_own([4; 32], body(40, 4), now));
+        s.release(now, Duration::from_secs(1), &[]);
+        assert_eq!(
+            s.size(),
+            (1, 30),
+            "the own body of the round just over went"
+        );
+        s.insert([4; 32], body(40, 4), now);
+        s.release(now, Duration::from_secs(1), &[]);
+        assert_eq!(
+            s.size(),
+            (2, 70),
+            "a fetched body is not taken for an own one"
+        );
     }
 
     #[tokio::test]

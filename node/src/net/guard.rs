@@ -205,9 +205,143 @@ impl RateLimiter {
     }
 }
 
+/// How fast a peer's count of invalid messages decays: it keeps this share of itself per second
+/// (gossipsub's `invalid_message_deliveries_decay`, which the node used before).
+const INVALID_DECAY_PER_S: f64 = 0.9;
+/// A peer whose decayed count of invalid messages is above this is graylisted: its third invalid
+/// message within a few seconds (1 + 0.9 + 1 > 2 when they come a second apart) puts it there.
+const GRAYLIST_ABOVE: f64 = 2.0;
+/// A count that has decayed below this is forgotten (gossipsub's `decay_to_zero`).
+const FORGET_BELOW: f64 = 0.1;
+
+/// Invalid messages per peer (the node's `Reject` verdicts), decaying by 10 % a second, and which
+/// peers are graylisted for them: a peer is graylisted while its count is above 2, so its third
+/// invalid message in a few seconds does it, and it is heard again about 4 s after its last one
+/// (sooner or later with how many it sent).
+///
+/// This is the whole of what gossipsub's peer scoring did for the node (only its
+/// invalid-message term was weighted), without its per-message delivery records: those live
+/// 120 s (hard-coded in libp2p-gossipsub) for every message the node sees, with a set of every
+/// peer that delivered it, and were a megabyte or two of small objects that kept growing for the
+/// first two minutes of a node's life (RELIABILITY.md, Soak, Session 8). The state here is one
+/// entry per peer that sent something invalid in the last ~20 s, and members only (the
+/// allow-list refuses everyone else).
+#[derive(Default)]
+pub struct InvalidPenalty {
+    counts: HashMap<PeerId, Penalty>,
+}
+
+struct Penalty {
+    count: f64,
+    at: Instant,
+    graylisted: bool,
+}
+
+impl Penalty {
+    fn decay_to(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.count *= INVALID_DECAY_PER_S.powf(dt);
+        self.at = now;
+    }
+}
+
+impl InvalidPenalty {
+    /// Count one invalid message from `peer` at `now`. True when this one graylists the peer
+    /// (it was not graylisted before): the caller stops hearing it then.
+    pub fn invalid(&mut self, peer: PeerId, now: Instant) -> bool {
+        let p = self.counts.entry(peer).or_insert(Penalty {
+            count: 0.0,
+            at: now,
+            graylisted: false,
+        });
+        p.decay_to(now);
+        p.count += 1.0;
+        if p.count > GRAYLIST_ABOVE && !p.graylisted {
+            p.graylisted = true;
+            return true;
+        }
+        false
+    }
+
+    /// Decay every count to `now`. Returns the peers whose graylisting ends now (their count fell
+    /// to 2 or below); counts that decayed to almost nothing are forgotten.
+    pub fn decay(&mut self, now: Instant) -> Vec<PeerId> {
+        let mut restored = Vec::new();
+        self.counts.retain(|peer, p| {
+            p.decay_to(now);
+            if p.graylisted && p.count <= GRAYLIST_ABOVE {
+                p.graylisted = false;
+                restored.push(*peer);
+            }
+            p.graylisted || p.count >= FORGET_BELOW
+        });
+        restored
+    }
+
+    #[cfg(test)]
+    /// Whether `peer` is graylisted now (as of the last [`Self::invalid`] or [`Self::decay`]).
+    pub fn is_graylisted(&self, peer: &PeerId) -> bool {
+        self.counts.get(peer).is_some_and(|p| p.graylisted)
+    }
+
+    #[cfg(test)]
+    /// Peers with a count (graylisted or not).
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The third invalid message in quick succession graylists; the graylisting ends once the
+    /// count has decayed (about 4 s after the third of three), and the entry is forgotten later.
+    #[test]
+    fn invalid_messages_graylist_then_decay() {
+        let mut p = InvalidPenalty::default();
+        let a = PeerId::random();
+        let b = PeerId::random();
+        let t0 = Instant::now();
+        assert!(!p.invalid(a, t0));
+        assert!(!p.invalid(a, t0 + Duration::from_millis(100)));
+        assert!(!p.is_graylisted(&a));
+        assert!(
+            p.invalid(a, t0 + Duration::from_millis(200)),
+            "the third graylists"
+        );
+        assert!(p.is_graylisted(&a));
+        assert!(
+            !p.invalid(a, t0 + Duration::from_millis(300)),
+            "reported once"
+        );
+        assert!(!p.is_graylisted(&b), "only the sender is penalised");
+        // 4 at 0.3 s decays to 2 after log(0.5)/log(0.9) ≈ 6.6 s.
+        assert!(p.decay(t0 + Duration::from_secs(6)).is_empty());
+        assert!(p.is_graylisted(&a));
+        assert_eq!(p.decay(t0 + Duration::from_secs(7)), vec![a]);
+        assert!(!p.is_graylisted(&a));
+        assert_eq!(p.len(), 1, "the count is kept while it matters");
+        // 2 decays below 0.1 after ≈ 28 s more.
+        assert!(p.decay(t0 + Duration::from_secs(40)).is_empty());
+        assert_eq!(p.len(), 0, "forgotten");
+    }
+
+    /// Invalid messages that come seldom never add up to a graylisting.
+    #[test]
+    fn slow_invalid_messages_are_not_graylisted() {
+        let mut p = InvalidPenalty::default();
+        let a = PeerId::random();
+        let t0 = Instant::now();
+        for i in 0..20 {
+            // One every 10 s: the count right after each stays below 1 / (1 − 0.9¹⁰) ≈ 1.54.
+            assert!(
+                !p.invalid(a, t0 + Duration::from_secs(10 * i)),
+                "message {i}"
+            );
+        }
+        assert!(!p.is_graylisted(&a));
+    }
     use std::time::Duration;
 
     #[test]

@@ -43,7 +43,7 @@ use fedmesh_protocol::wire::{Request, Response};
 use crate::config::Limits;
 use bulk::{BulkCodec, BulkResponse, Digest};
 pub use codec::Codec;
-use guard::{IpGuard, RateLimiter};
+use guard::{InvalidPenalty, IpGuard, RateLimiter};
 
 /// Settings of the network layer, all from the genesis file or the node config.
 #[derive(Debug, Clone)]
@@ -193,11 +193,15 @@ impl Handle {
         rx.await.map_err(|_| "network task stopped".to_string())?
     }
 
-    /// Forget the bulk bodies stored more than [`BULK_KEEP_AT_ROUND_START`] ago: call when a
-    /// round starts, before the heap trim, so that the last round's bodies are not what the trim
-    /// finds held. Synchronous (the store is shared), so the trim that follows sees them freed.
-    pub fn release_bulk(&self) {
-        self.store.release(Instant::now(), BULK_KEEP_AT_ROUND_START);
+    /// Forget the last round's bulk bodies: those whose digests are in `finished` (bodies the
+    /// runtime took for the round now over: `blake3` of the message), this node's own published
+    /// since the last call, and any stored more than [`BULK_KEEP_AT_ROUND_START`] ago. Call when
+    /// a round starts, before the heap trim, so that the last round's bodies are not what the
+    /// trim finds held. Synchronous (the store is shared), so the trim that follows sees them
+    /// freed.
+    pub fn release_bulk(&self, finished: &[[u8; 32]]) {
+        self.store
+            .release(Instant::now(), BULK_KEEP_AT_ROUND_START, finished);
     }
 
     /// Report the verdict on a gossip message (exactly once per [`Event::Gossip`]).
@@ -303,10 +307,8 @@ pub fn start(
         gossip_config,
     )
     .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
-    let (score_params, thresholds) = peer_scoring(&topic);
-    gossip
-        .with_peer_score(score_params, thresholds)
-        .map_err(|e| anyhow::anyhow!("gossipsub peer scoring: {e}"))?;
+    // No gossipsub peer scoring: its one term the node used (invalid messages) is counted by the
+    // task itself (`InvalidPenalty`), without the scorer's 120 s of per-message delivery records.
     gossip
         .subscribe(&topic)
         .context("subscribing to the network topic")?;
@@ -395,33 +397,9 @@ pub fn start(
         per_peer: HashMap::new(),
         delivered: HashMap::new(),
         distrusted: HashMap::new(),
+        invalid: InvalidPenalty::default(),
     };
     Ok((Handle { commands, store }, events, task.run(command_rx)))
-}
-
-/// Gossipsub peer scoring tuned for federated rounds: members are few, quiet between rounds and
-/// may share an IP (a local testnet, a NAT), so only invalid messages count. Each message the node
-/// rejects costs the peer that sent it `-20 × count²` (the count decays by 10 % a second): after
-/// two, the node stops publishing to it; after three, it ignores it entirely (graylist).
-fn peer_scoring(
-    topic: &IdentTopic,
-) -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
-    let topic_params = gossipsub::TopicScoreParams {
-        topic_weight: 1.0,
-        time_in_mesh_weight: 0.0,
-        first_message_deliveries_weight: 0.0,
-        mesh_message_deliveries_weight: 0.0,
-        mesh_failure_penalty_weight: 0.0,
-        invalid_message_deliveries_weight: -20.0,
-        invalid_message_deliveries_decay: 0.9,
-        ..Default::default()
-    };
-    let mut params = gossipsub::PeerScoreParams {
-        ip_colocation_factor_weight: 0.0,
-        ..Default::default()
-    };
-    params.topics.insert(topic.hash(), topic_params);
-    (params, gossipsub::PeerScoreThresholds::default())
 }
 
 struct Task {
@@ -451,6 +429,8 @@ struct Task {
     delivered: HashMap<MessageId, (Digest, Instant)>,
     /// Peers that served a body that does not match its digest, not asked again until then.
     distrusted: HashMap<PeerId, Instant>,
+    /// Invalid messages per peer; the peers graylisted for them (gossipsub's blacklist).
+    invalid: InvalidPenalty,
 }
 
 /// An announced body being fetched.
@@ -465,9 +445,14 @@ struct Fetch {
     deadline: Instant,
 }
 
-/// Bulk bodies younger than this survive [`Handle::release_bulk`]: a node that starts its round
-/// late may already hold the next round's first bodies, which its peers may still fetch from it.
+/// Bulk bodies younger than this survive [`Handle::release_bulk`] unless the runtime names them
+/// as the finished round's or this node published them: a node that starts its round late may
+/// already hold the next round's first bodies, which its peers may still fetch from it.
 pub const BULK_KEEP_AT_ROUND_START: Duration = Duration::from_secs(1);
+
+/// The most bulk bodies the store holds at once (so also the most a round can name to
+/// [`Handle::release_bulk`]).
+pub const MAX_BULK_BODIES: usize = bulk::MAX_BODIES;
 
 /// How long a peer that served a wrong body is not asked for bodies.
 const DISTRUST: Duration = Duration::from_secs(60);
@@ -555,7 +540,10 @@ impl Task {
             }
             let a = Announcement::of(&data);
             let len = data.len();
-            if !self.store.insert(a.digest, Arc::new(data), Instant::now()) {
+            if !self
+                .store
+                .insert_own(a.digest, Arc::new(data), Instant::now())
+            {
                 return Err(format!(
                     "a message of {len} bytes does not fit the bulk store ({} bytes)",
                     self.max_message_bytes
@@ -575,10 +563,36 @@ impl Task {
     }
 
     fn report(&mut self, id: &MessageId, peer: &PeerId, acceptance: MessageAcceptance) {
+        if matches!(acceptance, MessageAcceptance::Reject) {
+            self.penalise(peer);
+        }
         self.swarm
             .behaviour_mut()
             .gossip
             .report_message_validation_result(id, peer, acceptance);
+    }
+
+    /// Count an invalid message against the peer that sent it; the one that tips it over
+    /// graylists it: gossipsub then drops every message it sends or originates until
+    /// [`Self::restore_graylisted`] lifts it.
+    fn penalise(&mut self, peer: &PeerId) {
+        if self.invalid.invalid(*peer, Instant::now()) {
+            tracing::warn!(%peer, "graylisted for sending invalid messages (lifted in a few seconds)");
+            self.swarm.behaviour_mut().gossip.blacklist_peer(peer);
+        }
+    }
+
+    /// Lift the graylisting of peers whose invalid messages have decayed (not of blocked ones).
+    fn restore_graylisted(&mut self) {
+        for peer in self.invalid.decay(Instant::now()) {
+            if !self.blocked.contains(&peer) {
+                tracing::debug!(%peer, "graylisting lifted");
+                self.swarm
+                    .behaviour_mut()
+                    .gossip
+                    .remove_blacklisted_peer(&peer);
+            }
+        }
     }
 
     /// A gossip message: an ordinary one goes to the runtime; an announcement starts a fetch of
@@ -741,8 +755,9 @@ impl Task {
         }
     }
 
-    /// Every 250 ms: expire bodies, give up fetches past their deadline, retry waiting ones.
+    /// Every 250 ms: lift graylistings that have decayed, expire bodies, give up fetches past their deadline, retry waiting ones.
     fn bulk_tick(&mut self) {
+        self.restore_graylisted();
         let now = Instant::now();
         self.store.expire(now);
         let late: Vec<MessageId> = self
@@ -884,10 +899,7 @@ impl Task {
                         acceptance = MessageAcceptance::Ignore;
                     }
                 }
-                self.swarm
-                    .behaviour_mut()
-                    .gossip
-                    .report_message_validation_result(&id, &source, acceptance);
+                self.report(&id, &source, acceptance);
             }
             Command::Request {
                 peer,

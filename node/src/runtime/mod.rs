@@ -330,6 +330,9 @@ pub struct Runtime {
     current: Option<Current>,
     /// Messages for the next round, held until it starts (bounded: `EARLY_PER_SENDER` per member).
     early: Vec<(Envelope, Vec<u8>)>,
+    /// Digests of the bulk-sized messages received for the current round (or an older one): the
+    /// network layer forgets their bodies when the next round starts, however young they are.
+    round_bulk: Vec<[u8; 32]>,
     /// Equivocation found after its round ([`equivocation::Late`]).
     late: equivocation::Late,
     /// Fault `equivocate_late` only: the second update, held until its round is over.
@@ -459,6 +462,7 @@ impl Runtime {
             global: Arc::new(global),
             current: None,
             early: Vec::new(),
+            round_bulk: Vec::new(),
             late: Default::default(),
             held_equivocation: None,
             hold_update_until: None,
@@ -680,6 +684,19 @@ impl Runtime {
 
     // ----- rounds -------------------------------------------------------------------------
 
+    /// Remember a bulk body received for the current round (or an older one), so that
+    /// [`Self::start_round`] has the network layer forget it: a body of the next round stays.
+    /// Bounded: at most one entry per body the store can hold.
+    fn note_bulk_body(&mut self, round: u64, data: &[u8]) {
+        let current = self.current.as_ref().map(|c| c.state.round);
+        if data.len() > fedmesh_protocol::bulk::THRESHOLD
+            && current.is_some_and(|r| round <= r)
+            && self.round_bulk.len() < crate::net::MAX_BULK_BODIES
+        {
+            self.round_bulk.push(*blake3::hash(data).as_bytes());
+        }
+    }
+
     fn start_round(&mut self) {
         if let Some(cur) = self.current.take() {
             let record = self.last.as_ref().filter(|r| r.round == cur.state.round);
@@ -689,7 +706,7 @@ impl Runtime {
         // evidence) and what catching up decoded are freed by now: give the pages back before
         // this round allocates. Once per round (after a commit, after catching up, at start).
         // The network layer's copies of the last round's bulk bodies go first.
-        self.net.release_bulk();
+        self.net.release_bulk(&std::mem::take(&mut self.round_bulk));
         let rss = crate::memory::release("round over");
         let round = self.next_round();
         report_memory(round - 1, rss);
@@ -1767,6 +1784,7 @@ impl Runtime {
                 ) {
                     Ok(env) => {
                         let peer = source.unwrap_or(propagation_source);
+                        self.note_bulk_body(env.round, &data);
                         self.on_envelope(env, data, Some(peer))
                     }
                     Err(e) => {
