@@ -158,6 +158,13 @@ pub struct GroupsSummary {
     /// with ([`crate::robust::suspicion::Usual::reference_spread`] of the usual values the
     /// previous round with groups recorded). None otherwise.
     pub reference_spread: Option<f64>,
+    /// With [`GroupsSummary::reference_loss`]: the unit the round's reference gaps were measured
+    /// in ([`crate::robust::suspicion::ReferenceScores::scale`]). None otherwise.
+    pub reference_scale: Option<f64>,
+    /// With [`GroupsSummary::reference_loss`]: the effect that set the bar, the best one among
+    /// the groups of usual size ([`crate::robust::suspicion::ReferenceScores::best`]); one of
+    /// the judged groups' [`GroupSum::reference`] values. None otherwise.
+    pub reference_best: Option<f64>,
 }
 
 /// One revealed group sum.
@@ -268,7 +275,7 @@ pub struct SecureSummary {
 pub const RECORD_TAG: [u8; 3] = *b"FMR";
 
 /// The round-record format this build writes and reads.
-pub const RECORD_VERSION: u8 = 4;
+pub const RECORD_VERSION: u8 = 5;
 
 /// Why a round entry's body is not a record this build can read.
 #[derive(Debug, thiserror::Error)]
@@ -832,6 +839,9 @@ fn check_reference(
         if summary.reference_spread.is_some() {
             return Err("a reference spread, but the summary has no reference loss".into());
         }
+        if summary.reference_scale.is_some() || summary.reference_best.is_some() {
+            return Err("a reference scale or bar, but the summary has no reference loss".into());
+        }
         if let Some(s) = summary.revealed.iter().find(|s| s.reference.is_some()) {
             return Err(format!(
                 "group {} has a reference value, but the summary has no reference loss",
@@ -864,6 +874,18 @@ fn check_reference(
             "reference spread {spread} is outside [{REFERENCE_SPREAD_MIN}, {REFERENCE_SPREAD_MAX}]"
         ));
     }
+    let scale = summary
+        .reference_scale
+        .ok_or("a reference loss without the reference scale its gaps were measured in")?;
+    if !(scale.is_finite() && scale >= crate::robust::suspicion::REFERENCE_SCALE_MIN) {
+        return Err(format!(
+            "reference scale {scale} is not a finite value ≥ {}",
+            crate::robust::suspicion::REFERENCE_SCALE_MIN
+        ));
+    }
+    let best = summary
+        .reference_best
+        .ok_or("a reference loss without the effect that set the reference bar")?;
     let mut effects = Vec::new();
     let mut which = Vec::new();
     for s in &summary.revealed {
@@ -893,11 +915,18 @@ fn check_reference(
             (None, false) => {}
         }
     }
+    if !effects.iter().any(|e| e.to_bits() == best.to_bits()) {
+        return Err(format!(
+            "the reference bar {best} is not the effect of a judged group"
+        ));
+    }
     let threshold = genesis.spec.robust.score_threshold;
     let deviations = crate::robust::suspicion::ReferenceScores {
         loss,
         effects,
         spread,
+        scale,
+        best,
     }
     .deviations();
     for (s, dev) in which.iter().zip(deviations) {
@@ -1206,6 +1235,8 @@ pub(crate) mod tests {
             usual: Default::default(),
             reference_loss: None,
             reference_spread: None,
+            reference_scale: None,
+            reference_best: None,
             drawn: groups.clone(),
             skipped: vec![],
             decided: true,
@@ -1342,6 +1373,8 @@ pub(crate) mod tests {
             },
             reference_loss: None,
             reference_spread: None,
+            reference_scale: None,
+            reference_best: None,
         });
         r
     }
