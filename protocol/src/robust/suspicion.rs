@@ -1312,13 +1312,23 @@ mod tests {
         assert_eq!(j.update, c.to_vec());
         assert_eq!(state.groups.previous.as_deref(), Some(&c[..]));
 
-        // A log that already holds a wide bar (written by an older build, or rows that happen to
-        // favour the scaled group): the group passes, but moves the model no more than
-        // e^(3 · GROUP_LOG_NORM_SPREAD) times the clean group does.
-        let mut loose = before.clone();
-        loose.groups.reference_gap = Some(1.0);
-        let j = judge_with(&Rule::Mean, &inputs, 3.0, &mut loose, Some(&public)).unwrap();
+        // A group the rows excuse: 5.4 times the clean group's norm, but a long step the right
+        // way (it lowers the margin-1 loss by 0.15, more than the clean group's 0.0985), so its
+        // norm does not count and it passes — yet it moves the model no more than
+        // e^(3 · GROUP_LOG_NORM_SPREAD) times the clean group does. Being larger than usual, it
+        // cannot set the reference bar either: the clean group stays unflagged.
+        let long = [0.45f32, 0.3, 0.3, 0.45, 0.0, 0.0];
+        let inputs = [
+            Input::new(0, &c, 100),
+            Input::new(1, &long, 100),
+            Input::new(2, &b, 100),
+        ];
+        let mut excused = before.clone();
+        let j = judge_with(&Rule::Mean, &inputs, 3.0, &mut excused, Some(&public)).unwrap();
         assert_eq!(j.flagged, vec![false, false, true], "{:?}", j.scores);
+        let r = j.reference.as_ref().unwrap();
+        assert_eq!(r.best, r.effects[0], "the scaled group does not set the bar");
+        assert!(r.effects[1] < r.effects[0]);
         let norm = |v: &[f32]| linalg::dot(v, v).sqrt();
         let limit = norm(&c) * (3.0 * GROUP_LOG_NORM_SPREAD).exp();
         assert!(norm(&j.update) <= limit, "{} > {limit}", norm(&j.update));
@@ -1326,6 +1336,56 @@ mod tests {
             norm(&j.update) > norm(&c),
             "the accepted group still counts"
         );
+    }
+
+    /// Regression test for the label-flip drill in groups of five (issue 8): once the model
+    /// classifies the reference rows with a margin over 1, the margin-1 hinge loss is 0 and
+    /// stays 0 whatever a group mean does to those margins, so a group holding a label flipper
+    /// — whose mean moves the margins up far less than a clean one — looked as good as the clean
+    /// groups (the old signal: every gap 0). The wide margin sees the difference: on two rows
+    /// with margins 2, the clean means move them by 0.3 and 0.28, the mixed one by 0.05; in
+    /// units of the median movement (0.28) its gap is 0.89, deviation 15 at the floor spread.
+    #[test]
+    fn a_flipper_group_is_seen_on_rows_the_model_already_gets_right() {
+        let layout = crate::model::Layout::new(vec![2, 2]).unwrap();
+        let set =
+            crate::robust::reference::Set::new(2, 2, vec![1.0, 0.0, 0.0, 1.0], vec![0, 1]).unwrap();
+        let model = vec![2.0f32, 0.0, 0.0, 2.0, 0.0, 0.0];
+        let public = Reference {
+            layout: &layout,
+            model: &model,
+            set: &set,
+        };
+        let diag = |a: f32, b: f32| vec![a, b, b, a, 0.0, 0.0];
+        let (clean, clean2, mixed) = (diag(0.3, 0.0), diag(0.28, 0.0), diag(0.2, 0.15));
+        let inputs = [
+            Input::new(0, &clean, 100),
+            Input::new(1, &mixed, 100),
+            Input::new(2, &clean2, 100),
+        ];
+        let means: Vec<&[f32]> = inputs.iter().map(|i| i.values).collect();
+        let rows = crate::robust::reference::scores(&layout, &model, &means, &set).unwrap();
+        assert_eq!(rows.narrow_effects, vec![0.0; 3], "margin 1 is blind here");
+        let mut state = State {
+            groups: Baseline::from_log(
+                Some(clean.clone()),
+                Usual {
+                    cosine: Some((0.8, 0.01)),
+                    log_norm: Some(0.0),
+                    reference_gap: None,
+                },
+            ),
+            ..State::default()
+        };
+        let j = judge_with(&Rule::Mean, &inputs, 3.0, &mut state, Some(&public)).unwrap();
+        assert_eq!(j.flagged, vec![false, true, false], "{:?}", j.scores);
+        let r = j.reference.unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-5;
+        assert!(close(r.scale, 0.28) && close(r.best, -0.3), "{r:?}");
+        let dev = r.deviations();
+        assert!(close(dev[1], 0.25 / 0.28 / REFERENCE_SPREAD_MIN), "{dev:?}");
+        assert!(dev[2] < 3.0, "{dev:?}");
+        assert_eq!(j.scores[1].score, dev[1]);
     }
 
     #[test]
