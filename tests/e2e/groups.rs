@@ -113,7 +113,10 @@ fn secagg_groups_reveal_only_sums_of_at_least_g() {
             // movement of the rows' margins) positive; the bar one of the groups' effects.
             let spread = r["groups"]["reference_spread"].as_f64().unwrap();
             assert!((0.06..=0.5).contains(&spread), "{r}");
-            assert!(r["groups"]["reference_scale"].as_f64().unwrap() > 0.0, "{r}");
+            assert!(
+                r["groups"]["reference_scale"].as_f64().unwrap() > 0.0,
+                "{r}"
+            );
             let bar = r["groups"]["reference_best"].as_f64().unwrap();
             assert!(
                 r["groups"]["revealed"]

@@ -518,20 +518,39 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
                             eprintln!("reftrace round {round} attackers {bad} before {before:.5} effect {e:.6} spread {spread:.4} scale {scale:.5} bar {best:.5}");
                         }
                     }
+                    // For offline analysis of the reference signal: with FEDMESH_DRILL_DUMP=FILE,
+                    // append the reference rows' labels and the logits of the model before the
+                    // round and of the model plus each group mean (with its attacker count).
                     if let (Some(set), Some(path)) =
                         (&world.reference, std::env::var_os("FEDMESH_DRILL_DUMP"))
                     {
                         use std::io::Write;
-                        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+                        let mut f = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(path)?;
                         let fmt = |p: &[f32]| -> anyhow::Result<String> {
                             let z = robust::reference::logits(&world.layout, p, set)?;
-                            Ok(z.iter().flatten().map(|v| format!("{v:.5}")).collect::<Vec<_>>().join(" "))
+                            Ok(z.iter()
+                                .flatten()
+                                .map(|v| format!("{v:.5}"))
+                                .collect::<Vec<_>>()
+                                .join(" "))
                         };
-                        writeln!(f, "labels {}", set.labels().iter().map(|v| v.to_string()).collect::<Vec<_>>().join(" "))?;
+                        writeln!(
+                            f,
+                            "labels {}",
+                            set.labels()
+                                .iter()
+                                .map(|v| v.to_string())
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        )?;
                         writeln!(f, "before {round} {}", fmt(&global)?)?;
                         for (group, i) in contributors.iter().zip(&inputs) {
                             let bad = group.iter().filter(|&&m| is_attacker(m)).count();
-                            let moved: Vec<f32> = global.iter().zip(i.values).map(|(a, b)| a + b).collect();
+                            let moved: Vec<f32> =
+                                global.iter().zip(i.values).map(|(a, b)| a + b).collect();
                             writeln!(f, "group {round} {bad} {}", fmt(&moved)?)?;
                         }
                     }

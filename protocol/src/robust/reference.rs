@@ -417,8 +417,17 @@ mod tests {
             Err(ReferenceError::Length { found: 5, .. })
         ));
         let one = Set::new(2, 1, vec![1.0, 0.0], vec![0]).unwrap();
-        let s = scores(&layout(&[2, 1]), &[1.0, 0.0, 0.0], &[&[5.0, 1.0, 2.0]], &one).unwrap();
-        assert_eq!((s.loss, s.effects, s.movements), (0.0, vec![0.0], vec![0.0]));
+        let s = scores(
+            &layout(&[2, 1]),
+            &[1.0, 0.0, 0.0],
+            &[&[5.0, 1.0, 2.0]],
+            &one,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.loss, s.effects, s.movements),
+            (0.0, vec![0.0], vec![0.0])
+        );
     }
 
     const PINNED_LOSS: u64 = 0x400928ac9f6739b4;

@@ -1327,7 +1327,10 @@ mod tests {
         let j = judge_with(&Rule::Mean, &inputs, 3.0, &mut excused, Some(&public)).unwrap();
         assert_eq!(j.flagged, vec![false, false, true], "{:?}", j.scores);
         let r = j.reference.as_ref().unwrap();
-        assert_eq!(r.best, r.effects[0], "the scaled group does not set the bar");
+        assert_eq!(
+            r.best, r.effects[0],
+            "the scaled group does not set the bar"
+        );
         assert!(r.effects[1] < r.effects[0]);
         let norm = |v: &[f32]| linalg::dot(v, v).sqrt();
         let limit = norm(&c) * (3.0 * GROUP_LOG_NORM_SPREAD).exp();
@@ -1445,7 +1448,10 @@ mod tests {
         let start = REFERENCE_SPREAD_MIN / REFERENCE_GAP_FACTOR;
         let usual_gap = 0.03 / scale;
         let gap = after.reference_gap.unwrap();
-        assert!(close(gap, start + BASELINE_DECAY * (usual_gap - start)), "{gap}");
+        assert!(
+            close(gap, start + BASELINE_DECAY * (usual_gap - start)),
+            "{gap}"
+        );
         // Still at the floor.
         assert_eq!(after.reference_spread(), REFERENCE_SPREAD_MIN);
         let (_, next) = round(&means, after);
