@@ -179,7 +179,7 @@ fn forward(
 /// flipper that erodes the margins of rows the model gets right went unseen: in the label-flip
 /// drill (20 members, groups of 5, seeds 1, 2 and 4) a group holding one flipper had a larger
 /// loss change than a clean group of the same round in about half the pairs; with a margin of 3
-/// it is far more often the worst (see [`Scores::movement`] for the measurement).
+/// it is far more often the worst (see [`Scores::movements`] for the measurement).
 pub const MARGIN: f64 = 3.0;
 
 /// The margin of one row, `z_y − max_{j≠y} z_j`; None with a single class (nothing to confuse
