@@ -142,6 +142,8 @@ pub fn groups_json(g: &fedmesh_protocol::audit::GroupsSummary) -> serde_json::Va
         "decided": g.decided,
         "reference_loss": g.reference_loss,
         "reference_spread": g.reference_spread,
+        "reference_scale": g.reference_scale,
+        "reference_best": g.reference_best,
     })
 }
 

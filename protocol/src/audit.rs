@@ -158,6 +158,13 @@ pub struct GroupsSummary {
     /// with ([`crate::robust::suspicion::Usual::reference_spread`] of the usual values the
     /// previous round with groups recorded). None otherwise.
     pub reference_spread: Option<f64>,
+    /// With [`GroupsSummary::reference_loss`]: the unit the round's reference gaps were measured
+    /// in ([`crate::robust::suspicion::ReferenceScores::scale`]). None otherwise.
+    pub reference_scale: Option<f64>,
+    /// With [`GroupsSummary::reference_loss`]: the effect that set the bar, the best one among
+    /// the groups of usual size ([`crate::robust::suspicion::ReferenceScores::best`]); one of
+    /// the judged groups' [`GroupSum::reference`] values. None otherwise.
+    pub reference_best: Option<f64>,
 }
 
 /// One revealed group sum.
@@ -832,6 +839,9 @@ fn check_reference(
         if summary.reference_spread.is_some() {
             return Err("a reference spread, but the summary has no reference loss".into());
         }
+        if summary.reference_scale.is_some() || summary.reference_best.is_some() {
+            return Err("a reference scale or bar, but the summary has no reference loss".into());
+        }
         if let Some(s) = summary.revealed.iter().find(|s| s.reference.is_some()) {
             return Err(format!(
                 "group {} has a reference value, but the summary has no reference loss",
@@ -864,6 +874,18 @@ fn check_reference(
             "reference spread {spread} is outside [{REFERENCE_SPREAD_MIN}, {REFERENCE_SPREAD_MAX}]"
         ));
     }
+    let scale = summary
+        .reference_scale
+        .ok_or("a reference loss without the reference scale its gaps were measured in")?;
+    if !(scale.is_finite() && scale >= crate::robust::suspicion::REFERENCE_SCALE_MIN) {
+        return Err(format!(
+            "reference scale {scale} is not a finite value ≥ {}",
+            crate::robust::suspicion::REFERENCE_SCALE_MIN
+        ));
+    }
+    let best = summary
+        .reference_best
+        .ok_or("a reference loss without the effect that set the reference bar")?;
     let mut effects = Vec::new();
     let mut which = Vec::new();
     for s in &summary.revealed {
@@ -893,11 +915,18 @@ fn check_reference(
             (None, false) => {}
         }
     }
+    if !effects.iter().any(|e| e.to_bits() == best.to_bits()) {
+        return Err(format!(
+            "the reference bar {best} is not the effect of a judged group"
+        ));
+    }
     let threshold = genesis.spec.robust.score_threshold;
     let deviations = crate::robust::suspicion::ReferenceScores {
         loss,
         effects,
         spread,
+        scale,
+        best,
     }
     .deviations();
     for (s, dev) in which.iter().zip(deviations) {
@@ -1206,6 +1235,8 @@ pub(crate) mod tests {
             usual: Default::default(),
             reference_loss: None,
             reference_spread: None,
+            reference_scale: None,
+            reference_best: None,
             drawn: groups.clone(),
             skipped: vec![],
             decided: true,
@@ -1342,6 +1373,8 @@ pub(crate) mod tests {
             },
             reference_loss: None,
             reference_spread: None,
+            reference_scale: None,
+            reference_best: None,
         });
         r
     }
@@ -1473,9 +1506,11 @@ pub(crate) mod tests {
         // Without reference rows in genesis, no reference values.
         let mut with = plain.clone();
         groups(&mut with).reference_loss = Some(0.5);
-        groups(&mut with).reference_spread = Some(0.025);
-        // Loss 0.5: the best group lowers it by 0.05, the other by 0.04 (deviation
-        // 0.01 / (0.5 · 0.025) = 0.8, under the threshold of 3).
+        groups(&mut with).reference_spread = Some(0.1);
+        groups(&mut with).reference_scale = Some(0.125);
+        groups(&mut with).reference_best = Some(-0.05);
+        // Loss 0.5: the best group lowers it by 0.05, the other by 0.04 (gaps in units of the
+        // scale: deviation 0.01 / (0.125 · 0.1) = 0.8, under the threshold of 3).
         assert_eq!(groups(&mut with).revealed.len(), 2);
         for (s, e) in groups(&mut with).revealed.iter_mut().zip([-0.05, -0.04]) {
             s.reference = Some(e);
@@ -1496,24 +1531,41 @@ pub(crate) mod tests {
             check_groups(&g, head, &active, &r).expect_err(&format!("{:?}", r.groups))
         };
         // A group whose effect is far worse than the best one's (here: it raises the loss by
-        // 0.1, deviation ≈ 10) but is not flagged: a coordinator hiding a flipper's group.
+        // 0.1, deviation 12) but is not flagged: a coordinator hiding a flipper's group.
         assert!(bad(&|r| groups(r).revealed[1].reference = Some(0.1)).contains("deviation"));
         // A value left out, a NaN, a negative loss.
         assert!(bad(&|r| groups(r).revealed[1].reference = None).contains("no reference value"));
         assert!(bad(&|r| groups(r).revealed[0].reference = Some(f64::NAN)).contains("not finite"));
         assert!(bad(&|r| groups(r).reference_loss = Some(-1.0)).contains("≥ 0"));
         // The spread the gaps were judged with: present, within its bounds, and the scores
-        // follow from it (gap 0.02 of the loss: deviation 0.8 at 0.025 — over a group score of
-        // 0.7 — but 0.1 at 0.2).
+        // follow from it (a gap of 0.08 scales: deviation 0.8 at 0.1 — over a group score of
+        // 0.7 — but 0.2 at 0.4).
         assert!(bad(&|r| groups(r).reference_spread = None).contains("reference spread"));
-        assert!(bad(&|r| groups(r).reference_spread = Some(0.5)).contains("outside"));
-        assert!(bad(&|r| groups(r).reference_spread = Some(0.02)).contains("outside"));
+        assert!(bad(&|r| groups(r).reference_spread = Some(0.6)).contains("outside"));
+        assert!(bad(&|r| groups(r).reference_spread = Some(0.05)).contains("outside"));
         assert!(bad(&|r| groups(r).reference_spread = Some(f64::NAN)).contains("outside"));
         assert!(bad(&|r| groups(r).revealed[1].score = 0.7).contains("deviation 0.800"));
         let mut wider = with.clone();
-        groups(&mut wider).reference_spread = Some(0.2);
+        groups(&mut wider).reference_spread = Some(0.4);
         groups(&mut wider).revealed[1].score = 0.7;
         check_groups(&g, head, &active, &wider).unwrap();
+        // The scale the gaps were measured in: present, finite and positive, and the scores
+        // follow from it (at 0.01 the gap is 1 scale, deviation 10; at 0.5, 0.2).
+        assert!(bad(&|r| groups(r).reference_scale = None).contains("reference scale"));
+        assert!(bad(&|r| groups(r).reference_scale = Some(0.0)).contains("reference scale"));
+        assert!(bad(&|r| groups(r).reference_scale = Some(f64::NAN)).contains("reference scale"));
+        assert!(bad(&|r| groups(r).reference_scale = Some(0.01)).contains("deviation 10.000"));
+        let mut larger = with.clone();
+        groups(&mut larger).reference_scale = Some(0.5);
+        groups(&mut larger).revealed[1].score = 0.7;
+        check_groups(&g, head, &active, &larger).unwrap();
+        // The bar: present and one of the judged groups' effects (the judge sets it from the
+        // groups of usual size, so it need not be the lowest); the deviations follow from it.
+        assert!(bad(&|r| groups(r).reference_best = None).contains("reference bar"));
+        assert!(bad(&|r| groups(r).reference_best = Some(-0.06)).contains("reference bar"));
+        let mut other_bar = with.clone();
+        groups(&mut other_bar).reference_best = Some(-0.04);
+        check_groups(&g, head, &active, &other_bar).unwrap();
         assert!(bad(&|r| {
             groups(r).reference_loss = None;
             for s in &mut groups(r).revealed {
@@ -1522,10 +1574,15 @@ pub(crate) mod tests {
         })
         .contains("no reference loss"));
         let mut spread_alone = plain.clone();
-        groups(&mut spread_alone).reference_spread = Some(0.025);
+        groups(&mut spread_alone).reference_spread = Some(0.1);
         assert!(check_groups(&g, head, &active, &spread_alone)
             .unwrap_err()
             .contains("reference spread"));
+        let mut scale_alone = plain.clone();
+        groups(&mut scale_alone).reference_scale = Some(0.125);
+        assert!(check_groups(&g, head, &active, &scale_alone)
+            .unwrap_err()
+            .contains("reference scale"));
         // Flagged with its score, the worse group passes.
         let mut flagged = with.clone();
         let s = &mut groups(&mut flagged).revealed[1];

@@ -109,9 +109,23 @@ fn secagg_groups_reveal_only_sums_of_at_least_g() {
         let decided = r["groups"]["decided"].as_bool().unwrap();
         assert_eq!(r["groups"]["reference_loss"].is_f64(), decided, "{r}");
         if decided {
-            // The spread the round was judged with, within its bounds.
+            // The spread the round was judged with, within its bounds; the scale (the median
+            // movement of the rows' margins) positive; the bar one of the groups' effects.
             let spread = r["groups"]["reference_spread"].as_f64().unwrap();
-            assert!((0.025..=0.2).contains(&spread), "{r}");
+            assert!((0.06..=0.5).contains(&spread), "{r}");
+            assert!(
+                r["groups"]["reference_scale"].as_f64().unwrap() > 0.0,
+                "{r}"
+            );
+            let bar = r["groups"]["reference_best"].as_f64().unwrap();
+            assert!(
+                r["groups"]["revealed"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|g| g["reference"].as_f64() == Some(bar)),
+                "{r}"
+            );
         }
         for g in r["groups"]["revealed"].as_array().unwrap() {
             assert_eq!(g["reference"].is_f64(), decided, "{r}");

@@ -511,8 +511,47 @@ pub fn run(world: &World, spec: &RunSpec) -> anyhow::Result<Run> {
                         let before = robust::reference::loss(&world.layout, &global, set)?;
                         for (group, e) in contributors.iter().zip(&eff) {
                             let bad = group.iter().filter(|&&m| is_attacker(m)).count();
-                            let spread = judged.reference.as_ref().map_or(0.0, |r| r.spread);
-                            eprintln!("reftrace round {round} attackers {bad} before {before:.5} effect {e:.6} spread {spread:.4}");
+                            let (spread, scale, best) = judged
+                                .reference
+                                .as_ref()
+                                .map_or((0.0, 0.0, 0.0), |r| (r.spread, r.scale, r.best));
+                            eprintln!("reftrace round {round} attackers {bad} before {before:.5} effect {e:.6} spread {spread:.4} scale {scale:.5} bar {best:.5}");
+                        }
+                    }
+                    // For offline analysis of the reference signal: with FEDMESH_DRILL_DUMP=FILE,
+                    // append the reference rows' labels and the logits of the model before the
+                    // round and of the model plus each group mean (with its attacker count).
+                    if let (Some(set), Some(path)) =
+                        (&world.reference, std::env::var_os("FEDMESH_DRILL_DUMP"))
+                    {
+                        use std::io::Write;
+                        let mut f = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(path)?;
+                        let fmt = |p: &[f32]| -> anyhow::Result<String> {
+                            let z = robust::reference::logits(&world.layout, p, set)?;
+                            Ok(z.iter()
+                                .flatten()
+                                .map(|v| format!("{v:.5}"))
+                                .collect::<Vec<_>>()
+                                .join(" "))
+                        };
+                        writeln!(
+                            f,
+                            "labels {}",
+                            set.labels()
+                                .iter()
+                                .map(|v| v.to_string())
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        )?;
+                        writeln!(f, "before {round} {}", fmt(&global)?)?;
+                        for (group, i) in contributors.iter().zip(&inputs) {
+                            let bad = group.iter().filter(|&&m| is_attacker(m)).count();
+                            let moved: Vec<f32> =
+                                global.iter().zip(i.values).map(|(a, b)| a + b).collect();
+                            writeln!(f, "group {round} {bad} {}", fmt(&moved)?)?;
                         }
                     }
                     for ((group, sc), flag) in

@@ -499,6 +499,8 @@ mod tests {
                     usual: Default::default(),
                     reference_loss: None,
                     reference_spread: None,
+                    reference_scale: None,
+                    reference_best: None,
                 }),
                 ..RoundRecord::new(round, Mode::Secagg, Hash::ZERO, Hash::ZERO)
             }

@@ -3123,6 +3123,8 @@ mod baseline_tests {
                 usual,
                 reference_loss: None,
                 reference_spread: None,
+                reference_scale: None,
+                reference_best: None,
             }),
             ..RoundRecord::new(round, Mode::Secagg, base, new)
         }

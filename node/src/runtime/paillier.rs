@@ -948,7 +948,7 @@ fn close_with_groups(
             j.decided,
             j.update,
             after.usual(),
-            j.reference.map(|r| (r.loss, r.spread)),
+            j.reference.map(|r| (r.loss, r.spread, r.scale, r.best)),
         )
     } else {
         let update = mean(packer, clip, &sum, len)?;
@@ -994,6 +994,8 @@ fn close_with_groups(
             usual,
             reference_loss: reference.map(|r| r.0),
             reference_spread: reference.map(|r| r.1),
+            reference_scale: reference.map(|r| r.2),
+            reference_best: reference.map(|r| r.3),
         },
         update,
         sum,
@@ -1779,6 +1781,8 @@ impl Runtime {
                 && closed.summary.decided == proposed.decided
                 && closed.summary.reference_loss == proposed.reference_loss
                 && closed.summary.reference_spread == proposed.reference_spread
+                && closed.summary.reference_scale == proposed.reference_scale
+                && closed.summary.reference_best == proposed.reference_best
                 && closed.summary.usual == proposed.usual
                 && closed
                     .summary

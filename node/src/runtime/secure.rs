@@ -935,6 +935,8 @@ pub fn judge_groups(
             usual: after.usual(),
             reference_loss: judged.reference.as_ref().map(|r| r.loss),
             reference_spread: judged.reference.as_ref().map(|r| r.spread),
+            reference_scale: judged.reference.as_ref().map(|r| r.scale),
+            reference_best: judged.reference.as_ref().map(|r| r.best),
         },
         update: judged.update,
     })

@@ -196,25 +196,35 @@ pub struct ReferenceScores {
     pub effects: Vec<f64>,
     /// The spread the gaps were judged with ([`Usual::reference_spread`]).
     pub spread: f64,
+    /// The unit of the gaps: the median (the mean of the middle two of an even count) of how far
+    /// the group means of usual size move the rows' margins
+    /// ([`super::reference::Scores::movements`]), at least [`REFERENCE_SCALE_MIN`].
+    pub scale: f64,
+    /// The bar: the best (lowest) effect among the group means of usual size.
+    pub best: f64,
 }
+
+/// The smallest [`ReferenceScores::scale`]: a round whose group means barely move the rows (all
+/// about zero) does not turn rounding noise into deviations.
+pub const REFERENCE_SCALE_MIN: f64 = 1e-9;
 
 impl ReferenceScores {
     /// Each group's reference gap: how much less its mean improves the reference loss than
-    /// the round's best group mean does, relative to the loss before the round. 0 for the best
-    /// group; never negative.
+    /// the [bar](Self::best), in units of the round's [scale](Self::scale) — how far the
+    /// round's group means move the rows' margins. 0 for a group at or better than the bar.
     pub fn gaps(&self) -> Vec<f64> {
-        let best = self.effects.iter().copied().fold(f64::INFINITY, f64::min);
-        let loss = self.loss.max(1e-12);
+        let scale = self.scale.max(REFERENCE_SCALE_MIN);
         self.effects
             .iter()
-            .map(|e| ((e - best) / loss).max(0.0))
+            .map(|e| ((e - self.best) / scale).max(0.0))
             .collect()
     }
 
-    /// The index of the group whose mean lowers the reference loss most (the first of equals).
-    pub fn best(&self) -> usize {
-        (0..self.effects.len())
-            .min_by(|&a, &b| self.effects[a].total_cmp(&self.effects[b]))
+    /// The index of the group that set the bar (the first whose effect is [`Self::best`]).
+    pub fn best_group(&self) -> usize {
+        self.effects
+            .iter()
+            .position(|e| e.to_bits() == self.best.to_bits())
             .unwrap_or(0)
     }
 
@@ -225,6 +235,36 @@ impl ReferenceScores {
         let spread = self.spread.max(1e-12);
         self.gaps().into_iter().map(|g| g / spread).collect()
     }
+}
+
+/// The bar and the unit of a round's reference gaps ([`ReferenceScores::best`],
+/// [`ReferenceScores::scale`]) from the rows' scores of its group means, counting only the
+/// groups in `sized` (all of them if it is empty).
+///
+/// Why the margins' movement: with the wide margin ([`super::reference::MARGIN`]) clean groups'
+/// gaps relative to the loss before the round grew tenfold as training went on (the loss falls,
+/// the margins keep moving); relative to the round's movement they stay put. Why only groups
+/// of usual size: the wide margin rewards a long step, so a group scaled up by an attacker
+/// improves the loss most; as the bar it made every clean group look behind (scaling drill,
+/// seed 1: 58 % of the clean groups flagged, 1 scaler of 4 evicted), and in the median it shrinks
+/// every gap.
+pub fn reference_bar(rows: &super::reference::Scores, sized: &[usize]) -> (f64, f64) {
+    let pick: Vec<usize> = if sized.is_empty() {
+        (0..rows.effects.len()).collect()
+    } else {
+        sized.to_vec()
+    };
+    let moved: Vec<f64> = pick
+        .iter()
+        .map(|&j| rows.movements[j])
+        .filter(|m| m.is_finite())
+        .collect();
+    let scale = linalg::median_f64(&moved).max(REFERENCE_SCALE_MIN);
+    let best = pick
+        .iter()
+        .map(|&j| rows.effects[j])
+        .fold(f64::INFINITY, f64::min);
+    (best, scale)
 }
 
 /// The model and the public reference rows a round's group means are also judged on
@@ -239,28 +279,28 @@ pub struct Reference<'a> {
     pub set: &'a super::reference::Set,
 }
 
-/// The spread of a group's reference gap (its loss change minus the round's best group's,
-/// relative to the loss before the round) is this times the usual gap of accepted groups
-/// ([`Usual::reference_gap`]), kept within [[`REFERENCE_SPREAD_MIN`], [`REFERENCE_SPREAD_MAX`]]:
-/// how far apart honest group means land on the reference rows depends on the group size, the
-/// shards and the stage of training (drill, groups of 5: clean groups' gaps ≈ 3 % of the loss on
-/// average, at most ≈ 10 %; testnet, groups of 3: up to 25 %), so the bar is learned like the
-/// cosine's spread instead of fixed. At threshold 3 a group is flagged when its gap is over 1.5
-/// times the usual one (and over 7.5 %). Measured with label flip (seed 1, groups of 5): 0.75
-/// loosened the bar in attacked runs, where accepted groups hold flippers too, and the last
-/// flipper went in round 19 instead of 12; with 0.5 the bar stays at its floor in the drill's
-/// groups of 5 and widens only where the usual gap is over 5 % of the loss.
+/// The spread of a group's reference gap (its loss change minus the round's bar, in units of the
+/// round's margin movement, [`ReferenceScores::gaps`]) is this times the usual gap of accepted
+/// groups ([`Usual::reference_gap`]), kept within [[`REFERENCE_SPREAD_MIN`],
+/// [`REFERENCE_SPREAD_MAX`]]: how far apart honest group means land on the reference rows depends
+/// on the group size and the shards, so the bar is learned like the cosine's spread instead of
+/// fixed. At threshold 3 a group is flagged when its gap is over 1.5 times the usual one (and over
+/// the floor's 0.18). Measured with label flip (seed 1, groups of 5, the loss then relative to the
+/// loss before): 0.75 loosened the bar in attacked runs, where accepted groups hold flippers too;
+/// with 0.5 the bar stays at its floor in the drill's groups of 5.
 pub const REFERENCE_GAP_FACTOR: f64 = 0.5;
 
 /// Smallest spread of the reference gap: at threshold 3, a group is never flagged for a gap of
-/// up to 7.5 % of the loss, however close the accepted groups happened to land. Measured (MNIST,
-/// 20 members, g = 5, 500 rows, seeds 1–3, rounds 1–15): groups with one label flipper in five
-/// have gaps of 2–12 %, with two 7–40 %.
-pub const REFERENCE_SPREAD_MIN: f64 = 0.025;
+/// up to 0.18 of the round's margin movement, however close the accepted groups happened to land.
+/// Measured (MNIST, 20 members, g = 5, 500 rows, label flip seeds 1, 2, 4, clean and attacked
+/// runs): clean groups' gaps average 0.054, their 95th percentile is 0.17 and 98th 0.22; groups
+/// with one flipper in five are over 0.17 in 67 % of their rounds, with two in all.
+pub const REFERENCE_SPREAD_MIN: f64 = 0.06;
 
 /// Largest spread of the reference gap: accepted groups holding attackers cannot widen the bar
-/// without end (at threshold 3 a gap of 60 % of the loss is always flagged).
-pub const REFERENCE_SPREAD_MAX: f64 = 0.2;
+/// without end (at threshold 3 a gap of 1.5 times the round's margin movement is always
+/// flagged).
+pub const REFERENCE_SPREAD_MAX: f64 = 0.5;
 
 /// With reference rows, a group's norm deviation counts only if its reference deviation is over
 /// this: the rows must confirm that the unusually large or small mean does worse than the best
@@ -461,14 +501,16 @@ pub fn judge(
     judge_with(rule, groups, threshold, state, None)
 }
 
-/// [`judge`], and with `public` reference rows also the validation signal: every group mean is applied to
-/// the model and scored by the change of the hinge loss on the public reference rows
-/// ([`super::reference::effects`]); a group whose reference deviation
+/// [`judge`], and with `public` reference rows also the validation signal: every group mean is
+/// applied to the model and scored by the change of the wide-margin hinge loss on the public
+/// reference rows ([`super::reference::scores`]); a group whose reference deviation
 /// ([`ReferenceScores::deviations`]) is over `threshold` is flagged as well (the group's score is
-/// the largest of its deviations). The best group of the round sets the bar, so the signal
-/// compares group means with each other on the same rows: a group of five holding one label
-/// flipper improves the reference loss visibly less than a clean one, which cosine and norm
-/// against the last update barely show. The values are bit-identical on every member (see
+/// the largest of its deviations). The best group of usual size sets the bar and the median
+/// movement of those groups the unit ([`reference_bar`]), so the signal compares group means with
+/// each other on the same rows: a group of five holding one label flipper improves the reference
+/// loss visibly less than a clean one, which cosine and norm against the last update barely show.
+/// Whether the rows confirm an unusual norm is judged with the margin-1 loss instead (a group
+/// behind the best one by more than [`REFERENCE_CONFIRMS`] · [`NARROW_SPREAD`] of it). The values are bit-identical on every member (see
 /// [`super::reference`]), so members can check a proposal that uses them.
 pub fn judge_with(
     rule: &Rule,
@@ -578,13 +620,29 @@ pub fn judge_with(
         .iter()
         .map(|c| (usual_cos - c) / cos_spread)
         .collect();
+    let mut confirms = vec![true; k];
     let reference_scores = match public {
         Some(r) => {
             let means: Vec<&[f32]> = groups.iter().map(|g| g.values).collect();
+            let rows = super::reference::scores(r.layout, r.model, &means, r.set)?;
+            confirms = confirming(&rows);
+            // Groups of usual size: against the history, and not far larger than the round's
+            // smallest group mean (the round's own norm check needs the rows' verdict first, so
+            // here the smallest of all groups stands in for the smallest that passes).
+            let smallest = log_norms.iter().copied().fold(f64::INFINITY, f64::min);
+            let sized: Vec<usize> = (0..k)
+                .filter(|&j| {
+                    let history = (log_norms[j] - usual_ln).abs();
+                    history.max(log_norms[j] - smallest) / GROUP_LOG_NORM_SPREAD <= threshold
+                })
+                .collect();
+            let (best, scale) = reference_bar(&rows, &sized);
             Some(ReferenceScores {
-                loss: super::reference::loss(r.layout, r.model, r.set)?,
-                effects: super::reference::effects(r.layout, r.model, &means, r.set)?,
+                loss: rows.loss,
+                effects: rows.effects,
                 spread: state.groups.usual().reference_spread(),
+                scale,
+                best,
             })
         }
         None => None,
@@ -623,10 +681,7 @@ pub fn judge_with(
             // With reference rows, an unusual norm counts only if the rows confirm that the
             // group does worse than the best one: a clean group next to groups that attackers
             // shrank (IPM) is larger than they are, but it is the one that improves the model.
-            let norm = match &reference_dev {
-                Some(d) if d[j] <= REFERENCE_CONFIRMS => 0.0,
-                _ => deviations.norm,
-            };
+            let norm = if confirms[j] { deviations.norm } else { 0.0 };
             let raw = deviations.cosine.max(norm).max(by_reference).max(0.0);
             score::PeerScore {
                 member: groups[j].member,
@@ -770,6 +825,32 @@ pub fn judge_with(
     })
 }
 
+/// Spread of the rows' confirmation of an unusual norm: a group mean whose loss change at margin
+/// 1 ([`super::reference::Scores::narrow_effects`]) is behind the best group's by more than
+/// [`REFERENCE_CONFIRMS`] times this share of that loss does worse than the best group, and its
+/// norm deviation counts. (The old reference signal and its floor: the wide margin's rates no
+/// longer punish a step for being long, so they cannot tell whether a scaled group overshoots.)
+pub const NARROW_SPREAD: f64 = 0.025;
+
+/// Which groups' norm deviations count: those whose mean's loss change at margin 1 is behind
+/// the round's best group's by more than [`REFERENCE_CONFIRMS`] · [`NARROW_SPREAD`] of that
+/// loss (or is not finite).
+fn confirming(rows: &super::reference::Scores) -> Vec<bool> {
+    let best = rows
+        .narrow_effects
+        .iter()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
+    let loss = rows.narrow_loss.max(1e-12);
+    rows.narrow_effects
+        .iter()
+        .map(|e| {
+            let dev = (e - best) / loss / NARROW_SPREAD;
+            dev.is_nan() || dev > REFERENCE_CONFIRMS
+        })
+        .collect()
+}
+
 /// Fold a decided round's reference gaps into the usual gap: the mean gap of the accepted
 /// (`kept`) groups other than the best one — the best group (gap 0) says nothing about the
 /// spread, and flagged groups are not usual — averaged with weight [`BASELINE_DECAY`], starting
@@ -789,7 +870,7 @@ fn learn_reference_gap(
     comparable: &[usize],
 ) {
     let gaps = r.gaps();
-    let best = r.best();
+    let best = r.best_group();
     let comparable_gaps: Vec<f64> = comparable.iter().map(|&j| gaps[j]).collect();
     let Some(median) = comparable.iter().position(|&j| j == best).map_or_else(
         || median_gap(&comparable_gaps),
@@ -1069,8 +1150,8 @@ mod tests {
     /// zero: two clean group means learn the identity; a group mean with flipped labels mixed in
     /// (0.6 · clean + 0.4 · swapped) points the same way as the last update (cosine 0.83, as a
     /// group with flippers among honest members does) and is not flagged by cosine or norm, but
-    /// the reference rows show it: it lowers their hinge loss by 0.1 where the clean ones lower
-    /// it by 0.5.
+    /// the reference rows show it: it lowers their hinge loss (3 at the zero model) by 0.1 where
+    /// the clean ones lower it by 0.5, a gap of 0.81 of the round's median movement (0.5).
     #[test]
     fn a_group_mean_with_flipped_labels_is_flagged_by_the_reference_rows() {
         let layout = crate::model::Layout::new(vec![2, 2]).unwrap();
@@ -1118,8 +1199,9 @@ mod tests {
         let seen = judge_with(&Rule::Mean, &inputs, 3.0, &mut state, Some(&public)).unwrap();
         assert_eq!(seen.flagged, vec![false, true, false], "{:?}", seen.scores);
         let r = seen.reference.clone().unwrap();
-        assert_eq!(r.loss, 1.0);
+        assert_eq!(r.loss, 3.0);
         assert!((r.effects[0] + 0.5).abs() < 1e-6 && (r.effects[1] + 0.1).abs() < 1e-6);
+        assert!((r.scale - 0.5).abs() < 1e-6, "{}", r.scale);
         let dev = r.deviations();
         assert_eq!(dev[2], 0.0, "the best group sets the bar");
         assert!(dev[0] < 1.0 && dev[1] > 3.0, "{dev:?}");
@@ -1215,8 +1297,9 @@ mod tests {
             "no honest group beside the best: no spread"
         );
         // Round 11: a group holding a scaler whose mean is near the clean one's direction (cosine
-        // 0.77) and lowers the loss by 0.05 (gap 0.067).
-        let (c, s, b) = (clean(11), [0.3f32, 0.25, 0.25, 0.3, 0.0, 0.0], scaled(31));
+        // 0.80) and lowers the loss by 0.07 where the clean one lowers it by 0.0985 (gap 0.29
+        // of the median movement, 0.0985).
+        let (c, s, b) = (clean(11), [0.32f32, 0.25, 0.25, 0.32, 0.0, 0.0], scaled(31));
         let inputs = [
             Input::new(0, &c, 100),
             Input::new(1, &s, 100),
@@ -1231,13 +1314,26 @@ mod tests {
         assert_eq!(j.update, c.to_vec());
         assert_eq!(state.groups.previous.as_deref(), Some(&c[..]));
 
-        // A log that already holds a wide bar (written by an older build, or rows that happen to
-        // favour the scaled group): the group passes, but moves the model no more than
-        // e^(3 · GROUP_LOG_NORM_SPREAD) times the clean group does.
-        let mut loose = before.clone();
-        loose.groups.reference_gap = Some(0.36);
-        let j = judge_with(&Rule::Mean, &inputs, 3.0, &mut loose, Some(&public)).unwrap();
+        // A group the rows excuse: 5.4 times the clean group's norm, but a long step the right
+        // way (it lowers the margin-1 loss by 0.15, more than the clean group's 0.0985), so its
+        // norm does not count and it passes — yet it moves the model no more than
+        // e^(3 · GROUP_LOG_NORM_SPREAD) times the clean group does. Being larger than usual, it
+        // cannot set the reference bar either: the clean group stays unflagged.
+        let long = [0.45f32, 0.3, 0.3, 0.45, 0.0, 0.0];
+        let inputs = [
+            Input::new(0, &c, 100),
+            Input::new(1, &long, 100),
+            Input::new(2, &b, 100),
+        ];
+        let mut excused = before.clone();
+        let j = judge_with(&Rule::Mean, &inputs, 3.0, &mut excused, Some(&public)).unwrap();
         assert_eq!(j.flagged, vec![false, false, true], "{:?}", j.scores);
+        let r = j.reference.as_ref().unwrap();
+        assert_eq!(
+            r.best, r.effects[0],
+            "the scaled group does not set the bar"
+        );
+        assert!(r.effects[1] < r.effects[0]);
         let norm = |v: &[f32]| linalg::dot(v, v).sqrt();
         let limit = norm(&c) * (3.0 * GROUP_LOG_NORM_SPREAD).exp();
         assert!(norm(&j.update) <= limit, "{} > {limit}", norm(&j.update));
@@ -1245,6 +1341,56 @@ mod tests {
             norm(&j.update) > norm(&c),
             "the accepted group still counts"
         );
+    }
+
+    /// Regression test for the label-flip drill in groups of five (issue 8): once the model
+    /// classifies the reference rows with a margin over 1, the margin-1 hinge loss is 0 and
+    /// stays 0 whatever a group mean does to those margins, so a group holding a label flipper
+    /// — whose mean moves the margins up far less than a clean one — looked as good as the clean
+    /// groups (the old signal: every gap 0). The wide margin sees the difference: on two rows
+    /// with margins 2, the clean means move them by 0.3 and 0.28, the mixed one by 0.05; in
+    /// units of the median movement (0.28) its gap is 0.89, deviation 15 at the floor spread.
+    #[test]
+    fn a_flipper_group_is_seen_on_rows_the_model_already_gets_right() {
+        let layout = crate::model::Layout::new(vec![2, 2]).unwrap();
+        let set =
+            crate::robust::reference::Set::new(2, 2, vec![1.0, 0.0, 0.0, 1.0], vec![0, 1]).unwrap();
+        let model = vec![2.0f32, 0.0, 0.0, 2.0, 0.0, 0.0];
+        let public = Reference {
+            layout: &layout,
+            model: &model,
+            set: &set,
+        };
+        let diag = |a: f32, b: f32| vec![a, b, b, a, 0.0, 0.0];
+        let (clean, clean2, mixed) = (diag(0.3, 0.0), diag(0.28, 0.0), diag(0.2, 0.15));
+        let inputs = [
+            Input::new(0, &clean, 100),
+            Input::new(1, &mixed, 100),
+            Input::new(2, &clean2, 100),
+        ];
+        let means: Vec<&[f32]> = inputs.iter().map(|i| i.values).collect();
+        let rows = crate::robust::reference::scores(&layout, &model, &means, &set).unwrap();
+        assert_eq!(rows.narrow_effects, vec![0.0; 3], "margin 1 is blind here");
+        let mut state = State {
+            groups: Baseline::from_log(
+                Some(clean.clone()),
+                Usual {
+                    cosine: Some((0.8, 0.01)),
+                    log_norm: Some(0.0),
+                    reference_gap: None,
+                },
+            ),
+            ..State::default()
+        };
+        let j = judge_with(&Rule::Mean, &inputs, 3.0, &mut state, Some(&public)).unwrap();
+        assert_eq!(j.flagged, vec![false, true, false], "{:?}", j.scores);
+        let r = j.reference.unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-5;
+        assert!(close(r.scale, 0.28) && close(r.best, -0.3), "{r:?}");
+        let dev = r.deviations();
+        assert!(close(dev[1], 0.25 / 0.28 / REFERENCE_SPREAD_MIN), "{dev:?}");
+        assert!(dev[2] < 3.0, "{dev:?}");
+        assert_eq!(j.scores[1].score, dev[1]);
     }
 
     #[test]
@@ -1294,42 +1440,52 @@ mod tests {
         let r = first.reference.clone().unwrap();
         let close = |a: f64, b: f64| (a - b).abs() < 1e-5;
         assert_eq!(r.spread, REFERENCE_SPREAD_MIN);
-        for (dev, want) in r.deviations().iter().zip([0.0, 0.8, 1.6, 8.0]) {
+        // The movements are 0.5, 0.48, 0.46 and 0.3: the gaps are in units of their median.
+        let scale = 0.47;
+        assert!(close(r.scale, scale), "{}", r.scale);
+        for (dev, gap) in r.deviations().iter().zip([0.0, 0.02, 0.04, 0.2]) {
+            let want = gap / scale / REFERENCE_SPREAD_MIN;
             assert!(close(*dev, want), "{:?}", r.deviations());
         }
         let start = REFERENCE_SPREAD_MIN / REFERENCE_GAP_FACTOR;
+        let usual_gap = 0.03 / scale;
         let gap = after.reference_gap.unwrap();
-        assert!(close(gap, start + BASELINE_DECAY * (0.03 - start)), "{gap}");
+        assert!(
+            close(gap, start + BASELINE_DECAY * (usual_gap - start)),
+            "{gap}"
+        );
         // Still at the floor.
         assert_eq!(after.reference_spread(), REFERENCE_SPREAD_MIN);
         let (_, next) = round(&means, after);
         assert!(close(
             next.reference_gap.unwrap(),
-            gap + BASELINE_DECAY * (0.03 - gap)
+            gap + BASELINE_DECAY * (usual_gap - gap)
         ));
         // The same round from the same log gives the same bits.
         assert_eq!(round(&means, usual), (first, after));
 
         // A wide usual gap: the bar follows it, and the usual moves toward this round's gaps.
-        let wide_gap = 0.06 / REFERENCE_GAP_FACTOR;
+        // Movements 0.5, 0.35, 0.2: the gaps 0.15 and 0.3 are 3/7 and 6/7 of the median.
+        let wide_gap = 0.15 / REFERENCE_GAP_FACTOR;
         let wide = Usual {
             reference_gap: Some(wide_gap),
             ..usual
         };
-        assert!(close(wide.reference_spread(), 0.06));
+        assert!(close(wide.reference_spread(), 0.15));
         let means = [diag(0.5, 0.0), diag(0.35, 0.0), diag(0.5, 0.3)];
         let (j, after) = round(&means, wide);
         assert_eq!(j.flagged, vec![false, false, true], "{:?}", j.scores);
         let dev = j.reference.unwrap().deviations();
+        let (one, two) = (0.15 / 0.35, 0.3 / 0.35);
         assert!(
-            close(dev[1], 0.15 / 0.06) && close(dev[2], 0.30 / 0.06),
+            close(dev[1], one / 0.15) && close(dev[2], two / 0.15),
             "{dev:?}"
         );
-        let want = wide_gap + BASELINE_DECAY * (0.15 - wide_gap);
+        let want = wide_gap + BASELINE_DECAY * (one - wide_gap);
         assert!(close(after.reference_gap.unwrap(), want));
-        // With a narrow usual gap (spread at its floor, 0.025) the gap of 0.15 is flagged too;
-        // no group beside the best was accepted, so the usual relaxes toward the median gap
-        // beside the best, 0.15: 0.02 + 0.1 · 0.13.
+        // With a narrow usual gap (spread at its floor) the smaller gap is flagged too; no group
+        // beside the best was accepted, so the usual relaxes toward the median gap beside the
+        // best, 3/7.
         let narrow = Usual {
             reference_gap: Some(0.02),
             ..usual
@@ -1339,7 +1495,7 @@ mod tests {
         assert_eq!(tight.flagged, vec![false, true, true]);
         assert!(close(
             relaxed.reference_gap.unwrap(),
-            0.02 + BASELINE_RELAX * 0.13
+            0.02 + BASELINE_RELAX * (one - 0.02)
         ));
     }
 
@@ -1356,7 +1512,7 @@ mod tests {
         assert_eq!(at(Some(0.0)), REFERENCE_SPREAD_MIN);
         assert_eq!(at(Some(1.0)), REFERENCE_SPREAD_MAX);
         assert_eq!(at(Some(f64::NAN)), REFERENCE_SPREAD_MAX);
-        assert!((at(Some(0.1)) - REFERENCE_GAP_FACTOR * 0.1).abs() < 1e-15);
+        assert!((at(Some(0.4)) - REFERENCE_GAP_FACTOR * 0.4).abs() < 1e-15);
         assert_eq!(median_other_gap(&[0.0, 0.3, 0.1, 0.2], 0), Some(0.2));
         assert_eq!(median_other_gap(&[0.1, 0.0, 0.3], 1), Some(0.1));
         assert_eq!(median_other_gap(&[0.0], 0), None);
