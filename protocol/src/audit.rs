@@ -275,7 +275,7 @@ pub struct SecureSummary {
 pub const RECORD_TAG: [u8; 3] = *b"FMR";
 
 /// The round-record format this build writes and reads.
-pub const RECORD_VERSION: u8 = 5;
+pub const RECORD_VERSION: u8 = 6;
 
 /// Why a round entry's body is not a record this build can read.
 #[derive(Debug, thiserror::Error)]
