@@ -500,9 +500,7 @@ impl Detector {
             .range((member, Hash::ZERO)..)
             .take_while(|((m, _), _)| *m == member)
             .find(|((_, h), (a, _))| {
-                *h != signing_hash
-                    && known(h, a).is_some()
-                    && self.contradicts(signers, this, a)
+                *h != signing_hash && known(h, a).is_some() && self.contradicts(signers, this, a)
             })
             .map(|((_, h), _)| *h)?;
         let proposal = |h: &Hash| serde_bytes::ByteBuf::from(self.proposals[h].1.clone());
@@ -521,7 +519,11 @@ impl Detector {
     /// contradict: the same attempt, or the later one without the proof of its move, judged with
     /// the signer count of the later record as [`Equivocation::verify`] does.
     fn contradicts(&self, signers: &Signers, a: &Approval, b: &Approval) -> bool {
-        let (early, late) = if a.attempt <= b.attempt { (a, b) } else { (b, a) };
+        let (early, late) = if a.attempt <= b.attempt {
+            (a, b)
+        } else {
+            (b, a)
+        };
         if early.attempt == late.attempt {
             return true;
         }
@@ -875,7 +877,10 @@ mod tests {
         };
         assert!(reason(&heights).contains("approving both is allowed"));
         // A claim of another attempt than the record's, or signed for another height.
-        for (at, what) in [((4, 1), "claim names attempt"), ((5, 0), "invalid signature")] {
+        for (at, what) in [
+            ((4, 1), "claim names attempt"),
+            ((5, 0), "invalid signature"),
+        ] {
             let (_, wrong) = approval(h, &keys, 2, at, y, Vec::new());
             let e = Equivocation {
                 second: wrong,

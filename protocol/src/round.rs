@@ -572,7 +572,10 @@ impl Round {
     /// approve one record per attempt and move only to later attempts, so none of them will
     /// ever approve the locked record.
     pub fn unlock_support(&self, lock: &Lock) -> std::collections::BTreeSet<u32> {
-        self.support_claims(lock).into_iter().map(|c| c.member).collect()
+        self.support_claims(lock)
+            .into_iter()
+            .map(|c| c.member)
+            .collect()
     }
 
     /// One claim per member of [`Round::unlock_support`]: the proof a moved approval carries.

@@ -146,7 +146,10 @@ impl Approval {
             }
             let msg = claim_message(height, c.signing_hash, c.attempt);
             if key.verify(msg.as_bytes(), &c.signature).is_err() {
-                return Err(format!("member {}'s claim has an invalid signature", c.member));
+                return Err(format!(
+                    "member {}'s claim has an invalid signature",
+                    c.member
+                ));
             }
             if !members.insert(c.member) {
                 return Err(format!("the proof names member {} twice", c.member));
