@@ -178,26 +178,7 @@ fn plain_late_equivocation_is_recorded_in_the_next_record() {
 /// checks it, and every honest member counts it in the coordinator's anomaly score.
 #[test]
 fn plain_double_approval_is_recorded_in_the_next_record() {
-    let mut net = Testnet::with_config(4, 3, 8_000, SMALL_MODEL);
-    let first = first_coordinator(&net);
-    net.set_fault(first, 1, "double_approve");
-    net.start_all();
-    net.wait_all(RUN_TIMEOUT);
-    assert_eq!(net.rounds(0).len(), 3, "{}", net.tail_logs());
-    net.assert_logs_agree();
-    let records = audit_show(&net, 0);
-    assert_eq!(
-        assert_recorded_once(&records, 1, first as u64),
-        2,
-        "{}",
-        net.tail_logs()
-    );
-    let honest: Vec<usize> = (0..4).filter(|i| *i != first).collect();
-    assert_caught(&net, &honest, first as u64);
-    for i in 0..4 {
-        let (ok, v) = net.verify(i);
-        assert!(ok && v["ok"] == true, "node {i}'s log does not verify: {v}");
-    }
+    approval_evidence_is_recorded(0, "double_approve");
 }
 
 /// Mode plain, a double signer across attempts: round 1's second coordinator approves attempt
@@ -207,9 +188,17 @@ fn plain_double_approval_is_recorded_in_the_next_record() {
 /// verify` checks it, and every honest member counts it in the member's anomaly score.
 #[test]
 fn plain_move_without_proof_is_recorded_in_the_next_record() {
+    approval_evidence_is_recorded(1, "move_unproven");
+}
+
+/// Mode plain, 4 nodes, 3 rounds: round 1's coordinator of `attempt` is given `fault` (a double
+/// signer). Round 1 commits attempt 0's record, exactly round 2's record carries the evidence
+/// against it, every honest member logs catching it and counts it in its score, and every log
+/// verifies.
+fn approval_evidence_is_recorded(attempt: usize, fault: &str) {
     let mut net = Testnet::with_config(4, 3, 8_000, SMALL_MODEL);
-    let second = coordinator(&net, 1);
-    net.set_fault(second, 1, "move_unproven");
+    let culprit = coordinator(&net, attempt);
+    net.set_fault(culprit, 1, fault);
     net.start_all();
     net.wait_all(RUN_TIMEOUT);
     assert_eq!(net.rounds(0).len(), 3, "{}", net.tail_logs());
@@ -217,22 +206,17 @@ fn plain_move_without_proof_is_recorded_in_the_next_record() {
     let records = audit_show(&net, 0);
     assert_eq!(records[1]["attempt"].as_u64(), Some(0), "{}", records[1]);
     assert_eq!(
-        assert_recorded_once(&records, 1, second as u64),
+        assert_recorded_once(&records, 1, culprit as u64),
         2,
         "{}",
         net.tail_logs()
     );
-    let honest: Vec<usize> = (0..4).filter(|i| *i != second).collect();
-    assert_caught(&net, &honest, second as u64);
+    let honest: Vec<usize> = (0..4).filter(|i| *i != culprit).collect();
+    assert_caught(&net, &honest, culprit as u64);
     for i in 0..4 {
         let (ok, v) = net.verify(i);
         assert!(ok && v["ok"] == true, "node {i}'s log does not verify: {v}");
     }
-}
-
-/// Round 1's first coordinator (the order is drawn from the genesis head).
-fn first_coordinator(net: &Testnet) -> usize {
-    coordinator(net, 0)
 }
 
 /// Round 1's coordinator of `attempt` (the order is drawn from the genesis head).
