@@ -306,12 +306,13 @@ fn claim_matches(
             a.attempt, p.record.attempt
         ));
     }
-    let msg = crate::wire::claim_message(p.height, a.signing_hash, a.attempt);
     let key = keys
         .get(member as usize)
         .ok_or_else(|| format!("signer {member} is not a genesis member"))?;
-    key.verify(msg.as_bytes(), &a.claim)
-        .map_err(|_| "claim has an invalid signature".to_string())
+    if !a.claim_verifies(key, p.height) {
+        return Err("claim has an invalid signature".to_string());
+    }
+    Ok(())
 }
 
 /// The record of a kept proposal envelope (already opened once, so it decodes).
@@ -402,11 +403,10 @@ impl Detector {
                 return None;
             }
             // Only approvals whose claim verifies: evidence must convince anyone.
-            let msg = crate::wire::claim_message(signers.height, a.signing_hash, a.attempt);
             let signed = signers
                 .keys
                 .get(env.sender as usize)
-                .is_some_and(|k| k.verify(msg.as_bytes(), &a.claim).is_ok());
+                .is_some_and(|k| a.claim_verifies(k, signers.height));
             if !signed {
                 return None;
             }

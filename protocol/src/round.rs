@@ -694,16 +694,12 @@ impl Round {
         if self.approvals.contains_key(&(sender, a.signing_hash)) {
             return Ok(Added::Duplicate);
         }
-        member
-            .public_key
-            .verify(
-                claim_message(self.height, a.signing_hash, a.attempt).as_bytes(),
-                &a.claim,
-            )
-            .map_err(|_| RoundError::BadApproval {
+        if !a.claim_verifies(&member.public_key, self.height) {
+            return Err(RoundError::BadApproval {
                 culprit,
                 which: "attempt claim",
-            })?;
+            });
+        }
         if self
             .attempts
             .get(&a.signing_hash)

@@ -104,7 +104,20 @@ pub fn claim_message(height: u64, signing_hash: Hash, attempt: u32) -> Hash {
     h.finalize()
 }
 
+impl Claim {
+    /// Whether `key` (the claiming member's) signed this claim for `height`.
+    pub fn verifies(&self, key: &identity::PublicKey, height: u64) -> bool {
+        let msg = claim_message(height, self.signing_hash, self.attempt);
+        key.verify(msg.as_bytes(), &self.signature).is_ok()
+    }
+}
+
 impl Approval {
+    /// Whether `key` (the approver's) signed this approval's claim for `height`.
+    pub fn claim_verifies(&self, key: &identity::PublicKey, height: u64) -> bool {
+        self.claim_of(0).verifies(key, height)
+    }
+
     /// This approval's claim, as member `member` signed it.
     pub fn claim_of(&self, member: u32) -> Claim {
         Claim {
@@ -144,8 +157,7 @@ impl Approval {
                     c.member, c.attempt
                 ));
             }
-            let msg = claim_message(height, c.signing_hash, c.attempt);
-            if key.verify(msg.as_bytes(), &c.signature).is_err() {
+            if !c.verifies(key, height) {
                 return Err(format!(
                     "member {}'s claim has an invalid signature",
                     c.member
